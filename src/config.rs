@@ -1,0 +1,68 @@
+//! Every limit and default of FleetLM in one place.
+//!
+//! Sizes are in `*_bytes`, times in `*_ms`/`*_us`, counts in `*_max`. Nothing in the
+//! server is unbounded: if a queue, a body or a batch has a size, that size is here.
+
+/// Limits and defaults of the write-ahead log (`crate::wal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalConfig {
+    /// Size of every segment file. Segments are preallocated to this size when
+    /// created, so appends never extend a file (extending would make every
+    /// fdatasync also commit metadata: ≈4 ms instead of ≈0.25 ms here).
+    pub segment_size_bytes: u64,
+    /// Largest payload of one record. A record never spans segments, so this must
+    /// leave room for the segment and record headers.
+    pub record_payload_max_bytes: u32,
+    /// Most records accepted by one `append` call.
+    pub append_batch_max: usize,
+}
+
+/// Default segment size: 64 MiB (issue #2). Large enough that rollover (a file
+/// create + fallocate + two fsyncs) is rare; small enough that purge frees space
+/// promptly after a snapshot.
+pub const WAL_SEGMENT_SIZE_BYTES_DEFAULT: u64 = 64 << 20;
+/// Default record payload cap: 4 MiB, four times the HTTP body limit.
+pub const WAL_RECORD_PAYLOAD_MAX_BYTES_DEFAULT: u32 = 4 << 20;
+/// Default cap on records per append call.
+pub const WAL_APPEND_BATCH_MAX_DEFAULT: usize = 4096;
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            segment_size_bytes: WAL_SEGMENT_SIZE_BYTES_DEFAULT,
+            record_payload_max_bytes: WAL_RECORD_PAYLOAD_MAX_BYTES_DEFAULT,
+            append_batch_max: WAL_APPEND_BATCH_MAX_DEFAULT,
+        }
+    }
+}
+
+impl WalConfig {
+    /// Checks the relations between limits; `Wal::open` refuses a config that fails.
+    pub fn validate(&self) -> Result<(), String> {
+        let overhead = (crate::wal::format::SEGMENT_HEADER_BYTES
+            + crate::wal::format::RECORD_HEADER_BYTES
+            + crate::wal::format::RECORD_ALIGN_BYTES) as u64;
+        if self.segment_size_bytes > u32::MAX as u64 {
+            return Err("segment_size_bytes must fit in 32 bits (offsets are u32)".into());
+        }
+        if (self.record_payload_max_bytes as u64) + overhead > self.segment_size_bytes {
+            return Err(format!(
+                "record_payload_max_bytes ({}) + {overhead} bytes of headers must fit in segment_size_bytes ({})",
+                self.record_payload_max_bytes, self.segment_size_bytes
+            ));
+        }
+        if self.record_payload_max_bytes > crate::wal::format::RECORD_PAYLOAD_LIMIT_BYTES {
+            return Err(format!(
+                "record_payload_max_bytes must be at most {} (24-bit length field)",
+                crate::wal::format::RECORD_PAYLOAD_LIMIT_BYTES
+            ));
+        }
+        if self.segment_size_bytes % crate::wal::format::RECORD_ALIGN_BYTES as u64 != 0 {
+            return Err("segment_size_bytes must be a multiple of 8".into());
+        }
+        if self.append_batch_max == 0 {
+            return Err("append_batch_max must be at least 1".into());
+        }
+        Ok(())
+    }
+}

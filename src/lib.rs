@@ -1,0 +1,12 @@
+//! FleetLM: a durable, replicated conversation log for LLM applications.
+//!
+//! Architecture (see DESIGN.md in the shared docs): thread-per-core glommio executors,
+//! each owning a disjoint set of shards; each shard is a Raft group whose log is a
+//! segmented, memory-mapped WAL with group commit. Dependencies point down:
+//! `api → shard → raft → wal`, `api → store`; `http` knows no storage.
+//!
+//! Landed so far:
+//! - [`config`]: every limit and default;
+//! - [`wal`]: the per-shard write-ahead log.
+pub mod config;
+pub mod wal;

@@ -1,0 +1,236 @@
+//! `GroupCommitWal`: the WAL as a glommio executor uses it.
+//!
+//! Appends are copied into the mapping at once; durability comes from one background
+//! *flusher* task per WAL that syncs in a loop: it takes everything appended so far,
+//! issues one fdatasync per dirty segment through io_uring, and then publishes the new
+//! `durable_next`. Appends that arrive while a sync is in flight are covered by the
+//! next one (group commit). A caller learns that its record is durable only from a
+//! published `durable_next`, which is set after the covering sync returned.
+//!
+//! Which sync primitive: measured with `tools/sync_probe.rs` on this machine (2 cores,
+//! ext4 on virtio, 4 KiB written then synced, 2000 syncs per primitive, two rounds):
+//!
+//! ```text
+//! primitive                          p50 µs      p99 µs
+//! msync (flush_range) of the range   229, 238    335, 417
+//! fdatasync(2) on the executor       211, 261    310, 484
+//! fdatasync via io_uring (glommio)   259, 259    378, 654
+//! fdatasync on the blocking pool     299, 274    478, 590
+//! ```
+//!
+//! msync and fdatasync are the same kernel path here (both end in a ranged
+//! `vfs_fsync_range`) and within noise of each other, so the WAL syncs with fdatasync:
+//! it needs no range bookkeeping and can go through io_uring. We keep the io_uring form:
+//! it costs ≈0–40 µs at p50 over the fastest blocking call, but the executor stays free
+//! during the sync to parse requests and append the next batch, which is what makes
+//! group commit pay. The executor never blocks on a sync; it blocks only on rare
+//! segment creation (fallocate + fsyncs, once per segment) and on purge's unlinks.
+use std::cell::RefCell;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::{Rc, Weak};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use tokio::sync::{Notify, watch};
+
+use super::error::{Result, WalError};
+use super::log::{Position, SyncJob, Wal};
+
+/// What the flusher publishes after every sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Durability {
+    durable_next: u64,
+    durable: Position,
+    failed: Option<String>,
+}
+
+/// Sync statistics, for the benchmark and (later) the latency dumps.
+pub struct SyncStats {
+    /// Duration of each sync (all its fdatasyncs), µs.
+    pub sync_latency_us: Histogram<u64>,
+    /// Records made durable by each sync.
+    pub sync_batch_records: Histogram<u64>,
+}
+
+struct Inner {
+    wal: RefCell<Wal>,
+    durable: watch::Sender<Durability>,
+    wake: Rc<Notify>,
+    stats: RefCell<SyncStats>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Lets the flusher see that the WAL is gone and exit.
+        self.wake.notify_one();
+    }
+}
+
+/// A WAL owned by one executor, with group commit. Cheap to clone (`Rc`); `!Send`.
+#[derive(Clone)]
+pub struct GroupCommitWal {
+    inner: Rc<Inner>,
+}
+
+impl GroupCommitWal {
+    /// Wraps an opened WAL and spawns its flusher on the current glommio executor.
+    pub fn new(wal: Wal) -> GroupCommitWal {
+        let (durable, _) = watch::channel(Durability {
+            durable_next: wal.durable_next(),
+            durable: wal.durable_position(),
+            failed: wal.poisoned().map(str::to_owned),
+        });
+        let stats = SyncStats {
+            sync_latency_us: Histogram::new(3).expect("3 significant figures is valid"),
+            sync_batch_records: Histogram::new(3).expect("3 significant figures is valid"),
+        };
+        let wake = Rc::new(Notify::new());
+        let inner = Rc::new(Inner { wal: RefCell::new(wal), durable, wake: wake.clone(), stats: RefCell::new(stats) });
+        glommio::spawn_local(flusher(Rc::downgrade(&inner), wake)).detach();
+        GroupCommitWal { inner }
+    }
+
+    /// Runs `f` with the WAL borrowed, for reads and the non-append operations. Must
+    /// not be held across an await (it is a `RefCell` borrow). If `f` moved the
+    /// durable point (a purge past the end does), waiters are told.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Wal) -> R) -> R {
+        let mut wal = self.inner.wal.borrow_mut();
+        let out = f(&mut wal);
+        let (durable_next, durable) = (wal.durable_next(), wal.durable_position());
+        drop(wal);
+        self.inner.durable.send_if_modified(|d| {
+            let moved = d.durable < durable;
+            if moved {
+                d.durable_next = durable_next;
+                d.durable = durable;
+            }
+            moved
+        });
+        out
+    }
+
+    /// Appends records (not yet durable) and wakes the flusher.
+    pub fn append<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<std::ops::Range<u64>> {
+        let range = self.inner.wal.borrow_mut().append(payloads)?;
+        self.inner.wake.notify_one();
+        Ok(range)
+    }
+
+    /// Appends records and returns once a sync covering them has returned.
+    pub async fn append_durable<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<std::ops::Range<u64>> {
+        let range = self.append(payloads)?;
+        if let Some(last) = range.end.checked_sub(1) {
+            self.wait_durable(last).await?;
+        }
+        Ok(range)
+    }
+
+    /// Truncates after `last_kept` (see `Wal::truncate_after`) and waits until the
+    /// truncation is durable.
+    pub async fn truncate_after(&self, last_kept: u64) -> Result<()> {
+        self.inner.wal.borrow_mut().truncate_after(last_kept)?;
+        self.sync().await
+    }
+
+    /// Waits until everything written so far (records and truncation markers) is
+    /// durable. Later writes do not delay it.
+    pub async fn sync(&self) -> Result<()> {
+        let end = self.inner.wal.borrow().end_position();
+        self.inner.wake.notify_one();
+        self.wait_until(|d| d.durable >= end).await
+    }
+
+    /// Waits until index `index` is durable. After a truncation this means the record
+    /// now at `index`.
+    pub async fn wait_durable(&self, index: u64) -> Result<()> {
+        self.wait_until(|d| d.durable_next > index).await
+    }
+
+    async fn wait_until(&self, done: impl Fn(&Durability) -> bool) -> Result<()> {
+        let mut rx = self.inner.durable.subscribe();
+        let seen = rx
+            .wait_for(|d| d.failed.is_some() || done(d))
+            .await
+            .map_err(|_| WalError::Poisoned("wal closed".into()))?;
+        match &seen.failed {
+            Some(why) => Err(WalError::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Index below which everything is durable.
+    pub fn durable_next(&self) -> u64 {
+        self.inner.durable.borrow().durable_next
+    }
+
+    /// Runs `f` on the sync statistics.
+    pub fn with_stats<R>(&self, f: impl FnOnce(&mut SyncStats) -> R) -> R {
+        f(&mut self.inner.stats.borrow_mut())
+    }
+}
+
+/// The background task: one sync at a time, each covering everything appended before
+/// it started.
+async fn flusher(inner: Weak<Inner>, wake: Rc<Notify>) {
+    loop {
+        let job = {
+            let Some(inner) = inner.upgrade() else { return };
+            let started = inner.wal.borrow_mut().begin_sync();
+            match started {
+                Ok(Some(job)) => job,
+                Ok(None) => {
+                    drop(inner);
+                    wake.notified().await;
+                    continue;
+                }
+                Err(e) => {
+                    publish_failure(&inner, &e);
+                    return;
+                }
+            }
+        };
+        let started_at = Instant::now();
+        let (job, outcome) = sync_through_uring(job).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let before = inner.wal.borrow().durable_next();
+        let done = inner.wal.borrow_mut().complete_sync(job, outcome);
+        if let Err(e) = done {
+            publish_failure(&inner, &e);
+            return;
+        }
+        let (durable_next, durable) = {
+            let wal = inner.wal.borrow();
+            (wal.durable_next(), wal.durable_position())
+        };
+        {
+            let mut stats = inner.stats.borrow_mut();
+            let _ = stats.sync_latency_us.record(started_at.elapsed().as_micros() as u64);
+            let _ = stats.sync_batch_records.record(durable_next.saturating_sub(before));
+        }
+        inner.durable.send_modify(|d| {
+            d.durable_next = durable_next;
+            d.durable = durable;
+        });
+    }
+}
+
+fn publish_failure(inner: &Inner, e: &WalError) {
+    let why = e.to_string();
+    inner.durable.send_modify(|d| d.failed = Some(why));
+}
+
+/// fdatasync of every file of the job through io_uring; the executor keeps running.
+async fn sync_through_uring(mut job: SyncJob) -> (SyncJob, Result<()>) {
+    let files = std::mem::take(&mut job.files);
+    for (path, file) in files {
+        // SAFETY: the fd is a dup we own; BufferedFile takes ownership and closes it.
+        let f = unsafe { glommio::io::BufferedFile::from_raw_fd(file.into_raw_fd()) };
+        let synced = f.fdatasync().await;
+        let closed = f.close().await;
+        if let Err(e) = synced.and(closed) {
+            let err = WalError::io("fdatasync segment", path, std::io::Error::from(e));
+            return (job, Err(err));
+        }
+    }
+    (job, Ok(()))
+}

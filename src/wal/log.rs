@@ -1,0 +1,395 @@
+//! `Wal`: the log of one shard. Synchronous core; `group_commit` makes it async.
+//!
+//! Invariants (asserted where they are decided):
+//! - live indexes are contiguous: `first_index .. next_index()`;
+//! - live records sit at strictly increasing positions `(segment seq, offset)`;
+//! - `durable_next <= next_index()`, and every live index below it is covered by a
+//!   sync that has returned; nothing is reported durable before that.
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::error::{Result, WalError};
+use super::format::{self, RecordKind, SegmentHeader, Slot};
+use super::recovery;
+use super::segment::{self, Segment};
+use crate::config::WalConfig;
+
+/// Where a live record sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Loc {
+    seq: u64,
+    offset: u32,
+}
+
+/// A write position in the log: `(segment seq, byte offset)`. Positions only grow
+/// (truncation appends a marker; a new segment has a higher seq), so "durable up to a
+/// position" is well defined even when indexes are truncated and reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    seq: u64,
+    offset: usize,
+}
+
+/// What `Wal::open` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub first_index: u64,
+    pub next_index: u64,
+    pub segments: usize,
+    /// A torn tail was cut off (unsynced writes of a crash).
+    pub torn_tail: bool,
+}
+
+/// The work of one sync, detached from the `Wal` so that it can run off the executor
+/// thread (or through io_uring) while appends go on. Holds duplicated file handles, so
+/// a segment purged meanwhile stays valid until the sync is done.
+pub struct SyncJob {
+    /// Dirty segments to fdatasync; an async runner may take them out.
+    pub files: Vec<(PathBuf, File)>,
+    target: Position,
+}
+
+impl SyncJob {
+    /// Runs the sync on the calling thread.
+    pub fn run_blocking(&self) -> Result<()> {
+        for (path, file) in &self.files {
+            file.sync_data().map_err(|e| WalError::io("fdatasync segment", path, e))?;
+        }
+        Ok(())
+    }
+}
+
+pub struct Wal {
+    dir: PathBuf,
+    config: WalConfig,
+    segments: VecDeque<Segment>,
+    first_index: u64,
+    live: VecDeque<Loc>,
+    durable: Position,
+    durable_next: u64,
+    poisoned: Option<String>,
+}
+
+impl Wal {
+    /// Opens the log in `dir` (created if missing, starting at index `first_index`),
+    /// recovers it, zeroes any torn tail, and fsyncs, so that everything recovered is
+    /// durable before the first new append.
+    pub fn open(dir: &Path, config: WalConfig, first_index: u64) -> Result<(Wal, RecoveryReport)> {
+        config.validate().map_err(WalError::Config)?;
+        std::fs::create_dir_all(dir).map_err(|e| WalError::io("create wal dir", dir, e))?;
+        let mut seqs = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| WalError::io("list wal dir", dir, e))? {
+            let entry = entry.map_err(|e| WalError::io("list wal dir", dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(seq) = segment::parse_file_name(&name) {
+                seqs.push(seq);
+            } else if name.ends_with(".wal.tmp") {
+                // A segment whose creation did not finish; it never held a record.
+                let p = entry.path();
+                std::fs::remove_file(&p).map_err(|e| WalError::io("remove temp segment", &p, e))?;
+            }
+        }
+        seqs.sort_unstable();
+        let mut segments = VecDeque::new();
+        for seq in &seqs {
+            let s = Segment::open(&dir.join(segment::file_name(*seq)))?;
+            if s.seq() != *seq {
+                return Err(WalError::Corruption {
+                    segment: s.path().to_owned(),
+                    offset: 0,
+                    detail: format!("header says seq {}", s.seq()),
+                });
+            }
+            segments.push_back(s);
+        }
+        let mut wal = Wal {
+            dir: dir.to_owned(),
+            config,
+            segments,
+            first_index,
+            live: VecDeque::new(),
+            durable: Position { seq: 0, offset: 0 },
+            durable_next: first_index,
+            poisoned: None,
+        };
+        let mut torn_tail = false;
+        if wal.segments.is_empty() {
+            wal.create_segment(first_index, 0, 0)?;
+        } else {
+            torn_tail = wal.recover()?;
+        }
+        wal.sync()?;
+        let report = RecoveryReport {
+            first_index: wal.first_index,
+            next_index: wal.next_index(),
+            segments: wal.segments.len(),
+            torn_tail,
+        };
+        Ok((wal, report))
+    }
+
+    fn recover(&mut self) -> Result<bool> {
+        let views: Vec<&[u8]> = self.segments.iter().map(Segment::bytes).collect();
+        let found = recovery::scan(&views, self.config.record_payload_max_bytes).map_err(|d| WalError::Corruption {
+            segment: self.segments[d.segment].path().to_owned(),
+            offset: d.offset,
+            detail: d.detail,
+        })?;
+        self.first_index = found.first_index;
+        self.durable_next = found.first_index;
+        self.live = found.live.iter().map(|l| Loc { seq: self.segments[l.segment].seq(), offset: l.offset }).collect();
+        // Segments after the end hold only unsynced writes of the crash.
+        let dropped: Vec<Segment> = self.segments.drain(found.end_segment + 1..).collect();
+        for s in &dropped {
+            std::fs::remove_file(s.path()).map_err(|e| WalError::io("remove torn segment", s.path(), e))?;
+        }
+        let zeroed = self.tail_mut().reset_tail(found.end_offset);
+        if !dropped.is_empty() {
+            self.sync_dir()?;
+        }
+        Ok(found.torn || zeroed || !dropped.is_empty())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn config(&self) -> &WalConfig {
+        &self.config
+    }
+    /// Lowest readable index (may be below the last purge point: purge is by segment).
+    pub fn first_index(&self) -> u64 {
+        self.first_index
+    }
+    /// The index the next appended record gets.
+    pub fn next_index(&self) -> u64 {
+        self.first_index + self.live.len() as u64
+    }
+    /// Every index below this is durable.
+    pub fn durable_next(&self) -> u64 {
+        self.durable_next
+    }
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+    /// Whether writes are refused after a failed sync.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(why) => Err(WalError::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn tail(&self) -> &Segment {
+        self.segments.back().expect("a wal always has a tail segment")
+    }
+
+    fn tail_mut(&mut self) -> &mut Segment {
+        self.segments.back_mut().expect("a wal always has a tail segment")
+    }
+
+    fn segment(&self, seq: u64) -> &Segment {
+        let front = self.segments.front().expect("a wal always has a tail segment").seq();
+        &self.segments[(seq - front) as usize]
+    }
+
+    /// Appends records with contiguous indexes; returns the index range. Nothing is
+    /// durable until a sync covering it returns.
+    pub fn append<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> Result<std::ops::Range<u64>> {
+        self.check_writable()?;
+        if payloads.len() > self.config.append_batch_max {
+            return Err(WalError::BatchTooLarge { len: payloads.len(), max: self.config.append_batch_max });
+        }
+        let max = self.config.record_payload_max_bytes;
+        if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > max as usize) {
+            return Err(WalError::RecordTooLarge { len: p.as_ref().len(), max });
+        }
+        let start = self.next_index();
+        for p in payloads {
+            let index = self.next_index();
+            let offset = self.write_record(RecordKind::Data, index, p.as_ref())?;
+            self.live.push_back(offset);
+        }
+        Ok(start..self.next_index())
+    }
+
+    fn write_record(&mut self, kind: RecordKind, index: u64, payload: &[u8]) -> Result<Loc> {
+        if !self.tail_mut().fits(payload.len()) {
+            let seq = self.tail_mut().seq() + 1;
+            self.create_segment(self.next_index(), seq, 0)?;
+        }
+        let durable_next = self.durable_next;
+        debug_assert!(durable_next <= index, "a record is never durable when written");
+        let tail = self.tail_mut();
+        let offset = tail.append(kind, index, durable_next, payload);
+        let loc = Loc { seq: tail.seq(), offset };
+        debug_assert!(self.live.back().is_none_or(|l| *l < loc), "positions grow");
+        Ok(loc)
+    }
+
+    fn create_segment(&mut self, first_index: u64, seq: u64, flags: u32) -> Result<()> {
+        let header =
+            SegmentHeader { seq, first_index, segment_size_bytes: self.config.segment_size_bytes, flags };
+        let s = Segment::create(&self.dir, header)?;
+        self.segments.push_back(s);
+        // The name must be durable before a record in the file can be.
+        self.sync_dir()
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| WalError::io("fsync wal dir", &self.dir, e))
+    }
+
+    /// Reads the payload of `index`: a slice of the mapping, crc-checked.
+    pub fn get(&self, index: u64) -> Result<&[u8]> {
+        let loc = self.loc(index)?;
+        let seg = self.segment(loc.seq);
+        match format::decode_slot(seg.bytes(), loc.offset as usize, self.config.record_payload_max_bytes) {
+            Slot::Record(m) if m.index == index && m.kind == RecordKind::Data => {
+                Ok(format::payload_at(seg.bytes(), loc.offset as usize, m.payload_len))
+            }
+            other => Err(WalError::Corruption {
+                segment: seg.path().to_owned(),
+                offset: u64::from(loc.offset),
+                detail: format!("reading index {index}: found {other:?}"),
+            }),
+        }
+    }
+
+    fn loc(&self, index: u64) -> Result<Loc> {
+        let out = || WalError::OutOfRange { index, first: self.first_index, next: self.next_index() };
+        let i = index.checked_sub(self.first_index).ok_or_else(out)?;
+        self.live.get(i as usize).copied().ok_or_else(out)
+    }
+
+    /// Iterates `(index, payload)` from `from` (clamped to `first_index`) to the end.
+    pub fn iter_from(&self, from: u64) -> impl Iterator<Item = Result<(u64, &[u8])>> + '_ {
+        (from.max(self.first_index)..self.next_index()).map(move |i| self.get(i).map(|p| (i, p)))
+    }
+
+    /// Removes every index after `last_kept` by appending a truncation marker. Durable
+    /// once a sync covers it; until then a crash may bring the removed records back,
+    /// exactly as if the truncation had not been called.
+    pub fn truncate_after(&mut self, last_kept: u64) -> Result<()> {
+        self.check_writable()?;
+        let cut = last_kept.checked_add(1).ok_or(WalError::OutOfRange {
+            index: last_kept,
+            first: self.first_index,
+            next: self.next_index(),
+        })?;
+        if cut >= self.next_index() {
+            return Ok(());
+        }
+        if cut < self.first_index {
+            return Err(WalError::OutOfRange { index: last_kept, first: self.first_index, next: self.next_index() });
+        }
+        self.live.truncate((cut - self.first_index) as usize);
+        self.durable_next = self.durable_next.min(cut);
+        self.write_record(RecordKind::Truncate, cut, &[])?;
+        Ok(())
+    }
+
+    /// Forgets every index below `index` (after a snapshot covers them) and deletes
+    /// segments that hold no live record. Purge is by whole segment: indexes below
+    /// `index` that share a segment with live ones stay readable, here and after a
+    /// reopen. Purging past the end restarts the log at `index` in a new segment.
+    pub fn purge_before(&mut self, index: u64) -> Result<()> {
+        self.check_writable()?;
+        if index <= self.first_index {
+            return Ok(());
+        }
+        let tail_seq = self.tail_mut().seq();
+        if index > self.next_index() {
+            // The gap must survive a restart: a RESET segment records the new start.
+            self.create_segment(index, tail_seq + 1, format::SEGMENT_FLAG_RESET)?;
+            self.live.clear();
+            self.first_index = index;
+            self.durable_next = index;
+            let tail = self.tail_mut();
+            self.durable = Position { seq: tail.seq(), offset: tail.write_offset() };
+        } else {
+            let n = (index - self.first_index) as usize;
+            self.live.drain(..n);
+            self.first_index = index;
+            self.durable_next = self.durable_next.max(index);
+        }
+        let keep_from = self.live.front().map_or(self.tail().seq(), |l| l.seq);
+        let mut removed = false;
+        while self.segments.front().is_some_and(|s| s.seq() < keep_from) {
+            let s = self.segments.pop_front().expect("checked");
+            std::fs::remove_file(s.path()).map_err(|e| WalError::io("remove purged segment", s.path(), e))?;
+            removed = true;
+        }
+        if removed {
+            self.sync_dir()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a sync of everything appended so far; `None` when all is durable.
+    pub fn begin_sync(&mut self) -> Result<Option<SyncJob>> {
+        self.check_writable()?;
+        let target = self.end_position();
+        let mut files = Vec::new();
+        for s in self.segments.iter_mut().filter(|s| s.is_dirty()) {
+            let f = s.file().try_clone().map_err(|e| WalError::io("dup segment fd", s.path(), e))?;
+            s.take_dirty();
+            files.push((s.path().to_owned(), f));
+        }
+        if files.is_empty() && target <= self.durable {
+            return Ok(None);
+        }
+        Ok(Some(SyncJob { files, target }))
+    }
+
+    /// The position after the last record written.
+    pub fn end_position(&self) -> Position {
+        let tail = self.tail();
+        Position { seq: tail.seq(), offset: tail.write_offset() }
+    }
+
+    /// Everything written before this position is durable.
+    pub fn durable_position(&self) -> Position {
+        self.durable
+    }
+
+    /// Finishes a sync started by `begin_sync`. A failed sync poisons the WAL.
+    pub fn complete_sync(&mut self, job: SyncJob, outcome: Result<()>) -> Result<()> {
+        if let Err(e) = outcome {
+            let why = e.to_string();
+            self.poisoned = Some(why);
+            return Err(e);
+        }
+        // A job older than a purge past the end targets a deleted segment.
+        if job.target <= self.durable {
+            return Ok(());
+        }
+        self.durable = job.target;
+        let next = self.next_index();
+        while self.durable_next < next {
+            let loc = self.live[(self.durable_next - self.first_index) as usize];
+            if (Position { seq: loc.seq, offset: loc.offset as usize }) >= self.durable {
+                break;
+            }
+            self.durable_next += 1;
+        }
+        debug_assert!(self.durable_next <= next);
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable, blocking the calling thread.
+    pub fn sync(&mut self) -> Result<()> {
+        if let Some(job) = self.begin_sync()? {
+            let outcome = job.run_blocking();
+            self.complete_sync(job, outcome)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,21 @@
+//! The per-shard write-ahead log: fixed-size, preallocated, memory-mapped segment files
+//! holding crc-checked records, with group commit and crash recovery.
+//!
+//! - `format`: the byte layout (documented there) and its pure codec;
+//! - `segment`: one mapped segment file;
+//! - `recovery`: pure scan from segment bytes to the live log (torn tail vs corruption);
+//! - `log`: `Wal`, the synchronous core (append, sync, read, truncate, purge, open);
+//! - `group_commit`: `GroupCommitWal`, the async face for a glommio executor, where
+//!   every append waits for one shared sync instead of issuing its own.
+//!
+//! The WAL knows nothing about Raft: records are opaque payloads at contiguous indexes.
+pub mod error;
+pub mod format;
+pub mod group_commit;
+pub mod log;
+pub mod recovery;
+pub mod segment;
+
+pub use error::WalError;
+pub use group_commit::GroupCommitWal;
+pub use log::{Position, RecoveryReport, SyncJob, Wal};

@@ -1,0 +1,167 @@
+//! WAL operations on a real directory: round trip, rollover, truncate, purge, reopen,
+//! failed-sync poisoning.
+use fleetlm::config::WalConfig;
+use fleetlm::wal::{Wal, WalError};
+
+fn small() -> WalConfig {
+    WalConfig { segment_size_bytes: 8192, record_payload_max_bytes: 2048, append_batch_max: 64 }
+}
+
+fn payload(i: u64, len: usize) -> Vec<u8> {
+    let mut p = format!("record-{i}-").into_bytes();
+    p.resize(len.max(p.len()), (i % 251) as u8);
+    p
+}
+
+fn contents(wal: &Wal) -> Vec<(u64, Vec<u8>)> {
+    wal.iter_from(0).map(|r| r.map(|(i, p)| (i, p.to_vec()))).collect::<Result<_, _>>().unwrap()
+}
+
+#[test]
+fn round_trip_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, report) = Wal::open(dir.path(), small(), 1).unwrap();
+    assert_eq!((report.first_index, report.next_index, report.torn_tail), (1, 1, false));
+    let written: Vec<Vec<u8>> = (1..=20).map(|i| payload(i, (i as usize * 37) % 300)).collect();
+    assert_eq!(wal.append(&written).unwrap(), 1..21);
+    assert_eq!(wal.durable_next(), 1, "nothing is durable before a sync");
+    wal.sync().unwrap();
+    assert_eq!(wal.durable_next(), 21);
+    assert_eq!(wal.get(7).unwrap(), &written[6][..]);
+    assert!(matches!(wal.get(21), Err(WalError::OutOfRange { index: 21, .. })));
+    assert!(matches!(wal.get(0), Err(WalError::OutOfRange { index: 0, .. })));
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), small(), 1).unwrap();
+    assert_eq!((report.first_index, report.next_index, report.torn_tail), (1, 21, false));
+    let expect: Vec<(u64, Vec<u8>)> = (1..=20).zip(written).collect();
+    assert_eq!(contents(&wal), expect);
+    assert_eq!(wal.durable_next(), 21, "what recovery found is synced before use");
+}
+
+#[test]
+fn empty_payloads_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small(), 0).unwrap();
+    assert_eq!(wal.append(&[b"" as &[u8], b"x"]).unwrap(), 0..2);
+    assert_eq!(wal.get(0).unwrap(), b"");
+    let big = vec![0u8; 2049];
+    assert!(matches!(wal.append(&[&big]), Err(WalError::RecordTooLarge { len: 2049, max: 2048 })));
+    let many = vec![b"a"; 65];
+    assert!(matches!(wal.append(&many), Err(WalError::BatchTooLarge { len: 65, max: 64 })));
+    assert_eq!(wal.next_index(), 2, "rejected batches write nothing");
+    let bad = WalConfig { record_payload_max_bytes: 8192, ..small() };
+    assert!(matches!(Wal::open(dir.path(), bad, 0), Err(WalError::Config(_))));
+}
+
+#[test]
+fn segment_rollover_keeps_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small(), 1).unwrap();
+    // 990-byte records take 1016 bytes: exactly 8 fit after the 64-byte header, so 100 records need 13 segments.
+    for i in 1..=100u64 {
+        wal.append(&[payload(i, 990)]).unwrap();
+        if i % 7 == 0 {
+            wal.sync().unwrap();
+        }
+    }
+    wal.sync().unwrap();
+    assert_eq!(wal.segment_count(), 13);
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(files, 13, "one file per segment, no leftovers");
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        assert_eq!(f.unwrap().metadata().unwrap().len(), 8192, "segments are preallocated, never extended");
+    }
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), small(), 1).unwrap();
+    assert_eq!(report.next_index, 101);
+    for i in 1..=100u64 {
+        assert_eq!(wal.get(i).unwrap(), &payload(i, 990)[..]);
+    }
+}
+
+#[test]
+fn truncate_after_then_append_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small(), 1).unwrap();
+    for i in 1..=30u64 {
+        wal.append(&[payload(i, 500)]).unwrap();
+    }
+    wal.sync().unwrap();
+    // Cut back into an earlier segment, then write a different suffix.
+    wal.truncate_after(9).unwrap();
+    assert_eq!(wal.next_index(), 10);
+    assert_eq!(wal.durable_next(), 10);
+    assert!(matches!(wal.get(10), Err(WalError::OutOfRange { .. })));
+    let new: Vec<Vec<u8>> = (10..=15).map(|i| payload(i + 1000, 300)).collect();
+    assert_eq!(wal.append(&new).unwrap(), 10..16);
+    wal.sync().unwrap();
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), small(), 1).unwrap();
+    assert_eq!(report.next_index, 16);
+    for i in 1..=9u64 {
+        assert_eq!(wal.get(i).unwrap(), &payload(i, 500)[..]);
+    }
+    for (k, i) in (10..=15u64).enumerate() {
+        assert_eq!(wal.get(i).unwrap(), &new[k][..], "index {i} holds the new suffix, not the truncated one");
+    }
+    // Truncating everything, and below the start, behave.
+    let (mut wal, _) = Wal::open(dir.path(), small(), 1).unwrap();
+    wal.truncate_after(0).unwrap();
+    assert_eq!((wal.first_index(), wal.next_index()), (1, 1));
+    wal.sync().unwrap();
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), small(), 1).unwrap();
+    assert_eq!((report.first_index, report.next_index), (1, 1));
+    drop(wal);
+}
+
+#[test]
+fn purge_before_deletes_whole_segments_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small(), 1).unwrap();
+    for i in 1..=40u64 {
+        wal.append(&[payload(i, 990)]).unwrap(); // 8 per segment: 1..=8, 9..=16, ...
+    }
+    wal.sync().unwrap();
+    assert_eq!(wal.segment_count(), 5);
+    wal.purge_before(20).unwrap(); // 1..=16 are in the first two segments
+    assert_eq!(wal.first_index(), 20);
+    assert_eq!(wal.segment_count(), 3, "segments holding only indexes < 17 are deleted");
+    assert!(matches!(wal.get(19), Err(WalError::OutOfRange { .. })));
+    assert_eq!(wal.get(20).unwrap(), &payload(20, 990)[..]);
+    drop(wal);
+    let (mut wal, report) = Wal::open(dir.path(), small(), 1).unwrap();
+    // Purge is by segment: after reopen the log starts at its first segment.
+    assert_eq!((report.first_index, report.next_index), (17, 41));
+    for i in 17..=40u64 {
+        assert_eq!(wal.get(i).unwrap(), &payload(i, 990)[..]);
+    }
+    // Purge past the end (a snapshot ahead of the log): the log restarts there.
+    wal.purge_before(100).unwrap();
+    assert_eq!((wal.first_index(), wal.next_index(), wal.durable_next()), (100, 100, 100));
+    assert_eq!(wal.segment_count(), 1);
+    wal.append(&[payload(100, 10)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), small(), 1).unwrap();
+    assert_eq!((report.first_index, report.next_index), (100, 101));
+    assert_eq!(wal.get(100).unwrap(), &payload(100, 10)[..]);
+}
+
+#[test]
+fn failed_sync_poisons_every_later_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small(), 1).unwrap();
+    wal.append(&[b"a"]).unwrap();
+    let job = wal.begin_sync().unwrap().expect("one record to sync");
+    let eio = WalError::Io { op: "fdatasync segment", path: dir.path().into(), source: std::io::Error::from_raw_os_error(libc::EIO) };
+    assert!(wal.complete_sync(job, Err(eio)).is_err());
+    assert_eq!(wal.durable_next(), 1, "a failed sync makes nothing durable");
+    assert!(matches!(wal.append(&[b"b"]), Err(WalError::Poisoned(_))));
+    assert!(matches!(wal.sync(), Err(WalError::Poisoned(_))));
+    assert!(matches!(wal.truncate_after(0), Err(WalError::Poisoned(_))));
+    assert!(matches!(wal.purge_before(1), Err(WalError::Poisoned(_))));
+    assert_eq!(wal.get(1).unwrap(), b"a", "reads still work");
+    let msg = wal.append(&[b"c"]).unwrap_err().to_string();
+    assert!(msg.contains("read-only after a failed sync"), "{msg}");
+}
