@@ -17,7 +17,11 @@
 //!     32    8 segment_size_bytes  u64, size the file was created with
 //!     40    4 flags               u32; bit 0 RESET: the log restarts at first_index
 //!                                 (written when a snapshot purges past the log's end)
-//!     44   20 reserved, zero
+//!     44    8 prev_end_offset     u64, where the records of segment seq-1 ended when
+//!                                 this one was created; recovery accepts this segment
+//!                                 as the continuation only if its scan of seq-1 ended
+//!                                 exactly there (0 for the first or a RESET segment)
+//!     52   12 reserved, zero
 //! ```
 //!
 //! # Record, at every 8-aligned offset from 64 on
@@ -91,6 +95,7 @@ pub struct SegmentHeader {
     pub first_index: u64,
     pub segment_size_bytes: u64,
     pub flags: u32,
+    pub prev_end_offset: u64,
 }
 
 /// What sits at one record slot.
@@ -163,6 +168,7 @@ pub fn encode_segment_header(h: SegmentHeader) -> [u8; SEGMENT_HEADER_BYTES] {
     b[24..32].copy_from_slice(&h.first_index.to_le_bytes());
     b[32..40].copy_from_slice(&h.segment_size_bytes.to_le_bytes());
     b[40..44].copy_from_slice(&h.flags.to_le_bytes());
+    b[44..52].copy_from_slice(&h.prev_end_offset.to_le_bytes());
     let crc = segment_header_crc(&b);
     b[12..16].copy_from_slice(&crc.to_le_bytes());
     b
@@ -195,6 +201,7 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, &'static str
         first_index: u64_at(b, 24),
         segment_size_bytes: u64_at(b, 32),
         flags: u32_at(b, 40),
+        prev_end_offset: u64_at(b, 44),
     })
 }
 
@@ -284,7 +291,7 @@ mod tests {
 
     #[test]
     fn segment_header_round_trip_and_damage() {
-        let h = SegmentHeader { seq: 3, first_index: 77, segment_size_bytes: 1 << 20, flags: SEGMENT_FLAG_RESET };
+        let h = SegmentHeader { seq: 3, first_index: 77, segment_size_bytes: 1 << 20, flags: SEGMENT_FLAG_RESET, prev_end_offset: 4096 };
         let mut b = encode_segment_header(h);
         assert_eq!(decode_segment_header(&b), Ok(h));
         b[20] ^= 1;

@@ -116,7 +116,7 @@ impl Wal {
         };
         let mut torn_tail = false;
         if wal.segments.is_empty() {
-            wal.create_segment(first_index, 0, 0)?;
+            wal.create_segment(first_index, 0, 0, 0)?;
         } else {
             torn_tail = wal.recover()?;
         }
@@ -219,9 +219,9 @@ impl Wal {
     }
 
     fn write_record(&mut self, kind: RecordKind, index: u64, payload: &[u8]) -> Result<Loc> {
-        if !self.tail_mut().fits(payload.len()) {
-            let seq = self.tail_mut().seq() + 1;
-            self.create_segment(self.next_index(), seq, 0)?;
+        if !self.tail().fits(payload.len()) {
+            let (seq, prev_end) = (self.tail().seq() + 1, self.tail().write_offset() as u64);
+            self.create_segment(self.next_index(), seq, 0, prev_end)?;
         }
         let durable_next = self.durable_next;
         debug_assert!(durable_next <= index, "a record is never durable when written");
@@ -232,9 +232,9 @@ impl Wal {
         Ok(loc)
     }
 
-    fn create_segment(&mut self, first_index: u64, seq: u64, flags: u32) -> Result<()> {
-        let header =
-            SegmentHeader { seq, first_index, segment_size_bytes: self.config.segment_size_bytes, flags };
+    fn create_segment(&mut self, first_index: u64, seq: u64, flags: u32, prev_end_offset: u64) -> Result<()> {
+        let segment_size_bytes = self.config.segment_size_bytes;
+        let header = SegmentHeader { seq, first_index, segment_size_bytes, flags, prev_end_offset };
         let s = Segment::create(&self.dir, header)?;
         self.segments.push_back(s);
         // The name must be durable before a record in the file can be.
@@ -290,9 +290,12 @@ impl Wal {
         if cut < self.first_index {
             return Err(WalError::OutOfRange { index: last_kept, first: self.first_index, next: self.next_index() });
         }
-        self.live.truncate((cut - self.first_index) as usize);
         self.durable_next = self.durable_next.min(cut);
+        // Write the marker before cutting `live`: if it rolls into a new segment, that
+        // segment's header must name the index recovery expects there, which is the
+        // one before the marker takes effect.
         self.write_record(RecordKind::Truncate, cut, &[])?;
+        self.live.truncate((cut - self.first_index) as usize);
         Ok(())
     }
 
@@ -308,7 +311,7 @@ impl Wal {
         let tail_seq = self.tail_mut().seq();
         if index > self.next_index() {
             // The gap must survive a restart: a RESET segment records the new start.
-            self.create_segment(index, tail_seq + 1, format::SEGMENT_FLAG_RESET)?;
+            self.create_segment(index, tail_seq + 1, format::SEGMENT_FLAG_RESET, 0)?;
             self.live.clear();
             self.first_index = index;
             self.durable_next = index;

@@ -70,9 +70,13 @@ pub fn scan(segments: &[&[u8]], payload_max: u32) -> Result<Recovered, Damage> {
         if si == 0 || header.flags & format::SEGMENT_FLAG_RESET != 0 {
             first_index = header.first_index;
             live.clear();
-        } else if header.first_index != next {
-            // Records are missing at the end of the previous segment.
-            let why = format!("segment {si} starts at index {} but the log continues at {next}", header.first_index);
+        } else if header.first_index != next || header.prev_end_offset != prev_end as u64 {
+            // The previous segment ends short of where its writer left it: records
+            // are missing at its end (lost writeback, or damage).
+            let why = format!(
+                "segment {si} continues index {} from offset {}, but the previous segment's records end at index {next}, offset {prev_end}",
+                header.first_index, header.prev_end_offset
+            );
             return resolve_hole(segments, si - 1, prev_end, next, first_index, live, &why);
         }
         let mut off = format::SEGMENT_HEADER_BYTES;
