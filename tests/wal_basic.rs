@@ -154,7 +154,11 @@ fn failed_sync_poisons_every_later_write() {
     let (mut wal, _) = Wal::open(dir.path(), small(), 1).unwrap();
     wal.append(&[b"a"]).unwrap();
     let job = wal.begin_sync().unwrap().expect("one record to sync");
-    let eio = WalError::Io { op: "fdatasync segment", path: dir.path().into(), source: std::io::Error::from_raw_os_error(libc::EIO) };
+    let eio = WalError::Io {
+        op: "fdatasync segment",
+        path: dir.path().into(),
+        source: std::io::Error::from_raw_os_error(libc::EIO),
+    };
     assert!(wal.complete_sync(job, Err(eio)).is_err());
     assert_eq!(wal.durable_next(), 1, "a failed sync makes nothing durable");
     assert!(matches!(wal.append(&[b"b"]), Err(WalError::Poisoned(_))));

@@ -212,9 +212,23 @@ fn run_workload(seed: u64, steps: usize) -> usize {
                     ok = ok || matches(&rwal, &candidate);
                 }
                 if !ok {
-                    eprintln!("ops since sync: {:?}", since_sync.iter().map(|o| match o { Op::Append(p) => format!("A{}", String::from_utf8_lossy(&p[..p.len().min(16)])), Op::Truncate(c) => format!("T{c}") }).collect::<Vec<_>>());
-                    for i in rwal.first_index()..rwal.next_index() { let g = rwal.get(i).unwrap(); eprintln!("  rec {i}: {}", String::from_utf8_lossy(&g[..g.len().min(16)])); }
-                    for (i, p) in synced_model.recs.iter().enumerate() { eprintln!("  synced {}: {}", i + 1, String::from_utf8_lossy(&p[..p.len().min(16)])); }
+                    eprintln!(
+                        "ops since sync: {:?}",
+                        since_sync
+                            .iter()
+                            .map(|o| match o {
+                                Op::Append(p) => format!("A{}", String::from_utf8_lossy(&p[..p.len().min(16)])),
+                                Op::Truncate(c) => format!("T{c}"),
+                            })
+                            .collect::<Vec<_>>()
+                    );
+                    for i in rwal.first_index()..rwal.next_index() {
+                        let g = rwal.get(i).unwrap();
+                        eprintln!("  rec {i}: {}", String::from_utf8_lossy(&g[..g.len().min(16)]));
+                    }
+                    for (i, p) in synced_model.recs.iter().enumerate() {
+                        eprintln!("  synced {}: {}", i + 1, String::from_utf8_lossy(&p[..p.len().min(16)]));
+                    }
                 }
                 assert!(
                     ok,
@@ -301,7 +315,9 @@ fn bit_flips_in_synced_records_are_reported_as_corruption() {
                     assert_eq!(offset, off as u64, "names the offset of record {}: {detail}", meta.index);
                 }
                 Err(other) => panic!("record {}: expected corruption, got {other}", meta.index),
-                Ok((w, _)) => panic!("record {}: flip of bit {bit} not detected; recovered up to {}", meta.index, w.next_index()),
+                Ok((w, _)) => {
+                    panic!("record {}: flip of bit {bit} not detected; recovered up to {}", meta.index, w.next_index())
+                }
             }
             std::fs::remove_dir_all(&ddir).unwrap();
             checked += 1;

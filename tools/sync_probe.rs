@@ -39,7 +39,7 @@ fn main() -> Result<()> {
         .io_memory(1 << 20)
         .make()
         .map_err(|e| anyhow::anyhow!("glommio executor: {e}"))?;
-    let res = ex.run(async move {
+    ex.run(async move {
         for method in ["msync", "fdatasync", "uring", "blocking", "msync", "fdatasync", "uring", "blocking"] {
             let h = probe(&args, method).await?;
             println!(
@@ -53,8 +53,7 @@ fn main() -> Result<()> {
         }
         std::fs::remove_dir_all(&args.dir)?;
         Ok::<_, anyhow::Error>(())
-    });
-    res
+    })
 }
 
 async fn probe(args: &Args, method: &str) -> Result<Histogram<u64>> {
@@ -86,9 +85,7 @@ async fn probe(args: &Args, method: &str) -> Result<Histogram<u64>> {
             "uring" => uring.fdatasync().await.map_err(std::io::Error::from)?,
             _ => {
                 let f = blocking_file.clone();
-                glommio::executor()
-                    .spawn_blocking(move || f.sync_data())
-                    .await?;
+                glommio::executor().spawn_blocking(move || f.sync_data()).await?;
             }
         }
         hist.record(start.elapsed().as_micros() as u64)?;

@@ -183,10 +183,8 @@ fn segment_header_crc(b: &[u8; SEGMENT_HEADER_BYTES]) -> u32 {
 
 /// Decodes a segment header; `Err` says what is wrong with it.
 pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, &'static str> {
-    let b: &[u8; SEGMENT_HEADER_BYTES] = bytes
-        .get(..SEGMENT_HEADER_BYTES)
-        .and_then(|s| s.try_into().ok())
-        .ok_or("segment shorter than its header")?;
+    let b: &[u8; SEGMENT_HEADER_BYTES] =
+        bytes.get(..SEGMENT_HEADER_BYTES).and_then(|s| s.try_into().ok()).ok_or("segment shorter than its header")?;
     if b[0..8] != SEGMENT_MAGIC {
         return Err("bad segment magic");
     }
@@ -285,13 +283,23 @@ mod tests {
         // The smallest possible record: index 0, nothing durable, empty payload.
         let mut slot = vec![0u8; record_stored_bytes(0)];
         encode_record(&mut slot, RecordKind::Data, 0, 0, b"");
-        assert_ne!(slot[..RECORD_HEADER_BYTES], [0u8; RECORD_HEADER_BYTES], "an all-zero record header must be impossible");
+        assert_ne!(
+            slot[..RECORD_HEADER_BYTES],
+            [0u8; RECORD_HEADER_BYTES],
+            "an all-zero record header must be impossible"
+        );
         assert!(matches!(decode_slot(&slot, 0, 1024), Slot::Record(m) if m.index == 0));
     }
 
     #[test]
     fn segment_header_round_trip_and_damage() {
-        let h = SegmentHeader { seq: 3, first_index: 77, segment_size_bytes: 1 << 20, flags: SEGMENT_FLAG_RESET, prev_end_offset: 4096 };
+        let h = SegmentHeader {
+            seq: 3,
+            first_index: 77,
+            segment_size_bytes: 1 << 20,
+            flags: SEGMENT_FLAG_RESET,
+            prev_end_offset: 4096,
+        };
         let mut b = encode_segment_header(h);
         assert_eq!(decode_segment_header(&b), Ok(h));
         b[20] ^= 1;

@@ -50,6 +50,9 @@ pub struct SyncStats {
     pub sync_latency_us: Histogram<u64>,
     /// Records made durable by each sync.
     pub sync_batch_records: Histogram<u64>,
+    /// Syncs started and completed (successfully) so far.
+    pub syncs_started_total: u64,
+    pub syncs_completed_total: u64,
 }
 
 struct Inner {
@@ -83,6 +86,8 @@ impl GroupCommitWal {
         let stats = SyncStats {
             sync_latency_us: Histogram::new(3).expect("3 significant figures is valid"),
             sync_batch_records: Histogram::new(3).expect("3 significant figures is valid"),
+            syncs_started_total: 0,
+            syncs_completed_total: 0,
         };
         let wake = Rc::new(Notify::new());
         let inner = Rc::new(Inner { wal: RefCell::new(wal), durable, wake: wake.clone(), stats: RefCell::new(stats) });
@@ -177,7 +182,10 @@ async fn flusher(inner: Weak<Inner>, wake: Rc<Notify>) {
             let Some(inner) = inner.upgrade() else { return };
             let started = inner.wal.borrow_mut().begin_sync();
             match started {
-                Ok(Some(job)) => job,
+                Ok(Some(job)) => {
+                    inner.stats.borrow_mut().syncs_started_total += 1;
+                    job
+                }
                 Ok(None) => {
                     drop(inner);
                     wake.notified().await;
@@ -206,6 +214,7 @@ async fn flusher(inner: Weak<Inner>, wake: Rc<Notify>) {
             let mut stats = inner.stats.borrow_mut();
             let _ = stats.sync_latency_us.record(started_at.elapsed().as_micros() as u64);
             let _ = stats.sync_batch_records.record(durable_next.saturating_sub(before));
+            stats.syncs_completed_total += 1;
         }
         inner.durable.send_modify(|d| {
             d.durable_next = durable_next;

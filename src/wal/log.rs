@@ -242,9 +242,7 @@ impl Wal {
     }
 
     fn sync_dir(&self) -> Result<()> {
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| WalError::io("fsync wal dir", &self.dir, e))
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| WalError::io("fsync wal dir", &self.dir, e))
     }
 
     /// Reads the payload of `index`: a slice of the mapping, crc-checked.

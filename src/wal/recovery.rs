@@ -53,8 +53,11 @@ pub fn scan(segments: &[&[u8]], payload_max: u32) -> Result<Recovered, Damage> {
     let mut prev_end = 0usize;
     let mut prev_seq = None;
     for (si, bytes) in segments.iter().enumerate() {
-        let header = format::decode_segment_header(bytes)
-            .map_err(|detail| Damage { segment: si, offset: 0, detail: detail.into() })?;
+        let header = format::decode_segment_header(bytes).map_err(|detail| Damage {
+            segment: si,
+            offset: 0,
+            detail: detail.into(),
+        })?;
         if header.segment_size_bytes != bytes.len() as u64 {
             let detail = format!("segment is {} bytes, header says {}", bytes.len(), header.segment_size_bytes);
             return Err(Damage { segment: si, offset: 0, detail });
@@ -148,8 +151,7 @@ fn resolve_hole(
 /// is how many records could fit after it; those bounds reject garbage before any crc
 /// is computed.
 fn find_attestation(segments: &[&[u8]], si: usize, off: usize, expected: u64) -> Option<(usize, usize, u64)> {
-    let bytes_after: usize =
-        segments[si].len() - off + segments[si + 1..].iter().map(|s| s.len()).sum::<usize>();
+    let bytes_after: usize = segments[si].len() - off + segments[si + 1..].iter().map(|s| s.len()).sum::<usize>();
     let index_bound = expected.saturating_add((bytes_after / format::RECORD_HEADER_BYTES) as u64);
     for (sj, bytes) in segments.iter().enumerate().skip(si) {
         let start = if sj == si { off } else { format::SEGMENT_HEADER_BYTES };

@@ -70,11 +70,8 @@ impl Segment {
     /// Maps an existing segment for recovery. The header is validated by recovery,
     /// which sees the bytes; `write_offset` is set by `set_write_offset` afterwards.
     pub fn open(path: &Path) -> Result<Segment> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| WalError::io("open segment", path, e))?;
+        let file =
+            OpenOptions::new().read(true).write(true).open(path).map_err(|e| WalError::io("open segment", path, e))?;
         let len = file.metadata().map_err(|e| WalError::io("stat segment", path, e))?.len();
         if len < format::SEGMENT_HEADER_BYTES as u64 || len > u32::MAX as u64 {
             return Err(WalError::Corruption {
@@ -90,7 +87,14 @@ impl Segment {
             offset: 0,
             detail: detail.into(),
         })?;
-        Ok(Segment { path: path.to_owned(), file, map, header, write_offset: format::SEGMENT_HEADER_BYTES, dirty: false })
+        Ok(Segment {
+            path: path.to_owned(),
+            file,
+            map,
+            header,
+            write_offset: format::SEGMENT_HEADER_BYTES,
+            dirty: false,
+        })
     }
 
     pub fn path(&self) -> &Path {
