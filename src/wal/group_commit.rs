@@ -25,7 +25,7 @@
 //! during the sync to parse requests and append the next batch, which is what makes
 //! group commit pay. The executor never blocks on a sync; it blocks only on rare
 //! segment creation (fallocate + fsyncs, once per segment) and on purge's unlinks.
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::{Rc, Weak};
 use std::time::Instant;
@@ -57,6 +57,8 @@ pub struct SyncStats {
 
 struct Inner {
     wal: RefCell<Wal>,
+    /// A spare segment is being created on the blocking pool.
+    spare_in_flight: Cell<bool>,
     durable: watch::Sender<Durability>,
     wake: Rc<Notify>,
     stats: RefCell<SyncStats>,
@@ -90,7 +92,13 @@ impl GroupCommitWal {
             syncs_completed_total: 0,
         };
         let wake = Rc::new(Notify::new());
-        let inner = Rc::new(Inner { wal: RefCell::new(wal), durable, wake: wake.clone(), stats: RefCell::new(stats) });
+        let inner = Rc::new(Inner {
+            wal: RefCell::new(wal),
+            spare_in_flight: Cell::new(false),
+            durable,
+            wake: wake.clone(),
+            stats: RefCell::new(stats),
+        });
         glommio::spawn_local(flusher(Rc::downgrade(&inner), wake)).detach();
         GroupCommitWal { inner }
     }
@@ -118,7 +126,35 @@ impl GroupCommitWal {
     pub fn append<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<std::ops::Range<u64>> {
         let range = self.inner.wal.borrow_mut().append(payloads)?;
         self.inner.wake.notify_one();
+        self.prepare_spare_if_wanted();
         Ok(range)
+    }
+
+    /// Creates the next segment file on the blocking pool before the tail fills, so
+    /// that a roll is a rename and a header write instead of a fallocate and fsyncs on
+    /// the executor (measured: ≈25 ms stalls per roll without this).
+    fn prepare_spare_if_wanted(&self) {
+        if self.inner.spare_in_flight.get() || !self.inner.wal.borrow().wants_spare() {
+            return;
+        }
+        self.inner.spare_in_flight.set(true);
+        let request = self.inner.wal.borrow_mut().spare_request();
+        let weak = Rc::downgrade(&self.inner);
+        glommio::spawn_local(async move {
+            let created = glommio::executor().spawn_blocking(move || request.create_blocking()).await;
+            let Some(inner) = weak.upgrade() else {
+                if let Ok(spare) = created {
+                    spare.discard();
+                }
+                return;
+            };
+            inner.spare_in_flight.set(false);
+            // On error the roll creates its segment itself and reports the error there.
+            if let Ok(spare) = created {
+                inner.wal.borrow_mut().install_spare(spare);
+            }
+        })
+        .detach();
     }
 
     /// Appends records and returns once a sync covering them has returned.
@@ -239,6 +275,14 @@ async fn sync_through_uring(mut job: SyncJob) -> (SyncJob, Result<()>) {
         if let Err(e) = synced.and(closed) {
             let err = WalError::io("fdatasync segment", path, std::io::Error::from(e));
             return (job, Err(err));
+        }
+    }
+    // A directory fsync happens once per segment roll; io_uring has no plain fsync in
+    // glommio's API, so it goes to the blocking pool.
+    if let Some((path, dir)) = job.dir.take() {
+        let synced = glommio::executor().spawn_blocking(move || dir.sync_all()).await;
+        if let Err(e) = synced {
+            return (job, Err(WalError::io("fsync wal dir", path, e)));
         }
     }
     (job, Ok(()))

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use super::error::{Result, WalError};
 use super::format::{self, RecordKind, SegmentHeader, Slot};
 use super::recovery;
-use super::segment::{self, Segment};
+use super::segment::{self, Segment, Spare, SpareRequest};
 use crate::config::WalConfig;
 
 /// Where a live record sits.
@@ -47,6 +47,8 @@ pub struct RecoveryReport {
 pub struct SyncJob {
     /// Dirty segments to fdatasync; an async runner may take them out.
     pub files: Vec<(PathBuf, File)>,
+    /// The WAL directory, when a segment was renamed into it since the last sync.
+    pub dir: Option<(PathBuf, File)>,
     target: Position,
 }
 
@@ -55,6 +57,9 @@ impl SyncJob {
     pub fn run_blocking(&self) -> Result<()> {
         for (path, file) in &self.files {
             file.sync_data().map_err(|e| WalError::io("fdatasync segment", path, e))?;
+        }
+        if let Some((path, dir)) = &self.dir {
+            dir.sync_all().map_err(|e| WalError::io("fsync wal dir", path, e))?;
         }
         Ok(())
     }
@@ -69,6 +74,12 @@ pub struct Wal {
     durable: Position,
     durable_next: u64,
     poisoned: Option<String>,
+    /// The next segment, preallocated ahead of need.
+    spare: Option<Spare>,
+    spares_requested: u64,
+    /// A segment was renamed in since the last sync started: the sync must fsync the
+    /// directory too.
+    dir_dirty: bool,
 }
 
 impl Wal {
@@ -85,24 +96,25 @@ impl Wal {
             let name = name.to_string_lossy();
             if let Some(seq) = segment::parse_file_name(&name) {
                 seqs.push(seq);
-            } else if name.ends_with(".wal.tmp") {
-                // A segment whose creation did not finish; it never held a record.
+            } else if name.ends_with(".tmp") {
+                // A spare that was never renamed into place; it never held a record.
                 let p = entry.path();
                 std::fs::remove_file(&p).map_err(|e| WalError::io("remove temp segment", &p, e))?;
             }
         }
         seqs.sort_unstable();
+        // A crash during the very first open leaves one segment whose header was never
+        // written back; it never held a record.
+        if let [only] = seqs[..] {
+            let p = dir.join(segment::file_name(only));
+            if header_is_zero(&p)? {
+                std::fs::remove_file(&p).map_err(|e| WalError::io("remove unsynced segment", &p, e))?;
+                seqs.clear();
+            }
+        }
         let mut segments = VecDeque::new();
         for seq in &seqs {
-            let s = Segment::open(&dir.join(segment::file_name(*seq)))?;
-            if s.seq() != *seq {
-                return Err(WalError::Corruption {
-                    segment: s.path().to_owned(),
-                    offset: 0,
-                    detail: format!("header says seq {}", s.seq()),
-                });
-            }
-            segments.push_back(s);
+            segments.push_back(Segment::open(&dir.join(segment::file_name(*seq)), *seq)?);
         }
         let mut wal = Wal {
             dir: dir.to_owned(),
@@ -113,10 +125,14 @@ impl Wal {
             durable: Position { seq: 0, offset: 0 },
             durable_next: first_index,
             poisoned: None,
+            spare: None,
+            spares_requested: 0,
+            dir_dirty: false,
         };
         let mut torn_tail = false;
         if wal.segments.is_empty() {
             wal.create_segment(first_index, 0, 0, 0)?;
+            wal.dir_dirty = true;
         } else {
             torn_tail = wal.recover()?;
         }
@@ -131,7 +147,7 @@ impl Wal {
     }
 
     fn recover(&mut self) -> Result<bool> {
-        let views: Vec<&[u8]> = self.segments.iter().map(Segment::bytes).collect();
+        let views: Vec<(u64, &[u8])> = self.segments.iter().map(|s| (s.seq(), s.bytes())).collect();
         let found = recovery::scan(&views, self.config.record_payload_max_bytes).map_err(|d| WalError::Corruption {
             segment: self.segments[d.segment].path().to_owned(),
             offset: d.offset,
@@ -232,13 +248,42 @@ impl Wal {
         Ok(loc)
     }
 
+    /// Activates a spare (making one now if none was prepared) as segment `seq`. The
+    /// directory is marked dirty: the sync that makes records here durable also
+    /// fsyncs the directory, so no sync happens on this path.
     fn create_segment(&mut self, first_index: u64, seq: u64, flags: u32, prev_end_offset: u64) -> Result<()> {
+        let spare = match self.spare.take() {
+            Some(s) => s,
+            None => self.spare_request().create_blocking()?,
+        };
         let segment_size_bytes = self.config.segment_size_bytes;
         let header = SegmentHeader { seq, first_index, segment_size_bytes, flags, prev_end_offset };
-        let s = Segment::create(&self.dir, header)?;
+        let s = Segment::activate(&self.dir, spare, header)?;
         self.segments.push_back(s);
-        // The name must be durable before a record in the file can be.
-        self.sync_dir()
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Whether a spare segment should be prepared now: none is ready and the tail is
+    /// half full, so a blocking-pool thread has ample time before the roll needs it.
+    pub fn wants_spare(&self) -> bool {
+        self.spare.is_none() && self.tail().write_offset() as u64 > self.config.segment_size_bytes / 2
+    }
+
+    /// Names a new spare file; run `create_blocking` on it anywhere, then `install_spare`.
+    pub fn spare_request(&mut self) -> SpareRequest {
+        self.spares_requested += 1;
+        let path = self.dir.join(format!("spare-{}.tmp", self.spares_requested));
+        SpareRequest { path, size_bytes: self.config.segment_size_bytes }
+    }
+
+    /// Keeps a prepared spare for the next roll (or discards it if one is ready).
+    pub fn install_spare(&mut self, spare: Spare) {
+        if self.spare.is_some() || self.poisoned.is_some() {
+            spare.discard();
+        } else {
+            self.spare = Some(spare);
+        }
     }
 
     fn sync_dir(&self) -> Result<()> {
@@ -306,10 +351,18 @@ impl Wal {
         if index <= self.first_index {
             return Ok(());
         }
+        // Make the segments that stay durable (headers and names included) before any
+        // is deleted: recovery must find the log's start in what is left.
+        self.sync()?;
         let tail_seq = self.tail_mut().seq();
         if index > self.next_index() {
             // The gap must survive a restart: a RESET segment records the new start.
             self.create_segment(index, tail_seq + 1, format::SEGMENT_FLAG_RESET, 0)?;
+            // The RESET segment must be durable before older segments disappear, or a
+            // crash could leave neither the old log nor the restart on disk.
+            self.tail().sync_data()?;
+            self.sync_dir()?;
+            self.dir_dirty = false;
             self.live.clear();
             self.first_index = index;
             self.durable_next = index;
@@ -344,10 +397,16 @@ impl Wal {
             s.take_dirty();
             files.push((s.path().to_owned(), f));
         }
-        if files.is_empty() && target <= self.durable {
+        let dir = if std::mem::take(&mut self.dir_dirty) {
+            let f = File::open(&self.dir).map_err(|e| WalError::io("open wal dir", &self.dir, e))?;
+            Some((self.dir.clone(), f))
+        } else {
+            None
+        };
+        if files.is_empty() && dir.is_none() && target <= self.durable {
             return Ok(None);
         }
-        Ok(Some(SyncJob { files, target }))
+        Ok(Some(SyncJob { files, dir, target }))
     }
 
     /// The position after the last record written.
@@ -366,6 +425,9 @@ impl Wal {
         if let Err(e) = outcome {
             let why = e.to_string();
             self.poisoned = Some(why);
+            if let Some(spare) = self.spare.take() {
+                spare.discard();
+            }
             return Err(e);
         }
         // A job older than a purge past the end targets a deleted segment.
@@ -392,5 +454,17 @@ impl Wal {
             self.complete_sync(job, outcome)?;
         }
         Ok(())
+    }
+}
+
+/// Whether the file's segment header bytes are all zero (never written back).
+fn header_is_zero(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; format::SEGMENT_HEADER_BYTES];
+    let mut f = File::open(path).map_err(|e| WalError::io("open segment", path, e))?;
+    match f.read_exact(&mut head) {
+        Ok(()) => Ok(head.iter().all(|&b| b == 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(WalError::io("read segment header", path, e)),
     }
 }

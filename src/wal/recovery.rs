@@ -46,30 +46,44 @@ pub struct Damage {
     pub detail: String,
 }
 
-/// Scans the segments (full file bytes, in sequence order).
-pub fn scan(segments: &[&[u8]], payload_max: u32) -> Result<Recovered, Damage> {
+/// Scans the segments: `(seq from the file name, full file bytes)`, in seq order.
+pub fn scan(files: &[(u64, &[u8])], payload_max: u32) -> Result<Recovered, Damage> {
+    let segments: Vec<&[u8]> = files.iter().map(|f| f.1).collect();
+    let segments = &segments[..];
     let mut first_index = 0u64;
     let mut live: VecDeque<Loc> = VecDeque::new();
     let mut prev_end = 0usize;
     let mut prev_seq = None;
     for (si, bytes) in segments.iter().enumerate() {
-        let header = format::decode_segment_header(bytes).map_err(|detail| Damage {
-            segment: si,
-            offset: 0,
-            detail: detail.into(),
-        })?;
+        let next = first_index + live.len() as u64;
+        let name_seq = files[si].0;
+        if let Some(prev) = prev_seq
+            && name_seq != prev + 1
+        {
+            // Segments are missing: lost renames of a crash, or lost files.
+            let why = format!("segment seq {name_seq} does not follow {prev}");
+            return resolve_hole(segments, si - 1, prev_end, next, first_index, live, &why);
+        }
+        let header = match format::decode_segment_header(bytes) {
+            Ok(h) => h,
+            Err(detail) if si > 0 => {
+                // The header of a rolled segment becomes durable with the first sync of
+                // its records; a crash before that leaves it zero or torn. Whether that
+                // hides synced data is what the hole resolution decides.
+                let why = format!("segment seq {name_seq}: {detail}");
+                return resolve_hole(segments, si - 1, prev_end, next, first_index, live, &why);
+            }
+            Err(detail) => return Err(Damage { segment: si, offset: 0, detail: detail.into() }),
+        };
+        if header.seq != name_seq {
+            let detail = format!("segment header says seq {} but the file name says {name_seq}", header.seq);
+            return Err(Damage { segment: si, offset: 0, detail });
+        }
         if header.segment_size_bytes != bytes.len() as u64 {
             let detail = format!("segment is {} bytes, header says {}", bytes.len(), header.segment_size_bytes);
             return Err(Damage { segment: si, offset: 0, detail });
         }
-        if let Some(prev) = prev_seq
-            && header.seq != prev + 1
-        {
-            let detail = format!("segment seq {} does not follow {prev}: a segment is missing", header.seq);
-            return Err(Damage { segment: si, offset: 0, detail });
-        }
         prev_seq = Some(header.seq);
-        let next = first_index + live.len() as u64;
         if si == 0 || header.flags & format::SEGMENT_FLAG_RESET != 0 {
             first_index = header.first_index;
             live.clear();

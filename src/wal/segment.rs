@@ -26,11 +26,58 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// A preallocated, zero-filled file waiting to become the next segment.
+pub struct Spare {
+    path: PathBuf,
+    file: File,
+    size_bytes: u64,
+}
+
+/// What it takes to make a spare; `Send`, so it can run on a blocking thread.
+pub struct SpareRequest {
+    pub path: PathBuf,
+    pub size_bytes: u64,
+}
+
+impl SpareRequest {
+    /// Creates the spare: a file with its blocks reserved (not a sparse hole: a write
+    /// into a hole on a full disk would be a SIGBUS through the mapping, and allocating
+    /// at writeback makes every sync slower), fsync'd. Blocks for a few milliseconds,
+    /// which is why the async WAL runs it on the blocking pool ahead of time.
+    pub fn create_blocking(self) -> Result<Spare> {
+        let path = self.path;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| WalError::io("create spare segment", &path, e))?;
+        let len = i64::try_from(self.size_bytes).map_err(|_| WalError::Config("segment size".into()))?;
+        // SAFETY: plain syscall on an fd we own.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+        if rc != 0 {
+            let _ = std::fs::remove_file(&path);
+            return Err(WalError::io("fallocate segment", &path, std::io::Error::from_raw_os_error(rc)));
+        }
+        file.sync_all().map_err(|e| WalError::io("fsync spare segment", &path, e))?;
+        Ok(Spare { path, file, size_bytes: self.size_bytes })
+    }
+}
+
+impl Spare {
+    /// Deletes an unneeded spare.
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 pub struct Segment {
     path: PathBuf,
     file: File,
     map: MmapMut,
-    header: SegmentHeader,
+    /// From the file name; recovery checks it against the header.
+    seq: u64,
     /// Where the next record goes. Everything from here to the end is zero.
     write_offset: usize,
     /// Written since the last sync was started.
@@ -38,38 +85,31 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Creates segment `seq` in `dir`: writes a `.tmp` file, reserves its blocks,
-    /// writes the header, fsyncs it, and renames it into place. The caller fsyncs the
-    /// directory before relying on the new name.
-    pub fn create(dir: &Path, header: SegmentHeader) -> Result<Segment> {
+    /// Turns a spare file (see [`SpareRequest`]) into segment `header.seq`: renames it
+    /// into place, maps it and writes the header through the mapping. The header, like
+    /// the records, becomes durable with the next fdatasync of the file, and the new
+    /// name with the next fsync of the directory; the caller marks the directory dirty
+    /// so that the sync which makes records here durable makes the name durable too.
+    pub fn activate(dir: &Path, spare: Spare, header: SegmentHeader) -> Result<Segment> {
         let path = dir.join(file_name(header.seq));
-        let tmp = dir.join(format!("{}.tmp", file_name(header.seq)));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| WalError::io("create segment", &tmp, e))?;
-        // Real blocks, not a sparse hole: a write into a hole on a full disk would be a
-        // SIGBUS through the mapping, and allocating at writeback makes syncs slower.
-        let len = i64::try_from(header.segment_size_bytes).map_err(|_| WalError::Config("segment size".into()))?;
-        // SAFETY: plain syscall on an fd we own.
-        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
-        if rc != 0 {
-            return Err(WalError::io("fallocate segment", &tmp, std::io::Error::from_raw_os_error(rc)));
+        let Spare { path: spare_path, file, size_bytes } = spare;
+        if size_bytes != header.segment_size_bytes {
+            let _ = std::fs::remove_file(&spare_path);
+            return Err(WalError::Config(format!(
+                "spare of {size_bytes} bytes for a {} byte segment",
+                header.segment_size_bytes
+            )));
         }
-        // SAFETY: the file is ours, sized above, and no other process maps it.
-        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| WalError::io("mmap segment", &tmp, e))?;
+        std::fs::rename(&spare_path, &path).map_err(|e| WalError::io("rename segment", &path, e))?;
+        // SAFETY: the file is ours, preallocated to its size, and no other process maps it.
+        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| WalError::io("mmap segment", &path, e))?;
         map[..format::SEGMENT_HEADER_BYTES].copy_from_slice(&format::encode_segment_header(header));
-        file.sync_all().map_err(|e| WalError::io("fsync new segment", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| WalError::io("rename segment", &path, e))?;
-        Ok(Segment { path, file, map, header, write_offset: format::SEGMENT_HEADER_BYTES, dirty: false })
+        Ok(Segment { path, file, map, seq: header.seq, write_offset: format::SEGMENT_HEADER_BYTES, dirty: true })
     }
 
-    /// Maps an existing segment for recovery. The header is validated by recovery,
-    /// which sees the bytes; `write_offset` is set by `set_write_offset` afterwards.
-    pub fn open(path: &Path) -> Result<Segment> {
+    /// Maps an existing segment `seq` for recovery. The header is not checked here:
+    /// recovery sees the bytes and decides (a zero header can be an unsynced roll).
+    pub fn open(path: &Path, seq: u64) -> Result<Segment> {
         let file =
             OpenOptions::new().read(true).write(true).open(path).map_err(|e| WalError::io("open segment", path, e))?;
         let len = file.metadata().map_err(|e| WalError::io("stat segment", path, e))?.len();
@@ -80,31 +120,16 @@ impl Segment {
                 detail: format!("segment file has impossible size {len}"),
             });
         }
-        // SAFETY: as in `create`; the file is not shared with other writers.
+        // SAFETY: as in `activate`; the file is not shared with other writers.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| WalError::io("mmap segment", path, e))?;
-        let header = format::decode_segment_header(&map).map_err(|detail| WalError::Corruption {
-            segment: path.to_owned(),
-            offset: 0,
-            detail: detail.into(),
-        })?;
-        Ok(Segment {
-            path: path.to_owned(),
-            file,
-            map,
-            header,
-            write_offset: format::SEGMENT_HEADER_BYTES,
-            dirty: false,
-        })
+        Ok(Segment { path: path.to_owned(), file, map, seq, write_offset: format::SEGMENT_HEADER_BYTES, dirty: false })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
-    pub fn header(&self) -> SegmentHeader {
-        self.header
-    }
     pub fn seq(&self) -> u64 {
-        self.header.seq
+        self.seq
     }
     pub fn bytes(&self) -> &[u8] {
         &self.map
