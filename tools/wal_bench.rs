@@ -61,12 +61,15 @@ async fn run_one(args: &Args, record_bytes: usize, appenders: usize) -> Result<(
     let (wal, _) = Wal::open(&dir, config, 1)?;
     let wal = GroupCommitWal::new(wal);
     let latency_us = Rc::new(RefCell::new(Histogram::<u64>::new(3)?));
+    // Time inside `append` alone (copy into the mapping, page faults included).
+    let copy_us = Rc::new(RefCell::new(Histogram::<u64>::new(3)?));
     let measured = Rc::new(RefCell::new(0u64));
     let warmup_end = Instant::now() + Duration::from_millis(args.warmup_ms);
     let end = warmup_end + Duration::from_secs(args.secs);
     let mut tasks = vec![];
     for a in 0..appenders {
         let (wal, latency_us, measured) = (wal.clone(), latency_us.clone(), measured.clone());
+        let copy_us = copy_us.clone();
         let payload = vec![(a % 251) as u8; record_bytes];
         tasks.push(glommio::spawn_local(async move {
             loop {
@@ -74,8 +77,11 @@ async fn run_one(args: &Args, record_bytes: usize, appenders: usize) -> Result<(
                 if start >= end {
                     return Ok::<_, anyhow::Error>(());
                 }
-                wal.append_durable(&[&payload]).await?;
+                let range = wal.append(&[&payload])?;
+                let copied_us = start.elapsed().as_micros() as u64;
+                wal.wait_durable(range.start).await?;
                 if start >= warmup_end {
+                    copy_us.borrow_mut().record(copied_us)?;
                     latency_us.borrow_mut().record(start.elapsed().as_micros() as u64)?;
                     *measured.borrow_mut() += 1;
                 }
@@ -94,11 +100,14 @@ async fn run_one(args: &Args, record_bytes: usize, appenders: usize) -> Result<(
     }
     let secs = t0.elapsed().as_secs_f64();
     let h = latency_us.borrow();
+    let c = copy_us.borrow();
     let records = *measured.borrow();
-    let (sync_p50, sync_p99, syncs, mean_batch) = wal.with_stats(|s| {
+    let (sync_p50, sync_p99, sync_p999, sync_max, syncs, mean_batch) = wal.with_stats(|s| {
         (
             s.sync_latency_us.value_at_quantile(0.5),
             s.sync_latency_us.value_at_quantile(0.99),
+            s.sync_latency_us.value_at_quantile(0.999),
+            s.sync_latency_us.max(),
             s.sync_latency_us.len(),
             s.sync_batch_records.mean(),
         )
@@ -116,8 +125,13 @@ async fn run_one(args: &Args, record_bytes: usize, appenders: usize) -> Result<(
             "append_sync_p99_us": h.value_at_quantile(0.99),
             "append_sync_p999_us": h.value_at_quantile(0.999),
             "append_sync_max_us": h.max(),
+            "append_copy_p99_us": c.value_at_quantile(0.99),
+            "append_copy_p999_us": c.value_at_quantile(0.999),
+            "append_copy_max_us": c.max(),
             "sync_p50_us": sync_p50,
             "sync_p99_us": sync_p99,
+            "sync_p999_us": sync_p999,
+            "sync_max_us": sync_max,
             "syncs": syncs,
             "records_per_sync_mean": mean_batch,
             "segments": segments,

@@ -21,15 +21,24 @@
 //! msync and fdatasync are the same kernel path here (both end in a ranged
 //! `vfs_fsync_range`) and within noise of each other, so the WAL syncs with fdatasync:
 //! it needs no range bookkeeping and can go through io_uring. We keep the io_uring form:
-//! it costs ≈0–40 µs at p50 over the fastest blocking call, but the executor stays free
-//! during the sync to parse requests and append the next batch, which is what makes
-//! group commit pay. The executor never blocks on a sync; it blocks only on rare
-//! segment creation (fallocate + fsyncs, once per segment) and on purge's unlinks.
+//! it costs ≈0–50 µs at p50 over the fastest blocking call (io_uring runs fsync on an
+//! io-wq worker), but the executor stays free during the sync to parse requests and
+//! append the next batch, which is what makes group commit pay, and other shards on
+//! the same core are not stalled. Each segment gets one io_uring handle, kept until the
+//! segment is purged (a dup + async close per sync cost another ring round trip:
+//! 1-appender append+sync p50 went from 204 µs to 142 µs without it).
+//!
+//! The executor never blocks on a sync. Segment files are created ahead of need on the
+//! blocking pool (`prepare_spare_if_wanted`), and the directory fsync after a roll runs
+//! there too. What still runs on the executor: the copy into the mapping (page faults
+//! included, see bench/results/wal.md for the stalls they cause), and purge's unlinks
+//! and the blocking sync before them (rare: after snapshots).
 use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::{Rc, Weak};
 use std::time::Instant;
 
+use glommio::io::BufferedFile;
 use hdrhistogram::Histogram;
 use tokio::sync::{Notify, watch};
 
@@ -57,6 +66,9 @@ pub struct SyncStats {
 
 struct Inner {
     wal: RefCell<Wal>,
+    /// io_uring handles of segments, opened once per segment (a dup and an async close
+    /// per sync cost a ring round trip each).
+    uring_files: RefCell<Vec<(u64, Rc<BufferedFile>)>>,
     /// A spare segment is being created on the blocking pool.
     spare_in_flight: Cell<bool>,
     durable: watch::Sender<Durability>,
@@ -94,6 +106,7 @@ impl GroupCommitWal {
         let wake = Rc::new(Notify::new());
         let inner = Rc::new(Inner {
             wal: RefCell::new(wal),
+            uring_files: RefCell::new(Vec::new()),
             spare_in_flight: Cell::new(false),
             durable,
             wake: wake.clone(),
@@ -234,7 +247,15 @@ async fn flusher(inner: Weak<Inner>, wake: Rc<Notify>) {
             }
         };
         let started_at = Instant::now();
-        let (job, outcome) = sync_through_uring(job).await;
+        let (files, dir) = {
+            let Some(inner) = inner.upgrade() else { return };
+            let dir = job.dir.then(|| inner.wal.borrow().dir().to_owned());
+            (uring_files_for(&inner, &job), dir)
+        };
+        let outcome = match files {
+            Ok(files) => sync_through_uring(&files, dir).await,
+            Err(e) => Err(e),
+        };
         let Some(inner) = inner.upgrade() else { return };
         let before = inner.wal.borrow().durable_next();
         let done = inner.wal.borrow_mut().complete_sync(job, outcome);
@@ -264,26 +285,45 @@ fn publish_failure(inner: &Inner, e: &WalError) {
     inner.durable.send_modify(|d| d.failed = Some(why));
 }
 
-/// fdatasync of every file of the job through io_uring; the executor keeps running.
-async fn sync_through_uring(mut job: SyncJob) -> (SyncJob, Result<()>) {
-    let files = std::mem::take(&mut job.files);
-    for (path, file) in files {
-        // SAFETY: the fd is a dup we own; BufferedFile takes ownership and closes it.
-        let f = unsafe { glommio::io::BufferedFile::from_raw_fd(file.into_raw_fd()) };
-        let synced = f.fdatasync().await;
-        let closed = f.close().await;
-        if let Err(e) = synced.and(closed) {
-            let err = WalError::io("fdatasync segment", path, std::io::Error::from(e));
-            return (job, Err(err));
+/// The io_uring handles for the job's segments, from the cache or newly opened; drops
+/// handles of purged segments.
+fn uring_files_for(inner: &Inner, job: &SyncJob) -> Result<Vec<Rc<BufferedFile>>> {
+    let wal = inner.wal.borrow();
+    let mut cache = inner.uring_files.borrow_mut();
+    let front = wal.front_seq();
+    cache.retain(|(seq, _)| *seq >= front);
+    let mut out = Vec::with_capacity(job.segments.len());
+    for &seq in &job.segments {
+        if let Some((_, f)) = cache.iter().find(|(s, _)| *s == seq) {
+            out.push(f.clone());
+        } else if let Some(file) = wal.dup_segment_file(seq)? {
+            // SAFETY: the fd is a dup we own; BufferedFile takes ownership and closes it.
+            let f = Rc::new(unsafe { BufferedFile::from_raw_fd(file.into_raw_fd()) });
+            cache.push((seq, f.clone()));
+            out.push(f);
         }
     }
-    // A directory fsync happens once per segment roll; io_uring has no plain fsync in
-    // glommio's API, so it goes to the blocking pool.
-    if let Some((path, dir)) = job.dir.take() {
-        let synced = glommio::executor().spawn_blocking(move || dir.sync_all()).await;
-        if let Err(e) = synced {
-            return (job, Err(WalError::io("fsync wal dir", path, e)));
-        }
+    Ok(out)
+}
+
+/// fdatasync of every file of the job through io_uring (the executor keeps running),
+/// then the directory if a segment was renamed in.
+async fn sync_through_uring(files: &[Rc<BufferedFile>], dir: Option<std::path::PathBuf>) -> Result<()> {
+    for f in files {
+        f.fdatasync().await.map_err(|e| {
+            WalError::io("fdatasync segment", f.path().map(|p| p.to_path_buf()).unwrap_or_default(), e.into())
+        })?;
     }
-    (job, Ok(()))
+    // Once per segment roll. glommio's file API has no plain fsync, so it goes to the
+    // blocking pool.
+    if let Some(dir) = dir {
+        let synced = glommio::executor()
+            .spawn_blocking({
+                let dir = dir.clone();
+                move || std::fs::File::open(&dir).and_then(|d| d.sync_all())
+            })
+            .await;
+        synced.map_err(|e| WalError::io("fsync wal dir", dir, e))?;
+    }
+    Ok(())
 }

@@ -41,28 +41,14 @@ pub struct RecoveryReport {
     pub torn_tail: bool,
 }
 
-/// The work of one sync, detached from the `Wal` so that it can run off the executor
-/// thread (or through io_uring) while appends go on. Holds duplicated file handles, so
-/// a segment purged meanwhile stays valid until the sync is done.
+/// The work of one sync, detached from the `Wal` so that it can run through io_uring
+/// while appends go on: which segments to fdatasync, whether the directory needs an
+/// fsync (a segment was renamed in), and the position it makes durable.
 pub struct SyncJob {
-    /// Dirty segments to fdatasync; an async runner may take them out.
-    pub files: Vec<(PathBuf, File)>,
-    /// The WAL directory, when a segment was renamed into it since the last sync.
-    pub dir: Option<(PathBuf, File)>,
+    /// Seqs of the segments written since the last sync started.
+    pub segments: Vec<u64>,
+    pub dir: bool,
     target: Position,
-}
-
-impl SyncJob {
-    /// Runs the sync on the calling thread.
-    pub fn run_blocking(&self) -> Result<()> {
-        for (path, file) in &self.files {
-            file.sync_data().map_err(|e| WalError::io("fdatasync segment", path, e))?;
-        }
-        if let Some((path, dir)) = &self.dir {
-            dir.sync_all().map_err(|e| WalError::io("fsync wal dir", path, e))?;
-        }
-        Ok(())
-    }
 }
 
 pub struct Wal {
@@ -286,7 +272,8 @@ impl Wal {
         }
     }
 
-    fn sync_dir(&self) -> Result<()> {
+    /// fsync of the WAL directory (names of created and deleted segments).
+    pub fn sync_dir(&self) -> Result<()> {
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| WalError::io("fsync wal dir", &self.dir, e))
     }
 
@@ -391,22 +378,42 @@ impl Wal {
     pub fn begin_sync(&mut self) -> Result<Option<SyncJob>> {
         self.check_writable()?;
         let target = self.end_position();
-        let mut files = Vec::new();
-        for s in self.segments.iter_mut().filter(|s| s.is_dirty()) {
-            let f = s.file().try_clone().map_err(|e| WalError::io("dup segment fd", s.path(), e))?;
-            s.take_dirty();
-            files.push((s.path().to_owned(), f));
-        }
-        let dir = if std::mem::take(&mut self.dir_dirty) {
-            let f = File::open(&self.dir).map_err(|e| WalError::io("open wal dir", &self.dir, e))?;
-            Some((self.dir.clone(), f))
-        } else {
-            None
-        };
-        if files.is_empty() && dir.is_none() && target <= self.durable {
+        let segments: Vec<u64> = self.segments.iter_mut().filter_map(|s| s.take_dirty().then(|| s.seq())).collect();
+        let dir = std::mem::take(&mut self.dir_dirty);
+        if segments.is_empty() && !dir && target <= self.durable {
             return Ok(None);
         }
-        Ok(Some(SyncJob { files, dir, target }))
+        Ok(Some(SyncJob { segments, dir, target }))
+    }
+
+    /// Runs a sync job on the calling thread.
+    fn run_blocking(&self, job: &SyncJob) -> Result<()> {
+        for &seq in &job.segments {
+            if let Some(s) = self.segment_if_present(seq) {
+                s.sync_data()?;
+            }
+        }
+        if job.dir {
+            self.sync_dir()?;
+        }
+        Ok(())
+    }
+
+    fn segment_if_present(&self, seq: u64) -> Option<&Segment> {
+        let front = self.segments.front()?.seq();
+        self.segments.get(usize::try_from(seq.checked_sub(front)?).ok()?)
+    }
+
+    /// A duplicate handle of segment `seq` (for syncing it outside the `Wal`); `None`
+    /// if the segment is gone (purged).
+    pub fn dup_segment_file(&self, seq: u64) -> Result<Option<File>> {
+        let Some(s) = self.segment_if_present(seq) else { return Ok(None) };
+        s.file().try_clone().map(Some).map_err(|e| WalError::io("dup segment fd", s.path(), e))
+    }
+
+    /// Seq of the oldest segment still in the log.
+    pub fn front_seq(&self) -> u64 {
+        self.segments.front().expect("a wal always has a tail segment").seq()
     }
 
     /// The position after the last record written.
@@ -450,7 +457,7 @@ impl Wal {
     /// Makes everything appended so far durable, blocking the calling thread.
     pub fn sync(&mut self) -> Result<()> {
         if let Some(job) = self.begin_sync()? {
-            let outcome = job.run_blocking();
+            let outcome = self.run_blocking(&job);
             self.complete_sync(job, outcome)?;
         }
         Ok(())

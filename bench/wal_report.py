@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Turns fio's JSON and wal-bench's JSON lines into bench/results/wal.md."""
+import json
+import os
+import platform
+import subprocess
+import sys
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:
+        return "?"
+
+
+fio_path, wal_path, command = sys.argv[1], sys.argv[2], sys.argv[3]
+fio = json.load(open(fio_path))["jobs"][0]
+sync_ns = fio["sync"]["lat_ns"]["percentile"]
+fio_p50_us = sync_ns["50.000000"] / 1000
+fio_p99_us = sync_ns["99.000000"] / 1000
+fio_iops = fio["write"]["iops"]
+runs = [json.loads(line) for line in open(wal_path) if line.strip()]
+
+commit = sh("git rev-parse --short HEAD") + ("-dirty" if sh("git status --porcelain -uno") else "")
+disk = sh("df -T . | awk 'NR==2 {print $1\" \"$2}'")
+print("# WAL benchmark")
+print()
+print(f"- command: `{command}`; commit `{commit}`; date {sh('date -u +%Y-%m-%dT%H:%MZ')}")
+print(f"- machine: {os.cpu_count()} cores, Linux {platform.release()}, {disk}, loopback only")
+print("- one WAL (one shard) on one glommio executor; every appender loops: append one record, wait until a")
+print("  sync covering it has returned (closed loop). Group commit: one fdatasync (io_uring) covers all")
+print("  records appended before it started.")
+print()
+print("## Floor: fio, same disk, same run")
+print()
+print("`fio --rw=write --bs=4k --fdatasync=1` (one writer):")
+print(f"fdatasync median **{fio_p50_us:.0f} µs**, p99 {fio_p99_us:.0f} µs, {fio_iops:.0f} durable writes/s.")
+print()
+print("## WAL")
+print()
+print("| record | appenders | records/s | append+sync p50 | p99 | p99.9 | max | syncs/s | records/sync | sync p50 | sync p99 |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for r in runs:
+    print(
+        f"| {r['record_bytes']} B | {r['appenders']} | {r['records_per_sec']:.0f} | {r['append_sync_p50_us']} µs"
+        f" | {r['append_sync_p99_us']} µs | {r['append_sync_p999_us']} µs | {r['append_sync_max_us']} µs"
+        f" | {r['syncs'] / r['secs']:.0f} | {r['records_per_sync_mean']:.1f} | {r['sync_p50_us']} µs | {r['sync_p99_us']} µs |"
+    )
+print()
+print("## Targets (ratios to the fio floor of this run)")
+print()
+limit = 64 / (fio_p50_us / 1e6)
+ok_all = True
+for r in runs:
+    if r["appenders"] == 64:
+        ratio = r["records_per_sec"] / limit
+        ok = ratio >= 0.8
+        ok_all &= ok
+        print(
+            f"- {r['record_bytes']} B, 64 appenders: {r['records_per_sec']:.0f} records/s = **{ratio:.2f}×** the limit"
+            f" 64 / {fio_p50_us:.0f} µs = {limit:.0f}/s (target ≥ 0.80×): {'PASS' if ok else 'FAIL'}"
+        )
+for r in runs:
+    if r["appenders"] == 1:
+        ratio = r["append_sync_p50_us"] / fio_p50_us
+        ok = ratio <= 1.5
+        ok_all &= ok
+        print(
+            f"- {r['record_bytes']} B, 1 appender: append+sync median {r['append_sync_p50_us']} µs = **{ratio:.2f}×**"
+            f" fio's fdatasync median (target ≤ 1.5×): {'PASS' if ok else 'FAIL'}"
+        )
+print()
+print("Stalls inside `append` itself (the copy into the mapping, page faults included), per run:")
+print(", ".join(f"{r['record_bytes']} B × {r['appenders']}: p99.9 {r['append_copy_p999_us']} µs, max {r['append_copy_max_us']} µs" for r in runs) + ".")
+sys.exit(0 if ok_all else 1)
