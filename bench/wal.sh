@@ -24,11 +24,20 @@ if ! command -v fio >/dev/null; then
 fi
 
 cargo build --release --bin wal-bench
-echo "fio floor (${SECS}s)..." >&2
-fio --name=floor --rw=write --bs=4k --size=256m --fdatasync=1 --runtime="$SECS" --time_based \
-    --filename="$scratch/fio.dat" --output-format=json >"$scratch/fio.json"
-rm -f "$scratch/fio.dat"
+floor() {
+  fio --name=floor --rw=write --bs=4k --size=256m --fdatasync=1 --runtime="$SECS" --time_based \
+      --filename="$scratch/fio.dat" --output-format=json >"$1"
+  rm -f "$scratch/fio.dat"
+}
+# The disk's latency drifts over minutes here, so the floor is taken before and after.
+echo "fio floor, before (${SECS}s)..." >&2
+floor "$scratch/fio-before.json"
 echo "wal-bench (${SECS}s per combination)..." >&2
 ./target/release/wal-bench --dir "$scratch" --secs "$SECS" >"$scratch/wal.jsonl"
-python3 bench/wal_report.py "$scratch/fio.json" "$scratch/wal.jsonl" "bench/wal.sh (SECS=$SECS)" >bench/results/wal.md
+echo "fio floor, after (${SECS}s)..." >&2
+floor "$scratch/fio-after.json"
+status=0
+python3 bench/wal_report.py "$scratch/fio-before.json" "$scratch/fio-after.json" "$scratch/wal.jsonl" \
+    "bench/wal.sh (SECS=$SECS)" >bench/results/wal.md || status=$?
 cat bench/results/wal.md
+exit $status

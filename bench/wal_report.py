@@ -14,12 +14,17 @@ def sh(cmd):
         return "?"
 
 
-fio_path, wal_path, command = sys.argv[1], sys.argv[2], sys.argv[3]
-fio = json.load(open(fio_path))["jobs"][0]
-sync_ns = fio["sync"]["lat_ns"]["percentile"]
-fio_p50_us = sync_ns["50.000000"] / 1000
-fio_p99_us = sync_ns["99.000000"] / 1000
-fio_iops = fio["write"]["iops"]
+before_path, after_path, wal_path, command = sys.argv[1:5]
+
+
+def floor(path):
+    job = json.load(open(path))["jobs"][0]
+    pct = job["sync"]["lat_ns"]["percentile"]
+    return pct["50.000000"] / 1000, pct["99.000000"] / 1000, job["write"]["iops"]
+
+
+before, after = floor(before_path), floor(after_path)
+fio_p50_us = (before[0] + after[0]) / 2
 runs = [json.loads(line) for line in open(wal_path) if line.strip()]
 
 commit = sh("git rev-parse --short HEAD") + ("-dirty" if sh("git status --porcelain -uno") else "")
@@ -34,8 +39,14 @@ print("  records appended before it started.")
 print()
 print("## Floor: fio, same disk, same run")
 print()
-print("`fio --rw=write --bs=4k --fdatasync=1` (one writer):")
-print(f"fdatasync median **{fio_p50_us:.0f} µs**, p99 {fio_p99_us:.0f} µs, {fio_iops:.0f} durable writes/s.")
+print("`fio --rw=write --bs=4k --fdatasync=1` (one writer), run before and after the WAL runs:")
+print()
+print("| | fdatasync p50 | p99 | durable writes/s |")
+print("|---|---:|---:|---:|")
+for name, (p50, p99, iops) in (("before", before), ("after", after)):
+    print(f"| {name} | {p50:.0f} µs | {p99:.0f} µs | {iops:.0f} |")
+print()
+print(f"Floor used for the ratios: the mean of the two medians, **{fio_p50_us:.0f} µs**.")
 print()
 print("## WAL")
 print()
