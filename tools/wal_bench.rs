@@ -33,6 +33,10 @@ struct Args {
     /// Unmeasured warm-up per combination, ms.
     #[arg(long, default_value_t = 500)]
     warmup_ms: u64,
+    /// glommio `spin_before_park`, µs: the executor spins this long before sleeping
+    /// when idle (0 = sleep at once).
+    #[arg(long, default_value_t = 0)]
+    spin_before_park_us: u64,
     /// Segment size, bytes.
     #[arg(long, default_value_t = fleetlm::config::WAL_SEGMENT_SIZE_BYTES_DEFAULT)]
     segment_size_bytes: u64,
@@ -40,10 +44,11 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let ex = LocalExecutorBuilder::default()
-        .io_memory(1 << 20)
-        .make()
-        .map_err(|e| anyhow::anyhow!("glommio executor: {e}"))?;
+    let mut builder = LocalExecutorBuilder::default().io_memory(1 << 20);
+    if args.spin_before_park_us > 0 {
+        builder = builder.spin_before_park(Duration::from_micros(args.spin_before_park_us));
+    }
+    let ex = builder.make().map_err(|e| anyhow::anyhow!("glommio executor: {e}"))?;
     ex.run(async move {
         for &bytes in &args.record_bytes {
             for &n in &args.appenders {
