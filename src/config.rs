@@ -3,6 +3,11 @@
 //! Sizes are in `*_bytes`, times in `*_ms`/`*_us`, counts in `*_max`. Nothing in the
 //! server is unbounded: if a queue, a body or a batch has a size, that size is here.
 
+/// Locked memory each glommio executor registers for io_uring buffers. 1 MiB works
+/// under the usual 8 MiB `ulimit -l` of non-root users; below 512 KiB glommio refuses
+/// to start (DESIGN.md, measured facts).
+pub const GLOMMIO_IO_MEMORY_BYTES: usize = 1 << 20;
+
 /// Limits and defaults of the write-ahead log (`crate::wal`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalConfig {

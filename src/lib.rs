@@ -7,6 +7,8 @@
 //!
 //! Landed so far:
 //! - [`config`]: every limit and default;
-//! - [`wal`]: the per-shard write-ahead log.
+//! - [`wal`]: the per-shard write-ahead log;
+//! - [`raft`]: openraft on glommio (runtime adapter so far).
 pub mod config;
+pub mod raft;
 pub mod wal;

@@ -1,0 +1,5 @@
+//! Raft on glommio: the runtime adapter (and, as they land, the type config, the log
+//! store on the WAL, the state machine and the node-to-node network).
+pub mod runtime;
+
+pub use runtime::GlommioRuntime;
