@@ -194,6 +194,12 @@ impl GroupCommitWal {
         self.wait_until(|d| d.durable >= end).await
     }
 
+    /// Waits until everything written before `end` (a `Wal::end_position`) is durable.
+    pub async fn wait_durable_position(&self, end: Position) -> Result<()> {
+        self.inner.wake.notify_one();
+        self.wait_until(|d| d.durable >= end).await
+    }
+
     /// Waits until index `index` is durable. After a truncation this means the record
     /// now at `index`.
     pub async fn wait_durable(&self, index: u64) -> Result<()> {

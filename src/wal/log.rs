@@ -304,21 +304,26 @@ impl Wal {
         (from.max(self.first_index)..self.next_index()).map(move |i| self.get(i).map(|p| (i, p)))
     }
 
-    /// Removes every index after `last_kept` by appending a truncation marker. Durable
-    /// once a sync covers it; until then a crash may bring the removed records back,
-    /// exactly as if the truncation had not been called.
+    /// Removes every index after `last_kept` (see `truncate_from`).
     pub fn truncate_after(&mut self, last_kept: u64) -> Result<()> {
-        self.check_writable()?;
         let cut = last_kept.checked_add(1).ok_or(WalError::OutOfRange {
             index: last_kept,
             first: self.first_index,
             next: self.next_index(),
         })?;
+        self.truncate_from(cut)
+    }
+
+    /// Removes every index from `cut` on by appending a truncation marker. Durable
+    /// once a sync covers it; until then a crash may bring the removed records back,
+    /// exactly as if the truncation had not been called.
+    pub fn truncate_from(&mut self, cut: u64) -> Result<()> {
+        self.check_writable()?;
         if cut >= self.next_index() {
             return Ok(());
         }
         if cut < self.first_index {
-            return Err(WalError::OutOfRange { index: last_kept, first: self.first_index, next: self.next_index() });
+            return Err(WalError::OutOfRange { index: cut, first: self.first_index, next: self.next_index() });
         }
         self.durable_next = self.durable_next.min(cut);
         // Write the marker before cutting `live`: if it rolls into a new segment, that

@@ -1,0 +1,269 @@
+//! `WalLogStore`: openraft's log storage on the WAL, one per shard.
+//!
+//! - Raft log index = WAL index; entries are postcard-encoded WAL records.
+//! - `append` copies entries into the WAL and returns at once; the openraft callback
+//!   fires when the group-commit sync covering them has returned (so concurrent
+//!   appends share one fdatasync).
+//! - `truncate_after` appends a WAL truncation marker; it becomes durable with the
+//!   next sync, before anything appended after it can be.
+//! - Vote, committed log id and last purged log id live in a small metadata file
+//!   (`raft-meta.json`), replaced atomically (write, fsync, rename, fsync dir). The vote
+//!   is durable before `save_vote` returns, as Raft requires.
+//! - `purge` records the purged log id first, then lets the WAL delete whole segments;
+//!   reads never return entries at or below it, even when a segment still holds them.
+//!
+//! Cloning shares the store; a clone is the `LogReader` that replication tasks use.
+use std::cell::RefCell;
+use std::fmt::Debug;
+use std::io;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::type_config::alias::{LogIdOf, VoteOf};
+use openraft::{OptionalSend, RaftLogReader, RaftTypeConfig};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::wal::{GroupCommitWal, WalError};
+
+/// What Raft must keep besides the log.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+struct Meta<C: RaftTypeConfig> {
+    vote: Option<VoteOf<C>>,
+    committed: Option<LogIdOf<C>>,
+    last_purged: Option<LogIdOf<C>>,
+}
+
+impl<C: RaftTypeConfig> Default for Meta<C> {
+    fn default() -> Self {
+        Meta { vote: None, committed: None, last_purged: None }
+    }
+}
+
+impl<C: RaftTypeConfig> Clone for Meta<C> {
+    fn clone(&self) -> Self {
+        Meta { vote: self.vote.clone(), committed: self.committed.clone(), last_purged: self.last_purged.clone() }
+    }
+}
+
+struct Shared<C: RaftTypeConfig> {
+    wal: GroupCommitWal,
+    meta: RefCell<Meta<C>>,
+    meta_path: PathBuf,
+}
+
+/// The log store of one shard. `!Send`: it lives on its shard's executor.
+pub struct WalLogStore<C: RaftTypeConfig> {
+    shared: Rc<Shared<C>>,
+    _c: PhantomData<C>,
+}
+
+impl<C: RaftTypeConfig> Clone for WalLogStore<C> {
+    fn clone(&self) -> Self {
+        WalLogStore { shared: self.shared.clone(), _c: PhantomData }
+    }
+}
+
+fn to_io(e: WalError) -> io::Error {
+    let kind = match e {
+        WalError::Corruption { .. } => io::ErrorKind::InvalidData,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
+}
+
+const META_FILE: &str = "raft-meta.json";
+
+impl<C> WalLogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+{
+    /// Opens the store whose WAL is `wal` and whose metadata file lives in `dir`.
+    pub fn open(dir: &Path, wal: GroupCommitWal) -> io::Result<Self> {
+        let meta_path = dir.join(META_FILE);
+        let meta = match std::fs::read(&meta_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", meta_path.display())))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Meta::default(),
+            Err(e) => return Err(e),
+        };
+        Ok(WalLogStore { shared: Rc::new(Shared { wal, meta: RefCell::new(meta), meta_path }), _c: PhantomData })
+    }
+
+    /// The WAL underneath (for metrics and tests).
+    pub fn wal(&self) -> &GroupCommitWal {
+        &self.shared.wal
+    }
+
+    /// Replaces the metadata file atomically and durably. Blocks the executor for a
+    /// write and two fsyncs; it runs on elections and purges, not per append.
+    fn persist_meta(&self, meta: &Meta<C>) -> io::Result<()> {
+        let bytes = serde_json::to_vec(meta).map_err(io::Error::other)?;
+        let tmp = self.shared.meta_path.with_extension("json.tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.shared.meta_path)?;
+        let dir = self.shared.meta_path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)?.sync_all()?;
+        *self.shared.meta.borrow_mut() = meta.clone();
+        Ok(())
+    }
+
+    fn decode(index: u64, bytes: &[u8]) -> io::Result<C::Entry> {
+        let entry: C::Entry = postcard::from_bytes(bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("log entry {index}: {e}")))?;
+        if entry.index() != index {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("wal index {index} holds log entry {}", entry.index()),
+            ));
+        }
+        Ok(entry)
+    }
+
+    /// First index a reader may see: past the purge point, and present in the WAL.
+    fn first_readable(&self) -> u64 {
+        let purged_next = self.shared.meta.borrow().last_purged.as_ref().map_or(0, |l| l.index() + 1);
+        self.shared.wal.with(|w| w.first_index()).max(purged_next)
+    }
+}
+
+impl<C> RaftLogReader<C> for WalLogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+{
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e.saturating_add(1),
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => u64::MAX,
+        };
+        let start = start.max(self.first_readable());
+        self.shared.wal.with(|w| {
+            let end = end.min(w.next_index());
+            (start..end).map(|i| w.get(i).map_err(to_io).and_then(|b| Self::decode(i, b))).collect()
+        })
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
+        Ok(self.shared.meta.borrow().vote.clone())
+    }
+}
+
+impl<C> RaftLogStorage<C> for WalLogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+{
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
+        let last_purged = self.shared.meta.borrow().last_purged.clone();
+        let first = self.first_readable();
+        let last = self.shared.wal.with(|w| {
+            let next = w.next_index();
+            if next > first {
+                w.get(next - 1).map_err(to_io).and_then(|b| Self::decode(next - 1, b)).map(|e| Some(e.log_id()))
+            } else {
+                Ok(None)
+            }
+        })?;
+        Ok(LogState { last_log_id: last.or_else(|| last_purged.clone()), last_purged_log_id: last_purged })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
+        let mut meta = self.shared.meta.borrow().clone();
+        meta.vote = Some(vote.clone());
+        self.persist_meta(&meta)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        // Not made durable on its own: a stale committed id on restart only means
+        // re-applying from the snapshot (openraft's documented fallback). It is written
+        // with the next vote or purge.
+        self.shared.meta.borrow_mut().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
+        Ok(self.shared.meta.borrow().committed.clone())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut next = self.shared.wal.with(|w| w.next_index());
+        let empty = next <= self.first_readable();
+        let mut encoded = Vec::new();
+        for entry in entries {
+            // An empty log (new, or everything purged behind a snapshot) may go on at
+            // any later index: restart the WAL there.
+            if encoded.is_empty() && empty && entry.index() > next {
+                next = entry.index();
+                self.shared.wal.with(|w| w.purge_before(next)).map_err(to_io)?;
+            }
+            // The WAL assigns contiguous indexes; Raft's must match them exactly.
+            if entry.index() != next {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("append of log index {} where the log continues at {next}", entry.index()),
+                ));
+            }
+            next += 1;
+            encoded.push(postcard::to_stdvec(&entry).map_err(io::Error::other)?);
+        }
+        let batch_max = self.shared.wal.with(|w| w.config().append_batch_max);
+        for chunk in encoded.chunks(batch_max) {
+            self.shared.wal.append(chunk).map_err(to_io)?;
+        }
+        let end = self.shared.wal.with(|w| w.end_position());
+        let wal = self.shared.wal.clone();
+        glommio::spawn_local(async move {
+            let flushed = wal.wait_durable_position(end).await.map_err(to_io);
+            callback.io_completed(flushed);
+        })
+        .detach();
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        let cut = last_log_id.as_ref().map_or(0, |l| l.index() + 1);
+        self.shared.wal.with(|w| w.truncate_from(cut.max(w.first_index()))).map_err(to_io)
+    }
+
+    async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
+        let mut meta = self.shared.meta.borrow().clone();
+        if meta.last_purged.as_ref().is_some_and(|p| p.index() >= log_id.index()) {
+            return Ok(());
+        }
+        let upto = log_id.index() + 1;
+        meta.last_purged = Some(log_id);
+        self.persist_meta(&meta)?;
+        self.shared.wal.with(|w| w.purge_before(upto)).map_err(to_io)
+    }
+}
