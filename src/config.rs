@@ -71,3 +71,39 @@ impl WalConfig {
         Ok(())
     }
 }
+
+/// Limits of the context store (`crate::store`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreLimits {
+    /// Longest `role` of a message.
+    pub role_max_bytes: usize,
+    /// Most parts in one message.
+    pub parts_max: usize,
+    /// Largest `limit` of the last_n / skip_parts policies.
+    pub policy_limit_max: u32,
+    /// Most `skip_kinds` of the skip_parts policy.
+    pub skip_kinds_max: usize,
+    /// Idempotency keys remembered per context (API.md: at least 10,000).
+    pub idempotency_keys_per_context: usize,
+    /// Longest `Idempotency-Key` header.
+    pub idempotency_key_max_bytes: usize,
+    /// Largest page of tail / replay (larger requests are clamped).
+    pub page_limit_max: usize,
+    /// Page size of replay when `limit` is absent.
+    pub page_limit_default: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            role_max_bytes: 256,
+            parts_max: 1024,
+            policy_limit_max: 100_000,
+            skip_kinds_max: 32,
+            idempotency_keys_per_context: 10_000,
+            idempotency_key_max_bytes: 128,
+            page_limit_max: 1000,
+            page_limit_default: 100,
+        }
+    }
+}

@@ -8,7 +8,9 @@
 //! Landed so far:
 //! - [`config`]: every limit and default;
 //! - [`wal`]: the per-shard write-ahead log;
-//! - [`raft`]: openraft on glommio (runtime adapter so far).
+//! - [`raft`]: openraft on glommio (runtime adapter, log store on the WAL);
+//! - [`store`]: contexts and the state-machine logic (pure).
 pub mod config;
 pub mod raft;
+pub mod store;
 pub mod wal;

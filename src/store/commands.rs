@@ -1,0 +1,114 @@
+//! `Store`: every context of one shard, and the commands that change them. This is the
+//! Raft state machine's logic: `apply` is deterministic (the time comes in the command,
+//! taken once by the leader) and never panics; refusals are results.
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::context::{Appended, Context};
+use super::error::StoreError;
+use super::model::{NewMessage, PutContext, Status};
+use crate::config::StoreLimits;
+
+/// A change, as proposed through Raft. Inputs are validated before proposal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    Put { id: String, put: PutContext, now: String },
+    PatchMetadata { id: String, patch: Map<String, Value>, now: String },
+    Append { id: String, message: NewMessage, if_version: Option<u64>, idempotency_key: Option<String>, now: String },
+    Delete { id: String, now: String },
+    Compact { id: String, replacement: Vec<NewMessage>, if_version: Option<u64>, now: String },
+}
+
+impl Command {
+    /// The context the command is about (it picks the shard).
+    pub fn context_id(&self) -> &str {
+        match self {
+            Command::Put { id, .. }
+            | Command::PatchMetadata { id, .. }
+            | Command::Append { id, .. }
+            | Command::Delete { id, .. }
+            | Command::Compact { id, .. } => id,
+        }
+    }
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// PUT: `created` tells 201 from 200; PATCH: the summary.
+    Summary {
+        created: bool,
+        summary: Value,
+    },
+    Appended(Appended),
+    Deleted,
+    Compacted {
+        version: u64,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Store {
+    contexts: HashMap<String, Context>,
+    limits: StoreLimits,
+}
+
+impl Store {
+    pub fn new(limits: StoreLimits) -> Store {
+        Store { contexts: HashMap::new(), limits }
+    }
+
+    pub fn get(&self, id: &str) -> Result<&Context, StoreError> {
+        self.contexts.get(id).ok_or(StoreError::NotFound)
+    }
+
+    pub fn len(&self) -> usize {
+        self.contexts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.contexts.is_empty()
+    }
+
+    fn get_mut(&mut self, id: &str) -> Result<&mut Context, StoreError> {
+        self.contexts.get_mut(id).ok_or(StoreError::NotFound)
+    }
+
+    pub fn apply(&mut self, cmd: Command) -> Result<Outcome, StoreError> {
+        match cmd {
+            Command::Put { id, put, now } => {
+                if let Some(ctx) = self.contexts.get_mut(&id) {
+                    ctx.update(put, &now);
+                    return Ok(Outcome::Summary { created: false, summary: ctx.summary_json() });
+                }
+                let ctx = Context::new(id.clone(), put, &now);
+                let summary = ctx.summary_json();
+                self.contexts.insert(id, ctx);
+                Ok(Outcome::Summary { created: true, summary })
+            }
+            Command::PatchMetadata { id, patch, now } => {
+                let ctx = self.get_mut(&id)?;
+                ctx.patch_metadata(patch, &now);
+                Ok(Outcome::Summary { created: false, summary: ctx.summary_json() })
+            }
+            Command::Append { id, message, if_version, idempotency_key, now } => {
+                let keys_max = self.limits.idempotency_keys_per_context;
+                let ctx = self.get_mut(&id)?;
+                ctx.append(message, if_version, idempotency_key, &now, keys_max).map(Outcome::Appended)
+            }
+            Command::Delete { id, now } => {
+                let ctx = self.get_mut(&id)?;
+                if ctx.status != Status::Tombstoned {
+                    ctx.tombstone(&now);
+                }
+                Ok(Outcome::Deleted)
+            }
+            Command::Compact { id, replacement, if_version, now } => {
+                let ctx = self.get_mut(&id)?;
+                ctx.compact(replacement, if_version, &now).map(|version| Outcome::Compacted { version })
+            }
+        }
+    }
+}

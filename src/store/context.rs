@@ -1,0 +1,321 @@
+//! One context: its raw log, its LLM window, its version and idempotency memory. Pure.
+//!
+//! Invariants, asserted where they are decided:
+//! - `messages[i].seq == i + 1`, and `last_seq == messages.len()`: seqs start at 1, grow
+//!   by one per append, never change, never repeat;
+//! - `version == last_seq + compactions`;
+//! - `window_tokens` is the sum of the window items' token counts.
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::error::StoreError;
+use super::model::{ContextConfig, Message, NewMessage, Policy, PutContext, Status};
+
+/// One element of the LLM window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum WindowItem {
+    /// A replacement message from a compaction.
+    Summary(Message),
+    /// A message of the raw log, by seq.
+    Live { seq: u64, tokens: u64 },
+}
+
+/// Where a replay starts, as the client said it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFrom {
+    FromSeq(i64),
+    AfterSeq(u64),
+}
+
+/// What an append returned: replayed verbatim for a retry with the same key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appended {
+    pub seq: u64,
+    pub version: u64,
+    pub token_estimate: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Context {
+    pub id: String,
+    pub status: Status,
+    pub config: ContextConfig,
+    pub metadata: Map<String, Value>,
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    /// The raw log. Held in memory for now; see the note in `store/mod.rs`.
+    messages: Vec<Message>,
+    window: VecDeque<WindowItem>,
+    window_tokens: u64,
+    compactions: u64,
+    /// Append outcomes by idempotency key, oldest first for eviction.
+    idempotency: HashMap<String, Result<Appended, StoreError>>,
+    idempotency_order: VecDeque<String>,
+}
+
+impl Context {
+    pub fn new(id: String, put: PutContext, now: &str) -> Context {
+        Context {
+            id,
+            status: put.status.unwrap_or(Status::Active),
+            config: put.config,
+            metadata: put.metadata.unwrap_or_default(),
+            version: 0,
+            created_at: now.to_owned(),
+            updated_at: now.to_owned(),
+            messages: Vec::new(),
+            window: VecDeque::new(),
+            window_tokens: 0,
+            compactions: 0,
+            idempotency: HashMap::new(),
+            idempotency_order: VecDeque::new(),
+        }
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.messages.len() as u64
+    }
+
+    /// PUT on an existing context: the config is replaced as a whole; metadata and
+    /// status only when given. The log and version stay.
+    pub fn update(&mut self, put: PutContext, now: &str) {
+        self.config = put.config;
+        if let Some(m) = put.metadata {
+            self.metadata = m;
+        }
+        if let Some(s) = put.status {
+            self.status = s;
+        }
+        self.updated_at = now.to_owned();
+    }
+
+    /// Shallow merge; a `null` value removes the key.
+    pub fn patch_metadata(&mut self, patch: Map<String, Value>, now: &str) {
+        for (k, v) in patch {
+            if v.is_null() {
+                self.metadata.remove(&k);
+            } else {
+                self.metadata.insert(k, v);
+            }
+        }
+        self.updated_at = now.to_owned();
+    }
+
+    pub fn tombstone(&mut self, now: &str) {
+        self.status = Status::Tombstoned;
+        self.updated_at = now.to_owned();
+    }
+
+    fn check_guard(&self, if_version: Option<u64>) -> Result<(), StoreError> {
+        if self.status == Status::Tombstoned {
+            return Err(StoreError::Tombstoned);
+        }
+        match if_version {
+            Some(expected) if expected != self.version => Err(StoreError::Conflict { expected, found: self.version }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends a message. With an idempotency key seen before, returns the first
+    /// outcome and appends nothing (checked before the version guard).
+    pub fn append(
+        &mut self,
+        msg: NewMessage,
+        if_version: Option<u64>,
+        idempotency_key: Option<String>,
+        now: &str,
+        keys_max: usize,
+    ) -> Result<Appended, StoreError> {
+        if let Some(first) = idempotency_key.as_ref().and_then(|k| self.idempotency.get(k)) {
+            return first.clone();
+        }
+        let outcome = self.append_once(msg, if_version, now);
+        if let Some(key) = idempotency_key {
+            self.remember(key, outcome.clone(), keys_max);
+        }
+        outcome
+    }
+
+    fn append_once(&mut self, msg: NewMessage, if_version: Option<u64>, now: &str) -> Result<Appended, StoreError> {
+        self.check_guard(if_version)?;
+        let seq = self.last_seq() + 1;
+        let tokens = msg.token_count;
+        self.messages.push(Message {
+            seq: Some(seq),
+            role: msg.role,
+            parts: msg.parts,
+            metadata: msg.metadata,
+            token_count: tokens,
+            inserted_at: Some(now.to_owned()),
+        });
+        assert_eq!(self.messages[seq as usize - 1].seq, Some(seq), "seqs are contiguous from 1");
+        self.version += 1;
+        debug_assert_eq!(self.version, self.last_seq() + self.compactions);
+        self.window.push_back(WindowItem::Live { seq, tokens });
+        self.window_tokens += tokens;
+        if self.window_tokens as f64 > self.config.threshold(self.config.token_budget) {
+            self.apply_policy();
+        }
+        self.updated_at = now.to_owned();
+        Ok(Appended { seq, version: self.version, token_estimate: tokens })
+    }
+
+    fn remember(&mut self, key: String, outcome: Result<Appended, StoreError>, keys_max: usize) {
+        while self.idempotency_order.len() >= keys_max.max(1) {
+            if let Some(old) = self.idempotency_order.pop_front() {
+                self.idempotency.remove(&old);
+            }
+        }
+        self.idempotency_order.push_back(key.clone());
+        self.idempotency.insert(key, outcome);
+    }
+
+    fn item_tokens(item: &WindowItem) -> u64 {
+        match item {
+            WindowItem::Summary(m) => m.token_count,
+            WindowItem::Live { tokens, .. } => *tokens,
+        }
+    }
+
+    /// Trims the window per the policy. Never touches the raw log or the version.
+    fn apply_policy(&mut self) {
+        let limit = match &self.config.policy {
+            Policy::Manual => return,
+            Policy::LastN { limit } => *limit as usize,
+            Policy::SkipParts { limit, skip_kinds } => {
+                let kinds = skip_kinds.clone();
+                let messages = &self.messages;
+                self.window.retain(|item| {
+                    let msg = match item {
+                        WindowItem::Summary(m) => m,
+                        WindowItem::Live { seq, .. } => &messages[*seq as usize - 1],
+                    };
+                    !msg.has_part_kind(&kinds)
+                });
+                *limit as usize
+            }
+        };
+        while self.window.len() > limit {
+            self.window.pop_front();
+        }
+        self.window_tokens = self.window.iter().map(Self::item_tokens).sum();
+    }
+
+    /// Replaces the window with `replacement`. The raw log is untouched.
+    pub fn compact(
+        &mut self,
+        replacement: Vec<NewMessage>,
+        if_version: Option<u64>,
+        now: &str,
+    ) -> Result<u64, StoreError> {
+        self.check_guard(if_version)?;
+        self.window = replacement
+            .into_iter()
+            .map(|m| {
+                WindowItem::Summary(Message {
+                    seq: m.seq,
+                    role: m.role,
+                    parts: m.parts,
+                    metadata: m.metadata,
+                    token_count: m.token_count,
+                    inserted_at: m.inserted_at,
+                })
+            })
+            .collect();
+        self.window_tokens = self.window.iter().map(Self::item_tokens).sum();
+        self.compactions += 1;
+        self.version += 1;
+        debug_assert_eq!(self.version, self.last_seq() + self.compactions);
+        self.updated_at = now.to_owned();
+        Ok(self.version)
+    }
+
+    /// The summary object of API.md.
+    pub fn summary_json(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "status": self.status.as_str(),
+            "token_budget": self.config.token_budget,
+            "trigger_ratio": self.config.trigger_ratio,
+            "policy": self.config.policy.to_json(),
+            "metadata": self.metadata,
+            "version": self.version,
+            "last_seq": self.last_seq(),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        })
+    }
+
+    /// Skips the `offset` newest messages, takes up to `limit`, oldest first.
+    pub fn tail(&self, offset: u64, limit: usize) -> &[Message] {
+        let end = self.messages.len().saturating_sub(usize::try_from(offset).unwrap_or(usize::MAX));
+        &self.messages[end.saturating_sub(limit)..end]
+    }
+
+    /// Messages with `seq >= from` (from ≥ 1), up to `limit`, and the seq that continues.
+    pub fn replay(&self, from: u64, limit: usize) -> (&[Message], u64) {
+        let start = (from.max(1) - 1).min(self.last_seq()) as usize;
+        let end = start.saturating_add(limit).min(self.messages.len());
+        let page = &self.messages[start..end];
+        let next = page.last().and_then(|m| m.seq).map_or(from.max(1).min(self.last_seq() + 1), |s| s + 1);
+        (page, next)
+    }
+
+    /// `{"strategy": …, <config fields>}`, as the window reports its policy.
+    fn policy_summary(&self) -> Value {
+        let policy = self.config.policy.to_json();
+        let mut out = Map::new();
+        out.insert("strategy".into(), policy["strategy"].clone());
+        if let Some(config) = policy["config"].as_object() {
+            out.extend(config.clone());
+        }
+        Value::Object(out)
+    }
+
+    /// Resolves a replay start (API.md): `from_seq` ≥ 1 as is, 0 → 1, −K → the newest K;
+    /// `after_seq` N → N + 1.
+    pub fn replay_start(&self, from: ReplayFrom) -> u64 {
+        match from {
+            ReplayFrom::FromSeq(n) if n >= 1 => n as u64,
+            ReplayFrom::FromSeq(0) => 1,
+            ReplayFrom::FromSeq(n) => (self.last_seq() + 1).saturating_sub(n.unsigned_abs()).max(1),
+            ReplayFrom::AfterSeq(n) => n.saturating_add(1),
+        }
+    }
+
+    /// The LLM window with `budget` (the context's own unless overridden).
+    pub fn window_json(&self, budget: u64) -> Value {
+        let mut messages = Vec::with_capacity(self.window.len());
+        let (mut summaries, mut live_from, mut live_to) = (0usize, None, None);
+        for item in &self.window {
+            match item {
+                WindowItem::Summary(m) => {
+                    summaries += 1;
+                    messages.push(m.to_json());
+                }
+                WindowItem::Live { seq, .. } => {
+                    live_from.get_or_insert(*seq);
+                    live_to = Some(*seq);
+                    messages.push(self.messages[*seq as usize - 1].to_json());
+                }
+            }
+        }
+        let mut segments = Vec::new();
+        if self.compactions > 0 {
+            segments.push(serde_json::json!({"type": "summary", "count": summaries}));
+        }
+        segments.push(serde_json::json!({"type": "live", "from_seq": live_from, "to_seq": live_to}));
+        serde_json::json!({
+            "version": self.version,
+            "messages": messages,
+            "token_count": self.window_tokens,
+            "used_tokens": self.window_tokens,
+            "needs_compaction": self.window_tokens as f64 > self.config.threshold(budget),
+            "metadata": self.policy_summary(),
+            "segments": segments,
+        })
+    }
+}

@@ -1,0 +1,329 @@
+//! The context store: the state-machine logic behind the API, called directly.
+use fleetlm::config::StoreLimits;
+use fleetlm::store::{Command, NewMessage, Outcome, PutContext, ReplayFrom, Store, StoreError};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+const NOW: &str = "2026-11-27T12:00:00.000000Z";
+
+fn limits() -> StoreLimits {
+    StoreLimits::default()
+}
+
+fn put(store: &mut Store, id: &str, body: Value) -> Result<Outcome, StoreError> {
+    let put = PutContext::from_json(&body, &limits()).map_err(StoreError::InvalidConfig)?;
+    store.apply(Command::Put { id: id.into(), put, now: NOW.into() })
+}
+
+fn msg(text: &str) -> NewMessage {
+    NewMessage::from_json(&json!({"role":"user","parts":[{"type":"text","text":text}]}), false, &limits()).unwrap()
+}
+
+fn append(
+    store: &mut Store,
+    id: &str,
+    m: NewMessage,
+    if_version: Option<u64>,
+    key: Option<&str>,
+) -> Result<Outcome, StoreError> {
+    store.apply(Command::Append {
+        id: id.into(),
+        message: m,
+        if_version,
+        idempotency_key: key.map(str::to_owned),
+        now: NOW.into(),
+    })
+}
+
+fn appended(o: Result<Outcome, StoreError>) -> (u64, u64, u64) {
+    match o {
+        Ok(Outcome::Appended(a)) => (a.seq, a.version, a.token_estimate),
+        other => panic!("expected an append, got {other:?}"),
+    }
+}
+
+#[test]
+fn put_creates_then_replaces_config_but_keeps_log_metadata_and_status() {
+    let mut s = Store::new(limits());
+    let created = put(
+        &mut s,
+        "c",
+        json!({"token_budget": 1000, "trigger_ratio": 0.5,
+        "policy": {"strategy":"last_n","config":{"limit":3}}, "metadata": {"a": 1}}),
+    );
+    assert!(matches!(created, Ok(Outcome::Summary { created: true, .. })));
+    appended(append(&mut s, "c", msg("hi"), None, None));
+    // A second PUT without trigger_ratio/policy/metadata/status.
+    let Ok(Outcome::Summary { created: false, summary }) = put(&mut s, "c", json!({"token_budget": 2000})) else {
+        panic!("update")
+    };
+    assert_eq!(summary["token_budget"], 2000);
+    assert_eq!(summary["trigger_ratio"], 0.7, "omitted trigger_ratio goes back to its default");
+    assert_eq!(summary["policy"]["strategy"], "manual", "omitted policy goes back to manual");
+    assert_eq!(summary["metadata"], json!({"a": 1}), "metadata kept when the body has none");
+    assert_eq!(summary["status"], "active");
+    assert_eq!((summary["version"].as_u64(), summary["last_seq"].as_u64()), (Some(1), Some(1)));
+}
+
+#[test]
+fn invalid_configs_are_refused_before_they_reach_the_state_machine() {
+    for body in [
+        json!({}),
+        json!({"token_budget": 0}),
+        json!({"token_budget": 1000.0}),
+        json!({"token_budget": 10, "trigger_ratio": 0}),
+        json!({"token_budget": 10, "trigger_ratio": 1.5}),
+        json!({"token_budget": 10, "policy": {"strategy": "nope"}}),
+        json!({"token_budget": 10, "policy": {"strategy": "last_n"}}),
+        json!({"token_budget": 10, "policy": {"strategy": "last_n", "config": {"limit": 0}}}),
+        json!({"token_budget": 10, "policy": {"strategy": "skip_parts", "config": {"limit": 2, "skip_kinds": [1]}}}),
+        json!({"token_budget": 10, "metadata": []}),
+        json!({"token_budget": 10, "status": "gone"}),
+    ] {
+        assert!(PutContext::from_json(&body, &limits()).is_err(), "{body}");
+    }
+}
+
+#[test]
+fn appends_get_contiguous_seqs_and_the_version_guard_reports_both_versions() {
+    let mut s = Store::new(limits());
+    put(&mut s, "c", json!({"token_budget": 100000})).unwrap();
+    for i in 1..=5 {
+        assert_eq!(appended(append(&mut s, "c", msg("How do I deploy this?"), None, None)), (i, i, 6));
+    }
+    assert_eq!(appended(append(&mut s, "c", msg("x"), Some(5), None)).0, 6);
+    let err = append(&mut s, "c", msg("x"), Some(5), None).unwrap_err();
+    assert_eq!(err, StoreError::Conflict { expected: 5, found: 6 });
+    assert_eq!(err.to_string(), "Context version changed (expected 5, found 6)");
+    assert_eq!((err.status(), err.code()), (409, "conflict"));
+    assert_eq!(append(&mut s, "nope", msg("x"), None, None).unwrap_err(), StoreError::NotFound);
+}
+
+#[test]
+fn idempotent_retries_return_the_first_outcome_and_append_nothing() {
+    let mut s = Store::new(limits());
+    put(&mut s, "c", json!({"token_budget": 100000})).unwrap();
+    let first = appended(append(&mut s, "c", msg("hello"), Some(0), Some("k1")));
+    assert_eq!(first, (1, 1, 2));
+    // The retry's guard is stale because its own first attempt succeeded: still the first result.
+    assert_eq!(appended(append(&mut s, "c", msg("hello"), Some(0), Some("k1"))), first);
+    assert_eq!(s.get("c").unwrap().last_seq(), 1);
+    // Keys are per context; a different key appends.
+    assert_eq!(appended(append(&mut s, "c", msg("hello"), None, Some("k2"))).0, 2);
+    // A refused first attempt is replayed as refused.
+    let refused = append(&mut s, "c", msg("x"), Some(99), Some("k3")).unwrap_err();
+    assert_eq!(append(&mut s, "c", msg("x"), None, Some("k3")).unwrap_err(), refused);
+}
+
+#[test]
+fn idempotency_memory_is_bounded() {
+    let mut s = Store::new(StoreLimits { idempotency_keys_per_context: 3, ..limits() });
+    put(&mut s, "c", json!({"token_budget": 100000})).unwrap();
+    for k in 0..4 {
+        append(&mut s, "c", msg("m"), None, Some(&format!("k{k}"))).unwrap();
+    }
+    // k0 was evicted: the retry appends again; k3 is remembered.
+    assert_eq!(appended(append(&mut s, "c", msg("m"), None, Some("k0"))).0, 5);
+    assert_eq!(appended(append(&mut s, "c", msg("m"), None, Some("k3"))).0, 4);
+}
+
+#[test]
+fn tombstoned_contexts_refuse_writes_keep_reads_and_revive_by_put() {
+    let mut s = Store::new(limits());
+    put(&mut s, "c", json!({"token_budget": 1000})).unwrap();
+    append(&mut s, "c", msg("a"), None, None).unwrap();
+    assert_eq!(s.apply(Command::Delete { id: "c".into(), now: NOW.into() }), Ok(Outcome::Deleted));
+    assert_eq!(s.apply(Command::Delete { id: "c".into(), now: NOW.into() }), Ok(Outcome::Deleted), "idempotent");
+    assert_eq!(s.apply(Command::Delete { id: "x".into(), now: NOW.into() }), Err(StoreError::NotFound));
+    assert_eq!(append(&mut s, "c", msg("b"), None, None).unwrap_err(), StoreError::Tombstoned);
+    let compact = Command::Compact { id: "c".into(), replacement: vec![], if_version: None, now: NOW.into() };
+    assert_eq!(s.apply(compact), Err(StoreError::Tombstoned));
+    assert_eq!(s.get("c").unwrap().tail(0, 10).len(), 1, "reads keep working");
+    assert_eq!(s.get("c").unwrap().version, 1, "tombstoning does not move the version");
+    put(&mut s, "c", json!({"token_budget": 1000, "status": "active"})).unwrap();
+    assert_eq!(appended(append(&mut s, "c", msg("b"), None, None)).0, 2);
+}
+
+#[test]
+fn last_n_policy_trims_the_window_not_the_log() {
+    let mut s = Store::new(limits());
+    // Budget 10 × 0.5: crossing at > 5 tokens; each "abcd" message is 1 token.
+    put(
+        &mut s,
+        "c",
+        json!({"token_budget": 10, "trigger_ratio": 0.5, "policy": {"strategy":"last_n","config":{"limit":2}}}),
+    )
+    .unwrap();
+    for _ in 0..6 {
+        append(&mut s, "c", msg("abcd"), None, None).unwrap();
+    }
+    let ctx = s.get("c").unwrap();
+    let w = ctx.window_json(10);
+    assert_eq!(w["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(w["segments"], json!([{"type":"live","from_seq":5,"to_seq":6}]));
+    assert_eq!(w["metadata"], json!({"strategy":"last_n","limit":2}));
+    assert_eq!(ctx.last_seq(), 6, "the raw log keeps everything");
+    assert_eq!(ctx.version, 6, "policy trims do not move the version");
+}
+
+#[test]
+fn skip_parts_drops_tool_messages_then_keeps_the_newest() {
+    let mut s = Store::new(limits());
+    put(
+        &mut s,
+        "c",
+        json!({"token_budget": 4, "trigger_ratio": 1.0, "policy": {"strategy":"skip_parts","config":{"limit":3}}}),
+    )
+    .unwrap();
+    let tool = NewMessage::from_json(
+        &json!({"role":"assistant","parts":[{"type":"tool_call","x":1}],"token_count":1}),
+        false,
+        &limits(),
+    )
+    .unwrap();
+    append(&mut s, "c", msg("a"), None, None).unwrap(); // 1
+    append(&mut s, "c", tool, None, None).unwrap(); // 2
+    append(&mut s, "c", msg("b"), None, None).unwrap(); // 3
+    append(&mut s, "c", msg("c"), None, None).unwrap(); // 4
+    append(&mut s, "c", msg("d"), None, None).unwrap(); // 5 → 5 tokens > 4: trim
+    let w = s.get("c").unwrap().window_json(4);
+    let seqs: Vec<u64> = w["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![3, 4, 5]);
+    assert_eq!(w["needs_compaction"], false);
+}
+
+#[test]
+fn manual_policy_flags_compaction_and_compact_replaces_the_window() {
+    let mut s = Store::new(limits());
+    put(&mut s, "c", json!({"token_budget": 10, "trigger_ratio": 0.5})).unwrap();
+    for _ in 0..6 {
+        append(&mut s, "c", msg("abcd"), None, None).unwrap();
+    }
+    let w = s.get("c").unwrap().window_json(10);
+    assert_eq!((w["token_count"].as_u64(), w["needs_compaction"].as_bool()), (Some(6), Some(true)));
+    assert_eq!(s.get("c").unwrap().window_json(100)["needs_compaction"], false, "budget_tokens override");
+    let summary = NewMessage::from_json(
+        &json!({"role":"system","parts":[{"type":"text","text":"summary"}],"seq":3}),
+        true,
+        &limits(),
+    )
+    .unwrap();
+    let stale =
+        Command::Compact { id: "c".into(), replacement: vec![summary.clone()], if_version: Some(5), now: NOW.into() };
+    assert_eq!(s.apply(stale), Err(StoreError::Conflict { expected: 5, found: 6 }));
+    let ok = Command::Compact { id: "c".into(), replacement: vec![summary], if_version: Some(6), now: NOW.into() };
+    assert_eq!(s.apply(ok), Ok(Outcome::Compacted { version: 7 }));
+    append(&mut s, "c", msg("new"), None, None).unwrap();
+    let ctx = s.get("c").unwrap();
+    let w = ctx.window_json(10);
+    assert_eq!(w["segments"], json!([{"type":"summary","count":1},{"type":"live","from_seq":7,"to_seq":7}]));
+    assert_eq!(w["messages"][0]["seq"], 3, "a replacement keeps its given seq");
+    assert_eq!((ctx.version, ctx.last_seq()), (8, 7), "version = last_seq + compactions");
+    assert_eq!(ctx.replay(1, 100).0.len(), 7, "the raw log is untouched");
+}
+
+#[test]
+fn tail_and_replay_pages() {
+    let mut s = Store::new(limits());
+    put(&mut s, "c", json!({"token_budget": 100000})).unwrap();
+    for i in 1..=10 {
+        append(&mut s, "c", msg(&format!("m{i}")), None, None).unwrap();
+    }
+    let ctx = s.get("c").unwrap();
+    let seqs = |ms: &[fleetlm::store::Message]| ms.iter().map(|m| m.seq.unwrap()).collect::<Vec<_>>();
+    assert_eq!(seqs(ctx.tail(0, 3)), vec![8, 9, 10]);
+    assert_eq!(seqs(ctx.tail(2, 3)), vec![6, 7, 8]);
+    assert_eq!(seqs(ctx.tail(9, 3)), vec![1]);
+    assert!(ctx.tail(10, 3).is_empty(), "empty means the start of history");
+    assert_eq!(ctx.replay_start(ReplayFrom::FromSeq(-3)), 8);
+    assert_eq!(ctx.replay_start(ReplayFrom::FromSeq(-50)), 1);
+    assert_eq!(ctx.replay_start(ReplayFrom::FromSeq(0)), 1);
+    assert_eq!(ctx.replay_start(ReplayFrom::AfterSeq(4)), 5);
+    let (page, next) = ctx.replay(4, 3);
+    assert_eq!((seqs(page), next), (vec![4, 5, 6], 7));
+    let (page, next) = ctx.replay(9, 100);
+    assert_eq!((seqs(page), next), (vec![9, 10], 11));
+    let (page, next) = ctx.replay(50, 100);
+    assert_eq!((page.len(), next), (0, 11));
+}
+
+#[test]
+fn message_validation() {
+    let l = limits();
+    for bad in [
+        json!({"parts": []}),
+        json!({"role": "", "parts": []}),
+        json!({"role": "user"}),
+        json!({"role": "user", "parts": [{"text": "no type"}]}),
+        json!({"role": "user", "parts": ["str"]}),
+        json!({"role": "user", "parts": [], "metadata": 1}),
+        json!({"role": "user", "parts": [], "token_count": -1}),
+        json!({"role": "user", "parts": [], "token_count": 1.5}),
+        json!("not an object"),
+    ] {
+        assert!(NewMessage::from_json(&bad, false, &l).is_err(), "{bad}");
+    }
+    let ok = NewMessage::from_json(&json!({"role":"user","parts":[],"token_count":null}), false, &l).unwrap();
+    assert_eq!(ok.token_count, 0);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(u8, Option<u8>),
+    Compact(u8),
+    Delete,
+    Revive,
+}
+
+proptest! {
+    /// Whatever the sequence: seqs contiguous from 1, no duplicates, version = last_seq +
+    /// compactions, the window token count matches its messages, and apply never panics.
+    #[test]
+    fn invariants_hold_under_random_commands(ops in proptest::collection::vec(prop_oneof![
+        4 => (any::<u8>(), proptest::option::of(0u8..20)).prop_map(|(n, k)| Op::Append(n, k)),
+        1 => any::<u8>().prop_map(Op::Compact),
+        1 => Just(Op::Delete),
+        1 => Just(Op::Revive),
+    ], 1..120)) {
+        let mut s = Store::new(limits());
+        put(&mut s, "c", json!({"token_budget": 50, "trigger_ratio": 0.5, "policy": {"strategy":"last_n","config":{"limit":4}}})).unwrap();
+        let (mut last_seq, mut compactions, mut tombstoned) = (0u64, 0u64, false);
+        let mut keys = std::collections::HashMap::new();
+        for op in ops {
+            match op {
+                Op::Append(n, key) => {
+                    let key = key.map(|k| format!("k{k}"));
+                    let out = append(&mut s, "c", msg(&"y".repeat(n as usize)), None, key.as_deref());
+                    match (&key, key.as_ref().and_then(|k| keys.get(k))) {
+                        (Some(_), Some(first)) => prop_assert_eq!(&out, first),
+                        _ => {
+                            if tombstoned {
+                                prop_assert_eq!(&out, &Err(StoreError::Tombstoned));
+                            } else {
+                                last_seq += 1;
+                                let (seq, version, _) = appended(out.clone());
+                                prop_assert_eq!((seq, version), (last_seq, last_seq + compactions));
+                            }
+                            if let Some(k) = key { keys.insert(k, out); }
+                        }
+                    }
+                }
+                Op::Compact(n) => {
+                    let cmd = Command::Compact { id: "c".into(), replacement: vec![msg(&"z".repeat(n as usize))], if_version: None, now: NOW.into() };
+                    let out = s.apply(cmd);
+                    if tombstoned { prop_assert_eq!(out, Err(StoreError::Tombstoned)); } else { compactions += 1; prop_assert!(out.is_ok()); }
+                }
+                Op::Delete => { s.apply(Command::Delete { id: "c".into(), now: NOW.into() }).unwrap(); tombstoned = true; }
+                Op::Revive => { put(&mut s, "c", json!({"token_budget": 50, "trigger_ratio": 0.5, "status": "active", "policy": {"strategy":"last_n","config":{"limit":4}}})).unwrap(); tombstoned = false; }
+            }
+            let ctx = s.get("c").unwrap();
+            prop_assert_eq!(ctx.last_seq(), last_seq);
+            prop_assert_eq!(ctx.version, last_seq + compactions);
+            let all = ctx.replay(1, usize::MAX).0.iter().map(|m| m.seq.unwrap()).collect::<Vec<_>>();
+            prop_assert_eq!(all, (1..=last_seq).collect::<Vec<_>>());
+            let w = ctx.window_json(50);
+            let listed: u64 = w["messages"].as_array().unwrap().iter().map(|m| m["token_count"].as_u64().unwrap()).sum();
+            prop_assert_eq!(w["token_count"].as_u64().unwrap(), listed);
+        }
+    }
+}
