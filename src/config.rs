@@ -107,3 +107,27 @@ impl Default for StoreLimits {
         }
     }
 }
+
+/// Raft timing and log retention of every shard (`crate::raft`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftTimings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// A snapshot is built after this many log entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log behind a snapshot (for slow followers).
+    pub log_entries_kept_after_snapshot: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            snapshot_every_entries: 20_000,
+            log_entries_kept_after_snapshot: 1_000,
+        }
+    }
+}

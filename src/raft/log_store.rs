@@ -1,6 +1,7 @@
 //! `WalLogStore`: openraft's log storage on the WAL, one per shard.
 //!
-//! - Raft log index = WAL index; entries are postcard-encoded WAL records.
+//! - Raft log index = WAL index; entries are JSON-encoded WAL records (self-describing:
+//!   commands carry client JSON, which non-self-describing codecs cannot round-trip).
 //! - `append` copies entries into the WAL and returns at once; the openraft callback
 //!   fires when the group-commit sync covering them has returned (so concurrent
 //!   appends share one fdatasync).
@@ -120,7 +121,7 @@ where
     }
 
     fn decode(index: u64, bytes: &[u8]) -> io::Result<C::Entry> {
-        let entry: C::Entry = postcard::from_bytes(bytes)
+        let entry: C::Entry = serde_json::from_slice(bytes)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("log entry {index}: {e}")))?;
         if entry.index() != index {
             return Err(io::Error::new(
@@ -235,7 +236,7 @@ where
                 ));
             }
             next += 1;
-            encoded.push(postcard::to_stdvec(&entry).map_err(io::Error::other)?);
+            encoded.push(serde_json::to_vec(&entry).map_err(io::Error::other)?);
         }
         let batch_max = self.shared.wal.with(|w| w.config().append_batch_max);
         for chunk in encoded.chunks(batch_max) {

@@ -1,7 +1,15 @@
-//! Raft on glommio: the runtime adapter (and, as they land, the type config, the log
-//! store on the WAL, the state machine and the node-to-node network).
+//! Raft on glommio: the runtime adapter, the type config, the log store on the WAL,
+//! the state machine on the context store, the network (none yet: a cluster of one),
+//! and opening a shard.
 pub mod log_store;
+pub mod network;
 pub mod runtime;
+pub mod shard;
+pub mod state_machine;
+pub mod types;
 
 pub use log_store::WalLogStore;
 pub use runtime::GlommioRuntime;
+pub use shard::{Shard, ShardError};
+pub use state_machine::ShardStateMachine;
+pub use types::{CommandResult, FleetRaft, ShardRaft};

@@ -34,6 +34,20 @@ impl Command {
     }
 }
 
+/// Raft logs commands by their `Display`: name and context, never message bodies.
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Command::Put { .. } => "put",
+            Command::PatchMetadata { .. } => "patch_metadata",
+            Command::Append { .. } => "append",
+            Command::Delete { .. } => "delete",
+            Command::Compact { .. } => "compact",
+        };
+        write!(f, "{name}({:?})", self.context_id())
+    }
+}
+
 /// What a command did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -47,6 +61,8 @@ pub enum Outcome {
     Compacted {
         version: u64,
     },
+    /// For Raft entries that carry no command (blank and membership entries).
+    Nothing,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
