@@ -131,3 +131,36 @@ impl Default for RaftTimings {
         }
     }
 }
+
+/// Limits of the HTTP layer (`crate::http`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Request line + headers (API.md: 16 KiB → 431).
+    pub head_max_bytes: usize,
+    /// Request body (API.md: 1 MiB → 413).
+    pub body_max_bytes: usize,
+    /// Most headers in one request.
+    pub headers_max: usize,
+    /// A keep-alive connection with no request in progress is closed after this.
+    pub idle_timeout_ms: u64,
+    /// A request must arrive in full within this once its first byte has.
+    pub request_read_timeout_ms: u64,
+    /// Requests parsed ahead of their responses on one connection (pipelining).
+    pub pipeline_max: usize,
+    /// Open connections per executor; more are closed at accept.
+    pub connections_max_per_core: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            head_max_bytes: 16 << 10,
+            body_max_bytes: 1 << 20,
+            headers_max: 64,
+            idle_timeout_ms: 60_000,
+            request_read_timeout_ms: 10_000,
+            pipeline_max: 64,
+            connections_max_per_core: 10_000,
+        }
+    }
+}

@@ -9,8 +9,10 @@
 //! - [`config`]: every limit and default;
 //! - [`wal`]: the per-shard write-ahead log;
 //! - [`raft`]: openraft on glommio (runtime adapter, log store on the WAL);
-//! - [`store`]: contexts and the state-machine logic (pure).
+//! - [`store`]: contexts and the state-machine logic (pure);
+//! - [`http`]: HTTP/1.1 framing and the connection loop.
 pub mod config;
+pub mod http;
 pub mod raft;
 pub mod store;
 pub mod wal;

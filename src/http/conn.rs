@@ -1,0 +1,85 @@
+//! The connection loop: read, frame (pipelined requests included), hand each request to
+//! the handler, write the answers in order. Knows nothing about storage.
+//!
+//! Deadlines: a connection idle between requests is closed after `idle_timeout_ms`; a
+//! request whose first byte has arrived must be complete within
+//! `request_read_timeout_ms` (slow clients cannot pin a connection). A framing error is
+//! answered with its 4xx and the connection is closed: the stream cannot be trusted to
+//! resynchronise.
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::parse::{Parsed, Request, parse_request};
+use super::response::Response;
+use crate::config::HttpLimits;
+
+/// Serves one connection until the peer closes, a deadline passes, or an error.
+pub async fn serve_connection<H, F>(mut stream: TcpStream, limits: Rc<HttpLimits>, handler: Rc<H>)
+where
+    H: Fn(Request) -> F,
+    F: Future<Output = Response>,
+{
+    let _ = stream.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut out: Vec<u8> = Vec::with_capacity(8192);
+    let mut request_started: Option<Instant> = None;
+    loop {
+        // Answer every complete request already buffered, in order.
+        let mut close = false;
+        let mut answered = 0;
+        while answered < limits.pipeline_max {
+            match parse_request(&buf, &limits) {
+                Ok(Parsed::Complete(req, used)) => {
+                    buf.drain(..used);
+                    request_started = None;
+                    let head_only = req.method == "HEAD";
+                    close = req.close;
+                    let resp = handler(req).await;
+                    resp.write_to(&mut out, head_only, close);
+                    answered += 1;
+                    if close {
+                        break;
+                    }
+                }
+                Ok(Parsed::Partial) => break,
+                Err(e) => {
+                    Response::error(e.status(), e.code(), &e).write_to(&mut out, false, true);
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if close {
+            let _ = stream.close().await;
+            return;
+        }
+        if answered == limits.pipeline_max {
+            continue; // more may be buffered already
+        }
+        if !buf.is_empty() && request_started.is_none() {
+            request_started = Some(Instant::now());
+        }
+        let timeout = match request_started {
+            Some(t0) => Duration::from_millis(limits.request_read_timeout_ms).saturating_sub(t0.elapsed()),
+            None => Duration::from_millis(limits.idle_timeout_ms),
+        };
+        if timeout.is_zero() || stream.set_read_timeout(Some(timeout)).is_err() {
+            return;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return, // closed, reset, or a deadline passed
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}

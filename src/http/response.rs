@@ -1,0 +1,69 @@
+//! Responses and their wire form.
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    /// Extra headers (Content-Length, Content-Type and Connection are added on write).
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+    pub content_type: &'static str,
+}
+
+impl Response {
+    pub fn json(status: u16, body: &Value) -> Response {
+        Response { status, headers: Vec::new(), body: body.to_string().into_bytes(), content_type: "application/json" }
+    }
+
+    pub fn empty(status: u16) -> Response {
+        Response { status, headers: Vec::new(), body: Vec::new(), content_type: "" }
+    }
+
+    /// The API.md error shape.
+    pub fn error(status: u16, code: &str, message: impl std::fmt::Display) -> Response {
+        Response::json(status, &serde_json::json!({"error": code, "message": message.to_string()}))
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Appends the response to `out`. `head_only` for HEAD (the length of the body that
+    /// GET would send is still announced).
+    pub fn write_to(&self, out: &mut Vec<u8>, head_only: bool, close: bool) {
+        use std::io::Write;
+        let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        if !self.content_type.is_empty() {
+            let _ = write!(out, "Content-Type: {}\r\n", self.content_type);
+        }
+        let _ = write!(out, "Content-Length: {}\r\n", self.body.len());
+        for (name, value) in &self.headers {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+        out.extend_from_slice(if close { b"Connection: close\r\n\r\n" } else { b"Connection: keep-alive\r\n\r\n" });
+        if !head_only {
+            out.extend_from_slice(&self.body);
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
