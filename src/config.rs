@@ -164,3 +164,20 @@ impl Default for HttpLimits {
         }
     }
 }
+
+/// Deadlines and sizes of the serving path (`crate::api`, `crate::shard`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// A request that cannot reach a leader with a quorum within this gets 503.
+    pub write_deadline_ms: u64,
+    /// Sent as `Retry-After` (seconds) with a 503.
+    pub retry_after_secs: u64,
+    /// Capacity of each cross-core channel (requests in flight from one core to another).
+    pub mesh_channel_capacity: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits { write_deadline_ms: 2_000, retry_after_secs: 1, mesh_channel_capacity: 1024 }
+    }
+}

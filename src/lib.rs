@@ -10,9 +10,13 @@
 //! - [`wal`]: the per-shard write-ahead log;
 //! - [`raft`]: openraft on glommio (runtime adapter, log store on the WAL);
 //! - [`store`]: contexts and the state-machine logic (pure);
-//! - [`http`]: HTTP/1.1 framing and the connection loop.
+//! - [`http`]: HTTP/1.1 framing and the connection loop;
+//! - [`api`]: routes, validation, running calls on shards;
+//! - [`shard`]: placement, per-core context, cross-core mesh, node startup.
+pub mod api;
 pub mod config;
 pub mod http;
 pub mod raft;
+pub mod shard;
 pub mod store;
 pub mod wal;

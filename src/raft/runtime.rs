@@ -108,6 +108,11 @@ impl<F: Future> Future for Timeout<F> {
     }
 }
 
+/// `future`, or `Err(Elapsed)` after `duration` (for callers outside openraft).
+pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
+    Timeout { future, timer: glommio::timer::Timer::new(duration) }
+}
+
 fn until(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }

@@ -1,0 +1,172 @@
+//! Turning an HTTP request on a context route into a `ShardCall`: the id, the query,
+//! the body and the headers are validated here, on the core that received the request,
+//! so that only well-formed commands are proposed.
+use serde_json::Value;
+
+use super::calls::ShardCall;
+use crate::config::StoreLimits;
+use crate::http::{Request, Response, parse_query};
+use crate::store::{Command, NewMessage, PutContext, ReplayFrom};
+
+/// What a context route asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Context,
+    Metadata,
+    Messages,
+    Tail,
+    Window,
+    Compact,
+}
+
+fn bad(code: &str, message: impl std::fmt::Display) -> Response {
+    Response::error(400, code, message)
+}
+
+/// Validates a context id (API.md): 1..256 bytes of UTF-8, no control characters, no `/`.
+pub fn validate_id(id: &str) -> Result<(), Response> {
+    if id.is_empty() || id.len() > 256 {
+        return Err(bad("invalid_id", "context id must be 1 to 256 bytes"));
+    }
+    if id.chars().any(|c| c.is_control() || c == '/') {
+        return Err(bad("invalid_id", "context id must not contain control characters or '/'"));
+    }
+    Ok(())
+}
+
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+    fn int(&self, key: &str) -> Result<Option<i64>, Response> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => {
+                v.parse::<i64>().map(Some).map_err(|_| bad("invalid_query", format!("{key} must be an integer")))
+            }
+        }
+    }
+    /// A page size: 1.., clamped to `max`; `default` when absent.
+    fn limit(&self, default: usize, max: usize) -> Result<usize, Response> {
+        match self.int("limit")? {
+            None => Ok(default),
+            Some(l) if l >= 1 => Ok((l as u64).min(max as u64) as usize),
+            Some(_) => Err(bad("invalid_query", "limit must be an integer >= 1")),
+        }
+    }
+    fn non_negative(&self, key: &str) -> Result<Option<u64>, Response> {
+        match self.int(key)? {
+            None => Ok(None),
+            Some(v) if v >= 0 => Ok(Some(v as u64)),
+            Some(_) => Err(bad("invalid_query", format!("{key} must be an integer >= 0"))),
+        }
+    }
+    fn local(&self) -> Result<bool, Response> {
+        match self.get("consistency") {
+            None | Some("linearizable") => Ok(false),
+            Some("local") => Ok(true),
+            Some(_) => Err(bad("invalid_query", "consistency must be local or linearizable")),
+        }
+    }
+}
+
+fn json_body(req: &Request) -> Result<Value, Response> {
+    serde_json::from_slice(&req.body).map_err(|e| bad("invalid_json", format!("request body is not valid JSON: {e}")))
+}
+
+/// Builds the call for `route` with `method` on context `id`, or the 4xx to send.
+pub fn build_call(
+    route: Route,
+    method: &str,
+    id: String,
+    req: &Request,
+    limits: &StoreLimits,
+) -> Result<ShardCall, Response> {
+    let query = Query(parse_query(&req.query).ok_or_else(|| bad("invalid_query", "malformed query string"))?);
+    let now = String::new(); // set by the shard's leader when it proposes
+    let get = method == "GET" || method == "HEAD";
+    match (route, method) {
+        (Route::Context, "PUT") => {
+            let put = PutContext::from_json(&json_body(req)?, limits).map_err(|m| bad("invalid_context_config", m))?;
+            Ok(ShardCall::Write(Command::Put { id, put, now }))
+        }
+        (Route::Context, _) if get => Ok(ShardCall::Get { id, local: query.local()? }),
+        (Route::Context, "DELETE") => Ok(ShardCall::Write(Command::Delete { id, now })),
+        (Route::Metadata, "PATCH") => {
+            let body = json_body(req)?;
+            let patch = match body.get("metadata") {
+                Some(Value::Object(m)) => m.clone(),
+                _ => return Err(bad("invalid_metadata", "body must be {\"metadata\": {…}}")),
+            };
+            Ok(ShardCall::Write(Command::PatchMetadata { id, patch, now }))
+        }
+        (Route::Messages, "POST") => {
+            let body = json_body(req)?;
+            let message = body.get("message").ok_or_else(|| bad("invalid_message", "body must have a message"))?;
+            let message = NewMessage::from_json(message, false, limits).map_err(|m| bad("invalid_message", m))?;
+            let if_version = match body.get("if_version") {
+                None | Some(Value::Null) => query.non_negative("if_version")?,
+                Some(v) => {
+                    Some(v.as_u64().ok_or_else(|| bad("invalid_message", "if_version must be an integer >= 0"))?)
+                }
+            };
+            let idempotency_key = match req.header("idempotency-key") {
+                None => None,
+                Some(k) if !k.is_empty() && k.len() <= limits.idempotency_key_max_bytes => Some(k.to_owned()),
+                Some(_) => {
+                    let max = limits.idempotency_key_max_bytes;
+                    return Err(bad("invalid_idempotency_key", format!("Idempotency-Key must be 1 to {max} bytes")));
+                }
+            };
+            Ok(ShardCall::Write(Command::Append { id, message, if_version, idempotency_key, now }))
+        }
+        (Route::Messages, _) if get => {
+            let from = match (query.int("from_seq")?, query.non_negative("after_seq")?) {
+                (_, Some(after)) => ReplayFrom::AfterSeq(after),
+                (Some(from), None) => ReplayFrom::FromSeq(from),
+                (None, None) => ReplayFrom::FromSeq(0),
+            };
+            let limit = query.limit(limits.page_limit_default, limits.page_limit_max)?;
+            Ok(ShardCall::Replay { id, from, limit, local: query.local()? })
+        }
+        (Route::Tail, _) if get => {
+            let offset = query.non_negative("offset")?.unwrap_or(0);
+            let limit = query.limit(limits.page_limit_default, limits.page_limit_max)?;
+            Ok(ShardCall::Tail { id, offset, limit, local: query.local()? })
+        }
+        (Route::Window, _) if get => {
+            let budget = match query.int("budget_tokens")? {
+                None => None,
+                Some(b) if b > 0 => Some(b as u64),
+                Some(_) => return Err(bad("invalid_query", "budget_tokens must be an integer > 0")),
+            };
+            let if_version = query.non_negative("if_version")?;
+            Ok(ShardCall::Window { id, budget, if_version, local: query.local()? })
+        }
+        (Route::Compact, "POST") => {
+            let body = json_body(req)?;
+            let items = match body.get("replacement") {
+                Some(Value::Array(items)) => items,
+                _ => return Err(bad("invalid_replacement", "replacement must be an array")),
+            };
+            let replacement = items
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    NewMessage::from_json(m, true, limits)
+                        .map_err(|e| bad("invalid_replacement", format!("replacement[{i}]: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let if_version = match body.get("if_version") {
+                None | Some(Value::Null) => None,
+                Some(v) => {
+                    Some(v.as_u64().ok_or_else(|| bad("invalid_replacement", "if_version must be an integer >= 0"))?)
+                }
+            };
+            Ok(ShardCall::Write(Command::Compact { id, replacement, if_version, now }))
+        }
+        _ => Err(Response::error(405, "method_not_allowed", format!("{method} is not allowed here"))),
+    }
+}

@@ -1,0 +1,8 @@
+//! Shard-per-core serving: placement (id → shard → core), the per-core context and
+//! cross-core mesh (`core`), and node startup (`server`).
+pub mod core;
+pub mod placement;
+pub mod server;
+
+pub use core::{CoreCtx, MeshMsg};
+pub use server::{ServeError, ServerConfig, serve};
