@@ -149,6 +149,10 @@ pub struct HttpLimits {
     pub pipeline_max: usize,
     /// Open connections per executor; more are closed at accept.
     pub connections_max_per_core: usize,
+    /// After a final answer (an error that closes the connection), input is drained
+    /// for at most this long and this much, so that the answer is not lost to a reset.
+    pub linger_ms: u64,
+    pub linger_drain_max_bytes: usize,
 }
 
 impl Default for HttpLimits {
@@ -161,6 +165,8 @@ impl Default for HttpLimits {
             request_read_timeout_ms: 10_000,
             pipeline_max: 64,
             connections_max_per_core: 10_000,
+            linger_ms: 2_000,
+            linger_drain_max_bytes: 4 << 20,
         }
     }
 }

@@ -76,9 +76,21 @@ fn main() -> std::process::ExitCode {
         },
         store: StoreLimits::default(),
         serve: ServeLimits { write_deadline_ms: a.write_deadline_ms, ..ServeLimits::default() },
-        wal: WalConfig { segment_size_bytes: a.segment_size_bytes, ..WalConfig::default() },
+        // A WAL record holds one Raft entry: a command with a message of at most one
+        // request body, JSON-encoded, with room for escaping.
+        wal: WalConfig {
+            segment_size_bytes: a.segment_size_bytes,
+            record_payload_max_bytes: (a.body_max_bytes.saturating_mul(2) + (64 << 10))
+                .min(fleetlm::wal::format::RECORD_PAYLOAD_LIMIT_BYTES as usize)
+                as u32,
+            ..WalConfig::default()
+        },
         raft: RaftTimings::default(),
     };
+    if let Err(e) = config.wal.validate() {
+        eprintln!("fleetlm: {e} (raise --segment-size-bytes or lower --body-max-bytes)");
+        return std::process::ExitCode::FAILURE;
+    }
     eprintln!(
         "fleetlm: serving http://{} ({} cores, data in {})",
         config.listen,

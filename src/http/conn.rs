@@ -61,7 +61,7 @@ where
             out.clear();
         }
         if close {
-            let _ = stream.close().await;
+            lingering_close(stream, &limits, &mut chunk).await;
             return;
         }
         if answered == limits.pipeline_max {
@@ -82,4 +82,27 @@ where
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// Closes after the last answer without losing it: stop writing, then read and discard
+/// what the client is still sending (say, the rest of an oversized body) for a bounded
+/// time and amount. Closing with unread input would make the kernel reset the
+/// connection, and a reset can destroy the answer before the client reads it.
+async fn lingering_close(stream: TcpStream, limits: &HttpLimits, chunk: &mut [u8]) {
+    let mut stream = stream;
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let started = Instant::now();
+    let linger = Duration::from_millis(limits.linger_ms);
+    let mut drained = 0usize;
+    while drained < limits.linger_drain_max_bytes {
+        let left = linger.saturating_sub(started.elapsed());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match stream.read(chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    let _ = stream.close().await;
 }

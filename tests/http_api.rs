@@ -1,0 +1,192 @@
+//! The real binary over HTTP: every endpoint and error code of API.md (but /stream,
+//! /metrics and /v1/cluster*), framing edge cases, concurrency and idempotency.
+mod common;
+
+use std::io::Write;
+
+use common::{Server, connect, msg_body, raw_request, read_response, request};
+use serde_json::json;
+
+fn server() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]);
+    (dir, s)
+}
+
+#[test]
+fn context_lifecycle_and_every_endpoint() {
+    let (_d, s) = server();
+    let put = s.req("PUT", "/v1/contexts/support-123", r#"{"token_budget":1000,"metadata":{"project":"support"}}"#);
+    assert_eq!(put.status, 201);
+    let j = put.json();
+    assert_eq!(
+        (j["version"].as_u64(), j["last_seq"].as_u64(), j["status"].as_str()),
+        (Some(0), Some(0), Some("active"))
+    );
+    assert!(j["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(s.req("PUT", "/v1/contexts/support-123", r#"{"token_budget":2000}"#).status, 200);
+    let got = s.req("GET", "/v1/contexts/support-123", "");
+    assert_eq!((got.status, got.json()["token_budget"].as_u64()), (200, Some(2000)));
+    assert_eq!(got.json()["metadata"], json!({"project": "support"}));
+    let head = request(s.port, "HEAD", "/v1/contexts/support-123", &[], b"");
+    assert_eq!((head.status, head.body.len()), (200, 0));
+    assert_eq!(head.header("content-length").unwrap(), got.body.len().to_string());
+
+    let a = s.req("POST", "/v1/contexts/support-123/messages", &msg_body("How do I deploy this?"));
+    assert_eq!(a.status, 201);
+    assert_eq!(a.json(), json!({"seq": 1, "version": 1, "token_estimate": 6}));
+    let q = s.req("POST", "/v1/contexts/support-123/messages?if_version=1", &msg_body("second"));
+    assert_eq!(q.json()["seq"], 2);
+    let stale = s.req("POST", "/v1/contexts/support-123/messages?if_version=1", &msg_body("x"));
+    stale.assert_error(409, "conflict");
+    assert_eq!(stale.json()["message"], "Context version changed (expected 1, found 2)");
+
+    let tail = s.req("GET", "/v1/contexts/support-123/tail?limit=1", "").json();
+    assert_eq!(tail["messages"][0]["seq"], 2);
+    let replay = s.req("GET", "/v1/contexts/support-123/messages?from_seq=1&limit=1", "").json();
+    assert_eq!((replay["last_seq"].as_u64(), replay["next_seq"].as_u64()), (Some(2), Some(2)));
+    let window = s.req("GET", "/v1/contexts/support-123/context?budget_tokens=5", "").json();
+    assert_eq!((window["version"].as_u64(), window["needs_compaction"].as_bool()), (Some(2), Some(true)));
+    s.req("GET", "/v1/contexts/support-123/context?if_version=1", "").assert_error(409, "conflict");
+
+    let patch = s.req("PATCH", "/v1/contexts/support-123/metadata", r#"{"metadata":{"project":null,"tier":"gold"}}"#);
+    assert_eq!((patch.status, patch.json()["metadata"].clone()), (200, json!({"tier": "gold"})));
+
+    let compact = s.req(
+        "POST",
+        "/v1/contexts/support-123/compact",
+        r#"{"replacement":[{"role":"system","parts":[{"type":"text","text":"sum"}]}],"if_version":2}"#,
+    );
+    assert_eq!((compact.status, compact.json()), (200, json!({"version": 3})));
+    let w = s.req("GET", "/v1/contexts/support-123/context", "").json();
+    assert_eq!(w["segments"], json!([{"type":"summary","count":1},{"type":"live","from_seq":null,"to_seq":null}]));
+
+    let del = s.req("DELETE", "/v1/contexts/support-123", "");
+    assert_eq!((del.status, del.body.len()), (204, 0));
+    assert_eq!(s.req("DELETE", "/v1/contexts/support-123", "").status, 204);
+    s.req("POST", "/v1/contexts/support-123/messages", &msg_body("x")).assert_error(409, "context_tombstoned");
+    assert_eq!(s.req("GET", "/v1/contexts/support-123/tail", "").status, 200, "reads keep working");
+    s.req("DELETE", "/v1/contexts/never", "").assert_error(404, "context_not_found");
+    s.req("GET", "/v1/contexts/never", "").assert_error(404, "context_not_found");
+    s.req("GET", "/v1/contexts/never/tail", "").assert_error(404, "context_not_found");
+    assert_eq!(s.req("GET", "/health/live", "").json(), json!({"status": "ok"}));
+}
+
+#[test]
+fn bad_input_gets_the_right_4xx() {
+    let (_d, s) = server();
+    s.req("PUT", "/v1/contexts/c", r#"{"token_budget":100}"#);
+    s.req("PUT", "/v1/contexts/c", "").assert_error(400, "invalid_json");
+    s.req("PUT", "/v1/contexts/c", "{nope").assert_error(400, "invalid_json");
+    s.req("PUT", "/v1/contexts/c", r#"{"token_budget":100.0}"#).assert_error(400, "invalid_context_config");
+    s.req("PUT", "/v1/contexts/c", r#"{"token_budget":1,"policy":{"strategy":"x"}}"#)
+        .assert_error(400, "invalid_context_config");
+    s.req("PUT", "/v1/contexts/a%2Fb", r#"{"token_budget":1}"#).assert_error(400, "invalid_id");
+    s.req("PUT", "/v1/contexts/a%01b", r#"{"token_budget":1}"#).assert_error(400, "invalid_id");
+    s.req("PUT", "/v1/contexts/a%zz", r#"{"token_budget":1}"#).assert_error(400, "invalid_id");
+    let long = "x".repeat(257);
+    s.req("PUT", &format!("/v1/contexts/{long}"), r#"{"token_budget":1}"#).assert_error(400, "invalid_id");
+    assert_eq!(s.req("PUT", "/v1/contexts/a+b%20c", r#"{"token_budget":1}"#).json()["id"], "a+b c");
+    s.req("GET", "/v1/contexts/c/tail?limit=0", "").assert_error(400, "invalid_query");
+    s.req("GET", "/v1/contexts/c/tail?limit=x", "").assert_error(400, "invalid_query");
+    s.req("GET", "/v1/contexts/c/messages?limit=-1", "").assert_error(400, "invalid_query");
+    s.req("GET", "/v1/contexts/c/context?budget_tokens=0", "").assert_error(400, "invalid_query");
+    s.req("POST", "/v1/contexts/c/messages", r#"{"message":{"role":"","parts":[]}}"#)
+        .assert_error(400, "invalid_message");
+    s.req("POST", "/v1/contexts/c/messages", r#"{"message":{"role":"u","parts":[],"token_count":-1}}"#)
+        .assert_error(400, "invalid_message");
+    s.req("PATCH", "/v1/contexts/c/metadata", r#"{"metadata":[]}"#).assert_error(400, "invalid_metadata");
+    s.req("POST", "/v1/contexts/c/compact", r#"{"replacement":{}}"#).assert_error(400, "invalid_replacement");
+    s.req("POST", "/v1/contexts/c/compact", r#"{"replacement":[{"parts":[]}]}"#)
+        .assert_error(400, "invalid_replacement");
+    let key = "k".repeat(129);
+    s.req_h("POST", "/v1/contexts/c/messages", &[("Idempotency-Key", &key)], &msg_body("x"))
+        .assert_error(400, "invalid_idempotency_key");
+    s.req("GET", "/v1/nothing", "").assert_error(404, "not_found");
+    s.req("GET", "/", "").assert_error(404, "not_found");
+    s.req("POST", "/v1/contexts/c", "{}").assert_error(405, "method_not_allowed");
+    s.req("PUT", "/v1/contexts/c/tail", "{}").assert_error(405, "method_not_allowed");
+    // Limits: a 2 MiB body, a 20 KiB head.
+    let big = "x".repeat(2 << 20);
+    s.req("POST", "/v1/contexts/c/messages", &big).assert_error(413, "payload_too_large");
+    let h = "y".repeat(20 << 10);
+    s.req_h("GET", "/v1/contexts/c", &[("X-Big", &h)], "").assert_error(431, "headers_too_large");
+    // Malformed framing: a 400, then the connection is closed.
+    let mut c = connect(s.port);
+    c.write_all(b"GET / HTTP/1.1\r\nContent-Length: nope\r\n\r\n").unwrap();
+    read_response(&mut c, false).unwrap().assert_error(400, "bad_request");
+    assert!(read_response(&mut c, false).is_none(), "closed after an unrecoverable framing error");
+}
+
+#[test]
+fn api_key_guards_v1_but_not_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--api-key", "sekret"]);
+    s.req("GET", "/v1/contexts/c", "").assert_error(401, "unauthorized");
+    s.req_h("GET", "/v1/contexts/c", &[("Authorization", "Bearer wrong")], "").assert_error(401, "unauthorized");
+    s.req_h("GET", "/v1/contexts/c", &[("Authorization", "Bearer sekret")], "").assert_error(404, "context_not_found");
+    assert_eq!(s.req("GET", "/health/live", "").status, 200);
+}
+
+#[test]
+fn pipelined_and_split_requests_are_answered_in_order() {
+    let (_d, s) = server();
+    s.req("PUT", "/v1/contexts/p", r#"{"token_budget":100000}"#);
+    let mut c = connect(s.port);
+    let mut all = Vec::new();
+    for i in 0..10 {
+        all.extend(raw_request("POST", "/v1/contexts/p/messages", &[], msg_body(&format!("m{i}")).as_bytes()));
+    }
+    all.extend(raw_request("GET", "/v1/contexts/p/tail?limit=1000", &[], b""));
+    c.write_all(&all).unwrap();
+    for i in 1..=10u64 {
+        let r = read_response(&mut c, false).unwrap();
+        assert_eq!((r.status, r.json()["seq"].as_u64()), (201, Some(i)));
+    }
+    assert_eq!(read_response(&mut c, false).unwrap().json()["messages"].as_array().unwrap().len(), 10);
+    // One request trickled in byte by byte on a keep-alive connection, chunked body.
+    let body = msg_body("split");
+    let mut req = b"POST /v1/contexts/p/messages HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    req.extend(format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len()).as_bytes());
+    for b in &req {
+        c.write_all(&[*b]).unwrap();
+    }
+    assert_eq!(read_response(&mut c, false).unwrap().json()["seq"], 11);
+}
+
+#[test]
+fn concurrent_appends_get_contiguous_seqs_and_idempotent_retries_append_once() {
+    let (_d, s) = server();
+    s.req("PUT", "/v1/contexts/hot", r#"{"token_budget":100000}"#);
+    let port = s.port;
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = connect(port);
+                (0..25)
+                    .map(|i| {
+                        c.write_all(&raw_request(
+                            "POST",
+                            "/v1/contexts/hot/messages",
+                            &[],
+                            msg_body(&format!("t{t}-{i}")).as_bytes(),
+                        ))
+                        .unwrap();
+                        read_response(&mut c, false).unwrap().json()["seq"].as_u64().unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut seqs: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "contiguous, no duplicates");
+
+    let first =
+        s.req_h("POST", "/v1/contexts/hot/messages?if_version=200", &[("Idempotency-Key", "abc")], &msg_body("once"));
+    assert_eq!(first.status, 201);
+    let retry =
+        s.req_h("POST", "/v1/contexts/hot/messages?if_version=200", &[("Idempotency-Key", "abc")], &msg_body("once"));
+    assert_eq!((retry.status, retry.json()), (201, first.json()), "the first outcome, although its guard is stale now");
+    assert_eq!(s.req("GET", "/v1/contexts/hot", "").json()["last_seq"], 201);
+}
