@@ -1,0 +1,229 @@
+//! loadgen: a closed-loop HTTP load generator for FleetLM.
+//!
+//! `--connections` keep-alive connections on one glommio executor; each loops: pick an
+//! operation by the `--mix` weights, send it, wait for the answer, record the latency
+//! (hdrhistogram, µs) per operation. Contexts `ctx-0 … ctx-{N-1}` are created first.
+//! Prints one JSON summary on stdout.
+//!
+//!   loadgen --addr 127.0.0.1:4000 --connections 50 --contexts 1000 --secs 10 \
+//!           --message-bytes 200 --mix append=1
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::LocalExecutorBuilder;
+use glommio::net::TcpStream;
+use hdrhistogram::Histogram;
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:4000")]
+    addr: SocketAddr,
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    #[arg(long, default_value_t = 1000)]
+    contexts: usize,
+    /// Measured seconds (after --warmup-secs).
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    #[arg(long, default_value_t = 1)]
+    warmup_secs: u64,
+    /// Text bytes per appended message.
+    #[arg(long, default_value_t = 200)]
+    message_bytes: usize,
+    /// Weights, e.g. `append=3,tail=1,replay=1,window=1`.
+    #[arg(long, default_value = "append=1")]
+    mix: String,
+    /// Messages per replay (`from_seq=-N&limit=N`).
+    #[arg(long, default_value_t = 1000)]
+    replay_limit: usize,
+    /// Skip creating the contexts (they exist already).
+    #[arg(long)]
+    no_create: bool,
+    /// Stop after this many appends in total (0 = run for --secs); for loading data.
+    #[arg(long, default_value_t = 0)]
+    appends_total: u64,
+}
+
+const OPS: [&str; 4] = ["append", "tail", "replay", "window"];
+
+struct Stats {
+    hist: BTreeMap<&'static str, Histogram<u64>>,
+    errors: BTreeMap<&'static str, u64>,
+    appends: u64,
+}
+
+fn parse_mix(mix: &str) -> Result<Vec<(&'static str, u32)>> {
+    let mut out = Vec::new();
+    for part in mix.split(',').filter(|p| !p.is_empty()) {
+        let (name, w) = part.split_once('=').context("mix entries are name=weight")?;
+        let op = OPS.iter().find(|o| **o == name).with_context(|| format!("unknown op {name}"))?;
+        out.push((*op, w.parse()?));
+    }
+    if out.iter().map(|o| o.1).sum::<u32>() == 0 {
+        bail!("mix has no weight");
+    }
+    Ok(out)
+}
+
+/// One request/response on a keep-alive connection; returns the status.
+async fn exchange(conn: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> Result<u16> {
+    conn.write_all(req).await?;
+    buf.clear();
+    let mut chunk = [0u8; 16384];
+    loop {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("connection closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(head) = resp.parse(buf)? {
+            let len = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+                .unwrap_or(0);
+            let status = resp.code.unwrap_or(0);
+            while buf.len() < head + len {
+                let n = conn.read(&mut chunk).await?;
+                if n == 0 {
+                    bail!("connection closed mid-body");
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(status);
+        }
+    }
+}
+
+fn request(method: &str, path: &str, body: &str) -> Vec<u8> {
+    format!("{method} {path} HTTP/1.1\r\nHost: loadgen\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mix = parse_mix(&args.mix)?;
+    let ex = LocalExecutorBuilder::default()
+        .io_memory(1 << 20)
+        .make()
+        .map_err(|e| anyhow::anyhow!("glommio executor: {e}"))?;
+    ex.run(async move { run(args, mix).await })
+}
+
+async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
+    if !args.no_create {
+        let mut conn = TcpStream::connect(args.addr).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?;
+        let mut buf = Vec::new();
+        for c in 0..args.contexts {
+            let status = exchange(
+                &mut conn,
+                &request("PUT", &format!("/v1/contexts/ctx-{c}"), r#"{"token_budget":1000000}"#),
+                &mut buf,
+            )
+            .await?;
+            if status >= 300 {
+                bail!("creating ctx-{c}: HTTP {status}");
+            }
+        }
+    }
+    let stats = Rc::new(RefCell::new(Stats {
+        hist: OPS.iter().map(|o| (*o, Histogram::new(3).expect("valid"))).collect(),
+        errors: OPS.iter().map(|o| (*o, 0)).collect(),
+        appends: 0,
+    }));
+    let warmup_end = Instant::now() + Duration::from_secs(args.warmup_secs);
+    let end = warmup_end + Duration::from_secs(args.secs);
+    let total_weight: u32 = mix.iter().map(|m| m.1).sum();
+    let text = "x".repeat(args.message_bytes);
+    let body = format!(r#"{{"message":{{"role":"user","parts":[{{"type":"text","text":"{text}"}}]}}}}"#);
+    let mut tasks = Vec::new();
+    for t in 0..args.connections {
+        let (args, mix, stats, body) = (args.clone(), mix.clone(), stats.clone(), body.clone());
+        tasks.push(glommio::spawn_local(async move {
+            let mut conn = TcpStream::connect(args.addr).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?;
+            let mut buf = Vec::new();
+            let mut rng: u64 = 0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1);
+            loop {
+                let start = Instant::now();
+                if start >= end || (args.appends_total > 0 && stats.borrow().appends >= args.appends_total) {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let c = (rng >> 16) as usize % args.contexts;
+                let mut pick = (rng % u64::from(total_weight)) as u32;
+                let op = mix
+                    .iter()
+                    .find(|(_, w)| {
+                        if pick < *w {
+                            true
+                        } else {
+                            pick -= w;
+                            false
+                        }
+                    })
+                    .map_or("append", |m| m.0);
+                let req = match op {
+                    "append" => request("POST", &format!("/v1/contexts/ctx-{c}/messages"), &body),
+                    "tail" => request("GET", &format!("/v1/contexts/ctx-{c}/tail?limit=50"), ""),
+                    "replay" => {
+                        let n = args.replay_limit;
+                        request("GET", &format!("/v1/contexts/ctx-{c}/messages?from_seq=-{n}&limit={n}"), "")
+                    }
+                    _ => request("GET", &format!("/v1/contexts/ctx-{c}/context"), ""),
+                };
+                let status = exchange(&mut conn, &req, &mut buf).await?;
+                let mut s = stats.borrow_mut();
+                if op == "append" && status == 201 {
+                    s.appends += 1;
+                }
+                if start >= warmup_end || args.appends_total > 0 {
+                    if status >= 300 {
+                        *s.errors.get_mut(op).expect("known op") += 1;
+                    } else {
+                        let _ = s.hist.get_mut(op).expect("known op").record(start.elapsed().as_micros() as u64);
+                    }
+                }
+            }
+        }));
+    }
+    let t0 = Instant::now().max(warmup_end);
+    for t in tasks {
+        t.await?;
+    }
+    let secs = if args.appends_total > 0 { t0.elapsed().as_secs_f64() } else { args.secs as f64 };
+    let s = stats.borrow();
+    let mut ops = serde_json::Map::new();
+    let mut total = 0u64;
+    for (op, h) in &s.hist {
+        if h.is_empty() && s.errors[op] == 0 {
+            continue;
+        }
+        total += h.len();
+        ops.insert(
+            op.to_string(),
+            serde_json::json!({
+                "count": h.len(), "errors": s.errors[op], "per_sec": h.len() as f64 / secs,
+                "p50_us": h.value_at_quantile(0.5), "p90_us": h.value_at_quantile(0.9),
+                "p99_us": h.value_at_quantile(0.99), "p999_us": h.value_at_quantile(0.999), "max_us": h.max(),
+            }),
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "connections": args.connections, "contexts": args.contexts, "message_bytes": args.message_bytes,
+            "mix": args.mix, "secs": secs, "requests_per_sec": total as f64 / secs, "ops": ops,
+        })
+    );
+    Ok(())
+}
