@@ -88,6 +88,22 @@ fn outcome_response(outcome: Result<Outcome, StoreError>) -> Response {
     }
 }
 
+/// `{"messages":[…]` + `tail`, from the messages' cached JSON.
+fn messages_body(messages: &[crate::store::Message], tail: &str) -> Vec<u8> {
+    let len: usize = messages.iter().map(|m| m.json_str().len() + 1).sum();
+    let mut out = Vec::with_capacity(len + 16 + tail.len());
+    out.extend_from_slice(b"{\"messages\":[");
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(m.json_str().as_bytes());
+    }
+    out.push(b']');
+    out.extend_from_slice(tail.as_bytes());
+    out
+}
+
 /// Runs `call` on `shard` (which this core owns).
 pub async fn execute(shard: &Shard, call: ShardCall, limits: &ServeLimits) -> Response {
     let deadline = Duration::from_millis(limits.write_deadline_ms);
@@ -127,14 +143,14 @@ pub async fn execute(shard: &Shard, call: ShardCall, limits: &ServeLimits) -> Re
         ShardCall::Write(_) => unreachable!("handled above"),
         ShardCall::Get { .. } => Response::json(200, &ctx.summary_json()),
         ShardCall::Tail { offset, limit, .. } => {
-            let messages: Vec<_> = ctx.tail(offset, limit).iter().map(|m| m.to_json()).collect();
-            Response::json(200, &json!({"messages": messages}))
+            let body = messages_body(ctx.tail(offset, limit), "}");
+            Response::raw_json(200, body)
         }
         ShardCall::Replay { from, limit, .. } => {
             let start = ctx.replay_start(from);
             let (page, next) = ctx.replay(start, limit);
-            let messages: Vec<_> = page.iter().map(|m| m.to_json()).collect();
-            Response::json(200, &json!({"messages": messages, "last_seq": ctx.last_seq(), "next_seq": next}))
+            let body = messages_body(page, &format!(",\"last_seq\":{},\"next_seq\":{next}}}", ctx.last_seq()));
+            Response::raw_json(200, body)
         }
         ShardCall::Window { budget, if_version, .. } => {
             if let Some(expected) = if_version

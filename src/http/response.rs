@@ -15,6 +15,11 @@ impl Response {
         Response { status, headers: Vec::new(), body: body.to_string().into_bytes(), content_type: "application/json" }
     }
 
+    /// A JSON body that is already serialized.
+    pub fn raw_json(status: u16, body: Vec<u8>) -> Response {
+        Response { status, headers: Vec::new(), body, content_type: "application/json" }
+    }
+
     pub fn empty(status: u16) -> Response {
         Response { status, headers: Vec::new(), body: Vec::new(), content_type: "" }
     }

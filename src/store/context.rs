@@ -143,14 +143,7 @@ impl Context {
         self.check_guard(if_version)?;
         let seq = self.last_seq() + 1;
         let tokens = msg.token_count;
-        self.messages.push(Message {
-            seq: Some(seq),
-            role: msg.role,
-            parts: msg.parts,
-            metadata: msg.metadata,
-            token_count: tokens,
-            inserted_at: Some(now.to_owned()),
-        });
+        self.messages.push(Message::new(Some(seq), msg.role, msg.parts, msg.metadata, tokens, Some(now.to_owned())));
         assert_eq!(self.messages[seq as usize - 1].seq, Some(seq), "seqs are contiguous from 1");
         self.version += 1;
         debug_assert_eq!(self.version, self.last_seq() + self.compactions);
@@ -215,14 +208,7 @@ impl Context {
         self.window = replacement
             .into_iter()
             .map(|m| {
-                WindowItem::Summary(Message {
-                    seq: m.seq,
-                    role: m.role,
-                    parts: m.parts,
-                    metadata: m.metadata,
-                    token_count: m.token_count,
-                    inserted_at: m.inserted_at,
-                })
+                WindowItem::Summary(Message::new(m.seq, m.role, m.parts, m.metadata, m.token_count, m.inserted_at))
             })
             .collect();
         self.window_tokens = self.window.iter().map(Self::item_tokens).sum();

@@ -10,7 +10,7 @@ use super::tokens::estimate_tokens;
 use crate::config::StoreLimits;
 
 /// A stored message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Message {
     /// `None` only for compaction replacements that were given no seq.
     pub seq: Option<u64>,
@@ -19,9 +19,36 @@ pub struct Message {
     pub metadata: Map<String, Value>,
     pub token_count: u64,
     pub inserted_at: Option<String>,
+    /// The message's JSON, rendered once on first read: replays of a thousand
+    /// messages then copy bytes instead of re-serializing value trees.
+    #[serde(skip)]
+    rendered: std::cell::OnceCell<Box<str>>,
+}
+
+impl PartialEq for Message {
+    fn eq(&self, o: &Self) -> bool {
+        (self.seq, &self.role, &self.parts, &self.metadata, self.token_count, &self.inserted_at)
+            == (o.seq, &o.role, &o.parts, &o.metadata, o.token_count, &o.inserted_at)
+    }
 }
 
 impl Message {
+    pub fn new(
+        seq: Option<u64>,
+        role: String,
+        parts: Vec<Value>,
+        metadata: Map<String, Value>,
+        token_count: u64,
+        inserted_at: Option<String>,
+    ) -> Message {
+        Message { seq, role, parts, metadata, token_count, inserted_at, rendered: std::cell::OnceCell::new() }
+    }
+
+    /// The API.md JSON of the message, cached.
+    pub fn json_str(&self) -> &str {
+        self.rendered.get_or_init(|| self.to_json().to_string().into_boxed_str())
+    }
+
     pub fn to_json(&self) -> Value {
         serde_json::json!({
             "seq": self.seq,

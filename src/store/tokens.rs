@@ -8,7 +8,10 @@ use serde_json::Value;
 use unicode_segmentation::UnicodeSegmentation;
 
 fn per_text(s: &str) -> u64 {
-    (s.graphemes(true).count() as u64).div_ceil(4).max(1)
+    // ASCII without CR: every byte is its own grapheme (only "\r\n" joins two ASCII
+    // bytes into one cluster), so skip the segmentation (it was 3% of an append).
+    let graphemes = if s.is_ascii() && !s.as_bytes().contains(&b'\r') { s.len() } else { s.graphemes(true).count() };
+    (graphemes as u64).div_ceil(4).max(1)
 }
 
 /// Estimated tokens of one part.
@@ -46,6 +49,14 @@ mod tests {
         assert_eq!(estimate_tokens(&[json!({"type":"text","text":family})]), 1);
         let accents = "e\u{301}".repeat(8);
         assert_eq!(estimate_tokens(&[json!({"type":"text","text":accents})]), 2);
+    }
+
+    #[test]
+    fn ascii_fast_path_agrees_with_segmentation() {
+        for s in ["abc", "a\r\nb", "\r\n\r\n", "tab\there", "x".repeat(1023).as_str()] {
+            let slow = (s.graphemes(true).count() as u64).div_ceil(4).max(1);
+            assert_eq!(per_text(s), slow, "{s:?}");
+        }
     }
 
     #[test]

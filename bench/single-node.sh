@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Single-node benchmark, FleetLM next to Redis measured in the same run on this machine.
+#
+#   bench/single-node.sh            # writes bench/results/single-node.md
+#   SECS=20 bench/single-node.sh
+#
+# 1. FleetLM durable appends: loadgen, 50 connections, 200-byte messages, 1000 contexts.
+# 2. Redis 7 (appendonly yes, appendfsync always): redis-benchmark XADD, 50 clients,
+#    200-byte values over 1000 streams.
+# 3. FleetLM replay of 1000 messages (from_seq=-1000&limit=1000) on preloaded contexts.
+# Redis and fio-free: only loopback, bounded in time, everything stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${SECS:-10}
+PORT=${PORT:-4400}
+REDIS_PORT=${REDIS_PORT:-6390}
+scratch=target/bench-single
+rm -rf "$scratch" && mkdir -p "$scratch" bench/results
+
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
+cargo build --release --bin fleetlm --bin loadgen
+
+cleanup() {
+  # Only our own children: never `kill 0` (that is the whole process group).
+  [ -n "${FL_PID:-}" ] && kill -9 "$FL_PID" 2>/dev/null
+  [ -n "${RS_PID:-}" ] && kill -9 "$RS_PID" 2>/dev/null
+  true
+}
+trap cleanup EXIT
+
+start_fleetlm() {
+  ./target/release/fleetlm serve --listen "127.0.0.1:$PORT" --data-dir "$scratch/data" >"$scratch/fleetlm.log" 2>&1 &
+  FL_PID=$!
+  for _ in $(seq 1 600); do
+    curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && return 0
+    sleep 0.05
+  done
+  echo "fleetlm did not become ready" >&2; cat "$scratch/fleetlm.log" >&2; exit 1
+}
+
+echo "== FleetLM appends (${SECS}s)" >&2
+start_fleetlm
+./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 50 --contexts 1000 --secs "$SECS" \
+  --message-bytes 200 --mix append=1 >"$scratch/fleetlm-append.json"
+RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$FL_PID/status")
+
+echo "== FleetLM replay of 1000 messages (${SECS}s)" >&2
+# 20 contexts with ≥1000 messages each, then replay them.
+./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 50 --contexts 20 --secs 1 --warmup-secs 0 \
+  --message-bytes 200 --mix append=1 --appends-total 21000 >/dev/null
+./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 50 --contexts 20 --secs "$SECS" --no-create \
+  --mix replay=1 --replay-limit 1000 >"$scratch/fleetlm-replay.json"
+kill -9 $FL_PID; FL_PID=
+
+echo "== Redis XADD (appendfsync always)" >&2
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always \
+  --dir "$PWD/$scratch" --daemonize no >"$scratch/redis.log" 2>&1 &
+RS_PID=$!
+for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+VALUE=$(head -c 200 /dev/zero | tr '\0' x)
+# Run for about SECS: size the request count from a short probe.
+redis-benchmark -p "$REDIS_PORT" -c 50 -n 20000 -r 1000 --csv XADD 'stream:__rand_int__' '*' f "$VALUE" >"$scratch/redis-probe.csv"
+PROBE_RPS=$(python3 -c "import csv,sys; r=list(csv.reader(open('$scratch/redis-probe.csv'))); print(int(float(r[1][1])))")
+N=$((PROBE_RPS * SECS))
+redis-benchmark -p "$REDIS_PORT" -c 50 -n "$N" -r 1000 --csv XADD 'stream:__rand_int__' '*' f "$VALUE" >"$scratch/redis-xadd.csv"
+kill -9 $RS_PID; RS_PID=
+
+python3 bench/single_node_report.py "$scratch" "$RSS_KB" "bench/single-node.sh (SECS=$SECS)" >bench/results/single-node.md
+cat bench/results/single-node.md

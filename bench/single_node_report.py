@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""bench/results/single-node.md from the files bench/single-node.sh leaves in its scratch dir."""
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+
+scratch, rss_kb, command = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+
+def sh(cmd):
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+
+
+fl = json.load(open(f"{scratch}/fleetlm-append.json"))["ops"]["append"]
+rp = json.load(open(f"{scratch}/fleetlm-replay.json"))["ops"]["replay"]
+rows = list(csv.DictReader(open(f"{scratch}/redis-xadd.csv")))
+rd = rows[0]
+redis_rps = float(rd["rps"])
+ratio = fl["per_sec"] / redis_rps
+commit = sh("git rev-parse --short HEAD") + ("-dirty" if sh("git status --porcelain -uno") else "")
+ok = lambda b: "PASS" if b else "FAIL"
+
+print("# Single-node benchmark")
+print()
+print(f"- command: `{command}`; commit `{commit}`; date {sh('date -u +%Y-%m-%dT%H:%MZ')}")
+fs = sh("df -T . | awk 'NR==2 {print $2}'")
+print(f"- machine: {os.cpu_count()} cores, Linux {platform.release()}, {fs} on virtio; client and server share the 2 cores, loopback")
+print(f"- {sh('redis-server --version')}")
+print()
+print("## Durable appends: 50 connections, 200-byte messages, 1000 contexts")
+print()
+print("| system | appends/s | p50 | p99 | p99.9 | max | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+print(f"| FleetLM (`loadgen`, HTTP, 201 after fdatasync via Raft) | {fl['per_sec']:.0f} | {fl['p50_us']/1000:.2f} ms | {fl['p99_us']/1000:.2f} ms | {fl['p999_us']/1000:.2f} ms | {fl['max_us']/1000:.1f} ms | {fl['errors']} |")
+print(f"| Redis XADD, appendfsync always (`redis-benchmark -c 50 -r 1000`) | {redis_rps:.0f} | {float(rd['p50_latency_ms']):.2f} ms | {float(rd['p99_latency_ms']):.2f} ms | – | {float(rd['max_latency_ms']):.1f} ms | – |")
+print()
+print(f"- throughput: FleetLM / Redis = **{ratio:.2f}×** (target ≥ 1.0×): {ok(ratio >= 1.0)}")
+print(f"- FleetLM append p99 {fl['p99_us']/1000:.2f} ms (target ≤ 5 ms): {ok(fl['p99_us'] <= 5000)}")
+print(f"- server RSS after the append run: {rss_kb/1024:.0f} MiB")
+print()
+print("## Replay of 1000 messages (`from_seq=-1000&limit=1000`, 20 contexts of ≥ 1000 messages, 50 connections)")
+print()
+print(f"{rp['per_sec']:.0f} replays/s, p50 {rp['p50_us']/1000:.2f} ms, p99 **{rp['p99_us']/1000:.2f} ms** (target ≤ 10 ms): {ok(rp['p99_us'] <= 10000)}, errors {rp['errors']}.")
