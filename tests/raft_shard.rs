@@ -60,7 +60,7 @@ async fn read_back(shard: &Shard) -> Vec<String> {
     shard.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.expect("linearizable read");
     let applied = shard.state.applied().borrow();
     let ctx = applied.store.get("ctx").expect("context exists");
-    ctx.replay(1, usize::MAX).0.iter().map(|m| m.parts[0]["text"].as_str().unwrap().to_owned()).collect()
+    ctx.replay(1, usize::MAX).0.iter().map(|m| m.to_json()["parts"][0]["text"].as_str().unwrap().to_owned()).collect()
 }
 
 fn run(f: impl AsyncFnOnce() + Send + 'static) {

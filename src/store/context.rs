@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::StoreError;
+
+/// Embeds already-rendered JSON in a `json!` value without re-parsing it into a tree.
+fn raw(json: &str) -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string(json.to_owned()).expect("stored message JSON is valid")
+}
 use super::model::{ContextConfig, Message, NewMessage, Policy, PutContext, Status};
 
 /// One element of the LLM window.
@@ -272,7 +277,7 @@ impl Context {
         }
     }
 
-    /// The LLM window with `budget` (the context's own unless overridden).
+    /// The LLM window with `budget`; messages are embedded as their stored JSON. (the context's own unless overridden).
     pub fn window_json(&self, budget: u64) -> Value {
         let mut messages = Vec::with_capacity(self.window.len());
         let (mut summaries, mut live_from, mut live_to) = (0usize, None, None);
@@ -280,12 +285,12 @@ impl Context {
             match item {
                 WindowItem::Summary(m) => {
                     summaries += 1;
-                    messages.push(m.to_json());
+                    messages.push(raw(m.json_str()));
                 }
                 WindowItem::Live { seq, .. } => {
                     live_from.get_or_insert(*seq);
                     live_to = Some(*seq);
-                    messages.push(self.messages[*seq as usize - 1].to_json());
+                    messages.push(raw(self.messages[*seq as usize - 1].json_str()));
                 }
             }
         }

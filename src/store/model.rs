@@ -9,27 +9,18 @@ use serde_json::{Map, Value};
 use super::tokens::estimate_tokens;
 use crate::config::StoreLimits;
 
-/// A stored message.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A stored message, compact: its API.md JSON rendered once (what every read returns),
+/// plus the fields the store computes with. No JSON value trees are kept: a message
+/// costs its JSON text and a few words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// `None` only for compaction replacements that were given no seq.
     pub seq: Option<u64>,
-    pub role: String,
-    pub parts: Vec<Value>,
-    pub metadata: Map<String, Value>,
     pub token_count: u64,
-    pub inserted_at: Option<String>,
-    /// The message's JSON, rendered once on first read: replays of a thousand
-    /// messages then copy bytes instead of re-serializing value trees.
-    #[serde(skip)]
-    rendered: std::cell::OnceCell<Box<str>>,
-}
-
-impl PartialEq for Message {
-    fn eq(&self, o: &Self) -> bool {
-        (self.seq, &self.role, &self.parts, &self.metadata, self.token_count, &self.inserted_at)
-            == (o.seq, &o.role, &o.parts, &o.metadata, o.token_count, &o.inserted_at)
-    }
+    /// The `type` of each part (for the skip_parts policy).
+    kinds: Box<[Box<str>]>,
+    /// `{"seq":…,"role":…,"parts":…,"metadata":…,"token_count":…,"inserted_at":…}`.
+    json: Box<str>,
 }
 
 impl Message {
@@ -41,30 +32,33 @@ impl Message {
         token_count: u64,
         inserted_at: Option<String>,
     ) -> Message {
-        Message { seq, role, parts, metadata, token_count, inserted_at, rendered: std::cell::OnceCell::new() }
-    }
-
-    /// The API.md JSON of the message, cached.
-    pub fn json_str(&self) -> &str {
-        self.rendered.get_or_init(|| self.to_json().to_string().into_boxed_str())
-    }
-
-    pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "seq": self.seq,
-            "role": self.role,
-            "parts": self.parts,
-            "metadata": self.metadata,
-            "token_count": self.token_count,
-            "inserted_at": self.inserted_at,
+        let kinds = parts.iter().map(|p| p.get("type").and_then(Value::as_str).unwrap_or("").into()).collect();
+        let json = serde_json::json!({
+            "seq": seq,
+            "role": role,
+            "parts": parts,
+            "metadata": metadata,
+            "token_count": token_count,
+            "inserted_at": inserted_at,
         })
+        .to_string()
+        .into_boxed_str();
+        Message { seq, token_count, kinds, json }
+    }
+
+    /// The API.md JSON of the message.
+    pub fn json_str(&self) -> &str {
+        &self.json
+    }
+
+    /// The message as a JSON value (tests, and the window view).
+    pub fn to_json(&self) -> Value {
+        serde_json::from_str(&self.json).unwrap_or(Value::Null)
     }
 
     /// Whether a part's `type` starts with one of `kinds` (the skip_parts policy).
     pub fn has_part_kind(&self, kinds: &[String]) -> bool {
-        self.parts.iter().any(|p| {
-            p.get("type").and_then(Value::as_str).is_some_and(|t| kinds.iter().any(|k| t.starts_with(k.as_str())))
-        })
+        self.kinds.iter().any(|t| kinds.iter().any(|k| t.starts_with(k.as_str())))
     }
 }
 
