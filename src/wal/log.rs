@@ -66,6 +66,8 @@ pub struct Wal {
     /// A segment was renamed in since the last sync started: the sync must fsync the
     /// directory too.
     dir_dirty: bool,
+    /// Pages before this position have been unmapped (`Segment::release_pages`).
+    released_up_to: Position,
 }
 
 impl Wal {
@@ -114,6 +116,7 @@ impl Wal {
             spare: None,
             spares_requested: 0,
             dir_dirty: false,
+            released_up_to: Position { seq: 0, offset: 0 },
         };
         let mut torn_tail = false;
         if wal.segments.is_empty() {
@@ -123,6 +126,11 @@ impl Wal {
             torn_tail = wal.recover()?;
         }
         wal.sync()?;
+        // Recovery touched every page; none needs to stay mapped.
+        for s in &wal.segments {
+            s.release_pages(0, s.bytes().len());
+        }
+        wal.released_up_to = wal.end_position();
         let report = RecoveryReport {
             first_index: wal.first_index,
             next_index: wal.next_index(),
@@ -447,6 +455,7 @@ impl Wal {
             return Ok(());
         }
         self.durable = job.target;
+        self.release_synced_pages();
         let next = self.next_index();
         while self.durable_next < next {
             let loc = self.live[(self.durable_next - self.first_index) as usize];
@@ -457,6 +466,23 @@ impl Wal {
         }
         debug_assert!(self.durable_next <= next);
         Ok(())
+    }
+
+    /// Unmaps synced pages once enough have accumulated: whole older segments, and the
+    /// synced part of the tail in steps of `RELEASE_STEP_BYTES`.
+    fn release_synced_pages(&mut self) {
+        const RELEASE_STEP_BYTES: usize = 8 << 20;
+        let durable = self.durable;
+        let from = self.released_up_to;
+        if durable.seq == from.seq && durable.offset < from.offset + RELEASE_STEP_BYTES {
+            return;
+        }
+        for s in self.segments.iter().filter(|s| s.seq() >= from.seq && s.seq() <= durable.seq) {
+            let start = if s.seq() == from.seq { from.offset } else { 0 };
+            let end = if s.seq() == durable.seq { durable.offset } else { s.bytes().len() };
+            s.release_pages(start, end);
+        }
+        self.released_up_to = Position { seq: durable.seq, offset: durable.offset / 4096 * 4096 };
     }
 
     /// Makes everything appended so far durable, blocking the calling thread.

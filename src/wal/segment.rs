@@ -175,6 +175,23 @@ impl Segment {
         true
     }
 
+    /// Unmaps `[from, to)` (page-aligned inwards) from this process. The bytes stay in
+    /// the page cache and on disk; a later read faults them back in. Keeps the RSS of a
+    /// long log bounded: written and synced pages would otherwise stay mapped forever,
+    /// and recovery's scan touches every page of every segment. Only for synced ranges.
+    pub fn release_pages(&self, from: usize, to: usize) {
+        const PAGE: usize = 4096;
+        let start = from.div_ceil(PAGE) * PAGE;
+        let end = (to / PAGE) * PAGE;
+        if end > start {
+            // SAFETY: a shared file mapping: MADV_DONTNEED drops our page-table entries
+            // only (dirty data is kept by the page cache); no reference into the range
+            // outlives this call (reads borrow the map immutably, and we hold &self
+            // only for the call).
+            let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        }
+    }
+
     /// Clears the dirty flag; called when a sync covering this segment starts.
     pub fn take_dirty(&mut self) -> bool {
         std::mem::replace(&mut self.dirty, false)
