@@ -118,11 +118,40 @@ fn restart_after_snapshot_and_purge_restores_state() {
             .expect("snapshot taken and log purged");
         shard.raft.shutdown().await.expect("shutdown");
     });
-    assert!(path.join("snapshot.json").exists());
+    assert!(path.join("snapshot.bin").exists());
     run(async move || {
         let shard = open(&path, &timings).await;
         let texts = read_back(&shard).await;
         assert_eq!(texts.len(), 300, "snapshot + remaining log restore every message");
         shard.raft.shutdown().await.expect("shutdown");
+    });
+}
+
+#[test]
+fn a_snapshot_built_on_one_state_machine_installs_on_another() {
+    use fleetlm::raft::ShardStateMachine;
+    use fleetlm::store::Store;
+    use openraft::RaftSnapshotBuilder;
+    use openraft::storage::RaftStateMachine;
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let (a_path, b_path) = (a_dir.path().to_owned(), b_dir.path().to_owned());
+    run(async move || {
+        // Fill A through a real shard, then snapshot its state machine.
+        let shard = open(&a_path, &RaftTimings::default()).await;
+        write(&shard, 50).await;
+        let mut a = shard.state.clone();
+        let snap = a.try_create_snapshot_builder(true).await.unwrap().build_snapshot().await.unwrap();
+        shard.raft.shutdown().await.unwrap();
+        let mut b = ShardStateMachine::open(&b_path, Store::new(StoreLimits::default())).unwrap();
+        b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        assert_eq!(b.applied_state().await.unwrap(), a.applied_state().await.unwrap());
+        let count = |sm: &ShardStateMachine| sm.applied().borrow().store.get("ctx").unwrap().last_seq();
+        assert_eq!((count(&a), count(&b)), (50, 50));
+        // And B reopens from the installed snapshot file.
+        let reopened = ShardStateMachine::open(&b_path, Store::new(StoreLimits::default())).unwrap();
+        assert_eq!(count(&reopened), 50);
+        let current = b.get_current_snapshot().await.unwrap().expect("a current snapshot");
+        assert_eq!(current.meta, snap.meta);
     });
 }

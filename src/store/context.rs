@@ -27,6 +27,22 @@ enum WindowItem {
     Live { seq: u64, tokens: u64 },
 }
 
+/// Serializes a JSON object as its text, so that snapshots can use a compact binary
+/// codec (which cannot carry self-describing JSON values).
+mod json_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::{Map, Value};
+
+    pub fn serialize<S: Serializer>(m: &Map<String, Value>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&Value::Object(m.clone()).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Where a replay starts, as the client said it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayFrom {
@@ -47,6 +63,7 @@ pub struct Context {
     pub id: String,
     pub status: Status,
     pub config: ContextConfig,
+    #[serde(with = "json_text")]
     pub metadata: Map<String, Value>,
     pub version: u64,
     pub created_at: String,
