@@ -7,10 +7,12 @@
 //! answered with its 4xx and the connection is closed: the stream cannot be trusted to
 //! resynchronise.
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_util::FutureExt;
 use glommio::net::TcpStream;
 
 use super::parse::{Parsed, Request, parse_request};
@@ -39,7 +41,11 @@ where
                     request_started = None;
                     let head_only = req.method == "HEAD";
                     close = req.close;
-                    let resp = handler(req).await;
+                    // A bug must cost one request a 500, not the executor and its shards.
+                    let resp = AssertUnwindSafe(handler(req))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| Response::error(500, "internal", "internal error (a bug); see the server log"));
                     resp.write_to(&mut out, head_only, close);
                     answered += 1;
                     if close {
