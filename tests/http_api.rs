@@ -190,3 +190,32 @@ fn concurrent_appends_get_contiguous_seqs_and_idempotent_retries_append_once() {
     assert_eq!((retry.status, retry.json()), (201, first.json()), "the first outcome, although its guard is stale now");
     assert_eq!(s.req("GET", "/v1/contexts/hot", "").json()["last_seq"], 201);
 }
+
+#[test]
+fn slow_and_idle_connections_are_cut_off() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--request-read-timeout-ms", "300", "--idle-timeout-ms", "600"]);
+    let closed_within = |c: &mut std::net::TcpStream, secs: u64| {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(secs))).unwrap();
+        let mut b = [0u8; 64];
+        match c.read(&mut b) {
+            Ok(0) => true, // closed by the server
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), // reset
+            Ok(_) => false,
+        }
+    };
+    // A request that starts and never finishes.
+    let mut slow = connect(s.port);
+    slow.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let t0 = std::time::Instant::now();
+    assert!(closed_within(&mut slow, 10), "a stalled request is cut off");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+    // A keep-alive connection that answers once, then idles.
+    let mut idle = connect(s.port);
+    idle.write_all(&raw_request("GET", "/health/live", &[], b"")).unwrap();
+    assert_eq!(read_response(&mut idle, false).unwrap().status, 200);
+    let t0 = std::time::Instant::now();
+    assert!(closed_within(&mut idle, 10), "an idle connection is closed");
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(400), "not before the idle timeout");
+}

@@ -42,10 +42,9 @@ where
                     let head_only = req.method == "HEAD";
                     close = req.close;
                     // A bug must cost one request a 500, not the executor and its shards.
-                    let resp = AssertUnwindSafe(handler(req))
-                        .catch_unwind()
-                        .await
-                        .unwrap_or_else(|_| Response::error(500, "internal", "internal error (a bug); see the server log"));
+                    let resp = AssertUnwindSafe(handler(req)).catch_unwind().await.unwrap_or_else(|_| {
+                        Response::error(500, "internal", "internal error (a bug); see the server log")
+                    });
                     resp.write_to(&mut out, head_only, close);
                     answered += 1;
                     if close {
