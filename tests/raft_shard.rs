@@ -81,8 +81,12 @@ fn writes_commit_through_raft_and_survive_a_restart() {
     let p = path.clone();
     run(async move || {
         let shard = open(&p, &t).await;
+        let syncs_before = shard.log.wal().with_stats(|s| s.syncs_completed_total);
         let seqs = write(&shard, 200).await;
         assert_eq!(seqs, (1..=200).collect::<Vec<u64>>(), "contiguous, no duplicates");
+        // Group commit end to end: 200 concurrent writes through Raft shared WAL syncs.
+        let syncs = shard.log.wal().with_stats(|s| s.syncs_completed_total) - syncs_before;
+        assert!(syncs < 100, "{syncs} WAL syncs for 200 concurrent writes: appends did not share syncs");
         shard.raft.shutdown().await.expect("shutdown");
     });
     run(async move || {
