@@ -40,17 +40,43 @@ use std::time::Instant;
 
 use glommio::io::BufferedFile;
 use hdrhistogram::Histogram;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use super::error::{Result, WalError};
 use super::log::{Position, SyncJob, Wal};
 
 /// What the flusher publishes after every sync.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Durability {
     durable_next: u64,
     durable: Position,
-    failed: Option<String>,
+}
+
+/// What a waiter waits for.
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    /// Everything written before this position is durable.
+    Position(Position),
+    /// Every index up to and including this one is durable.
+    Index(u64),
+}
+
+impl Until {
+    fn met(self, d: Durability) -> bool {
+        match self {
+            Until::Position(p) => d.durable >= p,
+            Until::Index(i) => d.durable_next > i,
+        }
+    }
+}
+
+/// One waiting caller. A plain single-threaded queue of these replaced a
+/// `tokio::sync::watch`: with 64 closed-loop appenders, re-subscribing and the
+/// notify lock cost a measurable part of each group-commit cycle.
+struct Waiter {
+    until: Until,
+    done: Cell<bool>,
+    waker: RefCell<Option<std::task::Waker>>,
 }
 
 /// Sync statistics, for the benchmark and (later) the latency dumps.
@@ -71,7 +97,9 @@ struct Inner {
     uring_files: RefCell<Vec<(u64, Rc<BufferedFile>)>>,
     /// A spare segment is being created on the blocking pool.
     spare_in_flight: Cell<bool>,
-    durable: watch::Sender<Durability>,
+    published: Cell<Durability>,
+    failed: RefCell<Option<String>>,
+    waiters: RefCell<Vec<Rc<Waiter>>>,
     wake: Rc<Notify>,
     stats: RefCell<SyncStats>,
 }
@@ -92,11 +120,8 @@ pub struct GroupCommitWal {
 impl GroupCommitWal {
     /// Wraps an opened WAL and spawns its flusher on the current glommio executor.
     pub fn new(wal: Wal) -> GroupCommitWal {
-        let (durable, _) = watch::channel(Durability {
-            durable_next: wal.durable_next(),
-            durable: wal.durable_position(),
-            failed: wal.poisoned().map(str::to_owned),
-        });
+        let published = Cell::new(Durability { durable_next: wal.durable_next(), durable: wal.durable_position() });
+        let failed = RefCell::new(wal.poisoned().map(str::to_owned));
         let stats = SyncStats {
             sync_latency_us: Histogram::new(3).expect("3 significant figures is valid"),
             sync_batch_records: Histogram::new(3).expect("3 significant figures is valid"),
@@ -108,7 +133,9 @@ impl GroupCommitWal {
             wal: RefCell::new(wal),
             uring_files: RefCell::new(Vec::new()),
             spare_in_flight: Cell::new(false),
-            durable,
+            published,
+            failed,
+            waiters: RefCell::new(Vec::new()),
             wake: wake.clone(),
             stats: RefCell::new(stats),
         });
@@ -124,14 +151,9 @@ impl GroupCommitWal {
         let out = f(&mut wal);
         let (durable_next, durable) = (wal.durable_next(), wal.durable_position());
         drop(wal);
-        self.inner.durable.send_if_modified(|d| {
-            let moved = d.durable < durable;
-            if moved {
-                d.durable_next = durable_next;
-                d.durable = durable;
-            }
-            moved
-        });
+        if self.inner.published.get().durable < durable {
+            publish(&self.inner, Durability { durable_next, durable });
+        }
         out
     }
 
@@ -191,36 +213,49 @@ impl GroupCommitWal {
     pub async fn sync(&self) -> Result<()> {
         let end = self.inner.wal.borrow().end_position();
         self.inner.wake.notify_one();
-        self.wait_until(|d| d.durable >= end).await
+        self.wait_until(Until::Position(end)).await
     }
 
     /// Waits until everything written before `end` (a `Wal::end_position`) is durable.
     pub async fn wait_durable_position(&self, end: Position) -> Result<()> {
         self.inner.wake.notify_one();
-        self.wait_until(|d| d.durable >= end).await
+        self.wait_until(Until::Position(end)).await
     }
 
     /// Waits until index `index` is durable. After a truncation this means the record
     /// now at `index`.
     pub async fn wait_durable(&self, index: u64) -> Result<()> {
-        self.wait_until(|d| d.durable_next > index).await
+        self.wait_until(Until::Index(index)).await
     }
 
-    async fn wait_until(&self, done: impl Fn(&Durability) -> bool) -> Result<()> {
-        let mut rx = self.inner.durable.subscribe();
-        let seen = rx
-            .wait_for(|d| d.failed.is_some() || done(d))
-            .await
-            .map_err(|_| WalError::Poisoned("wal closed".into()))?;
-        match &seen.failed {
-            Some(why) => Err(WalError::Poisoned(why.clone())),
+    async fn wait_until(&self, until: Until) -> Result<()> {
+        let failed = || self.inner.failed.borrow().clone().map(WalError::Poisoned);
+        if let Some(e) = failed() {
+            return Err(e);
+        }
+        if until.met(self.inner.published.get()) {
+            return Ok(());
+        }
+        let waiter = Rc::new(Waiter { until, done: Cell::new(false), waker: RefCell::new(None) });
+        self.inner.waiters.borrow_mut().push(waiter.clone());
+        std::future::poll_fn(|cx| {
+            if waiter.done.get() {
+                std::task::Poll::Ready(())
+            } else {
+                *waiter.waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        match failed() {
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
 
     /// Index below which everything is durable.
     pub fn durable_next(&self) -> u64 {
-        self.inner.durable.borrow().durable_next
+        self.inner.published.get().durable_next
     }
 
     /// Runs `f` on the sync statistics.
@@ -279,16 +314,35 @@ async fn flusher(inner: Weak<Inner>, wake: Rc<Notify>) {
             let _ = stats.sync_batch_records.record(durable_next.saturating_sub(before));
             stats.syncs_completed_total += 1;
         }
-        inner.durable.send_modify(|d| {
-            d.durable_next = durable_next;
-            d.durable = durable;
-        });
+        publish(&inner, Durability { durable_next, durable });
     }
 }
 
+/// Records the new durable point and wakes every waiter it satisfies.
+fn publish(inner: &Inner, d: Durability) {
+    inner.published.set(d);
+    inner.waiters.borrow_mut().retain(|w| {
+        if w.until.met(d) {
+            w.done.set(true);
+            if let Some(waker) = w.waker.borrow_mut().take() {
+                waker.wake();
+            }
+            false
+        } else {
+            true
+        }
+    });
+}
+
+/// Records the failure and wakes every waiter (they return the error).
 fn publish_failure(inner: &Inner, e: &WalError) {
-    let why = e.to_string();
-    inner.durable.send_modify(|d| d.failed = Some(why));
+    *inner.failed.borrow_mut() = Some(e.to_string());
+    for w in inner.waiters.borrow_mut().drain(..) {
+        w.done.set(true);
+        if let Some(waker) = w.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
 }
 
 /// The io_uring handles for the job's segments, from the cache or newly opened; drops
