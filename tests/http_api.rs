@@ -70,6 +70,20 @@ fn context_lifecycle_and_every_endpoint() {
     s.req("GET", "/v1/contexts/never", "").assert_error(404, "context_not_found");
     s.req("GET", "/v1/contexts/never/tail", "").assert_error(404, "context_not_found");
     assert_eq!(s.req("GET", "/health/live", "").json(), json!({"status": "ok"}));
+    // This node's view of the cluster: a cluster of one, every shard led by node 1.
+    let cluster = s.req("GET", "/v1/cluster", "").json();
+    assert_eq!(cluster["members"], json!([1]));
+    let shards = cluster["shards"].as_array().unwrap();
+    assert!(!shards.is_empty());
+    for sh in shards {
+        assert_eq!(sh["leader"], 1, "{sh}");
+        assert!(
+            sh["commit_index"].as_u64().unwrap() >= sh["applied_index"].as_u64().unwrap_or(0)
+                || sh["applied_index"].is_null()
+        );
+    }
+    let applied: u64 = shards.iter().map(|sh| sh["applied_index"].as_u64().unwrap_or(0)).sum();
+    assert!(applied >= 10, "the writes above were applied somewhere: {cluster}");
 }
 
 #[test]

@@ -37,6 +37,10 @@ pub enum ShardCall {
         if_version: Option<u64>,
         local: bool,
     },
+    /// This node's view of one shard's Raft group (for `GET /v1/cluster`).
+    ShardStatus {
+        shard: u32,
+    },
 }
 
 impl ShardCall {
@@ -47,6 +51,7 @@ impl ShardCall {
             | ShardCall::Tail { id, .. }
             | ShardCall::Replay { id, .. }
             | ShardCall::Window { id, .. } => id,
+            ShardCall::ShardStatus { .. } => "",
         }
     }
 }
@@ -88,6 +93,24 @@ fn outcome_response(outcome: Result<Outcome, StoreError>) -> Response {
     }
 }
 
+/// One shard's Raft state as this node sees it.
+fn shard_status(shard: &Shard, id: u32) -> serde_json::Value {
+    use openraft_rt::WatchReceiver;
+    let m = shard.raft.metrics().borrow_watched().clone();
+    let members: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+    json!({
+        "shard": id,
+        "leader": m.current_leader,
+        "term": m.current_term,
+        "state": format!("{:?}", m.state),
+        "commit_index": m.cluster_committed.map(|l| l.index),
+        "applied_index": m.last_applied.map(|l| l.index),
+        "last_log_index": m.last_log_index,
+        "snapshot_index": m.snapshot.map(|l| l.index),
+        "voters": members,
+    })
+}
+
 /// `{"messages":[…]` + `tail`, from the messages' cached JSON.
 fn messages_body(messages: &[crate::store::Message], tail: &str) -> Vec<u8> {
     let len: usize = messages.iter().map(|m| m.json_str().len() + 1).sum();
@@ -107,8 +130,11 @@ fn messages_body(messages: &[crate::store::Message], tail: &str) -> Vec<u8> {
 /// Runs `call` on `shard` (which this core owns).
 pub async fn execute(shard: &Shard, call: ShardCall, limits: &ServeLimits) -> Response {
     let deadline = Duration::from_millis(limits.write_deadline_ms);
+    if let ShardCall::ShardStatus { shard: s } = call {
+        return Response::json(200, &shard_status(shard, s));
+    }
     let local = match &call {
-        ShardCall::Write(_) => false,
+        ShardCall::Write(_) | ShardCall::ShardStatus { .. } => false,
         ShardCall::Get { local, .. }
         | ShardCall::Tail { local, .. }
         | ShardCall::Replay { local, .. }
@@ -140,7 +166,7 @@ pub async fn execute(shard: &Shard, call: ShardCall, limits: &ServeLimits) -> Re
         Err(e) => return store_error(&e),
     };
     match call {
-        ShardCall::Write(_) => unreachable!("handled above"),
+        ShardCall::Write(_) | ShardCall::ShardStatus { .. } => unreachable!("handled above"),
         ShardCall::Get { .. } => Response::json(200, &ctx.summary_json()),
         ShardCall::Tail { offset, limit, .. } => {
             let body = messages_body(ctx.tail(offset, limit), "}");

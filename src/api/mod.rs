@@ -17,6 +17,24 @@ fn method_not_allowed(method: &str) -> Response {
     Response::error(405, "method_not_allowed", format!("{method} is not allowed here"))
 }
 
+/// `GET /v1/cluster`: this node's view, per shard its leader, term and commit index.
+async fn cluster(core: &CoreCtx) -> Response {
+    let calls = (0..core.shard_count).map(|s| core.route_to_shard(s, calls::ShardCall::ShardStatus { shard: s }));
+    let mut shards = Vec::new();
+    for resp in futures_util::future::join_all(calls).await {
+        match serde_json::from_slice::<serde_json::Value>(&resp.body) {
+            Ok(v) if resp.status == 200 => shards.push(v),
+            _ => return resp,
+        }
+    }
+    let members: std::collections::BTreeSet<u64> = shards
+        .iter()
+        .flat_map(|s| s["voters"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_u64())
+        .collect();
+    Response::json(200, &json!({"node_id": core.node_id, "members": members, "shards": shards}))
+}
+
 /// Answers one request.
 pub async fn handle(req: Request, core: &CoreCtx) -> Response {
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
@@ -39,6 +57,9 @@ pub async fn handle(req: Request, core: &CoreCtx) -> Response {
                 if !ok {
                     return Response::error(401, "unauthorized", "missing or wrong API key");
                 }
+            }
+            if rest == ["cluster"] {
+                return if get { cluster(core).await } else { method_not_allowed(method) };
             }
             let (raw_id, route) = match rest {
                 ["contexts", id] => (*id, Route::Context),

@@ -22,6 +22,7 @@ pub struct MeshMsg {
 }
 
 pub struct CoreCtx {
+    pub node_id: u64,
     pub core: usize,
     pub cores: usize,
     pub shard_count: u32,
@@ -43,6 +44,11 @@ impl CoreCtx {
     /// Runs `call` on its shard's core and returns the answer.
     pub async fn route(&self, call: ShardCall) -> Response {
         let shard = shard_of(call.context_id(), self.shard_count);
+        self.route_to_shard(shard, call).await
+    }
+
+    /// Runs `call` on the core that owns `shard`.
+    pub async fn route_to_shard(&self, shard: u32, call: ShardCall) -> Response {
         let owner = core_of(shard, self.cores);
         if owner == self.core {
             return match self.shards.get(&shard) {

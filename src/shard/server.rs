@@ -132,6 +132,7 @@ async fn run_core(
         shards.insert(s, Rc::new(shard));
     }
     let ctx = Rc::new(CoreCtx {
+        node_id: config.node_id,
         core,
         cores,
         shard_count,
