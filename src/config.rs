@@ -187,3 +187,6 @@ impl Default for ServeLimits {
         ServeLimits { write_deadline_ms: 2_000, retry_after_secs: 1, mesh_channel_capacity: 1024 }
     }
 }
+
+/// Size of each message-body segment file of a shard (`crate::raft::bodies`).
+pub const BODY_SEGMENT_SIZE_BYTES: u64 = 64 << 20;

@@ -60,7 +60,11 @@ async fn read_back(shard: &Shard) -> Vec<String> {
     shard.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.expect("linearizable read");
     let applied = shard.state.applied().borrow();
     let ctx = applied.store.get("ctx").expect("context exists");
-    ctx.replay(1, usize::MAX).0.iter().map(|m| m.to_json()["parts"][0]["text"].as_str().unwrap().to_owned()).collect()
+    ctx.replay(1, usize::MAX)
+        .0
+        .iter()
+        .map(|m| m.to_json(&applied.bodies)["parts"][0]["text"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn run(f: impl AsyncFnOnce() + Send + 'static) {
@@ -123,6 +127,7 @@ fn restart_after_snapshot_and_purge_restores_state() {
         shard.raft.shutdown().await.expect("shutdown");
     });
     assert!(path.join("snapshot.bin").exists());
+    assert!(path.join("bodies").join("00000000.bin").exists(), "message bodies live on disk");
     run(async move || {
         let shard = open(&path, &timings).await;
         let texts = read_back(&shard).await;

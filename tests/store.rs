@@ -1,16 +1,37 @@
 //! The context store: the state-machine logic behind the API, called directly.
 use fleetlm::config::StoreLimits;
-use fleetlm::store::{Command, NewMessage, Outcome, PutContext, ReplayFrom, Store, StoreError};
+use fleetlm::store::{Command, Context, MemBodies, NewMessage, Outcome, PutContext, ReplayFrom, Store, StoreError};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
 const NOW: &str = "2026-11-27T12:00:00.000000Z";
 
+/// A store with its bodies in memory.
+struct S {
+    store: Store,
+    bodies: MemBodies,
+}
+
+impl S {
+    fn new(limits: StoreLimits) -> S {
+        S { store: Store::new(limits), bodies: MemBodies::default() }
+    }
+    fn apply(&mut self, cmd: Command) -> Result<Outcome, StoreError> {
+        self.store.apply(cmd, &mut self.bodies).expect("in-memory bodies do not fail")
+    }
+    fn get(&self, id: &str) -> Result<&Context, StoreError> {
+        self.store.get(id)
+    }
+    fn window(&self, id: &str, budget: u64) -> Value {
+        self.store.get(id).unwrap().window_json(budget, &self.bodies)
+    }
+}
+
 fn limits() -> StoreLimits {
     StoreLimits::default()
 }
 
-fn put(store: &mut Store, id: &str, body: Value) -> Result<Outcome, StoreError> {
+fn put(store: &mut S, id: &str, body: Value) -> Result<Outcome, StoreError> {
     let put = PutContext::from_json(&body, &limits()).map_err(StoreError::InvalidConfig)?;
     store.apply(Command::Put { id: id.into(), put, now: NOW.into() })
 }
@@ -20,7 +41,7 @@ fn msg(text: &str) -> NewMessage {
 }
 
 fn append(
-    store: &mut Store,
+    store: &mut S,
     id: &str,
     m: NewMessage,
     if_version: Option<u64>,
@@ -44,7 +65,7 @@ fn appended(o: Result<Outcome, StoreError>) -> (u64, u64, u64) {
 
 #[test]
 fn put_creates_then_replaces_config_but_keeps_log_metadata_and_status() {
-    let mut s = Store::new(limits());
+    let mut s = S::new(limits());
     let created = put(
         &mut s,
         "c",
@@ -86,7 +107,7 @@ fn invalid_configs_are_refused_before_they_reach_the_state_machine() {
 
 #[test]
 fn appends_get_contiguous_seqs_and_the_version_guard_reports_both_versions() {
-    let mut s = Store::new(limits());
+    let mut s = S::new(limits());
     put(&mut s, "c", json!({"token_budget": 100000})).unwrap();
     for i in 1..=5 {
         assert_eq!(appended(append(&mut s, "c", msg("How do I deploy this?"), None, None)), (i, i, 6));
@@ -101,7 +122,7 @@ fn appends_get_contiguous_seqs_and_the_version_guard_reports_both_versions() {
 
 #[test]
 fn idempotent_retries_return_the_first_outcome_and_append_nothing() {
-    let mut s = Store::new(limits());
+    let mut s = S::new(limits());
     put(&mut s, "c", json!({"token_budget": 100000})).unwrap();
     let first = appended(append(&mut s, "c", msg("hello"), Some(0), Some("k1")));
     assert_eq!(first, (1, 1, 2));
@@ -117,7 +138,7 @@ fn idempotent_retries_return_the_first_outcome_and_append_nothing() {
 
 #[test]
 fn idempotency_memory_is_bounded() {
-    let mut s = Store::new(StoreLimits { idempotency_keys_per_context: 3, ..limits() });
+    let mut s = S::new(StoreLimits { idempotency_keys_per_context: 3, ..limits() });
     put(&mut s, "c", json!({"token_budget": 100000})).unwrap();
     for k in 0..4 {
         append(&mut s, "c", msg("m"), None, Some(&format!("k{k}"))).unwrap();
@@ -129,7 +150,7 @@ fn idempotency_memory_is_bounded() {
 
 #[test]
 fn tombstoned_contexts_refuse_writes_keep_reads_and_revive_by_put() {
-    let mut s = Store::new(limits());
+    let mut s = S::new(limits());
     put(&mut s, "c", json!({"token_budget": 1000})).unwrap();
     append(&mut s, "c", msg("a"), None, None).unwrap();
     assert_eq!(s.apply(Command::Delete { id: "c".into(), now: NOW.into() }), Ok(Outcome::Deleted));
@@ -146,7 +167,7 @@ fn tombstoned_contexts_refuse_writes_keep_reads_and_revive_by_put() {
 
 #[test]
 fn last_n_policy_trims_the_window_not_the_log() {
-    let mut s = Store::new(limits());
+    let mut s = S::new(limits());
     // Budget 10 × 0.5: crossing at > 5 tokens; each "abcd" message is 1 token.
     put(
         &mut s,
@@ -158,7 +179,7 @@ fn last_n_policy_trims_the_window_not_the_log() {
         append(&mut s, "c", msg("abcd"), None, None).unwrap();
     }
     let ctx = s.get("c").unwrap();
-    let w = ctx.window_json(10);
+    let w = s.window("c", 10);
     assert_eq!(w["messages"].as_array().unwrap().len(), 2);
     assert_eq!(w["segments"], json!([{"type":"live","from_seq":5,"to_seq":6}]));
     assert_eq!(w["metadata"], json!({"strategy":"last_n","limit":2}));
@@ -168,7 +189,7 @@ fn last_n_policy_trims_the_window_not_the_log() {
 
 #[test]
 fn skip_parts_drops_tool_messages_then_keeps_the_newest() {
-    let mut s = Store::new(limits());
+    let mut s = S::new(limits());
     put(
         &mut s,
         "c",
@@ -186,7 +207,7 @@ fn skip_parts_drops_tool_messages_then_keeps_the_newest() {
     append(&mut s, "c", msg("b"), None, None).unwrap(); // 3
     append(&mut s, "c", msg("c"), None, None).unwrap(); // 4
     append(&mut s, "c", msg("d"), None, None).unwrap(); // 5 → 5 tokens > 4: trim
-    let w = s.get("c").unwrap().window_json(4);
+    let w = s.window("c", 4);
     let seqs: Vec<u64> = w["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, vec![3, 4, 5]);
     assert_eq!(w["needs_compaction"], false);
@@ -194,14 +215,14 @@ fn skip_parts_drops_tool_messages_then_keeps_the_newest() {
 
 #[test]
 fn manual_policy_flags_compaction_and_compact_replaces_the_window() {
-    let mut s = Store::new(limits());
+    let mut s = S::new(limits());
     put(&mut s, "c", json!({"token_budget": 10, "trigger_ratio": 0.5})).unwrap();
     for _ in 0..6 {
         append(&mut s, "c", msg("abcd"), None, None).unwrap();
     }
-    let w = s.get("c").unwrap().window_json(10);
+    let w = s.window("c", 10);
     assert_eq!((w["token_count"].as_u64(), w["needs_compaction"].as_bool()), (Some(6), Some(true)));
-    assert_eq!(s.get("c").unwrap().window_json(100)["needs_compaction"], false, "budget_tokens override");
+    assert_eq!(s.window("c", 100)["needs_compaction"], false, "budget_tokens override");
     let summary = NewMessage::from_json(
         &json!({"role":"system","parts":[{"type":"text","text":"summary"}],"seq":3}),
         true,
@@ -215,7 +236,7 @@ fn manual_policy_flags_compaction_and_compact_replaces_the_window() {
     assert_eq!(s.apply(ok), Ok(Outcome::Compacted { version: 7 }));
     append(&mut s, "c", msg("new"), None, None).unwrap();
     let ctx = s.get("c").unwrap();
-    let w = ctx.window_json(10);
+    let w = s.window("c", 10);
     assert_eq!(w["segments"], json!([{"type":"summary","count":1},{"type":"live","from_seq":7,"to_seq":7}]));
     assert_eq!(w["messages"][0]["seq"], 3, "a replacement keeps its given seq");
     assert_eq!((ctx.version, ctx.last_seq()), (8, 7), "version = last_seq + compactions");
@@ -224,7 +245,7 @@ fn manual_policy_flags_compaction_and_compact_replaces_the_window() {
 
 #[test]
 fn tail_and_replay_pages() {
-    let mut s = Store::new(limits());
+    let mut s = S::new(limits());
     put(&mut s, "c", json!({"token_budget": 100000})).unwrap();
     for i in 1..=10 {
         append(&mut s, "c", msg(&format!("m{i}")), None, None).unwrap();
@@ -285,7 +306,7 @@ proptest! {
         1 => Just(Op::Delete),
         1 => Just(Op::Revive),
     ], 1..120)) {
-        let mut s = Store::new(limits());
+        let mut s = S::new(limits());
         put(&mut s, "c", json!({"token_budget": 50, "trigger_ratio": 0.5, "policy": {"strategy":"last_n","config":{"limit":4}}})).unwrap();
         let (mut last_seq, mut compactions, mut tombstoned) = (0u64, 0u64, false);
         let mut keys = std::collections::HashMap::new();
@@ -321,7 +342,7 @@ proptest! {
             prop_assert_eq!(ctx.version, last_seq + compactions);
             let all = ctx.replay(1, usize::MAX).0.iter().map(|m| m.seq.unwrap()).collect::<Vec<_>>();
             prop_assert_eq!(all, (1..=last_seq).collect::<Vec<_>>());
-            let w = ctx.window_json(50);
+            let w = s.window("c", 50);
             let listed: u64 = w["messages"].as_array().unwrap().iter().map(|m| m["token_count"].as_u64().unwrap()).sum();
             prop_assert_eq!(w["token_count"].as_u64().unwrap(), listed);
         }

@@ -111,16 +111,16 @@ fn shard_status(shard: &Shard, id: u32) -> serde_json::Value {
     })
 }
 
-/// `{"messages":[…]` + `tail`, from the messages' cached JSON.
-fn messages_body(messages: &[crate::store::Message], tail: &str) -> Vec<u8> {
-    let len: usize = messages.iter().map(|m| m.json_str().len() + 1).sum();
+/// `{"messages":[…]` + `tail`, from the messages' stored JSON.
+fn messages_body(messages: &[crate::store::Message], bodies: &dyn crate::store::Bodies, tail: &str) -> Vec<u8> {
+    let len: usize = messages.iter().map(|m| m.json(bodies).len() + 1).sum();
     let mut out = Vec::with_capacity(len + 16 + tail.len());
     out.extend_from_slice(b"{\"messages\":[");
     for (i, m) in messages.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(m.json_str().as_bytes());
+        out.extend_from_slice(m.json(bodies).as_bytes());
     }
     out.push(b']');
     out.extend_from_slice(tail.as_bytes());
@@ -161,6 +161,7 @@ pub async fn execute(shard: &Shard, call: ShardCall, limits: &ServeLimits) -> Re
     }
     let applied = shard.state.applied().borrow();
     let store = &applied.store;
+    let bodies = &applied.bodies;
     let ctx = match store.get(call.context_id()) {
         Ok(c) => c,
         Err(e) => return store_error(&e),
@@ -169,13 +170,13 @@ pub async fn execute(shard: &Shard, call: ShardCall, limits: &ServeLimits) -> Re
         ShardCall::Write(_) | ShardCall::ShardStatus { .. } => unreachable!("handled above"),
         ShardCall::Get { .. } => Response::json(200, &ctx.summary_json()),
         ShardCall::Tail { offset, limit, .. } => {
-            let body = messages_body(ctx.tail(offset, limit), "}");
+            let body = messages_body(ctx.tail(offset, limit), bodies, "}");
             Response::raw_json(200, body)
         }
         ShardCall::Replay { from, limit, .. } => {
             let start = ctx.replay_start(from);
             let (page, next) = ctx.replay(start, limit);
-            let body = messages_body(page, &format!(",\"last_seq\":{},\"next_seq\":{next}}}", ctx.last_seq()));
+            let body = messages_body(page, bodies, &format!(",\"last_seq\":{},\"next_seq\":{next}}}", ctx.last_seq()));
             Response::raw_json(200, body)
         }
         ShardCall::Window { budget, if_version, .. } => {
@@ -184,7 +185,7 @@ pub async fn execute(shard: &Shard, call: ShardCall, limits: &ServeLimits) -> Re
             {
                 return store_error(&StoreError::Conflict { expected, found: ctx.version });
             }
-            Response::json(200, &ctx.window_json(budget.unwrap_or(ctx.config.token_budget)))
+            Response::json(200, &ctx.window_json(budget.unwrap_or(ctx.config.token_budget), bodies))
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Raft on glommio: the runtime adapter, the type config, the log store on the WAL,
 //! the state machine on the context store, the network (none yet: a cluster of one),
 //! and opening a shard.
+pub mod bodies;
 pub mod log_store;
 pub mod network;
 pub mod runtime;

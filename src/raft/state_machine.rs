@@ -4,11 +4,13 @@
 //! waiting `client_write`. The store is shared (`Rc<RefCell>`) with the API layer of the
 //! same executor, which reads it directly after a linearizable-read barrier.
 //!
-//! Snapshots serialize the whole store (postcard: compact, and no escaping of the stored
-//! message JSON) to `snapshot.bin` in the shard directory (written to a temp file,
-//! fsync'd, renamed). On start the state machine loads it; the
-//! log after it is re-applied by openraft. Known gap: a snapshot is one in-memory buffer
-//! (the design streams it); fine while the store itself is in memory.
+//! Message bodies live in the shard's `FileBodies` (on disk, mapped); the store holds
+//! only references. A snapshot syncs the body store, then writes `snapshot.bin`: the
+//! store's index (postcard) and the body store's length. On start the state machine
+//! loads it, cuts the body store back to that length and openraft re-applies the log
+//! after it. A snapshot sent to another node is framed as
+//! `[index length: u64 LE][index][body bytes]` (one buffer; streaming it is the
+//! cluster issue's job).
 use std::cell::RefCell;
 use std::io::{self, Cursor, Write};
 use std::path::{Path, PathBuf};
@@ -20,29 +22,64 @@ use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMe
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::bodies::FileBodies;
 use super::types::FleetRaft;
 use crate::store::Store;
 
 type C = FleetRaft;
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
+const BODIES_DIR: &str = "bodies";
 
-fn decode_snapshot(bytes: &[u8]) -> io::Result<SnapshotFile> {
+fn decode_index(bytes: &[u8]) -> io::Result<SnapshotIndex> {
     postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {e}")))
 }
 
 /// What the state machine holds.
-#[derive(Default, Serialize, Deserialize)]
 pub struct Applied {
     pub store: Store,
     pub last_applied: Option<LogIdOf<C>>,
     pub membership: StoredMembershipOf<C>,
+    pub bodies: FileBodies,
 }
 
+/// `snapshot.bin`: everything but the body bytes.
 #[derive(Serialize, Deserialize)]
-struct SnapshotFile {
+struct SnapshotIndex {
     meta: SnapshotMetaOf<C>,
-    applied: Applied,
+    store: Store,
+    last_applied: Option<LogIdOf<C>>,
+    membership: StoredMembershipOf<C>,
+    bodies_len: u64,
+}
+
+/// Serializes like `SnapshotIndex` without cloning the store.
+#[derive(Serialize)]
+struct SnapshotIndexRef<'a> {
+    meta: &'a SnapshotMetaOf<C>,
+    store: &'a Store,
+    last_applied: &'a Option<LogIdOf<C>>,
+    membership: &'a StoredMembershipOf<C>,
+    bodies_len: u64,
+}
+
+fn frame(index: &[u8], bodies: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + index.len() + bodies.len());
+    out.extend_from_slice(&(index.len() as u64).to_le_bytes());
+    out.extend_from_slice(index);
+    out.extend_from_slice(bodies);
+    out
+}
+
+fn unframe(data: &[u8]) -> io::Result<(&[u8], &[u8])> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "snapshot frame is truncated");
+    let len = u64::from_le_bytes(data.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
+    let index = data.get(8..8 + len).ok_or_else(bad)?;
+    Ok((index, &data[8 + len..]))
+}
+
+fn bodies_err(e: crate::store::BodiesError) -> io::Error {
+    io::Error::other(e)
 }
 
 #[derive(Clone)]
@@ -55,13 +92,21 @@ impl ShardStateMachine {
     /// Opens the state machine of the shard in `dir`, from its snapshot if it has one.
     pub fn open(dir: &Path, store: Store) -> io::Result<Self> {
         let path = dir.join(SNAPSHOT_FILE);
+        let bodies_dir = dir.join(BODIES_DIR);
+        let seg = crate::config::BODY_SEGMENT_SIZE_BYTES;
         let applied = match std::fs::read(&path) {
             Ok(bytes) => {
-                decode_snapshot(&bytes)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?
-                    .applied
+                let i = decode_index(&bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+                let bodies = FileBodies::open(&bodies_dir, seg, i.bodies_len).map_err(bodies_err)?;
+                Applied { store: i.store, last_applied: i.last_applied, membership: i.membership, bodies }
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Applied { store, ..Applied::default() },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Applied {
+                store,
+                last_applied: None,
+                membership: StoredMembershipOf::<C>::default(),
+                bodies: FileBodies::open(&bodies_dir, seg, 0).map_err(bodies_err)?,
+            },
             Err(e) => return Err(e),
         };
         Ok(ShardStateMachine { applied: Rc::new(RefCell::new(applied)), dir: dir.to_owned() })
@@ -95,21 +140,24 @@ impl RaftSnapshotBuilder<C> for ShardStateMachine {
     type SnapshotData = Cursor<Vec<u8>>;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Self::SnapshotData>, io::Error> {
-        let bytes;
-        let meta;
-        {
-            let applied = self.applied.borrow();
-            meta =
-                SnapshotMetaOf::<C> { last_log_id: applied.last_applied, last_membership: applied.membership.clone() };
-            #[derive(Serialize)]
-            struct SnapshotRef<'a> {
-                meta: &'a SnapshotMetaOf<C>,
-                applied: &'a Applied,
-            }
-            bytes = postcard::to_stdvec(&SnapshotRef { meta: &meta, applied: &applied }).map_err(io::Error::other)?;
-        }
-        self.write_snapshot(bytes.clone()).await?;
-        Ok(SnapshotOf::<C, _> { meta, snapshot: Cursor::new(bytes) })
+        let (meta, index, bodies) = {
+            let mut a = self.applied.borrow_mut();
+            // Bodies first: the index must never name bytes that are not durable.
+            a.bodies.sync().map_err(bodies_err)?;
+            let meta = SnapshotMetaOf::<C> { last_log_id: a.last_applied, last_membership: a.membership.clone() };
+            let r = SnapshotIndexRef {
+                meta: &meta,
+                store: &a.store,
+                last_applied: &a.last_applied,
+                membership: &a.membership,
+                bodies_len: a.bodies.len(),
+            };
+            let index = postcard::to_stdvec(&r).map_err(io::Error::other)?;
+            (meta, index, a.bodies.read_all())
+        };
+        let data = frame(&index, &bodies);
+        self.write_snapshot(index).await?;
+        Ok(SnapshotOf::<C, _> { meta, snapshot: Cursor::new(data) })
     }
 }
 
@@ -129,11 +177,14 @@ impl RaftStateMachine<C> for ShardStateMachine {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let outcome = {
-                let mut a = self.applied.borrow_mut();
+                let mut guard = self.applied.borrow_mut();
+                let a = &mut *guard;
                 a.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => None,
-                    EntryPayload::Normal(cmd) => Some(a.store.apply(cmd)),
+                    // A body-store failure stops applying (openraft treats it as fatal):
+                    // every replica must apply the same commands.
+                    EntryPayload::Normal(cmd) => Some(a.store.apply(cmd, &mut a.bodies).map_err(bodies_err)?),
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembershipOf::<C>::new(Some(entry.log_id), m);
                         None
@@ -156,24 +207,30 @@ impl RaftStateMachine<C> for ShardStateMachine {
         meta: &SnapshotMetaOf<C>,
         snapshot: Self::SnapshotData,
     ) -> Result<(), io::Error> {
-        let bytes = snapshot.into_inner();
-        let file = decode_snapshot(&bytes)?;
-        if file.meta.last_log_id != meta.last_log_id {
+        let data = snapshot.into_inner();
+        let (index, bodies) = unframe(&data)?;
+        let i = decode_index(index)?;
+        if i.meta.last_log_id != meta.last_log_id || i.bodies_len != bodies.len() as u64 {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot data does not match its meta"));
         }
-        self.write_snapshot(bytes).await?;
-        *self.applied.borrow_mut() = file.applied;
+        self.applied.borrow_mut().bodies.replace_all(bodies).map_err(bodies_err)?;
+        self.write_snapshot(index.to_vec()).await?;
+        let mut a = self.applied.borrow_mut();
+        a.store = i.store;
+        a.last_applied = i.last_applied;
+        a.membership = i.membership;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Self::SnapshotData>>, io::Error> {
-        match std::fs::read(self.dir.join(SNAPSHOT_FILE)) {
-            Ok(bytes) => {
-                let file = decode_snapshot(&bytes)?;
-                Ok(Some(SnapshotOf::<C, _> { meta: file.meta, snapshot: Cursor::new(bytes) }))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let index = match std::fs::read(self.dir.join(SNAPSHOT_FILE)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let i = decode_index(&index)?;
+        let mut bodies = self.applied.borrow().bodies.read_all();
+        bodies.truncate(i.bodies_len as usize);
+        Ok(Some(SnapshotOf::<C, _> { meta: i.meta, snapshot: Cursor::new(frame(&index, &bodies)) }))
     }
 }

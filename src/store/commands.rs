@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::bodies::{Bodies, BodiesError};
 use super::context::{Appended, Context};
 use super::error::StoreError;
 use super::model::{NewMessage, PutContext, Status};
@@ -92,7 +93,25 @@ impl Store {
         self.contexts.get_mut(id).ok_or(StoreError::NotFound)
     }
 
-    pub fn apply(&mut self, cmd: Command) -> Result<Outcome, StoreError> {
+    /// Applies `cmd`. The outer `Err` is a body-store failure: nothing changed, and the
+    /// caller must stop applying (see `BodiesError`); the inner result is the command's.
+    pub fn apply(&mut self, cmd: Command, bodies: &mut dyn Bodies) -> Result<Result<Outcome, StoreError>, BodiesError> {
+        match cmd {
+            Command::Append { id, message, if_version, idempotency_key, now } => {
+                let keys_max = self.limits.idempotency_keys_per_context;
+                let Ok(ctx) = self.get_mut(&id) else { return Ok(Err(StoreError::NotFound)) };
+                Ok(ctx.append(message, if_version, idempotency_key, &now, keys_max, bodies)?.map(Outcome::Appended))
+            }
+            Command::Compact { id, replacement, if_version, now } => {
+                let Ok(ctx) = self.get_mut(&id) else { return Ok(Err(StoreError::NotFound)) };
+                Ok(ctx.compact(replacement, if_version, &now, bodies)?.map(|version| Outcome::Compacted { version }))
+            }
+            other => Ok(self.apply_meta(other)),
+        }
+    }
+
+    /// Commands that write no message body.
+    fn apply_meta(&mut self, cmd: Command) -> Result<Outcome, StoreError> {
         match cmd {
             Command::Put { id, put, now } => {
                 if let Some(ctx) = self.contexts.get_mut(&id) {
@@ -109,11 +128,6 @@ impl Store {
                 ctx.patch_metadata(patch, &now);
                 Ok(Outcome::Summary { created: false, summary: ctx.summary_json() })
             }
-            Command::Append { id, message, if_version, idempotency_key, now } => {
-                let keys_max = self.limits.idempotency_keys_per_context;
-                let ctx = self.get_mut(&id)?;
-                ctx.append(message, if_version, idempotency_key, &now, keys_max).map(Outcome::Appended)
-            }
             Command::Delete { id, now } => {
                 let ctx = self.get_mut(&id)?;
                 if ctx.status != Status::Tombstoned {
@@ -121,10 +135,7 @@ impl Store {
                 }
                 Ok(Outcome::Deleted)
             }
-            Command::Compact { id, replacement, if_version, now } => {
-                let ctx = self.get_mut(&id)?;
-                ctx.compact(replacement, if_version, &now).map(|version| Outcome::Compacted { version })
-            }
+            Command::Append { .. } | Command::Compact { .. } => unreachable!("apply handles body-writing commands"),
         }
     }
 }

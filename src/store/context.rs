@@ -10,11 +10,13 @@ use std::collections::{HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::bodies::{Bodies, BodiesError};
 use super::error::StoreError;
 
 /// Embeds already-rendered JSON in a `json!` value without re-parsing it into a tree.
 fn raw(json: &str) -> Box<serde_json::value::RawValue> {
-    serde_json::value::RawValue::from_string(json.to_owned()).expect("stored message JSON is valid")
+    serde_json::value::RawValue::from_string(json.to_owned())
+        .unwrap_or_else(|_| serde_json::value::RawValue::from_string("null".into()).expect("null is JSON"))
 }
 use super::model::{ContextConfig, Message, NewMessage, Policy, PutContext, Status};
 
@@ -143,6 +145,7 @@ impl Context {
 
     /// Appends a message. With an idempotency key seen before, returns the first
     /// outcome and appends nothing (checked before the version guard).
+    /// The outer `Err` is a body-store failure: nothing changed, and applying must stop.
     pub fn append(
         &mut self,
         msg: NewMessage,
@@ -150,22 +153,32 @@ impl Context {
         idempotency_key: Option<String>,
         now: &str,
         keys_max: usize,
-    ) -> Result<Appended, StoreError> {
+        bodies: &mut dyn Bodies,
+    ) -> Result<Result<Appended, StoreError>, BodiesError> {
         if let Some(first) = idempotency_key.as_ref().and_then(|k| self.idempotency.get(k)) {
-            return first.clone();
+            return Ok(first.clone());
         }
-        let outcome = self.append_once(msg, if_version, now);
+        let outcome = self.append_once(msg, if_version, now, bodies)?;
         if let Some(key) = idempotency_key {
             self.remember(key, outcome.clone(), keys_max);
         }
-        outcome
+        Ok(outcome)
     }
 
-    fn append_once(&mut self, msg: NewMessage, if_version: Option<u64>, now: &str) -> Result<Appended, StoreError> {
-        self.check_guard(if_version)?;
+    fn append_once(
+        &mut self,
+        msg: NewMessage,
+        if_version: Option<u64>,
+        now: &str,
+        bodies: &mut dyn Bodies,
+    ) -> Result<Result<Appended, StoreError>, BodiesError> {
+        if let Err(e) = self.check_guard(if_version) {
+            return Ok(Err(e));
+        }
         let seq = self.last_seq() + 1;
         let tokens = msg.token_count;
-        self.messages.push(Message::new(Some(seq), msg.role, msg.parts, msg.metadata, tokens, Some(now.to_owned())));
+        let message = Message::new(Some(seq), msg, Some(now.to_owned()), bodies)?;
+        self.messages.push(message);
         assert_eq!(self.messages[seq as usize - 1].seq, Some(seq), "seqs are contiguous from 1");
         self.version += 1;
         debug_assert_eq!(self.version, self.last_seq() + self.compactions);
@@ -175,7 +188,7 @@ impl Context {
             self.apply_policy();
         }
         self.updated_at = now.to_owned();
-        Ok(Appended { seq, version: self.version, token_estimate: tokens })
+        Ok(Ok(Appended { seq, version: self.version, token_estimate: tokens }))
     }
 
     fn remember(&mut self, key: String, outcome: Result<Appended, StoreError>, keys_max: usize) {
@@ -220,25 +233,29 @@ impl Context {
     }
 
     /// Replaces the window with `replacement`. The raw log is untouched.
+    /// The outer `Err` is a body-store failure (see `append`).
     pub fn compact(
         &mut self,
         replacement: Vec<NewMessage>,
         if_version: Option<u64>,
         now: &str,
-    ) -> Result<u64, StoreError> {
-        self.check_guard(if_version)?;
-        self.window = replacement
-            .into_iter()
-            .map(|m| {
-                WindowItem::Summary(Message::new(m.seq, m.role, m.parts, m.metadata, m.token_count, m.inserted_at))
-            })
-            .collect();
+        bodies: &mut dyn Bodies,
+    ) -> Result<Result<u64, StoreError>, BodiesError> {
+        if let Err(e) = self.check_guard(if_version) {
+            return Ok(Err(e));
+        }
+        let mut window = VecDeque::with_capacity(replacement.len());
+        for m in replacement {
+            let (seq, inserted_at) = (m.seq, m.inserted_at.clone());
+            window.push_back(WindowItem::Summary(Message::new(seq, m, inserted_at, bodies)?));
+        }
+        self.window = window;
         self.window_tokens = self.window.iter().map(Self::item_tokens).sum();
         self.compactions += 1;
         self.version += 1;
         debug_assert_eq!(self.version, self.last_seq() + self.compactions);
         self.updated_at = now.to_owned();
-        Ok(self.version)
+        Ok(Ok(self.version))
     }
 
     /// The summary object of API.md.
@@ -295,19 +312,19 @@ impl Context {
     }
 
     /// The LLM window with `budget`; messages are embedded as their stored JSON. (the context's own unless overridden).
-    pub fn window_json(&self, budget: u64) -> Value {
+    pub fn window_json(&self, budget: u64, bodies: &dyn Bodies) -> Value {
         let mut messages = Vec::with_capacity(self.window.len());
         let (mut summaries, mut live_from, mut live_to) = (0usize, None, None);
         for item in &self.window {
             match item {
                 WindowItem::Summary(m) => {
                     summaries += 1;
-                    messages.push(raw(m.json_str()));
+                    messages.push(raw(m.json(bodies)));
                 }
                 WindowItem::Live { seq, .. } => {
                     live_from.get_or_insert(*seq);
                     live_to = Some(*seq);
-                    messages.push(raw(self.messages[*seq as usize - 1].json_str()));
+                    messages.push(raw(self.messages[*seq as usize - 1].json(bodies)));
                 }
             }
         }

@@ -2,14 +2,16 @@
 //! state-machine logic (`Store::apply`), the LLM window and its policies, and the token
 //! estimate. Pure: no I/O, no clocks (times arrive in commands).
 //!
-//! Known gap (server issue): message bodies are held in memory here; the design keeps
-//! them on disk behind the mmap'd log so that memory stays bounded as history grows.
+//! Message JSON is not kept here: each message holds a `BodyRef` into a `Bodies` store
+//! passed in by the caller (on disk in the server), so memory stays small per message.
+pub mod bodies;
 pub mod commands;
 pub mod context;
 pub mod error;
 pub mod model;
 pub mod tokens;
 
+pub use bodies::{Bodies, BodiesError, BodyRef, MemBodies};
 pub use commands::{Command, Outcome, Store};
 pub use context::{Appended, Context, ReplayFrom};
 pub use error::StoreError;

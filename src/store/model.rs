@@ -6,12 +6,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::bodies::{Bodies, BodiesError, BodyRef};
 use super::tokens::estimate_tokens;
 use crate::config::StoreLimits;
 
-/// A stored message, compact: its API.md JSON rendered once (what every read returns),
-/// plus the fields the store computes with. No JSON value trees are kept: a message
-/// costs its JSON text and a few words.
+/// A stored message, compact: where its API.md JSON lives in the body store (rendered
+/// once, returned as is by every read), plus the fields the store computes with. No
+/// JSON is kept in memory: a message costs a few words.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// `None` only for compaction replacements that were given no seq.
@@ -20,40 +21,39 @@ pub struct Message {
     /// The `type` of each part (for the skip_parts policy).
     kinds: Box<[Box<str>]>,
     /// `{"seq":…,"role":…,"parts":…,"metadata":…,"token_count":…,"inserted_at":…}`.
-    json: Box<str>,
+    body: BodyRef,
 }
 
 impl Message {
+    /// Renders the message and appends its JSON to `bodies`.
     pub fn new(
         seq: Option<u64>,
-        role: String,
-        parts: Vec<Value>,
-        metadata: Map<String, Value>,
-        token_count: u64,
+        msg: NewMessage,
         inserted_at: Option<String>,
-    ) -> Message {
-        let kinds = parts.iter().map(|p| p.get("type").and_then(Value::as_str).unwrap_or("").into()).collect();
+        bodies: &mut dyn Bodies,
+    ) -> Result<Message, BodiesError> {
+        let kinds = msg.parts.iter().map(|p| p.get("type").and_then(Value::as_str).unwrap_or("").into()).collect();
         let json = serde_json::json!({
             "seq": seq,
-            "role": role,
-            "parts": parts,
-            "metadata": metadata,
-            "token_count": token_count,
+            "role": msg.role,
+            "parts": msg.parts,
+            "metadata": msg.metadata,
+            "token_count": msg.token_count,
             "inserted_at": inserted_at,
         })
-        .to_string()
-        .into_boxed_str();
-        Message { seq, token_count, kinds, json }
+        .to_string();
+        let body = bodies.append(json.as_bytes())?;
+        Ok(Message { seq, token_count: msg.token_count, kinds, body })
     }
 
     /// The API.md JSON of the message.
-    pub fn json_str(&self) -> &str {
-        &self.json
+    pub fn json<'a>(&self, bodies: &'a dyn Bodies) -> &'a str {
+        std::str::from_utf8(bodies.get(self.body)).unwrap_or("null")
     }
 
-    /// The message as a JSON value (tests, and the window view).
-    pub fn to_json(&self) -> Value {
-        serde_json::from_str(&self.json).unwrap_or(Value::Null)
+    /// The message as a JSON value (tests, tools).
+    pub fn to_json(&self, bodies: &dyn Bodies) -> Value {
+        serde_json::from_str(self.json(bodies)).unwrap_or(Value::Null)
     }
 
     /// Whether a part's `type` starts with one of `kinds` (the skip_parts policy).

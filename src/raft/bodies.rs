@@ -1,0 +1,206 @@
+//! `FileBodies`: the message-body store of one shard on disk.
+//!
+//! Fixed-size segment files `bodies/<n:08>.bin`, preallocated and memory-mapped; a body
+//! never spans two segments (when it does not fit, writing moves to the next segment's
+//! start, so offsets may have gaps). Bodies are derived state: they are rebuilt from the
+//! Raft log on replay, so an append is not synced. A snapshot syncs the store and
+//! records its length; on restart everything beyond that length is dropped and replay
+//! writes it again. Written pages are unmapped behind the write point (the bytes stay in
+//! the page cache and on disk; a read maps them back), so RSS does not grow with history.
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use memmap2::MmapMut;
+
+use crate::store::{Bodies, BodiesError, BodyRef};
+
+const PAGE: u64 = 4096;
+/// Unmap written pages once this many have accumulated behind the write point.
+const RELEASE_STEP_BYTES: u64 = 8 << 20;
+
+struct BodySegment {
+    file: File,
+    map: MmapMut,
+    dirty: bool,
+}
+
+pub struct FileBodies {
+    dir: PathBuf,
+    segment_size_bytes: u64,
+    segments: Vec<BodySegment>,
+    /// Where the next body goes (a logical offset: segment × size + offset).
+    len: u64,
+    released_up_to: u64,
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> BodiesError {
+    BodiesError(format!("{what} {}: {e}", path.display()))
+}
+
+fn file_name(n: usize) -> String {
+    format!("{n:08}.bin")
+}
+
+impl FileBodies {
+    /// Opens the store in `dir` keeping its first `len` bytes (what the last snapshot
+    /// covered); segments wholly beyond are deleted.
+    pub fn open(dir: &Path, segment_size_bytes: u64, len: u64) -> Result<FileBodies, BodiesError> {
+        std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+        let keep = len.div_ceil(segment_size_bytes) as usize;
+        let mut segments = Vec::new();
+        let mut n = 0;
+        loop {
+            let path = dir.join(file_name(n));
+            if !path.exists() {
+                break;
+            }
+            if n >= keep {
+                std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
+            } else {
+                let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io("open", &path, e))?;
+                let size = file.metadata().map_err(|e| io("stat", &path, e))?.len();
+                if size != segment_size_bytes {
+                    return Err(BodiesError(format!(
+                        "{} is {size} bytes, expected {segment_size_bytes}",
+                        path.display()
+                    )));
+                }
+                // SAFETY: our own file, sized above, not mapped by anyone else.
+                let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| io("mmap", &path, e))?;
+                segments.push(BodySegment { file, map, dirty: false });
+            }
+            n += 1;
+        }
+        if segments.len() < keep {
+            return Err(BodiesError(format!("{}: segment {} of {keep} is missing", dir.display(), segments.len())));
+        }
+        Ok(FileBodies { dir: dir.to_owned(), segment_size_bytes, segments, len, released_up_to: 0 })
+    }
+
+    /// Bytes written (the logical end).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn add_segment(&mut self) -> Result<(), BodiesError> {
+        let path = self.dir.join(file_name(self.segments.len()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| io("create", &path, e))?;
+        // SAFETY: plain syscall on an fd we own.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, self.segment_size_bytes as i64) };
+        if rc != 0 {
+            return Err(io("fallocate", &path, std::io::Error::from_raw_os_error(rc)));
+        }
+        // SAFETY: as in `open`.
+        let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| io("mmap", &path, e))?;
+        self.segments.push(BodySegment { file, map, dirty: true });
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (before a snapshot records `len`).
+    pub fn sync(&mut self) -> Result<(), BodiesError> {
+        for (n, s) in self.segments.iter_mut().enumerate().filter(|(_, s)| s.dirty) {
+            s.file.sync_data().map_err(|e| io("fdatasync", &self.dir.join(file_name(n)), e))?;
+            s.dirty = false;
+        }
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", &self.dir, e))
+    }
+
+    /// Bytes `[0, len)` (for sending a snapshot to another node).
+    pub fn read_all(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len as usize);
+        for (n, s) in self.segments.iter().enumerate() {
+            let start = n as u64 * self.segment_size_bytes;
+            if start >= self.len {
+                break;
+            }
+            let end = (self.len - start).min(self.segment_size_bytes) as usize;
+            out.extend_from_slice(&s.map[..end]);
+        }
+        out
+    }
+
+    /// Replaces the whole store with `bytes` (an installed snapshot) and syncs it.
+    pub fn replace_all(&mut self, bytes: &[u8]) -> Result<(), BodiesError> {
+        self.segments.clear();
+        let mut n = 0;
+        loop {
+            let path = self.dir.join(file_name(n));
+            if !path.exists() {
+                break;
+            }
+            std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
+            n += 1;
+        }
+        self.len = 0;
+        self.released_up_to = 0;
+        for chunk in bytes.chunks(self.segment_size_bytes as usize) {
+            self.add_segment()?;
+            let s = self.segments.last_mut().expect("just added");
+            s.map[..chunk.len()].copy_from_slice(chunk);
+            self.len += chunk.len() as u64;
+        }
+        self.sync()
+    }
+
+    fn release_behind(&mut self) {
+        let upto = self.len / PAGE * PAGE;
+        if upto < self.released_up_to + RELEASE_STEP_BYTES {
+            return;
+        }
+        let size = self.segment_size_bytes;
+        for (n, s) in self.segments.iter().enumerate() {
+            let seg_start = n as u64 * size;
+            let from = self.released_up_to.max(seg_start);
+            let to = upto.min(seg_start + size);
+            if to > from {
+                let (a, b) = ((from - seg_start) as usize, (to - seg_start) as usize);
+                // SAFETY: a shared file mapping; MADV_DONTNEED only drops our page-table
+                // entries (dirty data stays in the page cache). No borrow of the range
+                // is alive: reads hand out slices only while `&self` is borrowed.
+                let _ = unsafe { s.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a) };
+            }
+        }
+        self.released_up_to = upto;
+    }
+}
+
+impl Bodies for FileBodies {
+    fn append(&mut self, json: &[u8]) -> Result<BodyRef, BodiesError> {
+        let size = self.segment_size_bytes;
+        if json.len() as u64 > size {
+            return Err(BodiesError(format!("a {} byte body is larger than a {size} byte segment", json.len())));
+        }
+        let mut at = self.len;
+        if at % size + json.len() as u64 > size {
+            at = (at / size + 1) * size; // next segment's start
+        }
+        let n = (at / size) as usize;
+        while self.segments.len() <= n {
+            self.add_segment()?;
+        }
+        let off = (at % size) as usize;
+        let s = &mut self.segments[n];
+        s.map[off..off + json.len()].copy_from_slice(json);
+        s.dirty = true;
+        self.len = at + json.len() as u64;
+        self.release_behind();
+        Ok(BodyRef { offset: at, len: json.len() as u32 })
+    }
+
+    fn get(&self, r: BodyRef) -> &[u8] {
+        let size = self.segment_size_bytes;
+        let (n, off) = ((r.offset / size) as usize, (r.offset % size) as usize);
+        self.segments.get(n).and_then(|s| s.map.get(off..off + r.len as usize)).unwrap_or(&[])
+    }
+}

@@ -1,0 +1,42 @@
+//! Where message JSON lives. The store keeps only a `BodyRef` per message; the bytes
+//! sit in a `Bodies` implementation: on disk behind a mapping in the server
+//! (`crate::raft::bodies::FileBodies`), in memory in tests. This is the store's only
+//! I/O edge, and it is passed in, so the store itself stays pure.
+
+/// The place of one message's JSON in the body store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BodyRef {
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// The body store could not take a write (disk full, I/O error). Applying cannot go
+/// on: every replica must apply the same commands, so the shard stops loudly.
+#[derive(Debug, thiserror::Error)]
+#[error("body store: {0}")]
+pub struct BodiesError(pub String);
+
+/// Append-only storage of message JSON.
+pub trait Bodies {
+    fn append(&mut self, json: &[u8]) -> Result<BodyRef, BodiesError>;
+    /// The bytes of `r` (empty if `r` is not in the store, which is a bug).
+    fn get(&self, r: BodyRef) -> &[u8];
+}
+
+/// Bodies in a `Vec`, for tests and tools.
+#[derive(Debug, Default)]
+pub struct MemBodies {
+    bytes: Vec<u8>,
+}
+
+impl Bodies for MemBodies {
+    fn append(&mut self, json: &[u8]) -> Result<BodyRef, BodiesError> {
+        let r = BodyRef { offset: self.bytes.len() as u64, len: json.len() as u32 };
+        self.bytes.extend_from_slice(json);
+        Ok(r)
+    }
+    fn get(&self, r: BodyRef) -> &[u8] {
+        let start = r.offset as usize;
+        self.bytes.get(start..start + r.len as usize).unwrap_or(&[])
+    }
+}
