@@ -116,18 +116,21 @@ impl FileBodies {
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", &self.dir, e))
     }
 
-    /// Bytes `[0, len)` (for sending a snapshot to another node).
-    pub fn read_all(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len as usize);
+    /// Bytes `[0, len)` (for sending a snapshot to another node). Read with pread, not
+    /// through the mapping, so that a snapshot does not map the whole history back in.
+    pub fn read_all(&self) -> Result<Vec<u8>, BodiesError> {
+        use std::os::unix::fs::FileExt;
+        let mut out = vec![0u8; self.len as usize];
         for (n, s) in self.segments.iter().enumerate() {
             let start = n as u64 * self.segment_size_bytes;
             if start >= self.len {
                 break;
             }
-            let end = (self.len - start).min(self.segment_size_bytes) as usize;
-            out.extend_from_slice(&s.map[..end]);
+            let end = (self.len - start).min(self.segment_size_bytes);
+            let dst = &mut out[start as usize..(start + end) as usize];
+            s.file.read_exact_at(dst, 0).map_err(|e| io("read", &self.dir.join(file_name(n)), e))?;
         }
-        out
+        Ok(out)
     }
 
     /// Replaces the whole store with `bytes` (an installed snapshot) and syncs it.

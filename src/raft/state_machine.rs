@@ -153,7 +153,7 @@ impl RaftSnapshotBuilder<C> for ShardStateMachine {
                 bodies_len: a.bodies.len(),
             };
             let index = postcard::to_stdvec(&r).map_err(io::Error::other)?;
-            (meta, index, a.bodies.read_all())
+            (meta, index, a.bodies.read_all().map_err(bodies_err)?)
         };
         let data = frame(&index, &bodies);
         self.write_snapshot(index).await?;
@@ -229,7 +229,7 @@ impl RaftStateMachine<C> for ShardStateMachine {
             Err(e) => return Err(e),
         };
         let i = decode_index(&index)?;
-        let mut bodies = self.applied.borrow().bodies.read_all();
+        let mut bodies = self.applied.borrow().bodies.read_all().map_err(bodies_err)?;
         bodies.truncate(i.bodies_len as usize);
         Ok(Some(SnapshotOf::<C, _> { meta: i.meta, snapshot: Cursor::new(frame(&index, &bodies)) }))
     }

@@ -23,8 +23,9 @@ use super::model::{ContextConfig, Message, NewMessage, Policy, PutContext, Statu
 /// One element of the LLM window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum WindowItem {
-    /// A replacement message from a compaction.
-    Summary(Message),
+    /// A replacement message from a compaction (boxed: live items are the many, and
+    /// they should not pay for the size of a message).
+    Summary(Box<Message>),
     /// A message of the raw log, by seq.
     Live { seq: u64, tokens: u64 },
 }
@@ -247,7 +248,7 @@ impl Context {
         let mut window = VecDeque::with_capacity(replacement.len());
         for m in replacement {
             let (seq, inserted_at) = (m.seq, m.inserted_at.clone());
-            window.push_back(WindowItem::Summary(Message::new(seq, m, inserted_at, bodies)?));
+            window.push_back(WindowItem::Summary(Box::new(Message::new(seq, m, inserted_at, bodies)?)));
         }
         self.window = window;
         self.window_tokens = self.window.iter().map(Self::item_tokens).sum();

@@ -19,7 +19,7 @@ pub struct Message {
     pub seq: Option<u64>,
     pub token_count: u64,
     /// The `type` of each part (for the skip_parts policy).
-    kinds: Box<[Box<str>]>,
+    kinds: Kinds,
     /// `{"seq":…,"role":…,"parts":…,"metadata":…,"token_count":…,"inserted_at":…}`.
     body: BodyRef,
 }
@@ -32,7 +32,7 @@ impl Message {
         inserted_at: Option<String>,
         bodies: &mut dyn Bodies,
     ) -> Result<Message, BodiesError> {
-        let kinds = msg.parts.iter().map(|p| p.get("type").and_then(Value::as_str).unwrap_or("").into()).collect();
+        let kinds = Kinds::of(&msg.parts);
         let json = serde_json::json!({
             "seq": seq,
             "role": msg.role,
@@ -58,7 +58,34 @@ impl Message {
 
     /// Whether a part's `type` starts with one of `kinds` (the skip_parts policy).
     pub fn has_part_kind(&self, kinds: &[String]) -> bool {
-        self.kinds.iter().any(|t| kinds.iter().any(|k| t.starts_with(k.as_str())))
+        let matches = |t: &str| kinds.iter().any(|k| t.starts_with(k.as_str()));
+        match &self.kinds {
+            Kinds::None => false,
+            Kinds::Text => matches("text"),
+            Kinds::Other(types) => types.iter().any(|t| matches(t)),
+        }
+    }
+}
+
+/// Part types of a message, without an allocation in the common cases (no parts, or
+/// only text parts): a million messages should not cost a million small boxes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Kinds {
+    None,
+    Text,
+    Other(Box<[Box<str>]>),
+}
+
+impl Kinds {
+    fn of(parts: &[Value]) -> Kinds {
+        let ty = |p: &Value| p.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
+        if parts.is_empty() {
+            Kinds::None
+        } else if parts.iter().all(|p| ty(p) == "text") {
+            Kinds::Text
+        } else {
+            Kinds::Other(parts.iter().map(|p| ty(p).into_boxed_str()).collect())
+        }
     }
 }
 
