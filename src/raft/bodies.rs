@@ -25,6 +25,45 @@ struct BodySegment {
     dirty: bool,
 }
 
+/// The body bytes of a snapshot.
+#[derive(Debug, Clone)]
+pub enum BodiesSource {
+    /// Received from elsewhere.
+    Bytes(Vec<u8>),
+    /// `[0, len)` of a body store on this machine.
+    Files { dir: PathBuf, segment_size_bytes: u64, len: u64 },
+}
+
+impl BodiesSource {
+    pub fn len(&self) -> u64 {
+        match self {
+            BodiesSource::Bytes(b) => b.len() as u64,
+            BodiesSource::Files { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes, read with pread (not through a mapping, so that reading a snapshot
+    /// does not map the whole history into this process).
+    pub fn read(&self) -> Result<Vec<u8>, BodiesError> {
+        use std::os::unix::fs::FileExt;
+        let (dir, size, len) = match self {
+            BodiesSource::Bytes(b) => return Ok(b.clone()),
+            BodiesSource::Files { dir, segment_size_bytes, len } => (dir, *segment_size_bytes, *len),
+        };
+        let mut out = vec![0u8; len as usize];
+        for (n, chunk) in out.chunks_mut(size as usize).enumerate() {
+            let path = dir.join(file_name(n));
+            let f = File::open(&path).map_err(|e| io("open", &path, e))?;
+            f.read_exact_at(chunk, 0).map_err(|e| io("read", &path, e))?;
+        }
+        Ok(out)
+    }
+}
+
 pub struct FileBodies {
     dir: PathBuf,
     segment_size_bytes: u64,
@@ -116,21 +155,19 @@ impl FileBodies {
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", &self.dir, e))
     }
 
-    /// Bytes `[0, len)` (for sending a snapshot to another node). Read with pread, not
-    /// through the mapping, so that a snapshot does not map the whole history back in.
-    pub fn read_all(&self) -> Result<Vec<u8>, BodiesError> {
-        use std::os::unix::fs::FileExt;
-        let mut out = vec![0u8; self.len as usize];
-        for (n, s) in self.segments.iter().enumerate() {
-            let start = n as u64 * self.segment_size_bytes;
-            if start >= self.len {
-                break;
-            }
-            let end = (self.len - start).min(self.segment_size_bytes);
-            let dst = &mut out[start as usize..(start + end) as usize];
-            s.file.read_exact_at(dst, 0).map_err(|e| io("read", &self.dir.join(file_name(n)), e))?;
+    /// Where the bytes `[0, len)` can be read later: a snapshot refers to them instead
+    /// of copying them (the store is append-only, so they stay as they are).
+    pub fn source(&self) -> BodiesSource {
+        self.source_up_to(self.len)
+    }
+
+    /// Like `source`, for the first `len` bytes (what an older snapshot covered).
+    pub fn source_up_to(&self, len: u64) -> BodiesSource {
+        BodiesSource::Files {
+            dir: self.dir.clone(),
+            segment_size_bytes: self.segment_size_bytes,
+            len: len.min(self.len),
         }
-        Ok(out)
     }
 
     /// Replaces the whole store with `bytes` (an installed snapshot) and syncs it.

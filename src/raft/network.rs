@@ -39,7 +39,7 @@ impl RaftNetworkFactory<C> for NoPeers {
 }
 
 impl RaftNetworkV2<C> for NoPeer {
-    type SnapshotData = std::io::Cursor<Vec<u8>>;
+    type SnapshotData = super::state_machine::ShardSnapshot;
 
     async fn append_entries(
         &mut self,

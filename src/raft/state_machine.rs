@@ -8,11 +8,10 @@
 //! only references. A snapshot syncs the body store, then writes `snapshot.bin`: the
 //! store's index (postcard) and the body store's length. On start the state machine
 //! loads it, cuts the body store back to that length and openraft re-applies the log
-//! after it. A snapshot sent to another node is framed as
-//! `[index length: u64 LE][index][body bytes]` (one buffer; streaming it is the
-//! cluster issue's job).
+//! after it. Snapshot data (`ShardSnapshot`) refers to the body bytes instead of
+//! copying them.
 use std::cell::RefCell;
-use std::io::{self, Cursor, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -22,7 +21,7 @@ use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMe
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::bodies::FileBodies;
+use super::bodies::{BodiesSource, FileBodies};
 use super::types::FleetRaft;
 use crate::store::Store;
 
@@ -63,19 +62,14 @@ struct SnapshotIndexRef<'a> {
     bodies_len: u64,
 }
 
-fn frame(index: &[u8], bodies: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + index.len() + bodies.len());
-    out.extend_from_slice(&(index.len() as u64).to_le_bytes());
-    out.extend_from_slice(index);
-    out.extend_from_slice(bodies);
-    out
-}
-
-fn unframe(data: &[u8]) -> io::Result<(&[u8], &[u8])> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "snapshot frame is truncated");
-    let len = u64::from_le_bytes(data.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
-    let index = data.get(8..8 + len).ok_or_else(bad)?;
-    Ok((index, &data[8 + len..]))
+/// A snapshot's data: the index, and the body bytes by reference. Building or
+/// offering a snapshot reads no bodies (openraft keeps only the meta of a built one);
+/// an installer reads them. Sending one to another node (the cluster issue) streams
+/// `[index length: u64 LE][index][bodies]` from this.
+#[derive(Debug, Clone)]
+pub struct ShardSnapshot {
+    pub index: Vec<u8>,
+    pub bodies: BodiesSource,
 }
 
 fn bodies_err(e: crate::store::BodiesError) -> io::Error {
@@ -137,7 +131,7 @@ impl ShardStateMachine {
 }
 
 impl RaftSnapshotBuilder<C> for ShardStateMachine {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = ShardSnapshot;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Self::SnapshotData>, io::Error> {
         let (meta, index, bodies) = {
@@ -153,16 +147,15 @@ impl RaftSnapshotBuilder<C> for ShardStateMachine {
                 bodies_len: a.bodies.len(),
             };
             let index = postcard::to_stdvec(&r).map_err(io::Error::other)?;
-            (meta, index, a.bodies.read_all().map_err(bodies_err)?)
+            (meta, index, a.bodies.source())
         };
-        let data = frame(&index, &bodies);
-        self.write_snapshot(index).await?;
-        Ok(SnapshotOf::<C, _> { meta, snapshot: Cursor::new(data) })
+        self.write_snapshot(index.clone()).await?;
+        Ok(SnapshotOf::<C, _> { meta, snapshot: ShardSnapshot { index, bodies } })
     }
 }
 
 impl RaftStateMachine<C> for ShardStateMachine {
-    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotData = ShardSnapshot;
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), io::Error> {
@@ -207,14 +200,15 @@ impl RaftStateMachine<C> for ShardStateMachine {
         meta: &SnapshotMetaOf<C>,
         snapshot: Self::SnapshotData,
     ) -> Result<(), io::Error> {
-        let data = snapshot.into_inner();
-        let (index, bodies) = unframe(&data)?;
-        let i = decode_index(index)?;
-        if i.meta.last_log_id != meta.last_log_id || i.bodies_len != bodies.len() as u64 {
+        let i = decode_index(&snapshot.index)?;
+        if i.meta.last_log_id != meta.last_log_id || i.bodies_len != snapshot.bodies.len() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot data does not match its meta"));
         }
-        self.applied.borrow_mut().bodies.replace_all(bodies).map_err(bodies_err)?;
-        self.write_snapshot(index.to_vec()).await?;
+        // Read before replacing: the source may be this very store.
+        let bodies = snapshot.bodies.read().map_err(bodies_err)?;
+        self.applied.borrow_mut().bodies.replace_all(&bodies).map_err(bodies_err)?;
+        drop(bodies);
+        self.write_snapshot(snapshot.index).await?;
         let mut a = self.applied.borrow_mut();
         a.store = i.store;
         a.last_applied = i.last_applied;
@@ -229,8 +223,7 @@ impl RaftStateMachine<C> for ShardStateMachine {
             Err(e) => return Err(e),
         };
         let i = decode_index(&index)?;
-        let mut bodies = self.applied.borrow().bodies.read_all().map_err(bodies_err)?;
-        bodies.truncate(i.bodies_len as usize);
-        Ok(Some(SnapshotOf::<C, _> { meta: i.meta, snapshot: Cursor::new(frame(&index, &bodies)) }))
+        let bodies = self.applied.borrow().bodies.source_up_to(i.bodies_len);
+        Ok(Some(SnapshotOf::<C, _> { meta: i.meta, snapshot: ShardSnapshot { index, bodies } }))
     }
 }
