@@ -4,7 +4,7 @@
 //! - `messages[i].seq == i + 1`, and `last_seq == messages.len()`: seqs start at 1, grow
 //!   by one per append, never change, never repeat;
 //! - `version == last_seq + compactions`;
-//! - `window_tokens` is the sum of the window items' token counts.
+//! - `window.tokens` is the sum of the token counts of the window's messages.
 use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
@@ -20,14 +20,16 @@ fn raw(json: &str) -> Box<serde_json::value::RawValue> {
 }
 use super::model::{ContextConfig, Message, NewMessage, Policy, PutContext, Status};
 
-/// One element of the LLM window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-enum WindowItem {
-    /// A replacement message from a compaction (boxed: live items are the many, and
-    /// they should not pay for the size of a message).
-    Summary(Box<Message>),
-    /// A message of the raw log, by seq.
-    Live { seq: u64, tokens: u64 },
+/// The LLM window: the replacement messages of the last compaction that are still in
+/// it, then the live messages from `live_from` on, minus those a skip_parts policy
+/// dropped. Live messages are not listed one by one: a window as long as the history
+/// (the manual policy) costs nothing per message.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+struct Window {
+    summary: VecDeque<Box<Message>>,
+    live_from: u64,
+    skipped: std::collections::BTreeSet<u64>,
+    tokens: u64,
 }
 
 /// Serializes a JSON object as its text, so that snapshots can use a compact binary
@@ -73,8 +75,7 @@ pub struct Context {
     pub updated_at: String,
     /// The raw log. Held in memory for now; see the note in `store/mod.rs`.
     messages: Vec<Message>,
-    window: VecDeque<WindowItem>,
-    window_tokens: u64,
+    window: Window,
     compactions: u64,
     /// Append outcomes by idempotency key, oldest first for eviction.
     idempotency: HashMap<String, Result<Appended, StoreError>>,
@@ -92,8 +93,7 @@ impl Context {
             created_at: now.to_owned(),
             updated_at: now.to_owned(),
             messages: Vec::new(),
-            window: VecDeque::new(),
-            window_tokens: 0,
+            window: Window { live_from: 1, ..Window::default() },
             compactions: 0,
             idempotency: HashMap::new(),
             idempotency_order: VecDeque::new(),
@@ -183,9 +183,8 @@ impl Context {
         assert_eq!(self.messages[seq as usize - 1].seq, Some(seq), "seqs are contiguous from 1");
         self.version += 1;
         debug_assert_eq!(self.version, self.last_seq() + self.compactions);
-        self.window.push_back(WindowItem::Live { seq, tokens });
-        self.window_tokens += tokens;
-        if self.window_tokens as f64 > self.config.threshold(self.config.token_budget) {
+        self.window.tokens += tokens;
+        if self.window.tokens as f64 > self.config.threshold(self.config.token_budget) {
             self.apply_policy();
         }
         self.updated_at = now.to_owned();
@@ -202,11 +201,13 @@ impl Context {
         self.idempotency.insert(key, outcome);
     }
 
-    fn item_tokens(item: &WindowItem) -> u64 {
-        match item {
-            WindowItem::Summary(m) => m.token_count,
-            WindowItem::Live { tokens, .. } => *tokens,
-        }
+    /// Live seqs in the window, oldest first.
+    fn live_seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        (self.window.live_from..=self.last_seq()).filter(|s| !self.window.skipped.contains(s))
+    }
+
+    fn window_len(&self) -> usize {
+        self.window.summary.len() + self.live_seqs().count()
     }
 
     /// Trims the window per the policy. Never touches the raw log or the version.
@@ -216,21 +217,27 @@ impl Context {
             Policy::LastN { limit } => *limit as usize,
             Policy::SkipParts { limit, skip_kinds } => {
                 let kinds = skip_kinds.clone();
-                let messages = &self.messages;
-                self.window.retain(|item| {
-                    let msg = match item {
-                        WindowItem::Summary(m) => m,
-                        WindowItem::Live { seq, .. } => &messages[*seq as usize - 1],
-                    };
-                    !msg.has_part_kind(&kinds)
-                });
+                self.window.summary.retain(|m| !m.has_part_kind(&kinds));
+                let dropped: Vec<u64> =
+                    self.live_seqs().filter(|s| self.messages[*s as usize - 1].has_part_kind(&kinds)).collect();
+                self.window.skipped.extend(dropped);
                 *limit as usize
             }
         };
-        while self.window.len() > limit {
-            self.window.pop_front();
+        let mut len = self.window_len();
+        while len > limit {
+            if self.window.summary.pop_front().is_none() {
+                // Drop the oldest live message (and any skipped seqs before it).
+                while self.window.skipped.remove(&self.window.live_from) {
+                    self.window.live_from += 1;
+                }
+                self.window.live_from += 1;
+            }
+            len -= 1;
         }
-        self.window_tokens = self.window.iter().map(Self::item_tokens).sum();
+        let summary: u64 = self.window.summary.iter().map(|m| m.token_count).sum();
+        let live: u64 = self.live_seqs().map(|s| self.messages[s as usize - 1].token_count).sum();
+        self.window.tokens = summary + live;
     }
 
     /// Replaces the window with `replacement`. The raw log is untouched.
@@ -245,13 +252,13 @@ impl Context {
         if let Err(e) = self.check_guard(if_version) {
             return Ok(Err(e));
         }
-        let mut window = VecDeque::with_capacity(replacement.len());
+        let mut summary = VecDeque::with_capacity(replacement.len());
         for m in replacement {
             let (seq, inserted_at) = (m.seq, m.inserted_at.clone());
-            window.push_back(WindowItem::Summary(Box::new(Message::new(seq, m, inserted_at, bodies)?)));
+            summary.push_back(Box::new(Message::new(seq, m, inserted_at, bodies)?));
         }
-        self.window = window;
-        self.window_tokens = self.window.iter().map(Self::item_tokens).sum();
+        let tokens = summary.iter().map(|m| m.token_count).sum();
+        self.window = Window { summary, live_from: self.last_seq() + 1, skipped: Default::default(), tokens };
         self.compactions += 1;
         self.version += 1;
         debug_assert_eq!(self.version, self.last_seq() + self.compactions);
@@ -314,20 +321,16 @@ impl Context {
 
     /// The LLM window with `budget`; messages are embedded as their stored JSON. (the context's own unless overridden).
     pub fn window_json(&self, budget: u64, bodies: &dyn Bodies) -> Value {
-        let mut messages = Vec::with_capacity(self.window.len());
-        let (mut summaries, mut live_from, mut live_to) = (0usize, None, None);
-        for item in &self.window {
-            match item {
-                WindowItem::Summary(m) => {
-                    summaries += 1;
-                    messages.push(raw(m.json(bodies)));
-                }
-                WindowItem::Live { seq, .. } => {
-                    live_from.get_or_insert(*seq);
-                    live_to = Some(*seq);
-                    messages.push(raw(self.messages[*seq as usize - 1].json(bodies)));
-                }
-            }
+        let mut messages = Vec::with_capacity(self.window_len());
+        let summaries = self.window.summary.len();
+        for m in &self.window.summary {
+            messages.push(raw(m.json(bodies)));
+        }
+        let (mut live_from, mut live_to) = (None, None);
+        for seq in self.live_seqs() {
+            live_from.get_or_insert(seq);
+            live_to = Some(seq);
+            messages.push(raw(self.messages[seq as usize - 1].json(bodies)));
         }
         let mut segments = Vec::new();
         if self.compactions > 0 {
@@ -337,9 +340,9 @@ impl Context {
         serde_json::json!({
             "version": self.version,
             "messages": messages,
-            "token_count": self.window_tokens,
-            "used_tokens": self.window_tokens,
-            "needs_compaction": self.window_tokens as f64 > self.config.threshold(budget),
+            "token_count": self.window.tokens,
+            "used_tokens": self.window.tokens,
+            "needs_compaction": self.window.tokens as f64 > self.config.threshold(budget),
             "metadata": self.policy_summary(),
             "segments": segments,
         })
