@@ -8,7 +8,6 @@
 //! writes it again. Written pages are unmapped behind the write point (the bytes stay in
 //! the page cache and on disk; a read maps them back), so RSS does not grow with history.
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
@@ -128,18 +127,8 @@ impl FileBodies {
 
     fn add_segment(&mut self) -> Result<(), BodiesError> {
         let path = self.dir.join(file_name(self.segments.len()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| io("create", &path, e))?;
-        // SAFETY: plain syscall on an fd we own.
-        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, self.segment_size_bytes as i64) };
-        if rc != 0 {
-            return Err(io("fallocate", &path, std::io::Error::from_raw_os_error(rc)));
-        }
+        let file = crate::wal::segment::create_preallocated(&path, self.segment_size_bytes)
+            .map_err(|e| io("create preallocated", &path, e))?;
         // SAFETY: as in `open`.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| io("mmap", &path, e))?;
         self.segments.push(BodySegment { file, map, dirty: true });

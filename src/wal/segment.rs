@@ -39,27 +39,29 @@ pub struct SpareRequest {
     pub size_bytes: u64,
 }
 
+/// Creates (or truncates) `path` with `size_bytes` of blocks reserved: not a sparse hole,
+/// because a write into a hole on a full disk is a SIGBUS through a mapping, and
+/// allocating at writeback makes every sync slower. On failure the file is removed.
+pub fn create_preallocated(path: &Path, size_bytes: u64) -> std::io::Result<File> {
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+    let len = i64::try_from(size_bytes).map_err(|_| std::io::Error::other("file size does not fit in off_t"))?;
+    // SAFETY: plain syscall on an fd we own.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    if rc != 0 {
+        let _ = std::fs::remove_file(path);
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(file)
+}
+
 impl SpareRequest {
-    /// Creates the spare: a file with its blocks reserved (not a sparse hole: a write
-    /// into a hole on a full disk would be a SIGBUS through the mapping, and allocating
-    /// at writeback makes every sync slower), fsync'd. Blocks for a few milliseconds,
-    /// which is why the async WAL runs it on the blocking pool ahead of time.
+    /// Creates the spare: a preallocated file (`create_preallocated`), fsync'd. Blocks
+    /// for a few milliseconds, which is why the async WAL runs it on the blocking pool
+    /// ahead of time.
     pub fn create_blocking(self) -> Result<Spare> {
         let path = self.path;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| WalError::io("create spare segment", &path, e))?;
-        let len = i64::try_from(self.size_bytes).map_err(|_| WalError::Config("segment size".into()))?;
-        // SAFETY: plain syscall on an fd we own.
-        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
-        if rc != 0 {
-            let _ = std::fs::remove_file(&path);
-            return Err(WalError::io("fallocate segment", &path, std::io::Error::from_raw_os_error(rc)));
-        }
+        let file = create_preallocated(&path, self.size_bytes)
+            .map_err(|e| WalError::io("create preallocated spare segment", &path, e))?;
         file.sync_all().map_err(|e| WalError::io("fsync spare segment", &path, e))?;
         Ok(Spare { path, file, size_bytes: self.size_bytes })
     }
