@@ -212,8 +212,7 @@ impl GroupCommitWal {
     /// durable. Later writes do not delay it.
     pub async fn sync(&self) -> Result<()> {
         let end = self.inner.wal.borrow().end_position();
-        self.inner.wake.notify_one();
-        self.wait_until(Until::Position(end)).await
+        self.wait_durable_position(end).await
     }
 
     /// Waits until everything written before `end` (a `Wal::end_position`) is durable.
