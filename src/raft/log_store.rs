@@ -106,16 +106,7 @@ where
     /// write and two fsyncs; it runs on elections and purges, not per append.
     fn persist_meta(&self, meta: &Meta<C>) -> io::Result<()> {
         let bytes = serde_json::to_vec(meta).map_err(io::Error::other)?;
-        let tmp = self.shared.meta_path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.shared.meta_path)?;
-        let dir = self.shared.meta_path.parent().unwrap_or(Path::new("."));
-        std::fs::File::open(dir)?.sync_all()?;
+        super::durable_file::replace_durably(&self.shared.meta_path, &bytes)?;
         *self.shared.meta.borrow_mut() = meta.clone();
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! the state machine on the context store, the network (none yet: a cluster of one),
 //! and opening a shard.
 pub mod bodies;
+pub mod durable_file;
 pub mod log_store;
 pub mod network;
 pub mod runtime;

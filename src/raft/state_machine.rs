@@ -11,7 +11,7 @@
 //! after it. Snapshot data (`ShardSnapshot`) refers to the body bytes instead of
 //! copying them.
 use std::cell::RefCell;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -115,18 +115,8 @@ impl ShardStateMachine {
     /// large shard is tens of MB, and writing and fsyncing it on the executor stalled
     /// every request of the core (seen: 400–800 ms latency spikes while loading).
     async fn write_snapshot(&self, bytes: Vec<u8>) -> io::Result<()> {
-        let dir = self.dir.clone();
-        glommio::executor()
-            .spawn_blocking(move || {
-                let path = dir.join(SNAPSHOT_FILE);
-                let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-                let mut f = std::fs::File::create(&tmp)?;
-                f.write_all(&bytes)?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, &path)?;
-                std::fs::File::open(&dir)?.sync_all()
-            })
-            .await
+        let path = self.dir.join(SNAPSHOT_FILE);
+        glommio::executor().spawn_blocking(move || super::durable_file::replace_durably(&path, &bytes)).await
     }
 }
 

@@ -66,12 +66,7 @@ fn load_layout(dir: &Path, wanted: Option<u32>, cores: usize) -> Result<u32, Ser
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let shards = wanted.unwrap_or((2 * cores) as u32).max(1);
             let bytes = serde_json::to_vec(&Layout { format: 1, shards }).map_err(|e| err(e.to_string()))?;
-            let tmp = dir.join("fleetlm.json.tmp");
-            std::fs::write(&tmp, bytes)
-                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-                .map_err(|e| err(e.to_string()))?;
-            std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| err(e.to_string()))?;
+            crate::raft::durable_file::replace_durably(&path, &bytes).map_err(|e| err(e.to_string()))?;
             Ok(shards)
         }
         Err(e) => Err(err(e.to_string())),
