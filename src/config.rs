@@ -118,6 +118,8 @@ pub struct RaftTimings {
     pub snapshot_every_entries: u64,
     /// Entries kept in the log behind a snapshot (for slow followers).
     pub log_entries_kept_after_snapshot: u64,
+    /// A follower this far behind is sent a snapshot instead of log entries.
+    pub replication_lag_threshold_entries: u64,
 }
 
 impl Default for RaftTimings {
@@ -128,6 +130,7 @@ impl Default for RaftTimings {
             election_timeout_max_ms: 300,
             snapshot_every_entries: 20_000,
             log_entries_kept_after_snapshot: 1_000,
+            replication_lag_threshold_entries: 50_000,
         }
     }
 }
@@ -180,11 +183,69 @@ pub struct ServeLimits {
     pub retry_after_secs: u64,
     /// Capacity of each cross-core channel (requests in flight from one core to another).
     pub mesh_channel_capacity: usize,
+    /// Adding or removing a node (the new node catches up within this).
+    pub membership_deadline_ms: u64,
+    /// Pause before trying again when no leader is known or the leader moved.
+    pub leader_retry_pause_ms: u64,
+    /// How often each core checks whether it leads more shards than its share and
+    /// hands leadership to the preferred node.
+    pub leader_balance_interval_ms: u64,
 }
 
 impl Default for ServeLimits {
     fn default() -> Self {
-        ServeLimits { write_deadline_ms: 2_000, retry_after_secs: 1, mesh_channel_capacity: 1024 }
+        ServeLimits {
+            write_deadline_ms: 2_000,
+            retry_after_secs: 1,
+            mesh_channel_capacity: 1024,
+            membership_deadline_ms: 60_000,
+            leader_retry_pause_ms: 20,
+            leader_balance_interval_ms: 2_000,
+        }
+    }
+}
+
+/// The node-to-node transport (`crate::raft::network`, `crate::shard::peer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// Largest frame (one request or answer without snapshot bytes). Raft batches are
+    /// kept under it by `append_entries_max`.
+    pub frame_max_bytes: u64,
+    /// Entries per append-entries RPC: with 2 MiB entries at most this stays under
+    /// `frame_max_bytes`.
+    pub append_entries_max: u64,
+    pub connect_timeout_ms: u64,
+    /// Floor under openraft's per-RPC deadline (which is one heartbeat interval).
+    pub rpc_timeout_min_ms: u64,
+    /// Sending a whole snapshot.
+    pub snapshot_timeout_ms: u64,
+    /// Snapshot bytes are read and written in chunks of this size (the memory used).
+    pub snapshot_chunk_bytes: usize,
+    pub reconnect_backoff_min_ms: u64,
+    pub reconnect_backoff_max_ms: u64,
+    /// Open inbound peer connections per core; more are closed at accept.
+    pub connections_max_per_core: usize,
+    /// Idle forwarding connections kept per (peer node, core).
+    pub forward_idle_connections_max: usize,
+    /// Largest snapshot index (the in-memory part of a shard) accepted from a peer.
+    pub snapshot_index_max_bytes: u64,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            frame_max_bytes: 160 << 20,
+            append_entries_max: 64,
+            connect_timeout_ms: 500,
+            rpc_timeout_min_ms: 1_000,
+            snapshot_timeout_ms: 300_000,
+            snapshot_chunk_bytes: 1 << 20,
+            reconnect_backoff_min_ms: 20,
+            reconnect_backoff_max_ms: 200,
+            connections_max_per_core: 1_024,
+            forward_idle_connections_max: 64,
+            snapshot_index_max_bytes: 1 << 30,
+        }
     }
 }
 

@@ -1,10 +1,11 @@
 //! The `fleetlm` command line: flags (each also an env var `FLEETLM_<NAME>`) → config →
 //! start. No logic lives here.
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use fleetlm::config::{HttpLimits, RaftTimings, ServeLimits, StoreLimits, WalConfig};
+use fleetlm::config::{HttpLimits, PeerLimits, RaftTimings, ServeLimits, StoreLimits, WalConfig};
 use fleetlm::shard::{ServerConfig, serve};
 
 #[derive(Parser)]
@@ -25,6 +26,30 @@ struct ServeArgs {
     /// HTTP address to listen on.
     #[arg(long, env = "FLEETLM_LISTEN", default_value = "127.0.0.1:4000")]
     listen: SocketAddr,
+    /// This node's id in the cluster (a data dir keeps the id it was created with).
+    #[arg(long, env = "FLEETLM_NODE_ID", default_value_t = 1)]
+    node_id: u64,
+    /// Address other nodes reach this one at; core c listens on this port + c.
+    /// Needed for a cluster; without it the node is a cluster of one.
+    #[arg(long, env = "FLEETLM_PEER_LISTEN")]
+    peer_listen: Option<SocketAddr>,
+    /// The initial members, this node included: `1=10.0.0.1:5000,2=10.0.0.2:5000,…`
+    /// (their peer addresses). Every listed node forms the cluster the first time; a node
+    /// not listed waits to be added with `POST /v1/cluster/members`.
+    #[arg(long, env = "FLEETLM_PEERS", value_parser = parse_peers)]
+    peers: Option<BTreeMap<u64, String>>,
+    /// Raft heartbeat interval, ms.
+    #[arg(long, env = "FLEETLM_HEARTBEAT_INTERVAL_MS", default_value_t = RaftTimings::default().heartbeat_interval_ms)]
+    heartbeat_interval_ms: u64,
+    /// Raft election timeout (lower bound; the upper is twice this), ms.
+    #[arg(long, env = "FLEETLM_ELECTION_TIMEOUT_MS", default_value_t = RaftTimings::default().election_timeout_min_ms)]
+    election_timeout_ms: u64,
+    /// A shard snapshots after this many log entries and purges its log behind.
+    #[arg(long, env = "FLEETLM_SNAPSHOT_EVERY_ENTRIES", default_value_t = RaftTimings::default().snapshot_every_entries)]
+    snapshot_every_entries: u64,
+    /// Log entries kept behind a snapshot for slow followers.
+    #[arg(long, env = "FLEETLM_LOG_KEEP_ENTRIES", default_value_t = RaftTimings::default().log_entries_kept_after_snapshot)]
+    log_keep_entries: u64,
     /// Data directory (created if missing).
     #[arg(long, env = "FLEETLM_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
@@ -57,15 +82,39 @@ struct ServeArgs {
     segment_size_bytes: u64,
 }
 
+/// `1=host:port,2=host:port`.
+fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (id, addr) = item.split_once('=').ok_or_else(|| format!("{item:?}: expected ID=HOST:PORT"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("{id:?} is not a node id"))?;
+        let addr = addr.trim();
+        if addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            return Err(format!("{addr:?} is not HOST:PORT"));
+        }
+        if id == 0 || peers.insert(id, addr.to_owned()).is_some() {
+            return Err(format!("node id {id} is 0 or listed twice"));
+        }
+    }
+    Ok(peers)
+}
+
 fn main() -> std::process::ExitCode {
     let Cli { command: Command::Serve(a) } = Cli::parse();
+    // Diagnostics of the Raft layer (openraft logs through `tracing`), e.g.
+    // FLEETLM_LOG=openraft=info,fleetlm=debug.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLEETLM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
     let cores = a.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let config = ServerConfig {
         listen: a.listen,
         data_dir: a.data_dir,
         cores,
         shards: a.shards,
-        node_id: 1,
+        node_id: a.node_id,
+        peer_listen: a.peer_listen,
+        peers: a.peers.unwrap_or_default(),
         api_key: a.api_key.filter(|k| !k.is_empty()),
         http: HttpLimits {
             body_max_bytes: a.body_max_bytes,
@@ -85,14 +134,31 @@ fn main() -> std::process::ExitCode {
                 as u32,
             ..WalConfig::default()
         },
-        raft: RaftTimings::default(),
+        raft: RaftTimings {
+            heartbeat_interval_ms: a.heartbeat_interval_ms,
+            election_timeout_min_ms: a.election_timeout_ms,
+            election_timeout_max_ms: a.election_timeout_ms * 2,
+            snapshot_every_entries: a.snapshot_every_entries,
+            log_entries_kept_after_snapshot: a.log_keep_entries,
+            ..RaftTimings::default()
+        },
+        peer: PeerLimits::default(),
     };
+    if config.node_id == 0 {
+        eprintln!("fleetlm: --node-id must be > 0");
+        return std::process::ExitCode::FAILURE;
+    }
+    if !config.peers.is_empty() && config.peer_listen.is_none() {
+        eprintln!("fleetlm: --peers needs --peer-listen (where the other nodes reach this one)");
+        return std::process::ExitCode::FAILURE;
+    }
     if let Err(e) = config.wal.validate() {
         eprintln!("fleetlm: {e} (raise --segment-size-bytes or lower --body-max-bytes)");
         return std::process::ExitCode::FAILURE;
     }
     eprintln!(
-        "fleetlm: serving http://{} ({} cores, data in {})",
+        "fleetlm: node {} serving http://{} ({} cores, data in {})",
+        config.node_id,
         config.listen,
         config.cores,
         config.data_dir.display()

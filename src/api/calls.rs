@@ -2,16 +2,19 @@
 //! from a call to its response on the owning core. Calls are `Send`: they cross cores.
 use std::time::Duration;
 
-use openraft::ReadPolicy;
+use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
+use openraft::{BasicNode, ReadPolicy};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::ServeLimits;
 use crate::http::Response;
-use crate::raft::Shard;
+use crate::raft::{FleetRaft, Shard};
 use crate::store::{Command, Outcome, ReplayFrom, StoreError};
 
-/// The work a request asks of one shard.
-#[derive(Debug)]
+/// The work a request asks of one shard. Calls cross cores and, forwarded to the
+/// shard's leader, nodes (postcard).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ShardCall {
     /// A change; its `now` is set by the owner just before proposing (the leader's time).
     Write(Command),
@@ -41,6 +44,18 @@ pub enum ShardCall {
     ShardStatus {
         shard: u32,
     },
+    /// Add node `node_id` (peer address `addr`) to the shard's group: as a learner
+    /// until it has caught up, then as a voter.
+    AddMember {
+        shard: u32,
+        node_id: u64,
+        addr: String,
+    },
+    /// Remove node `node_id` from the shard's group.
+    RemoveMember {
+        shard: u32,
+        node_id: u64,
+    },
 }
 
 impl ShardCall {
@@ -51,8 +66,36 @@ impl ShardCall {
             | ShardCall::Tail { id, .. }
             | ShardCall::Replay { id, .. }
             | ShardCall::Window { id, .. } => id,
-            ShardCall::ShardStatus { .. } => "",
+            ShardCall::ShardStatus { .. } | ShardCall::AddMember { .. } | ShardCall::RemoveMember { .. } => "",
         }
+    }
+
+    /// Served by whichever replica is asked, without the leader.
+    fn is_local(&self) -> bool {
+        match self {
+            ShardCall::Write(_) | ShardCall::AddMember { .. } | ShardCall::RemoveMember { .. } => false,
+            ShardCall::ShardStatus { .. } => true,
+            ShardCall::Get { local, .. }
+            | ShardCall::Tail { local, .. }
+            | ShardCall::Replay { local, .. }
+            | ShardCall::Window { local, .. } => *local,
+        }
+    }
+}
+
+/// What one try at a call on this replica gave.
+#[derive(Debug)]
+pub enum Attempt {
+    Done(Response),
+    /// This replica does not lead the shard; the leader, if it knows one (id, peer
+    /// address). Nothing was proposed, so trying elsewhere is safe.
+    NotLeader(Option<(u64, String)>),
+}
+
+fn not_leader(f: &ForwardToLeader<FleetRaft>) -> Attempt {
+    match (f.leader_id, &f.leader_node) {
+        (Some(id), Some(node)) => Attempt::NotLeader(Some((id, node.addr.clone()))),
+        _ => Attempt::NotLeader(None),
     }
 }
 
@@ -108,6 +151,11 @@ fn shard_status(shard: &Shard, id: u32) -> serde_json::Value {
         "last_log_index": m.last_log_index,
         "snapshot_index": m.snapshot.map(|l| l.index),
         "voters": members,
+        "learners": m.membership_config.membership().learner_ids().collect::<Vec<u64>>(),
+        // On the leader: the last entry each member is known to hold.
+        "replication": m.replication.as_ref().map(|r| {
+            r.iter().map(|(id, matched)| (id.to_string(), json!(matched.as_ref().map(|l| l.index)))).collect::<serde_json::Map<_, _>>()
+        }),
     })
 }
 
@@ -127,38 +175,70 @@ fn messages_body(messages: &[crate::store::Message], bodies: &dyn crate::store::
     out
 }
 
-/// Runs `call` on `shard` (which this core owns).
-pub async fn execute(shard: &Shard, call: ShardCall, limits: &ServeLimits) -> Response {
-    let deadline = Duration::from_millis(limits.write_deadline_ms);
-    if let ShardCall::ShardStatus { shard: s } = call {
-        return Response::json(200, &shard_status(shard, s));
+fn write_failed(limits: &ServeLimits, e: RaftError<FleetRaft, ClientWriteError<FleetRaft>>) -> Attempt {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
+        // Proposed, then cut from the log by a new leader: the outcome is not known
+        // here (another leader may have committed it). The client retries, with its
+        // Idempotency-Key for appends.
+        e => Attempt::Done(unavailable(limits, format!("the write's outcome is unknown: {e}"))),
     }
-    let local = match &call {
-        ShardCall::Write(_) | ShardCall::ShardStatus { .. } => false,
-        ShardCall::Get { local, .. }
-        | ShardCall::Tail { local, .. }
-        | ShardCall::Replay { local, .. }
-        | ShardCall::Window { local, .. } => *local,
-    };
-    if let ShardCall::Write(mut cmd) = call {
-        set_now(&mut cmd);
-        let write = crate::raft::runtime::timeout(deadline, shard.raft.client_write(cmd)).await;
-        return match write {
-            Ok(Ok(resp)) => outcome_response(resp.data),
-            Ok(Err(e)) => unavailable(limits, format!("no leader accepted the write: {e}")),
-            Err(_) => unavailable(limits, "no leader with a quorum within the deadline"),
-        };
+}
+
+/// Tries `call` on this replica of the shard (which this core owns), within `remaining`.
+pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, remaining: Duration) -> Attempt {
+    let timed_out = || Attempt::Done(unavailable(limits, "no leader with a quorum within the deadline"));
+    match call {
+        ShardCall::ShardStatus { shard: s } => return Attempt::Done(Response::json(200, &shard_status(shard, *s))),
+        ShardCall::Write(cmd) => {
+            let mut cmd = cmd.clone();
+            set_now(&mut cmd);
+            return match crate::raft::runtime::timeout(remaining, shard.raft.client_write(cmd)).await {
+                Ok(Ok(resp)) => Attempt::Done(outcome_response(resp.data)),
+                Ok(Err(e)) => write_failed(limits, e),
+                Err(_) => timed_out(),
+            };
+        }
+        ShardCall::AddMember { node_id, addr, .. } => {
+            let add = async {
+                let node = BasicNode { addr: addr.clone() };
+                shard.raft.add_learner(*node_id, node, true).await?;
+                let voters = std::collections::BTreeSet::from([*node_id]);
+                shard.raft.change_membership(openraft::ChangeMembers::AddVoterIds(voters), false).await
+            };
+            return match crate::raft::runtime::timeout(remaining, add).await {
+                Ok(Ok(_)) => Attempt::Done(Response::json(200, &json!({"node_id": node_id, "voter": true}))),
+                Ok(Err(e)) => write_failed(limits, e),
+                Err(_) => timed_out(),
+            };
+        }
+        ShardCall::RemoveMember { node_id, .. } => {
+            let voters = std::collections::BTreeSet::from([*node_id]);
+            let remove = shard.raft.change_membership(openraft::ChangeMembers::RemoveVoters(voters), false);
+            return match crate::raft::runtime::timeout(remaining, remove).await {
+                Ok(Ok(_)) => Attempt::Done(Response::json(200, &json!({"node_id": node_id, "removed": true}))),
+                Ok(Err(e)) => write_failed(limits, e),
+                Err(_) => timed_out(),
+            };
+        }
+        _ => {}
     }
-    if !local {
+    if !call.is_local() {
         // Linearizable: the state machine has applied everything acknowledged before now.
         let barrier =
-            crate::raft::runtime::timeout(deadline, shard.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await;
+            crate::raft::runtime::timeout(remaining, shard.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await;
         match barrier {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return unavailable(limits, format!("cannot confirm leadership: {e}")),
-            Err(_) => return unavailable(limits, "no leader with a quorum within the deadline"),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => return not_leader(&f),
+            Ok(Err(e)) => return Attempt::Done(unavailable(limits, format!("cannot confirm leadership: {e}"))),
+            Err(_) => return timed_out(),
         }
     }
+    Attempt::Done(read(shard, call))
+}
+
+/// Answers a read from this replica's applied state.
+fn read(shard: &Shard, call: &ShardCall) -> Response {
     let applied = shard.state.applied().borrow();
     let store = &applied.store;
     let bodies = &applied.bodies;
@@ -167,25 +247,25 @@ pub async fn execute(shard: &Shard, call: ShardCall, limits: &ServeLimits) -> Re
         Err(e) => return store_error(&e),
     };
     match call {
-        ShardCall::Write(_) | ShardCall::ShardStatus { .. } => unreachable!("handled above"),
         ShardCall::Get { .. } => Response::json(200, &ctx.summary_json()),
         ShardCall::Tail { offset, limit, .. } => {
-            let body = messages_body(ctx.tail(offset, limit), bodies, "}");
+            let body = messages_body(ctx.tail(*offset, *limit), bodies, "}");
             Response::raw_json(200, body)
         }
         ShardCall::Replay { from, limit, .. } => {
-            let start = ctx.replay_start(from);
-            let (page, next) = ctx.replay(start, limit);
+            let start = ctx.replay_start(*from);
+            let (page, next) = ctx.replay(start, *limit);
             let body = messages_body(page, bodies, &format!(",\"last_seq\":{},\"next_seq\":{next}}}", ctx.last_seq()));
             Response::raw_json(200, body)
         }
         ShardCall::Window { budget, if_version, .. } => {
-            if let Some(expected) = if_version
+            if let Some(expected) = *if_version
                 && expected != ctx.version
             {
                 return store_error(&StoreError::Conflict { expected, found: ctx.version });
             }
             Response::json(200, &ctx.window_json(budget.unwrap_or(ctx.config.token_budget), bodies))
         }
+        _ => Response::error(500, "internal", "not a read"),
     }
 }

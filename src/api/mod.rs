@@ -35,6 +35,44 @@ async fn cluster(core: &CoreCtx) -> Response {
     Response::json(200, &json!({"node_id": core.node_id, "members": members, "shards": shards}))
 }
 
+/// Runs one membership change on every shard (each on its leader) and reports them.
+async fn change_all_shards(core: &CoreCtx, make: impl Fn(u32) -> calls::ShardCall, node_id: u64) -> Response {
+    let calls = (0..core.shard_count).map(|s| core.route_to_shard(s, make(s)));
+    for resp in futures_util::future::join_all(calls).await {
+        if resp.status != 200 {
+            return resp;
+        }
+    }
+    Response::json(200, &json!({"node_id": node_id, "shards": core.shard_count}))
+}
+
+/// `POST /v1/cluster/members {"node_id":4,"addr":"10.0.0.4:5001"}`: `addr` is the new
+/// node's peer address. It catches up as a learner on every shard, then votes.
+async fn add_member(core: &CoreCtx, req: &Request) -> Response {
+    let body: serde_json::Value = match serde_json::from_slice(&req.body) {
+        Ok(v) => v,
+        Err(e) => return Response::error(400, "invalid_json", e),
+    };
+    let Some(node_id) = body.get("node_id").and_then(serde_json::Value::as_u64).filter(|&n| n > 0) else {
+        return Response::error(400, "invalid_json", "node_id must be an integer > 0");
+    };
+    let addr = body.get("addr").and_then(serde_json::Value::as_str).unwrap_or("");
+    let valid_addr = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !valid_addr || addr.len() > 256 {
+        return Response::error(400, "invalid_json", "addr must be the node's peer address, host:port");
+    }
+    let make = |s| calls::ShardCall::AddMember { shard: s, node_id, addr: addr.to_owned() };
+    change_all_shards(core, make, node_id).await
+}
+
+/// `DELETE /v1/cluster/members/:node_id`.
+async fn remove_member(core: &CoreCtx, raw_id: &str) -> Response {
+    let Some(node_id) = raw_id.parse::<u64>().ok().filter(|&n| n > 0) else {
+        return Response::error(400, "invalid_id", "node id must be an integer > 0");
+    };
+    change_all_shards(core, |s| calls::ShardCall::RemoveMember { shard: s, node_id }, node_id).await
+}
+
 /// Answers one request.
 pub async fn handle(req: Request, core: &CoreCtx) -> Response {
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
@@ -43,11 +81,13 @@ pub async fn handle(req: Request, core: &CoreCtx) -> Response {
     match segments.as_slice() {
         ["health", "live"] if get => Response::json(200, &json!({"status": "ok"})),
         ["health", "ready"] if get => {
-            let (ready, total) = core.readiness();
-            if ready == total {
+            let (opened, with_leader, total) = core.readiness();
+            if opened == total && with_leader == total {
                 Response::json(200, &json!({"status": "ok"}))
             } else {
-                Response::json(503, &json!({"status": "starting", "shards_ready": ready, "shards": total}))
+                let status = if opened < total { "starting" } else { "no_quorum" };
+                let body = json!({"status": status, "shards_open": opened, "shards_with_leader": with_leader, "shards": total});
+                Response::json(503, &body)
             }
         }
         ["health", "live" | "ready"] => method_not_allowed(method),
@@ -58,8 +98,14 @@ pub async fn handle(req: Request, core: &CoreCtx) -> Response {
                     return Response::error(401, "unauthorized", "missing or wrong API key");
                 }
             }
-            if rest == ["cluster"] {
-                return if get { cluster(core).await } else { method_not_allowed(method) };
+            match (rest, method) {
+                (["cluster"], "GET" | "HEAD") => return cluster(core).await,
+                (["cluster"], _) => return method_not_allowed(method),
+                (["cluster", "members"], "POST") => return add_member(core, &req).await,
+                (["cluster", "members"], _) => return method_not_allowed(method),
+                (["cluster", "members", id], "DELETE") => return remove_member(core, id).await,
+                (["cluster", "members", _], _) => return method_not_allowed(method),
+                _ => {}
             }
             let (raw_id, route) = match rest {
                 ["contexts", id] => (*id, Route::Context),

@@ -45,6 +45,33 @@ impl BodiesSource {
         self.len() == 0
     }
 
+    /// Reads `buf.len()` bytes at logical offset `at` (may span segments).
+    pub fn read_at(&self, at: u64, buf: &mut [u8]) -> Result<(), BodiesError> {
+        use std::os::unix::fs::FileExt;
+        let (dir, size, len) = match self {
+            BodiesSource::Bytes(b) => {
+                let src = b.get(at as usize..at as usize + buf.len()).ok_or_else(|| BodiesError("read past the end".into()))?;
+                buf.copy_from_slice(src);
+                return Ok(());
+            }
+            BodiesSource::Files { dir, segment_size_bytes, len } => (dir, *segment_size_bytes, *len),
+        };
+        if at + buf.len() as u64 > len {
+            return Err(BodiesError(format!("read of {} bytes at {at} is past the end {len}", buf.len())));
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = at + done as u64;
+            let (n, off) = ((pos / size) as usize, pos % size);
+            let take = ((size - off) as usize).min(buf.len() - done);
+            let path = dir.join(file_name(n));
+            let f = File::open(&path).map_err(|e| io("open", &path, e))?;
+            f.read_exact_at(&mut buf[done..done + take], off).map_err(|e| io("read", &path, e))?;
+            done += take;
+        }
+        Ok(())
+    }
+
     /// The bytes, read with pread (not through a mapping, so that reading a snapshot
     /// does not map the whole history into this process).
     pub fn read(&self) -> Result<Vec<u8>, BodiesError> {
@@ -182,6 +209,43 @@ impl FileBodies {
         self.sync()
     }
 
+    /// Makes the store what `source` holds (an installed snapshot), without reading it
+    /// into memory: received segment files are moved in; bytes are copied.
+    pub fn install_from(&mut self, source: &BodiesSource) -> Result<(), BodiesError> {
+        match source {
+            BodiesSource::Bytes(b) => self.replace_all(b),
+            BodiesSource::Files { dir, len, .. } if *dir == self.dir => {
+                // Our own bytes: keep the prefix the snapshot covers.
+                let reopened = FileBodies::open(&self.dir, self.segment_size_bytes, *len)?;
+                *self = reopened;
+                Ok(())
+            }
+            BodiesSource::Files { dir, segment_size_bytes, len } => {
+                if *segment_size_bytes != self.segment_size_bytes {
+                    return Err(BodiesError(format!(
+                        "snapshot body segments are {segment_size_bytes} bytes, this store uses {}",
+                        self.segment_size_bytes
+                    )));
+                }
+                self.segments.clear();
+                let mut n = 0;
+                while self.dir.join(file_name(n)).exists() {
+                    let path = self.dir.join(file_name(n));
+                    std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
+                    n += 1;
+                }
+                for n in 0..len.div_ceil(self.segment_size_bytes) as usize {
+                    let (from, to) = (dir.join(file_name(n)), self.dir.join(file_name(n)));
+                    std::fs::rename(&from, &to).map_err(|e| io("rename", &from, e))?;
+                }
+                File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", &self.dir, e))?;
+                let reopened = FileBodies::open(&self.dir, self.segment_size_bytes, *len)?;
+                *self = reopened;
+                Ok(())
+            }
+        }
+    }
+
     fn release_behind(&mut self) {
         let upto = self.len / PAGE * PAGE;
         if upto < self.released_up_to + RELEASE_STEP_BYTES {
@@ -231,5 +295,57 @@ impl Bodies for FileBodies {
         let size = self.segment_size_bytes;
         let (n, off) = ((r.offset / size) as usize, (r.offset % size) as usize);
         self.segments.get(n).and_then(|s| s.map.get(off..off + r.len as usize)).unwrap_or(&[])
+    }
+}
+
+/// Writes the body bytes of a snapshot as they arrive from the network into segment
+/// files of a staging directory (memory stays at one chunk), for `install_from`.
+pub struct BodiesReceiver {
+    dir: PathBuf,
+    segment_size_bytes: u64,
+    len: u64,
+    current: Option<File>,
+}
+
+impl BodiesReceiver {
+    /// Starts an empty staging directory `dir` (anything left in it is removed).
+    pub fn create(dir: &Path, segment_size_bytes: u64) -> Result<BodiesReceiver, BodiesError> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| io("remove", dir, e))?;
+        }
+        std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+        Ok(BodiesReceiver { dir: dir.to_owned(), segment_size_bytes, len: 0, current: None })
+    }
+
+    /// Appends the next bytes.
+    pub fn write(&mut self, mut bytes: &[u8]) -> Result<(), BodiesError> {
+        use std::os::unix::fs::FileExt;
+        while !bytes.is_empty() {
+            let (n, off) = ((self.len / self.segment_size_bytes) as usize, self.len % self.segment_size_bytes);
+            if off == 0 || self.current.is_none() {
+                if let Some(f) = self.current.take() {
+                    f.sync_data().map_err(|e| io("fdatasync", &self.dir, e))?;
+                }
+                let path = self.dir.join(file_name(n));
+                let file = crate::wal::segment::create_preallocated(&path, self.segment_size_bytes)
+                    .map_err(|e| io("create preallocated", &path, e))?;
+                self.current = Some(file);
+            }
+            let take = ((self.segment_size_bytes - off) as usize).min(bytes.len());
+            let f = self.current.as_ref().expect("opened above");
+            f.write_all_at(&bytes[..take], off).map_err(|e| io("write", &self.dir.join(file_name(n)), e))?;
+            self.len += take as u64;
+            bytes = &bytes[take..];
+        }
+        Ok(())
+    }
+
+    /// Syncs what was received and describes it.
+    pub fn finish(mut self) -> Result<BodiesSource, BodiesError> {
+        if let Some(f) = self.current.take() {
+            f.sync_data().map_err(|e| io("fdatasync", &self.dir, e))?;
+        }
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", &self.dir, e))?;
+        Ok(BodiesSource::Files { dir: self.dir, segment_size_bytes: self.segment_size_bytes, len: self.len })
     }
 }

@@ -1,5 +1,5 @@
 //! Raft on glommio: the runtime adapter, the type config, the log store on the WAL,
-//! the state machine on the context store, the network (none yet: a cluster of one),
+//! the state machine on the context store, the node-to-node network and its wire protocol,
 //! and opening a shard.
 pub mod bodies;
 pub mod durable_file;
@@ -9,9 +9,10 @@ pub mod runtime;
 pub mod shard;
 pub mod state_machine;
 pub mod types;
+pub mod wire;
 
 pub use log_store::WalLogStore;
 pub use runtime::GlommioRuntime;
-pub use shard::{Shard, ShardError};
+pub use shard::{Shard, ShardError, ShardPlacement};
 pub use state_machine::ShardStateMachine;
 pub use types::{CommandResult, FleetRaft, ShardRaft};

@@ -1,65 +1,326 @@
-//! The network of a cluster of one: there is no peer to reach. `fleetlm serve` without
-//! `--peers` runs every shard as a single-member Raft group through the same code path
-//! as a cluster; openraft never sends an RPC when it has no other member. The TCP
-//! transport between nodes comes with the cluster issue.
+//! openraft's network over our peer protocol (`wire`): one `PeerClient` per (shard,
+//! target node) that openraft asks for, each owning at most one TCP connection, kept
+//! and reused across RPCs, dropped after any error (a late answer must never be read
+//! as the answer to the next request), and re-opened with exponential backoff.
+//!
+//! Traffic stays shard-per-core: core `c` of every node listens on `peer port + c`, and
+//! shard `s` lives on core `s mod cores`. A client assumes the target has as many cores
+//! as this node and connects to `port + s mod cores`; when nothing listens there (the
+//! target has fewer cores) it falls back to the base port, whose core forwards the
+//! request over its cross-core mesh. A single node has no member to send to, so openraft
+//! never creates a client: a cluster of one runs the same code.
 use std::future::Future;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
-use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use futures_lite::io::AsyncWriteExt;
+use glommio::net::TcpStream;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use openraft::{AnyError, BasicNode, OptionalSend};
 
+use super::state_machine::ShardSnapshot;
 use super::types::FleetRaft;
+use super::wire::{PeerRequest, PeerResponse, WireError, read_frame, write_frame};
+use crate::config::PeerLimits;
 
 type C = FleetRaft;
 
-/// Creates `NoPeer` clients.
-pub struct NoPeers;
+/// Where core `core` of the node whose peer address is `addr` listens.
+pub fn core_port_addr(addr: SocketAddr, core: usize) -> SocketAddr {
+    SocketAddr::new(addr.ip(), addr.port().saturating_add(core as u16))
+}
 
-/// A client for a node that is not part of this process's world.
-pub struct NoPeer {
+fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
+    addr.to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to nothing")))
+}
+
+/// One reusable connection to one core of one peer, with reconnect backoff. Used by
+/// the Raft clients here and by request forwarding (`crate::shard::peer`).
+pub struct PeerConn {
+    addr: String,
+    /// Core of the target to aim at first.
+    core: usize,
+    /// The target's `port + core` refused: use its base port.
+    use_base_port: bool,
+    stream: Option<TcpStream>,
+    /// An exchange started and did not finish (its future was dropped): the stream may
+    /// hold half a frame or a late answer, so it must not be reused.
+    in_flight: bool,
+    /// No connection attempt before this (backoff after a failure).
+    retry_at: Instant,
+    backoff: Duration,
+    limits: PeerLimits,
+}
+
+impl PeerConn {
+    pub fn new(addr: String, core: usize, limits: PeerLimits) -> PeerConn {
+        PeerConn {
+            addr,
+            core,
+            use_base_port: false,
+            stream: None,
+            in_flight: false,
+            retry_at: Instant::now(),
+            backoff: Duration::from_millis(limits.reconnect_backoff_min_ms),
+            limits,
+        }
+    }
+
+    pub fn set_addr(&mut self, addr: &str) {
+        if self.addr != addr {
+            self.addr = addr.to_owned();
+            self.stream = None;
+        }
+    }
+
+    fn failed(&mut self) {
+        self.stream = None;
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(Duration::from_millis(self.limits.reconnect_backoff_max_ms));
+    }
+
+    async fn connect(&mut self) -> Result<(), WireError> {
+        if std::mem::take(&mut self.in_flight) {
+            self.stream = None;
+        }
+        if self.stream.is_none() {
+            if Instant::now() < self.retry_at {
+                return Err(WireError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    format!("{}: backing off after a failed connection", self.addr),
+                )));
+            }
+            let base = resolve(&self.addr).map_err(WireError::Connect)?;
+            let timeout = Duration::from_millis(self.limits.connect_timeout_ms);
+            let port_addr = if self.use_base_port { base } else { core_port_addr(base, self.core) };
+            let stream = match TcpStream::connect_timeout(port_addr, timeout).await {
+                Ok(s) => s,
+                Err(_) if port_addr != base => {
+                    let s = TcpStream::connect_timeout(base, timeout)
+                        .await
+                        .map_err(|e| WireError::Connect(std::io::Error::from(e)))?;
+                    self.use_base_port = true;
+                    s
+                }
+                Err(e) => return Err(WireError::Connect(e.into())),
+            };
+            stream.set_nodelay(true).map_err(|e| WireError::Connect(std::io::Error::from(e)))?;
+            self.stream = Some(stream);
+            self.backoff = Duration::from_millis(self.limits.reconnect_backoff_min_ms);
+        }
+        Ok(())
+    }
+
+    /// Sends `req` (and for a snapshot, its bytes) and reads the answer, all within
+    /// `timeout`. Any failure drops the connection.
+    pub async fn call_with(
+        &mut self,
+        req: &PeerRequest,
+        snapshot: Option<&ShardSnapshot>,
+        timeout: Duration,
+    ) -> Result<PeerResponse, WireError> {
+        let frame_max = self.limits.frame_max_bytes;
+        let chunk = self.limits.snapshot_chunk_bytes;
+        let attempt = async {
+            self.connect().await?;
+            self.in_flight = true;
+            let stream = self.stream.as_mut().expect("connected above");
+            write_frame(stream, req, frame_max).await?;
+            if let Some(snap) = snapshot {
+                stream.write_all(&snap.index).await?;
+                let mut buf = vec![0u8; chunk.min(snap.bodies.len().max(1) as usize)];
+                let mut at = 0u64;
+                while at < snap.bodies.len() {
+                    let n = ((snap.bodies.len() - at) as usize).min(buf.len());
+                    let source = snap.bodies.clone();
+                    let (filled, read) = glommio::executor()
+                        .spawn_blocking(move || {
+                            let mut b = buf;
+                            let r = source.read_at(at, &mut b[..n]);
+                            (b, r)
+                        })
+                        .await;
+                    buf = filled;
+                    read.map_err(|e| WireError::Io(std::io::Error::other(e)))?;
+                    stream.write_all(&buf[..n]).await?;
+                    at += n as u64;
+                }
+            }
+            stream.flush().await?;
+            let resp = read_frame::<_, PeerResponse>(stream, frame_max).await?;
+            self.in_flight = false;
+            Ok(resp)
+        };
+        let result = match super::runtime::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => {
+                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "peer did not answer in time");
+                if self.in_flight { Err(WireError::Io(e)) } else { Err(WireError::Connect(e)) }
+            }
+        };
+        if result.is_err() {
+            self.failed();
+        }
+        result
+    }
+
+    /// A request with no trailing bytes.
+    pub async fn call(&mut self, req: &PeerRequest, timeout: Duration) -> Result<PeerResponse, WireError> {
+        self.call_with(req, None, timeout).await
+    }
+}
+
+/// Creates the clients of one shard's Raft group.
+pub struct PeerNetwork {
+    pub shard: u32,
+    /// This node's core count: the guess for the target's (see the module doc).
+    pub local_cores: usize,
+    pub limits: PeerLimits,
+}
+
+/// openraft's client for one target node, for one shard.
+pub struct PeerClient {
+    shard: u32,
     target: u64,
+    conn: PeerConn,
+    limits: PeerLimits,
 }
 
-impl NoPeer {
-    fn unreachable(&self) -> Unreachable<C> {
-        Unreachable::new(&AnyError::error(format!(
-            "node {} is not reachable: single-node mode has no peers",
-            self.target
-        )))
+impl RaftNetworkFactory<C> for PeerNetwork {
+    type Network = PeerClient;
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
+        let core = self.shard as usize % self.local_cores.max(1);
+        PeerClient {
+            shard: self.shard,
+            target,
+            conn: PeerConn::new(node.addr.clone(), core, self.limits.clone()),
+            limits: self.limits.clone(),
+        }
     }
 }
 
-impl RaftNetworkFactory<C> for NoPeers {
-    type Network = NoPeer;
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Self::Network {
-        NoPeer { target }
+fn unreachable(target: u64, e: impl std::fmt::Display) -> Unreachable<C> {
+    Unreachable::new(&AnyError::error(format!("node {target}: {e}")))
+}
+
+impl PeerClient {
+    /// openraft's deadline, but never below our floor: a heartbeat-sized deadline
+    /// (50 ms) is shorter than one fsync under load on a busy machine, and every
+    /// timeout costs a reconnect.
+    fn timeout(&self, option: &RPCOption) -> Duration {
+        option.hard_ttl().max(Duration::from_millis(self.limits.rpc_timeout_min_ms))
+    }
+
+    async fn rpc(&mut self, req: PeerRequest, timeout: Duration) -> Result<PeerResponse, RPCError<C>> {
+        match self.conn.call(&req, timeout).await {
+            Ok(PeerResponse::Refused(why)) => Err(RPCError::Unreachable(unreachable(self.target, why))),
+            Ok(resp) => Ok(resp),
+            Err(WireError::Io(e) | WireError::Connect(e)) => Err(RPCError::Unreachable(unreachable(self.target, e))),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
     }
 }
 
-impl RaftNetworkV2<C> for NoPeer {
-    type SnapshotData = super::state_machine::ShardSnapshot;
+fn remote<T>(target: u64, r: Result<T, String>) -> Result<T, RPCError<C>> {
+    r.map_err(|e| RPCError::Unreachable(unreachable(target, e)))
+}
+
+fn mismatch(target: u64) -> RPCError<C> {
+    RPCError::Network(NetworkError::new(&AnyError::error(format!("node {target} answered another request"))))
+}
+
+impl RaftNetworkV2<C> for PeerClient {
+    type SnapshotData = ShardSnapshot;
 
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<C>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        let timeout = self.timeout(&option);
+        match self.rpc(PeerRequest::Append { shard: self.shard, rpc }, timeout).await? {
+            PeerResponse::Append(r) => remote(self.target, r),
+            _ => Err(mismatch(self.target)),
+        }
     }
 
-    async fn vote(&mut self, _rpc: VoteRequest<C>, _option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+    async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+        let timeout = self.timeout(&option);
+        match self.rpc(PeerRequest::Vote { shard: self.shard, rpc }, timeout).await? {
+            PeerResponse::Vote(r) => remote(self.target, r),
+            _ => Err(mismatch(self.target)),
+        }
+    }
+
+    /// Pre-Vote: a node that could not win (it restarted, or was cut off) asks first and
+    /// does not raise its term, so it cannot depose a healthy leader when it returns.
+    async fn pre_vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+        let timeout = self.timeout(&option);
+        match self.rpc(PeerRequest::PreVote { shard: self.shard, rpc }, timeout).await? {
+            PeerResponse::Vote(r) => remote(self.target, r),
+            _ => Err(mismatch(self.target)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<C>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
+        let timeout = self.timeout(&option);
+        match self.rpc(PeerRequest::TransferLeader { shard: self.shard, rpc }, timeout).await? {
+            PeerResponse::TransferLeader(r) => remote(self.target, r),
+            _ => Err(mismatch(self.target)),
+        }
     }
 
     async fn full_snapshot(
         &mut self,
-        _vote: VoteOf<C>,
-        _snapshot: SnapshotOf<C, Self::SnapshotData>,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        vote: VoteOf<C>,
+        snapshot: SnapshotOf<C, Self::SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
-        Err(StreamingError::Unreachable(self.unreachable()))
+        let req = PeerRequest::Snapshot {
+            shard: self.shard,
+            vote,
+            meta: snapshot.meta.clone(),
+            index_len: snapshot.snapshot.index.len() as u64,
+            bodies_len: snapshot.snapshot.bodies.len(),
+        };
+        let timeout = Duration::from_millis(self.limits.snapshot_timeout_ms);
+        let target = self.target;
+        let resp = {
+            let send = self.conn.call_with(&req, Some(&snapshot.snapshot), timeout);
+            match futures_util::future::select(std::pin::pin!(send), std::pin::pin!(cancel)).await {
+                futures_util::future::Either::Left((r, _)) => Ok(r),
+                futures_util::future::Either::Right((closed, _)) => Err(closed),
+            }
+        };
+        match resp {
+            Ok(Ok(PeerResponse::Snapshot(r))) => {
+                r.map_err(|e| StreamingError::Unreachable(unreachable(target, e)))
+            }
+            Ok(Ok(PeerResponse::Refused(why))) => {
+                Err(StreamingError::Unreachable(unreachable(target, why)))
+            }
+            Ok(Ok(_)) => Err(StreamingError::Network(NetworkError::new(
+                &AnyError::error(format!("node {target} answered another request")),
+            ))),
+            Ok(Err(e)) => Err(StreamingError::Unreachable(unreachable(target, e))),
+            Err(closed) => {
+                // The stream stopped mid-exchange: `call_with` left `in_flight` set,
+                // so the next call starts on a fresh connection.
+                Err(StreamingError::Closed(closed))
+            }
+        }
     }
 }

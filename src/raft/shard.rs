@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use openraft::{BasicNode, Config, SnapshotPolicy};
 
-use super::network::NoPeers;
+use super::network::PeerNetwork;
 use super::types::{FleetRaft, ShardRaft};
 use super::{ShardStateMachine, WalLogStore};
-use crate::config::{RaftTimings, StoreLimits, WalConfig};
+use crate::config::{PeerLimits, RaftTimings, StoreLimits, WalConfig};
 use crate::store::Store;
 use crate::wal::{GroupCommitWal, Wal};
 
@@ -31,7 +31,7 @@ pub enum ShardError {
     Raft(String),
 }
 
-fn raft_config(t: &RaftTimings) -> Result<Arc<Config>, ShardError> {
+fn raft_config(t: &RaftTimings, peer: &PeerLimits) -> Result<Arc<Config>, ShardError> {
     let config = Config {
         cluster_name: "fleetlm".into(),
         heartbeat_interval: t.heartbeat_interval_ms,
@@ -39,14 +39,56 @@ fn raft_config(t: &RaftTimings) -> Result<Arc<Config>, ShardError> {
         election_timeout_max: t.election_timeout_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every_entries),
         max_in_snapshot_log_to_keep: t.log_entries_kept_after_snapshot,
+        replication_lag_threshold: t.replication_lag_threshold_entries,
+        // A restarted or cut-off node must not raise its term and depose a healthy
+        // leader (seen without it: a restarted node campaigning forever).
+        enable_pre_vote: Some(true),
+        max_payload_entries: peer.append_entries_max,
+        install_snapshot_timeout: peer.snapshot_timeout_ms,
         ..Config::default()
     };
     Ok(Arc::new(config.validate().map_err(|e| ShardError::Raft(e.to_string()))?))
 }
 
+/// Where a shard sits and who its first members are.
+pub struct ShardPlacement {
+    pub shard: u32,
+    pub node_id: u64,
+    /// This node's executors (the guess for a peer's, see `network`).
+    pub cores: usize,
+    /// The members a pristine shard is initialized with; `None` for a node that waits
+    /// to be added to an existing cluster. Every initial member initializes with the
+    /// same set, which openraft allows: the vote picks one leader.
+    pub initial_members: Option<BTreeMap<u64, BasicNode>>,
+}
+
 impl Shard {
-    /// Opens (or creates) the shard in `dir` as a single-member group with node id
-    /// `node_id`, initializing the group the first time.
+    /// Opens (or creates) the shard in `dir`, initializing its group the first time
+    /// (never again: a group with any log or vote is left as it is).
+    pub async fn open(
+        dir: &Path,
+        placement: ShardPlacement,
+        wal_config: WalConfig,
+        limits: StoreLimits,
+        timings: &RaftTimings,
+        peer: &PeerLimits,
+    ) -> Result<Shard, ShardError> {
+        std::fs::create_dir_all(dir)?;
+        let (wal, _report) = Wal::open(&dir.join("wal"), wal_config, 0)?;
+        let log = WalLogStore::<FleetRaft>::open(dir, GroupCommitWal::new(wal))?;
+        let state = ShardStateMachine::open(dir, Store::new(limits))?;
+        let network = PeerNetwork { shard: placement.shard, local_cores: placement.cores, limits: peer.clone() };
+        let raft = openraft::Raft::new(placement.node_id, raft_config(timings, peer)?, network, log.clone(), state.clone())
+            .await
+            .map_err(|e| ShardError::Raft(e.to_string()))?;
+        let initialized = raft.is_initialized().await.map_err(|e| ShardError::Raft(e.to_string()))?;
+        if let Some(members) = placement.initial_members.filter(|_| !initialized) {
+            raft.initialize(members).await.map_err(|e| ShardError::Raft(e.to_string()))?;
+        }
+        Ok(Shard { raft, state, log })
+    }
+
+    /// Opens the shard in `dir` as a single-member group of node `node_id`.
     pub async fn open_single(
         dir: &Path,
         node_id: u64,
@@ -54,18 +96,12 @@ impl Shard {
         limits: StoreLimits,
         timings: &RaftTimings,
     ) -> Result<Shard, ShardError> {
-        std::fs::create_dir_all(dir)?;
-        let (wal, _report) = Wal::open(&dir.join("wal"), wal_config, 0)?;
-        let log = WalLogStore::<FleetRaft>::open(dir, GroupCommitWal::new(wal))?;
-        let state = ShardStateMachine::open(dir, Store::new(limits))?;
-        let raft = openraft::Raft::new(node_id, raft_config(timings)?, NoPeers, log.clone(), state.clone())
-            .await
-            .map_err(|e| ShardError::Raft(e.to_string()))?;
-        let initialized = raft.is_initialized().await.map_err(|e| ShardError::Raft(e.to_string()))?;
-        if !initialized {
-            let members = BTreeMap::from([(node_id, BasicNode::default())]);
-            raft.initialize(members).await.map_err(|e| ShardError::Raft(e.to_string()))?;
-        }
-        Ok(Shard { raft, state, log })
+        let placement = ShardPlacement {
+            shard: 0,
+            node_id,
+            cores: 1,
+            initial_members: Some(BTreeMap::from([(node_id, BasicNode::default())])),
+        };
+        Shard::open(dir, placement, wal_config, limits, timings, &PeerLimits::default()).await
     }
 }

@@ -87,6 +87,12 @@ impl ShardStateMachine {
     pub fn open(dir: &Path, store: Store) -> io::Result<Self> {
         let path = dir.join(SNAPSHOT_FILE);
         let bodies_dir = dir.join(BODIES_DIR);
+        // Snapshots half-received before a crash (`crate::shard::peer` stages them here).
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("incoming-") {
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
         let seg = crate::config::BODY_SEGMENT_SIZE_BYTES;
         let applied = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -194,10 +200,8 @@ impl RaftStateMachine<C> for ShardStateMachine {
         if i.meta.last_log_id != meta.last_log_id || i.bodies_len != snapshot.bodies.len() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot data does not match its meta"));
         }
-        // Read before replacing: the source may be this very store.
-        let bodies = snapshot.bodies.read().map_err(bodies_err)?;
-        self.applied.borrow_mut().bodies.replace_all(&bodies).map_err(bodies_err)?;
-        drop(bodies);
+        // Received segment files are moved in, not read: memory stays bounded.
+        self.applied.borrow_mut().bodies.install_from(&snapshot.bodies).map_err(bodies_err)?;
         self.write_snapshot(snapshot.index).await?;
         let mut a = self.applied.borrow_mut();
         a.store = i.store;

@@ -1,24 +1,49 @@
 //! `CoreCtx`: what one executor (core) knows: its shards, the senders to the other
-//! cores, the limits. Routes a call to the shard's core: locally, or once across the
-//! bounded cross-core mesh, with the answer coming back through a oneshot.
+//! cores, the limits, its pooled connections to other nodes. Routes a call to the
+//! shard's core (locally, or once across the bounded cross-core mesh), and there to
+//! the shard's leader: this replica when it leads, else forwarded to the leader node
+//! over the peer transport. The client never sees a redirect.
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{Receivers, Senders};
 
+use super::peer::{CallReply, InboundRpc, handle_rpc};
 use super::placement::{core_of, shard_of};
-use crate::api::calls::{ShardCall, execute, unavailable};
-use crate::config::{ServeLimits, StoreLimits};
+use crate::api::calls::{Attempt, ShardCall, attempt, unavailable};
+use crate::config::{PeerLimits, ServeLimits, StoreLimits};
 use crate::http::Response;
+use crate::raft::network::PeerConn;
+use crate::raft::wire::{PeerRequest, PeerResponse, WireError, decode, encode};
 use crate::raft::Shard;
 
-/// A call crossing to the core that owns `shard`.
+/// A forwarded call reached a replica that does not lead the shard (any more).
+#[derive(Debug)]
+pub struct NotLeader;
+
+/// Work crossing to the core that owns a shard.
+pub enum MeshWork {
+    Call { call: ShardCall, forwarded: bool, reply: tokio::sync::oneshot::Sender<Result<Response, NotLeader>> },
+    Peer { rpc: InboundRpc, reply: tokio::sync::oneshot::Sender<PeerResponse> },
+}
+
 pub struct MeshMsg {
     pub shard: u32,
-    pub call: ShardCall,
-    pub reply: tokio::sync::oneshot::Sender<Response>,
+    pub work: MeshWork,
+}
+
+/// Readiness of the node, shared by its cores.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// Shards opened (all of them once startup is done).
+    pub opened: AtomicUsize,
+    /// Per core: its shards that currently know a leader.
+    pub with_leader: Vec<AtomicUsize>,
 }
 
 pub struct CoreCtx {
@@ -26,48 +51,183 @@ pub struct CoreCtx {
     pub core: usize,
     pub cores: usize,
     pub shard_count: u32,
+    pub data_dir: PathBuf,
     pub shards: HashMap<u32, Rc<Shard>>,
     pub mesh: Option<Senders<MeshMsg>>,
     pub store_limits: StoreLimits,
     pub serve_limits: ServeLimits,
+    pub peer_limits: PeerLimits,
     pub api_key: Option<String>,
-    /// Shards of the whole node that are open and have a leader.
-    pub ready: Arc<AtomicUsize>,
+    pub ready: Arc<Readiness>,
+    /// Idle connections for forwarding, per (node, core of that node).
+    forward_pool: RefCell<HashMap<(u64, usize), Vec<PeerConn>>>,
 }
 
 impl CoreCtx {
-    /// `(shards ready, shards)` of this node.
-    pub fn readiness(&self) -> (usize, usize) {
-        (self.ready.load(Ordering::Acquire), self.shard_count as usize)
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node_id: u64,
+        core: usize,
+        cores: usize,
+        shard_count: u32,
+        data_dir: PathBuf,
+        shards: HashMap<u32, Rc<Shard>>,
+        mesh: Option<Senders<MeshMsg>>,
+        limits: (StoreLimits, ServeLimits, PeerLimits),
+        api_key: Option<String>,
+        ready: Arc<Readiness>,
+    ) -> CoreCtx {
+        let (store_limits, serve_limits, peer_limits) = limits;
+        CoreCtx {
+            node_id,
+            core,
+            cores,
+            shard_count,
+            data_dir,
+            shards,
+            mesh,
+            store_limits,
+            serve_limits,
+            peer_limits,
+            api_key,
+            ready,
+            forward_pool: RefCell::new(HashMap::new()),
+        }
     }
 
-    /// Runs `call` on its shard's core and returns the answer.
+    /// `(shards opened, shards with a leader, shards)` of this node.
+    pub fn readiness(&self) -> (usize, usize, usize) {
+        let with_leader = self.ready.with_leader.iter().map(|n| n.load(Ordering::Acquire)).sum();
+        (self.ready.opened.load(Ordering::Acquire), with_leader, self.shard_count as usize)
+    }
+
+    /// Runs `call` on its shard's leader and returns the answer.
     pub async fn route(&self, call: ShardCall) -> Response {
         let shard = shard_of(call.context_id(), self.shard_count);
         self.route_to_shard(shard, call).await
     }
 
-    /// Runs `call` on the core that owns `shard`.
+    /// Runs `call` for `shard`: on its leader, or for a local call on this node's replica.
     pub async fn route_to_shard(&self, shard: u32, call: ShardCall) -> Response {
+        self.dispatch_call(shard, call, false)
+            .await
+            .unwrap_or_else(|NotLeader| unavailable(&self.serve_limits, "the shard's leader moved"))
+    }
+
+    /// Takes `call` to the core that owns `shard`. `forwarded`: it came from another
+    /// node, which retries elsewhere on `NotLeader` (a call is forwarded at most once).
+    pub async fn dispatch_call(&self, shard: u32, call: ShardCall, forwarded: bool) -> Result<Response, NotLeader> {
+        let owner = core_of(shard, self.cores);
+        if owner == self.core {
+            return self.serve_call(shard, call, forwarded).await;
+        }
+        let Some(mesh) = &self.mesh else {
+            return Ok(Response::error(500, "internal", "no cross-core mesh"));
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let msg = MeshMsg { shard, work: MeshWork::Call { call, forwarded, reply } };
+        if mesh.send_to(owner, msg).await.is_err() {
+            return Ok(unavailable(&self.serve_limits, format!("core {owner} is not accepting requests")));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Ok(unavailable(&self.serve_limits, format!("core {owner} dropped the request"))))
+    }
+
+    /// Takes a peer RPC to the core that owns `shard`.
+    pub async fn dispatch_peer(&self, shard: u32, rpc: InboundRpc) -> PeerResponse {
         let owner = core_of(shard, self.cores);
         if owner == self.core {
             return match self.shards.get(&shard) {
-                Some(s) => execute(s, call, &self.serve_limits).await,
-                None => unavailable(&self.serve_limits, format!("shard {shard} is not open yet")),
+                Some(s) => handle_rpc(self, shard, s, rpc).await,
+                None => PeerResponse::Refused(format!("shard {shard} is not open on node {}", self.node_id)),
             };
         }
         let Some(mesh) = &self.mesh else {
-            return Response::error(500, "internal", "no cross-core mesh");
+            return PeerResponse::Refused("no cross-core mesh".into());
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if mesh.send_to(owner, MeshMsg { shard, call, reply }).await.is_err() {
-            return unavailable(&self.serve_limits, format!("core {owner} is not accepting requests"));
+        if mesh.send_to(owner, MeshMsg { shard, work: MeshWork::Peer { rpc, reply } }).await.is_err() {
+            return PeerResponse::Refused(format!("core {owner} is not accepting requests"));
         }
-        answer.await.unwrap_or_else(|_| unavailable(&self.serve_limits, format!("core {owner} dropped the request")))
+        answer.await.unwrap_or_else(|_| PeerResponse::Refused(format!("core {owner} dropped the request")))
+    }
+
+    fn deadline_of(&self, call: &ShardCall) -> Duration {
+        match call {
+            ShardCall::AddMember { .. } | ShardCall::RemoveMember { .. } => {
+                Duration::from_millis(self.serve_limits.membership_deadline_ms)
+            }
+            _ => Duration::from_millis(self.serve_limits.write_deadline_ms),
+        }
+    }
+
+    /// On the owning core: tries this replica, else the leader it names, until the
+    /// deadline. A retry happens only when the call certainly was not applied: this
+    /// replica refused before proposing, or the forward did not reach the leader, or
+    /// the call is a read.
+    async fn serve_call(&self, shard_id: u32, call: ShardCall, forwarded: bool) -> Result<Response, NotLeader> {
+        let Some(shard) = self.shards.get(&shard_id).cloned() else {
+            return Ok(unavailable(&self.serve_limits, format!("shard {shard_id} is not open yet")));
+        };
+        let deadline = Instant::now() + self.deadline_of(&call);
+        let is_write =
+            matches!(call, ShardCall::Write(_) | ShardCall::AddMember { .. } | ShardCall::RemoveMember { .. });
+        let pause = Duration::from_millis(self.serve_limits.leader_retry_pause_ms);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Ok(unavailable(&self.serve_limits, "no leader with a quorum within the deadline"));
+            }
+            match attempt(&shard, &call, &self.serve_limits, remaining).await {
+                Attempt::Done(resp) => return Ok(resp),
+                Attempt::NotLeader(_) if forwarded => return Err(NotLeader),
+                Attempt::NotLeader(Some((node, addr))) if node != self.node_id => {
+                    match self.forward(node, &addr, shard_id, &call, remaining).await {
+                        Ok(CallReply::Done(resp)) => return Ok(resp.into_response()),
+                        Ok(CallReply::NotLeader) | Err(WireError::Connect(_)) => {}
+                        Err(_) if !is_write => {}
+                        Err(e) => {
+                            let why = format!("the leader (node {node}) did not answer; the write may be applied: {e}");
+                            return Ok(unavailable(&self.serve_limits, why));
+                        }
+                    }
+                }
+                Attempt::NotLeader(_) => {}
+            }
+            glommio::timer::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    /// Sends `call` to node `node` (which leads `shard`, as far as we know).
+    async fn forward(
+        &self,
+        node: u64,
+        addr: &str,
+        shard: u32,
+        call: &ShardCall,
+        remaining: Duration,
+    ) -> Result<CallReply, WireError> {
+        let core = core_of(shard, self.cores);
+        let pooled = self.forward_pool.borrow_mut().get_mut(&(node, core)).and_then(Vec::pop);
+        let mut conn = pooled.unwrap_or_else(|| PeerConn::new(addr.to_owned(), core, self.peer_limits.clone()));
+        conn.set_addr(addr);
+        let req = PeerRequest::Call { shard, call: encode(call)? };
+        let resp = conn.call(&req, remaining).await?;
+        let mut pool = self.forward_pool.borrow_mut();
+        let idle = pool.entry((node, core)).or_default();
+        if idle.len() < self.peer_limits.forward_idle_connections_max {
+            idle.push(conn);
+        }
+        match resp {
+            PeerResponse::Call(bytes) => decode(&bytes),
+            PeerResponse::Refused(_) => Ok(CallReply::NotLeader),
+            _ => Err(WireError::Decode("node answered another request".into())),
+        }
     }
 }
 
-/// Serves calls that other cores send to this one, each in its own task so that
+/// Serves work that other cores send to this one, each in its own task so that
 /// concurrent appends share a WAL sync.
 pub fn serve_mesh(ctx: Rc<CoreCtx>, mut receivers: Receivers<MeshMsg>) {
     for (_peer, rx) in receivers.streams() {
@@ -76,11 +236,14 @@ pub fn serve_mesh(ctx: Rc<CoreCtx>, mut receivers: Receivers<MeshMsg>) {
             while let Some(msg) = rx.recv().await {
                 let ctx = ctx.clone();
                 glommio::spawn_local(async move {
-                    let resp = match ctx.shards.get(&msg.shard) {
-                        Some(s) => execute(s, msg.call, &ctx.serve_limits).await,
-                        None => unavailable(&ctx.serve_limits, format!("shard {} is not open yet", msg.shard)),
-                    };
-                    let _ = msg.reply.send(resp);
+                    match msg.work {
+                        MeshWork::Call { call, forwarded, reply } => {
+                            let _ = reply.send(ctx.serve_call(msg.shard, call, forwarded).await);
+                        }
+                        MeshWork::Peer { rpc, reply } => {
+                            let _ = reply.send(ctx.dispatch_peer(msg.shard, rpc).await);
+                        }
+                    }
                 })
                 .detach();
             }

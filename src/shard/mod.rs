@@ -1,6 +1,8 @@
 //! Shard-per-core serving: placement (id → shard → core), the per-core context and
 //! cross-core mesh (`core`), and node startup (`server`).
 pub mod core;
+pub mod leaders;
+pub mod peer;
 pub mod placement;
 pub mod server;
 

@@ -1,7 +1,7 @@
 //! Starting a node: one pinned glommio executor per core, each opening its shards,
 //! joining the cross-core mesh, and accepting HTTP connections on the shared port
 //! (glommio binds with SO_REUSEPORT, so the kernel spreads connections over cores).
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -10,12 +10,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
+use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
-use super::core::{CoreCtx, MeshMsg, serve_mesh};
+use super::core::{CoreCtx, MeshMsg, Readiness, serve_mesh};
 use super::placement::core_of;
-use crate::config::{GLOMMIO_IO_MEMORY_BYTES, HttpLimits, RaftTimings, ServeLimits, StoreLimits, WalConfig};
-use crate::raft::Shard;
+use crate::config::{
+    GLOMMIO_IO_MEMORY_BYTES, HttpLimits, PeerLimits, RaftTimings, ServeLimits, StoreLimits, WalConfig,
+};
+use crate::raft::network::core_port_addr;
+use crate::raft::{Shard, ShardPlacement};
 
 /// Everything `fleetlm serve` needs.
 #[derive(Debug, Clone)]
@@ -26,12 +30,20 @@ pub struct ServerConfig {
     /// Shards at first start; afterwards the data dir's value wins (must match if given).
     pub shards: Option<u32>,
     pub node_id: u64,
+    /// Where other nodes reach this one: core `c` listens on this port + `c`. `None`:
+    /// a single node that no peer can reach.
+    pub peer_listen: Option<SocketAddr>,
+    /// The initial members (node id → peer address), this node included. Empty: a
+    /// cluster of one. A node not listed here waits to be added
+    /// (`POST /v1/cluster/members`).
+    pub peers: BTreeMap<u64, String>,
     pub api_key: Option<String>,
     pub http: HttpLimits,
     pub store: StoreLimits,
     pub serve: ServeLimits,
     pub wal: WalConfig,
     pub raft: RaftTimings,
+    pub peer: PeerLimits,
 }
 
 /// Fixed at first start and kept in the data dir.
@@ -39,6 +51,9 @@ pub struct ServerConfig {
 struct Layout {
     format: u32,
     shards: u32,
+    /// The node this data dir belongs to (a data dir never changes identity).
+    #[serde(default)]
+    node_id: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +66,7 @@ pub enum ServeError {
     Core(usize, String),
 }
 
-fn load_layout(dir: &Path, wanted: Option<u32>, cores: usize) -> Result<u32, ServeError> {
+fn load_layout(dir: &Path, wanted: Option<u32>, cores: usize, node_id: u64) -> Result<u32, ServeError> {
     let err = |e: String| ServeError::DataDir(dir.to_owned(), e);
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     let path = dir.join("fleetlm.json");
@@ -61,11 +76,14 @@ fn load_layout(dir: &Path, wanted: Option<u32>, cores: usize) -> Result<u32, Ser
             if let Some(w) = wanted.filter(|&w| w != layout.shards) {
                 return Err(err(format!("was created with {} shards; --shards {w} cannot change that", layout.shards)));
             }
+            if let Some(n) = layout.node_id.filter(|&n| n != node_id) {
+                return Err(err(format!("belongs to node {n}; it cannot start as node {node_id}")));
+            }
             Ok(layout.shards)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let shards = wanted.unwrap_or((2 * cores) as u32).max(1);
-            let bytes = serde_json::to_vec(&Layout { format: 1, shards }).map_err(|e| err(e.to_string()))?;
+            let bytes = serde_json::to_vec(&Layout { format: 1, shards, node_id: Some(node_id) }).map_err(|e| err(e.to_string()))?;
             crate::raft::durable_file::replace_durably(&path, &bytes).map_err(|e| err(e.to_string()))?;
             Ok(shards)
         }
@@ -76,9 +94,12 @@ fn load_layout(dir: &Path, wanted: Option<u32>, cores: usize) -> Result<u32, Ser
 /// Runs the node until a core fails. Returns only on error.
 pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let cores = config.cores.max(1);
-    let shard_count = load_layout(&config.data_dir, config.shards, cores)?;
+    let shard_count = load_layout(&config.data_dir, config.shards, cores, config.node_id)?;
     let mesh: MeshBuilder<MeshMsg, _> = MeshBuilder::full(cores, config.serve.mesh_channel_capacity);
-    let ready = Arc::new(AtomicUsize::new(0));
+    let ready = Arc::new(Readiness {
+        opened: AtomicUsize::new(0),
+        with_leader: (0..cores).map(|_| AtomicUsize::new(0)).collect(),
+    });
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut handles = Vec::new();
     for i in 0..cores {
@@ -106,39 +127,54 @@ async fn run_core(
     cores: usize,
     shard_count: u32,
     mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
-    ready: Arc<AtomicUsize>,
+    ready: Arc<Readiness>,
 ) -> Result<(), String> {
     let (senders, receivers) = mesh.join().await.map_err(|_| "joining the cross-core mesh".to_owned())?;
     let core = senders.peer_id();
+    // Bind before the (possibly slow) shard recovery, so that a port clash fails fast.
+    let peer_listener = match config.peer_listen {
+        Some(base) => {
+            let addr = core_port_addr(base, core);
+            Some(glommio::net::TcpListener::bind(addr).map_err(|e| format!("bind peer port {addr}: {e}"))?)
+        }
+        None => None,
+    };
+    let initial_members: Option<BTreeMap<u64, BasicNode>> = if config.peers.is_empty() {
+        let addr = config.peer_listen.map(|a| a.to_string()).unwrap_or_default();
+        Some(BTreeMap::from([(config.node_id, BasicNode { addr })]))
+    } else if config.peers.contains_key(&config.node_id) {
+        Some(config.peers.iter().map(|(&id, addr)| (id, BasicNode { addr: addr.clone() })).collect())
+    } else {
+        None
+    };
     let mut shards = HashMap::new();
     for s in (0..shard_count).filter(|&s| core_of(s, cores) == core) {
         let dir = config.data_dir.join("shards").join(s.to_string());
-        let shard = Shard::open_single(&dir, config.node_id, config.wal.clone(), config.store.clone(), &config.raft)
+        let placement =
+            ShardPlacement { shard: s, node_id: config.node_id, cores, initial_members: initial_members.clone() };
+        let shard = Shard::open(&dir, placement, config.wal.clone(), config.store.clone(), &config.raft, &config.peer)
             .await
             .map_err(|e| format!("shard {s}: {e}"))?;
-        let deadline = std::time::Duration::from_secs(30);
-        shard
-            .raft
-            .wait(Some(deadline))
-            .metrics(|m| m.current_leader.is_some(), "shard has a leader")
-            .await
-            .map_err(|e| format!("shard {s}: no leader: {e}"))?;
-        ready.fetch_add(1, Ordering::AcqRel);
+        ready.opened.fetch_add(1, Ordering::AcqRel);
         shards.insert(s, Rc::new(shard));
     }
-    let ctx = Rc::new(CoreCtx {
-        node_id: config.node_id,
+    let ctx = Rc::new(CoreCtx::new(
+        config.node_id,
         core,
         cores,
         shard_count,
+        config.data_dir.clone(),
         shards,
-        mesh: Some(senders),
-        store_limits: config.store.clone(),
-        serve_limits: config.serve.clone(),
-        api_key: config.api_key.clone(),
+        Some(senders),
+        (config.store.clone(), config.serve.clone(), config.peer.clone()),
+        config.api_key.clone(),
         ready,
-    });
+    ));
     serve_mesh(ctx.clone(), receivers);
+    if let Some(listener) = peer_listener {
+        glommio::spawn_local(super::peer::serve_peers(ctx.clone(), listener)).detach();
+    }
+    glommio::spawn_local(super::leaders::watch_leaders(ctx.clone())).detach();
     let listener =
         glommio::net::TcpListener::bind(config.listen).map_err(|e| format!("bind {}: {e}", config.listen))?;
     let http = Rc::new(config.http.clone());

@@ -32,24 +32,8 @@ struct Window {
     tokens: u64,
 }
 
-/// Serializes a JSON object as its text, so that snapshots can use a compact binary
-/// codec (which cannot carry self-describing JSON values).
-mod json_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use serde_json::{Map, Value};
-
-    pub fn serialize<S: Serializer>(m: &Map<String, Value>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&Value::Object(m.clone()).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
-        let text = String::deserialize(d)?;
-        serde_json::from_str(&text).map_err(serde::de::Error::custom)
-    }
-}
-
 /// Where a replay starts, as the client said it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplayFrom {
     FromSeq(i64),
     AfterSeq(u64),
@@ -68,7 +52,7 @@ pub struct Context {
     pub id: String,
     pub status: Status,
     pub config: ContextConfig,
-    #[serde(with = "json_text")]
+    #[serde(with = "super::json_text::map")]
     pub metadata: Map<String, Value>,
     pub version: u64,
     pub created_at: String,

@@ -8,6 +8,7 @@ pub mod bodies;
 pub mod commands;
 pub mod context;
 pub mod error;
+pub mod json_text;
 pub mod model;
 pub mod tokens;
 

@@ -93,7 +93,9 @@ impl Kinds {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewMessage {
     pub role: String,
+    #[serde(with = "super::json_text::values")]
     pub parts: Vec<Value>,
+    #[serde(with = "super::json_text::map")]
     pub metadata: Map<String, Value>,
     /// The client's count, or the server's estimate when it gave none.
     pub token_count: u64,
@@ -247,6 +249,7 @@ impl ContextConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PutContext {
     pub config: ContextConfig,
+    #[serde(with = "super::json_text::opt_map")]
     pub metadata: Option<Map<String, Value>>,
     pub status: Option<Status>,
 }

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# A local FleetLM cluster on 127.0.0.1, for trying things and for benchmarks.
+#
+#   bench/cluster.sh up [N]     build if needed, start N nodes (default 3), wait until
+#                               ready, print the HTTP base URLs one per line
+#   bench/cluster.sh kill I     SIGKILL node I
+#   bench/cluster.sh start I    start node I again with its data
+#   bench/cluster.sh stop I     SIGTERM node I
+#   bench/cluster.sh down       stop all nodes, keep their data
+#   bench/cluster.sh clean      stop all nodes and delete their data
+#
+# Node I: HTTP on 127.0.0.1:$((HTTP_BASE+I)) (4001, 4002, …), peers on
+# 127.0.0.1:$((PEER_BASE+10*I)) and the ports after it (one per core), data in
+# bench/.cluster/nodeI/, log in bench/.cluster/nodeI.log, pid in bench/.cluster/nodeI.pid.
+# Knobs (env): CORES (per node, default 1 so that 3 nodes share 2 cores fairly),
+# SHARDS (default 4), EXTRA_ARGS (more `fleetlm serve` flags), BIN (default
+# target/release/fleetlm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR=bench/.cluster
+HTTP_BASE=${HTTP_BASE:-4000}
+PEER_BASE=${PEER_BASE:-5000}
+CORES=${CORES:-1}
+SHARDS=${SHARDS:-4}
+BIN=${BIN:-target/release/fleetlm}
+EXTRA_ARGS=${EXTRA_ARGS:-}
+
+http_port() { echo $((HTTP_BASE + $1)); }
+peer_port() { echo $((PEER_BASE + 10 * $1)); }
+
+nodes_file="$DIR/nodes"
+node_count() { cat "$nodes_file" 2>/dev/null || echo 0; }
+
+peers_arg() {
+  local n=$1 out="" i
+  for i in $(seq 1 "$n"); do out="$out${out:+,}$i=127.0.0.1:$(peer_port "$i")"; done
+  echo "$out"
+}
+
+alive() { [ -f "$DIR/node$1.pid" ] && kill -0 "$(cat "$DIR/node$1.pid")" 2>/dev/null; }
+
+start_node() {
+  local i=$1 n
+  n=$(node_count)
+  if alive "$i"; then return 0; fi
+  mkdir -p "$DIR/node$i"
+  # shellcheck disable=SC2086
+  nohup "$BIN" serve --node-id "$i" --listen "127.0.0.1:$(http_port "$i")" \
+    --peer-listen "127.0.0.1:$(peer_port "$i")" --peers "$(peers_arg "$n")" \
+    --data-dir "$DIR/node$i" --cores "$CORES" --shards "$SHARDS" $EXTRA_ARGS \
+    >>"$DIR/node$i.log" 2>&1 </dev/null &
+  echo $! >"$DIR/node$i.pid"
+}
+
+wait_ready() {
+  local i=$1
+  for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$(http_port "$i")/health/ready" >/dev/null && return 0
+    alive "$i" || { echo "node $i exited; see $DIR/node$i.log" >&2; tail -5 "$DIR/node$i.log" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "node $i not ready after 30 s; see $DIR/node$i.log" >&2
+  return 1
+}
+
+signal_all() {
+  local sig=$1 i
+  for i in $(seq 1 "$(node_count)"); do
+    if alive "$i"; then kill "-$sig" "$(cat "$DIR/node$i.pid")" 2>/dev/null || true; fi
+  done
+  for i in $(seq 1 "$(node_count)"); do
+    for _ in $(seq 1 50); do alive "$i" || break; sleep 0.1; done
+    if alive "$i"; then kill -9 "$(cat "$DIR/node$i.pid")" 2>/dev/null || true; fi
+    rm -f "$DIR/node$i.pid"
+  done
+}
+
+cmd=${1:-}
+case "$cmd" in
+  up)
+    n=${2:-3}
+    if [ ! -x "$BIN" ] || [ -n "$(find src Cargo.toml Cargo.lock -newer "$BIN" 2>/dev/null | head -1)" ]; then
+      cargo build --release --bin fleetlm >&2
+    fi
+    mkdir -p "$DIR"
+    if [ "$(node_count)" != 0 ] && [ "$(node_count)" != "$n" ]; then
+      echo "bench/.cluster holds a $(node_count)-node cluster; run 'bench/cluster.sh clean' first" >&2
+      exit 1
+    fi
+    echo "$n" >"$nodes_file"
+    for i in $(seq 1 "$n"); do start_node "$i"; done
+    for i in $(seq 1 "$n"); do wait_ready "$i"; done
+    for i in $(seq 1 "$n"); do echo "http://127.0.0.1:$(http_port "$i")"; done
+    ;;
+  kill)
+    i=${2:?node number}
+    if alive "$i"; then kill -9 "$(cat "$DIR/node$i.pid")"; fi
+    rm -f "$DIR/node$i.pid"
+    ;;
+  stop)
+    i=${2:?node number}
+    if alive "$i"; then kill -TERM "$(cat "$DIR/node$i.pid")"; fi
+    rm -f "$DIR/node$i.pid"
+    ;;
+  start)
+    i=${2:?node number}
+    start_node "$i"
+    wait_ready "$i"
+    echo "http://127.0.0.1:$(http_port "$i")"
+    ;;
+  down) signal_all TERM ;;
+  clean)
+    signal_all KILL
+    rm -rf "$DIR"
+    ;;
+  *)
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac

@@ -1,0 +1,185 @@
+//! The receiving side of the node-to-node transport: core `c` accepts peer connections
+//! on `peer port + c`, reads one request at a time (`crate::raft::wire`), hands it to
+//! the shard's core and writes the answer. Snapshot bytes are written to a staging
+//! directory as they arrive, then installed by moving the files (bounded memory).
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::type_config::alias::{SnapshotOf, VoteOf};
+use serde::{Deserialize, Serialize};
+
+use super::core::{CoreCtx, NotLeader};
+use crate::api::calls::ShardCall;
+use crate::http::Response;
+use crate::raft::bodies::BodiesReceiver;
+use crate::raft::state_machine::ShardSnapshot;
+use crate::raft::wire::{PeerRequest, PeerResponse, WireError, decode, encode, read_frame, write_frame};
+use crate::raft::{FleetRaft, Shard};
+
+type C = FleetRaft;
+
+/// A forwarded call's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum CallReply {
+    /// The node does not lead the shard; nothing was proposed.
+    NotLeader,
+    Done(WireResponse),
+}
+
+/// A `Response` on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireResponse {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub json: bool,
+    pub body: Vec<u8>,
+}
+
+impl WireResponse {
+    pub fn from_response(r: Response) -> WireResponse {
+        let retry_after = r.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("retry-after")).map(|(_, v)| v.clone());
+        WireResponse { status: r.status, retry_after, json: !r.content_type.is_empty(), body: r.body }
+    }
+
+    pub fn into_response(self) -> Response {
+        let mut r = if self.json { Response::raw_json(self.status, self.body) } else { Response::empty(self.status) };
+        if let Some(v) = self.retry_after {
+            r = r.with_header("Retry-After", v);
+        }
+        r
+    }
+}
+
+/// A peer request once fully received (snapshot bytes staged on disk); `Send`, so it
+/// can cross to the shard's core.
+pub enum InboundRpc {
+    Append(AppendEntriesRequest<C>),
+    Vote(VoteRequest<C>),
+    PreVote(VoteRequest<C>),
+    TransferLeader(TransferLeaderRequest<C>),
+    Snapshot { vote: VoteOf<C>, snapshot: SnapshotOf<C, ShardSnapshot>, staging: std::path::PathBuf },
+    Call(ShardCall),
+}
+
+/// Serves one peer RPC on the core that owns the shard.
+pub async fn handle_rpc(ctx: &CoreCtx, shard_id: u32, shard: &Shard, rpc: InboundRpc) -> PeerResponse {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    match rpc {
+        InboundRpc::Append(req) => PeerResponse::Append(shard.raft.append_entries(req).await.map_err(|e| s(&e))),
+        InboundRpc::Vote(req) => PeerResponse::Vote(shard.raft.vote(req).await.map_err(|e| s(&e))),
+        InboundRpc::PreVote(req) => PeerResponse::Vote(shard.raft.pre_vote(req).await.map_err(|e| s(&e))),
+        InboundRpc::TransferLeader(req) => {
+            PeerResponse::TransferLeader(shard.raft.handle_transfer_leader(req).await.map_err(|e| s(&e)))
+        }
+        InboundRpc::Snapshot { vote, snapshot, staging } => {
+            let r = shard.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| s(&e));
+            let _ = std::fs::remove_dir_all(&staging);
+            PeerResponse::Snapshot(r)
+        }
+        InboundRpc::Call(call) => {
+            let reply = match Box::pin(ctx.dispatch_call(shard_id, call, true)).await {
+                Ok(resp) => CallReply::Done(WireResponse::from_response(resp)),
+                Err(NotLeader) => CallReply::NotLeader,
+            };
+            match encode(&reply) {
+                Ok(bytes) => PeerResponse::Call(bytes),
+                Err(e) => PeerResponse::Refused(e.to_string()),
+            }
+        }
+    }
+}
+
+/// Accepts peer connections on this core's peer port, forever.
+pub async fn serve_peers(ctx: Rc<CoreCtx>, listener: TcpListener) {
+    let open = Rc::new(std::cell::Cell::new(0usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("core {}: peer accept: {e}", ctx.core);
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if open.get() >= ctx.peer_limits.connections_max_per_core {
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        open.set(open.get() + 1);
+        let (ctx, open) = (ctx.clone(), open.clone());
+        glommio::spawn_local(async move {
+            if let Err(e) = serve_connection(&ctx, stream).await
+                && !matches!(&e, WireError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
+            {
+                eprintln!("core {}: peer connection: {e}", ctx.core);
+            }
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+}
+
+static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Reads one snapshot's bytes off the stream: the index into memory, the bodies into
+/// segment files of a fresh staging directory of the shard.
+async fn receive_snapshot(
+    ctx: &CoreCtx,
+    stream: &mut TcpStream,
+    shard: u32,
+    index_len: u64,
+    bodies_len: u64,
+) -> Result<(Vec<u8>, crate::raft::bodies::BodiesSource, std::path::PathBuf), WireError> {
+    let limits = &ctx.peer_limits;
+    if index_len > limits.snapshot_index_max_bytes {
+        return Err(WireError::TooLarge(index_len, limits.snapshot_index_max_bytes));
+    }
+    let mut index = vec![0u8; index_len as usize];
+    stream.read_exact(&mut index).await?;
+    let n = STAGING_SEQ.fetch_add(1, Ordering::Relaxed);
+    let staging = ctx.data_dir.join("shards").join(shard.to_string()).join(format!("incoming-{}-{n}", ctx.core));
+    let mut receiver = BodiesReceiver::create(&staging, crate::config::BODY_SEGMENT_SIZE_BYTES)
+        .map_err(|e| WireError::Io(std::io::Error::other(e)))?;
+    let mut buf = vec![0u8; limits.snapshot_chunk_bytes.max(1)];
+    let mut left = bodies_len;
+    while left > 0 {
+        let take = (left as usize).min(buf.len());
+        stream.read_exact(&mut buf[..take]).await?;
+        receiver.write(&buf[..take]).map_err(|e| WireError::Io(std::io::Error::other(e)))?;
+        left -= take as u64;
+    }
+    let source = receiver.finish().map_err(|e| WireError::Io(std::io::Error::other(e)))?;
+    Ok((index, source, staging))
+}
+
+async fn serve_connection(ctx: &CoreCtx, mut stream: TcpStream) -> Result<(), WireError> {
+    let frame_max = ctx.peer_limits.frame_max_bytes;
+    loop {
+        let req: PeerRequest = read_frame(&mut stream, frame_max).await?;
+        let shard = req.shard();
+        let resp = if shard >= ctx.shard_count {
+            PeerResponse::Refused(format!("node {} has no shard {shard}", ctx.node_id))
+        } else {
+            let rpc = match req {
+                PeerRequest::Append { rpc, .. } => InboundRpc::Append(rpc),
+                PeerRequest::Vote { rpc, .. } => InboundRpc::Vote(rpc),
+                PeerRequest::PreVote { rpc, .. } => InboundRpc::PreVote(rpc),
+                PeerRequest::TransferLeader { rpc, .. } => InboundRpc::TransferLeader(rpc),
+                PeerRequest::Call { call, .. } => InboundRpc::Call(decode(&call)?),
+                PeerRequest::Snapshot { vote, meta, index_len, bodies_len, .. } => {
+                    let (index, bodies, staging) =
+                        receive_snapshot(ctx, &mut stream, shard, index_len, bodies_len).await?;
+                    let snapshot = SnapshotOf::<C, _> { meta, snapshot: ShardSnapshot { index, bodies } };
+                    InboundRpc::Snapshot { vote, snapshot, staging }
+                }
+            };
+            ctx.dispatch_peer(shard, rpc).await
+        };
+        write_frame(&mut stream, &resp, frame_max).await?;
+        stream.flush().await?;
+    }
+}
