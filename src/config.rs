@@ -190,6 +190,9 @@ pub struct ServeLimits {
     /// How often each core checks whether it leads more shards than its share and
     /// hands leadership to the preferred node.
     pub leader_balance_interval_ms: u64,
+    /// `/health/ready` counts a shard's leader as reachable when it was heard from
+    /// (a quorum ack on the leader, a heartbeat on a follower) within this.
+    pub leader_stale_after_ms: u64,
 }
 
 impl Default for ServeLimits {
@@ -201,6 +204,7 @@ impl Default for ServeLimits {
             membership_deadline_ms: 60_000,
             leader_retry_pause_ms: 20,
             leader_balance_interval_ms: 2_000,
+            leader_stale_after_ms: 1_000,
         }
     }
 }

@@ -50,7 +50,9 @@ impl BodiesSource {
         use std::os::unix::fs::FileExt;
         let (dir, size, len) = match self {
             BodiesSource::Bytes(b) => {
-                let src = b.get(at as usize..at as usize + buf.len()).ok_or_else(|| BodiesError("read past the end".into()))?;
+                let src = b
+                    .get(at as usize..at as usize + buf.len())
+                    .ok_or_else(|| BodiesError("read past the end".into()))?;
                 buf.copy_from_slice(src);
                 return Ok(());
             }

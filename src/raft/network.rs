@@ -93,8 +93,10 @@ impl PeerConn {
         }
         if self.stream.is_none() {
             if Instant::now() < self.retry_at {
+                // Not a new failure: it must not push `retry_at` further out (callers
+                // that retry faster than the backoff would never reconnect).
                 return Err(WireError::Connect(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionRefused,
+                    std::io::ErrorKind::WouldBlock,
                     format!("{}: backing off after a failed connection", self.addr),
                 )));
             }
@@ -166,8 +168,10 @@ impl PeerConn {
                 if self.in_flight { Err(WireError::Io(e)) } else { Err(WireError::Connect(e)) }
             }
         };
-        if result.is_err() {
-            self.failed();
+        match &result {
+            Err(WireError::Connect(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => self.failed(),
+            Ok(_) => {}
         }
         result
     }
@@ -306,15 +310,11 @@ impl RaftNetworkV2<C> for PeerClient {
             }
         };
         match resp {
-            Ok(Ok(PeerResponse::Snapshot(r))) => {
-                r.map_err(|e| StreamingError::Unreachable(unreachable(target, e)))
-            }
-            Ok(Ok(PeerResponse::Refused(why))) => {
-                Err(StreamingError::Unreachable(unreachable(target, why)))
-            }
-            Ok(Ok(_)) => Err(StreamingError::Network(NetworkError::new(
-                &AnyError::error(format!("node {target} answered another request")),
-            ))),
+            Ok(Ok(PeerResponse::Snapshot(r))) => r.map_err(|e| StreamingError::Unreachable(unreachable(target, e))),
+            Ok(Ok(PeerResponse::Refused(why))) => Err(StreamingError::Unreachable(unreachable(target, why))),
+            Ok(Ok(_)) => Err(StreamingError::Network(NetworkError::new(&AnyError::error(format!(
+                "node {target} answered another request"
+            ))))),
             Ok(Err(e)) => Err(StreamingError::Unreachable(unreachable(target, e))),
             Err(closed) => {
                 // The stream stopped mid-exchange: `call_with` left `in_flight` set,

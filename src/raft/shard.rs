@@ -78,9 +78,10 @@ impl Shard {
         let log = WalLogStore::<FleetRaft>::open(dir, GroupCommitWal::new(wal))?;
         let state = ShardStateMachine::open(dir, Store::new(limits))?;
         let network = PeerNetwork { shard: placement.shard, local_cores: placement.cores, limits: peer.clone() };
-        let raft = openraft::Raft::new(placement.node_id, raft_config(timings, peer)?, network, log.clone(), state.clone())
-            .await
-            .map_err(|e| ShardError::Raft(e.to_string()))?;
+        let raft =
+            openraft::Raft::new(placement.node_id, raft_config(timings, peer)?, network, log.clone(), state.clone())
+                .await
+                .map_err(|e| ShardError::Raft(e.to_string()))?;
         let initialized = raft.is_initialized().await.map_err(|e| ShardError::Raft(e.to_string()))?;
         if let Some(members) = placement.initial_members.filter(|_| !initialized) {
             raft.initialize(members).await.map_err(|e| ShardError::Raft(e.to_string()))?;

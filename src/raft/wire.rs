@@ -25,14 +25,35 @@ type C = FleetRaft;
 /// What one node asks another, about one shard.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerRequest {
-    Append { shard: u32, rpc: AppendEntriesRequest<C> },
-    Vote { shard: u32, rpc: VoteRequest<C> },
-    PreVote { shard: u32, rpc: VoteRequest<C> },
-    TransferLeader { shard: u32, rpc: TransferLeaderRequest<C> },
+    Append {
+        shard: u32,
+        rpc: AppendEntriesRequest<C>,
+    },
+    Vote {
+        shard: u32,
+        rpc: VoteRequest<C>,
+    },
+    PreVote {
+        shard: u32,
+        rpc: VoteRequest<C>,
+    },
+    TransferLeader {
+        shard: u32,
+        rpc: TransferLeaderRequest<C>,
+    },
     /// Followed by `index_len` bytes of snapshot index and `bodies_len` bytes of bodies.
-    Snapshot { shard: u32, vote: VoteOf<C>, meta: SnapshotMetaOf<C>, index_len: u64, bodies_len: u64 },
+    Snapshot {
+        shard: u32,
+        vote: VoteOf<C>,
+        meta: SnapshotMetaOf<C>,
+        index_len: u64,
+        bodies_len: u64,
+    },
     /// A client request forwarded to the node that leads the shard.
-    Call { shard: u32, call: Vec<u8> },
+    Call {
+        shard: u32,
+        call: Vec<u8>,
+    },
 }
 
 impl PeerRequest {

@@ -18,9 +18,9 @@ use super::placement::{core_of, shard_of};
 use crate::api::calls::{Attempt, ShardCall, attempt, unavailable};
 use crate::config::{PeerLimits, ServeLimits, StoreLimits};
 use crate::http::Response;
+use crate::raft::Shard;
 use crate::raft::network::PeerConn;
 use crate::raft::wire::{PeerRequest, PeerResponse, WireError, decode, encode};
-use crate::raft::Shard;
 
 /// A forwarded call reached a replica that does not lead the shard (any more).
 #[derive(Debug)]

@@ -25,16 +25,34 @@ pub fn preferred_leader(shard: u32, voters: &[u64]) -> Option<u64> {
     Some(sorted[shard as usize % sorted.len()])
 }
 
+/// Whether the shard has a leader that this node hears from: this node, acknowledged
+/// by a quorum within `stale_after`, or another node whose heartbeat renewed this
+/// replica's vote within it. (A known leader id alone can be a dead node's.)
+async fn has_live_leader(shard: &crate::raft::Shard, me: u64, stale_after: Duration) -> bool {
+    let m = shard.raft.metrics().borrow_watched().clone();
+    let Some(leader) = m.current_leader else {
+        return false;
+    };
+    let fresh = |t: Option<Instant>| t.is_some_and(|t| t.elapsed() < stale_after);
+    if leader == me {
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        return voters == [me] || fresh(m.last_quorum_acked.map(|t| *t));
+    }
+    fresh(shard.raft.with_raft_state(|st| st.vote_last_modified()).await.ok().flatten())
+}
+
 pub async fn watch_leaders(ctx: Rc<CoreCtx>) {
+    let stale_after = Duration::from_millis(ctx.serve_limits.leader_stale_after_ms);
     let balance_every = Duration::from_millis(ctx.serve_limits.leader_balance_interval_ms);
     let mut next_balance = Instant::now() + balance_every;
     loop {
         glommio::timer::sleep(Duration::from_millis(READINESS_POLL_MS)).await;
-        let with_leader = ctx
-            .shards
-            .values()
-            .filter(|s| s.raft.metrics().borrow_watched().current_leader.is_some())
-            .count();
+        let mut with_leader = 0;
+        for shard in ctx.shards.values() {
+            if has_live_leader(shard, ctx.node_id, stale_after).await {
+                with_leader += 1;
+            }
+        }
         ctx.ready.with_leader[ctx.core].store(with_leader, Ordering::Release);
         if Instant::now() < next_balance {
             continue;

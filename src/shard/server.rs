@@ -21,6 +21,9 @@ use crate::config::{
 use crate::raft::network::core_port_addr;
 use crate::raft::{Shard, ShardPlacement};
 
+/// How long a port may keep answering at startup before we call it taken.
+const PORT_PROBE_MS: u64 = 3_000;
+
 /// Everything `fleetlm serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -62,6 +65,8 @@ pub enum ServeError {
     DataDir(PathBuf, String),
     #[error("starting executor {0}: {1}")]
     Executor(usize, String),
+    #[error("cannot listen on {0}: {1}")]
+    Port(SocketAddr, String),
     #[error("core {0} stopped: {1}")]
     Core(usize, String),
 }
@@ -83,7 +88,8 @@ fn load_layout(dir: &Path, wanted: Option<u32>, cores: usize, node_id: u64) -> R
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let shards = wanted.unwrap_or((2 * cores) as u32).max(1);
-            let bytes = serde_json::to_vec(&Layout { format: 1, shards, node_id: Some(node_id) }).map_err(|e| err(e.to_string()))?;
+            let bytes = serde_json::to_vec(&Layout { format: 1, shards, node_id: Some(node_id) })
+                .map_err(|e| err(e.to_string()))?;
             crate::raft::durable_file::replace_durably(&path, &bytes).map_err(|e| err(e.to_string()))?;
             Ok(shards)
         }
@@ -95,6 +101,29 @@ fn load_layout(dir: &Path, wanted: Option<u32>, cores: usize, node_id: u64) -> R
 pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let cores = config.cores.max(1);
     let shard_count = load_layout(&config.data_dir, config.shards, cores, config.node_id)?;
+    // glommio binds with SO_REUSEPORT, which would let a second server on the same
+    // port silently take half of the connections: make sure the ports are ours.
+    let mut ports = vec![config.listen];
+    if let Some(base) = config.peer_listen {
+        ports.extend((0..cores).map(|c| core_port_addr(base, c)));
+    }
+    // A bind probe cannot tell (connections in TIME_WAIT of our own previous run block
+    // a plain bind); a live listener is found by connecting to it.
+    for addr in ports {
+        let mut probe = addr;
+        if probe.ip().is_unspecified() {
+            probe.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        // A process that just died can keep its listener for a moment (io_uring tears
+        // down its files asynchronously after exit): only a listener that stays is one.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(PORT_PROBE_MS);
+        while std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(200)).is_ok() {
+            if std::time::Instant::now() > deadline {
+                return Err(ServeError::Port(addr, "another process is listening there".into()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
     let mesh: MeshBuilder<MeshMsg, _> = MeshBuilder::full(cores, config.serve.mesh_channel_capacity);
     let ready = Arc::new(Readiness {
         opened: AtomicUsize::new(0),

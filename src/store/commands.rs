@@ -15,16 +15,34 @@ use crate::config::StoreLimits;
 /// A change, as proposed through Raft. Inputs are validated before proposal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    Put { id: String, put: PutContext, now: String },
+    Put {
+        id: String,
+        put: PutContext,
+        now: String,
+    },
     PatchMetadata {
         id: String,
         #[serde(with = "super::json_text::map")]
         patch: Map<String, Value>,
         now: String,
     },
-    Append { id: String, message: NewMessage, if_version: Option<u64>, idempotency_key: Option<String>, now: String },
-    Delete { id: String, now: String },
-    Compact { id: String, replacement: Vec<NewMessage>, if_version: Option<u64>, now: String },
+    Append {
+        id: String,
+        message: NewMessage,
+        if_version: Option<u64>,
+        idempotency_key: Option<String>,
+        now: String,
+    },
+    Delete {
+        id: String,
+        now: String,
+    },
+    Compact {
+        id: String,
+        replacement: Vec<NewMessage>,
+        if_version: Option<u64>,
+        now: String,
+    },
 }
 
 impl Command {

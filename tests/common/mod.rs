@@ -15,8 +15,25 @@ pub struct Server {
     extra: Vec<String>,
 }
 
+/// `n` consecutive ports that are free now, below the kernel's ephemeral range (so
+/// that outgoing connections do not take them), distinct for every call in this
+/// process and spread by pid across concurrently running test binaries.
+pub fn free_ports(n: u16) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(0, 20_000 + (std::process::id() % 500) * 20, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let base = NEXT.fetch_add(n as u32, Ordering::SeqCst);
+        let base = (20_000 + (base - 20_000) % 12_000) as u16;
+        let held: Vec<_> = (0..n).filter_map(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
+        if held.len() == n as usize {
+            return base;
+        }
+    }
+}
+
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_ports(1)
 }
 
 impl Server {
@@ -170,3 +187,13 @@ pub fn read_response(s: &mut TcpStream, head_only: bool) -> Option<Resp> {
 pub fn msg_body(text: &str) -> String {
     serde_json::json!({"message": {"role": "user", "parts": [{"type": "text", "text": text}]}}).to_string()
 }
+
+/// Any request, tolerating a server that is down or dies mid-request (`None`).
+pub fn try_request_full(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<Resp> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    s.write_all(&raw_request(method, path, headers, body)).ok()?;
+    read_response(&mut s, method == "HEAD")
+}
+
+pub mod cluster;

@@ -1,0 +1,351 @@
+//! Real 3-node clusters on loopback (the `fleetlm` binary, SIGKILL for crashes):
+//! serving through any node, leader failover with no acknowledged append lost, no
+//! quorum → 503, catch-up by snapshot, adding and removing a node.
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::{msg_body, try_request_full};
+use serde_json::{Value, json};
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fleetlm-cluster-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn put(c: &Cluster, node: usize, id: &str) {
+    let r = c.req(node, "PUT", &format!("/v1/contexts/{id}"), r#"{"token_budget":100000}"#).expect("answer");
+    assert!(r.status == 201 || r.status == 200, "PUT {id}: {} {:?}", r.status, String::from_utf8_lossy(&r.body));
+}
+
+/// All messages of `id` as node `node` sees them (`local`: its own replica).
+fn messages(c: &Cluster, node: usize, id: &str, local: bool) -> Option<Vec<Value>> {
+    let q = if local { "&consistency=local" } else { "" };
+    let mut out = Vec::new();
+    let mut from = 1;
+    loop {
+        let r = c.req(node, "GET", &format!("/v1/contexts/{id}/messages?from_seq={from}&limit=1000{q}"), "")?;
+        if r.status != 200 {
+            return None;
+        }
+        let j = r.json();
+        let page = j["messages"].as_array().unwrap().clone();
+        if page.is_empty() {
+            return Some(out);
+        }
+        from = j["next_seq"].as_u64().unwrap();
+        out.extend(page);
+    }
+}
+
+fn texts(msgs: &[Value]) -> Vec<String> {
+    msgs.iter().map(|m| m["parts"][0]["text"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Shard → leader id, as node `node` sees it.
+fn leaders(c: &Cluster, node: usize) -> Vec<Option<u64>> {
+    c.view(node)["shards"].as_array().unwrap().iter().map(|s| s["leader"].as_u64()).collect()
+}
+
+/// Appends with an Idempotency-Key, retrying on 503 and dead connections (through
+/// `nodes` in turn) until acknowledged or `secs` pass. Returns the seq.
+fn append_acked(c: &Cluster, nodes: &[usize], id: &str, text: &str, secs: u64) -> Option<u64> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let body = msg_body(text);
+    let mut turn = 0;
+    while Instant::now() < deadline {
+        let node = nodes[turn % nodes.len()];
+        turn += 1;
+        let port = c.nodes[node].http_port;
+        let path = format!("/v1/contexts/{id}/messages");
+        match try_request_full(port, "POST", &path, &[("Idempotency-Key", text)], body.as_bytes()) {
+            Some(r) if r.status == 201 => return r.json()["seq"].as_u64(),
+            Some(r) if r.status == 503 => assert!(r.header("retry-after").is_some(), "503 without Retry-After"),
+            Some(r) => panic!("append {text}: {} {:?}", r.status, String::from_utf8_lossy(&r.body)),
+            None => {}
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn any_node_serves_any_request_and_reads_agree() {
+    let dir = tmp("anynode");
+    let c = Cluster::start(&dir, 3, 2, &[]);
+    let ids: Vec<String> = (0..8).map(|i| format!("conv-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        put(&c, i % 3, id);
+    }
+    for round in 0..5 {
+        for (i, id) in ids.iter().enumerate() {
+            let node = (i + round) % 3;
+            let r = c.req(node, "POST", &format!("/v1/contexts/{id}/messages"), &msg_body(&format!("{id}/{round}")));
+            let r = r.expect("answer");
+            assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+            assert_eq!(r.json()["seq"], round as u64 + 1);
+        }
+    }
+    for id in &ids {
+        let want: Vec<String> = (0..5).map(|r| format!("{id}/{r}")).collect();
+        for node in 0..3 {
+            // Linearizable by default: every node sees every acknowledged append.
+            assert_eq!(texts(&messages(&c, node, id, false).unwrap()), want, "node {node}, {id}");
+            let g = c.req(node, "GET", &format!("/v1/contexts/{id}"), "").unwrap();
+            assert_eq!(g.json()["last_seq"], 5);
+        }
+        // Local reads converge (followers apply once they learn the commit index).
+        c.eventually(10, "local replicas converge", || {
+            (0..3).all(|n| messages(&c, n, id, true).is_some_and(|m| texts(&m) == want))
+        });
+    }
+    let view = c.view(1);
+    assert_eq!(view["node_id"], 2);
+    assert_eq!(view["members"], json!([1, 2, 3]));
+    // Leaders spread: shard s prefers node (s mod 3) + 1.
+    c.eventually(20, "leaders spread over the nodes", || leaders(&c, 0) == vec![Some(1), Some(2), Some(3), Some(1)]);
+    // Unknown context is a 404 through a follower too; bad input never reaches Raft.
+    c.req(2, "GET", "/v1/contexts/nope", "").unwrap().assert_error(404, "context_not_found");
+    c.req(1, "POST", "/v1/contexts/conv-0/messages", "{").unwrap().assert_error(400, "invalid_json");
+}
+
+/// Per context: (seq, text) of every acknowledged append.
+type Acked = BTreeMap<String, Vec<(u64, String)>>;
+
+#[test]
+fn leader_kill_during_appends_loses_no_acknowledged_append() {
+    let dir = tmp("failover");
+    let c = Cluster::start(&dir, 3, 1, &[]);
+    c.eventually(20, "leaders spread", || leaders(&c, 0) == vec![Some(1), Some(2), Some(3), Some(1)]);
+    let ids: Vec<String> = (0..6).map(|i| format!("kill-{i}")).collect();
+    for id in &ids {
+        put(&c, 1, id);
+    }
+    let c = Arc::new(Mutex::new(c));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Acked>> = Arc::default();
+    let ports: Vec<u16> = c.lock().unwrap().nodes.iter().map(|n| n.http_port).collect();
+    let mut workers = Vec::new();
+    for (w, id) in ids.iter().cloned().enumerate() {
+        let (stop, acked, ports) = (stop.clone(), acked.clone(), ports.clone());
+        workers.push(std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let text = format!("{id}-m{n}");
+                // Through the survivors (nodes 2 and 3), retrying with the same key.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let mut turn = w;
+                let seq = loop {
+                    assert!(Instant::now() < deadline, "{text} not acknowledged within 20 s");
+                    let port = ports[1 + turn % 2];
+                    turn += 1;
+                    let path = format!("/v1/contexts/{id}/messages");
+                    let body = msg_body(&text);
+                    match try_request_full(port, "POST", &path, &[("Idempotency-Key", &text)], body.as_bytes()) {
+                        Some(r) if r.status == 201 => break r.json()["seq"].as_u64().unwrap(),
+                        Some(r) if r.status == 503 => {}
+                        Some(r) => panic!("{text}: {} {:?}", r.status, String::from_utf8_lossy(&r.body)),
+                        None => {}
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                };
+                acked.lock().unwrap().entry(id.clone()).or_default().push((seq, text));
+                n += 1;
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    // Node 1 leads shards 0 and 3: kill it mid-load.
+    c.lock().unwrap().kill9(0);
+    let killed_at = Instant::now();
+    let before: usize = acked.lock().unwrap().values().map(Vec::len).sum();
+    std::thread::sleep(Duration::from_millis(3000));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let after: usize = acked.lock().unwrap().values().map(Vec::len).sum();
+    assert!(after > before, "appends continued after the kill ({before} → {after})");
+    let mut c = Arc::try_unwrap(c).ok().unwrap().into_inner().unwrap();
+    // New leaders for node 1's shards, elected among the survivors.
+    c.eventually(10, "new leaders", || leaders(&c, 1).iter().all(|l| l.is_some_and(|l| l != 1)));
+    eprintln!("failover: killed at {killed_at:?}, leaders now {:?}", leaders(&c, 1));
+    let acked = acked.lock().unwrap().clone();
+    for id in &ids {
+        let msgs = messages(&c, 1, id, false).expect("read after failover");
+        let seqs: Vec<u64> = msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=msgs.len() as u64).collect::<Vec<_>>(), "{id}: seqs contiguous from 1");
+        let by_seq: BTreeMap<u64, String> = msgs
+            .iter()
+            .map(|m| (m["seq"].as_u64().unwrap(), m["parts"][0]["text"].as_str().unwrap().to_owned()))
+            .collect();
+        let mine = acked.get(id).cloned().unwrap_or_default();
+        for (seq, text) in &mine {
+            assert_eq!(by_seq.get(seq), Some(text), "{id}: acknowledged {text} is at seq {seq}");
+        }
+        // Retries carried the Idempotency-Key: nothing is there twice.
+        let mut all = texts(&msgs);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), msgs.len(), "{id}: no message twice");
+        assert_eq!(mine.len(), msgs.len(), "{id}: every stored message was acknowledged once");
+    }
+    // Still writable, through every survivor.
+    for id in &ids {
+        assert!(append_acked(&c, &[1, 2], id, &format!("{id}-after"), 10).is_some());
+    }
+    // The killed node comes back and catches up (its own replica, read locally).
+    c.spawn(0);
+    c.wait_ready(0);
+    for id in &ids {
+        let want = texts(&messages(&c, 1, id, false).unwrap());
+        c.eventually(20, "restarted node catches up", || messages(&c, 0, id, true).is_some_and(|m| texts(&m) == want));
+    }
+}
+
+#[test]
+fn without_quorum_writes_get_503_and_data_survives() {
+    let dir = tmp("quorum");
+    let mut c = Cluster::start(&dir, 3, 1, &["--write-deadline-ms", "1000"]);
+    put(&c, 0, "q");
+    for i in 0..5 {
+        assert_eq!(append_acked(&c, &[0], "q", &format!("q{i}"), 10), Some(i + 1));
+    }
+    c.kill9(1);
+    c.kill9(2);
+    let started = Instant::now();
+    let r = c.req(0, "POST", "/v1/contexts/q/messages", &msg_body("lost?")).expect("an answer, not a hang");
+    r.assert_error(503, "unavailable");
+    assert!(r.header("retry-after").is_some());
+    assert!(started.elapsed() < Duration::from_secs(20), "503 came after {:?}", started.elapsed());
+    // A linearizable read cannot be confirmed either; a local one answers.
+    c.req(0, "GET", "/v1/contexts/q/tail", "").unwrap().assert_error(503, "unavailable");
+    let local = messages(&c, 0, "q", true).expect("local read");
+    assert!(texts(&local).starts_with(&(0..5).map(|i| format!("q{i}")).collect::<Vec<_>>()));
+    let ready = c.req(0, "GET", "/health/ready", "").unwrap();
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["status"], "no_quorum");
+    c.spawn(1);
+    c.spawn(2);
+    c.wait_ready(1);
+    c.wait_ready(2);
+    c.wait_ready(0);
+    assert!(append_acked(&c, &[0, 1, 2], "q", "back", 20).is_some());
+    let all = texts(&messages(&c, 2, "q", false).unwrap());
+    assert_eq!(&all[..5], &(0..5).map(|i| format!("q{i}")).collect::<Vec<_>>()[..]);
+    assert_eq!(all.last().unwrap(), "back");
+    // The refused write was never acknowledged; whether it landed is unknown to the
+    // client, but it is never there twice.
+    assert!(all.iter().filter(|t| *t == "lost?").count() <= 1);
+}
+
+#[test]
+fn a_node_behind_a_purged_log_catches_up_by_snapshot() {
+    let dir = tmp("snapshot");
+    let mut c = Cluster::start(&dir, 3, 1, &["--snapshot-every-entries", "40", "--log-keep-entries", "0"]);
+    let ids: Vec<String> = (0..4).map(|i| format!("snap-{i}")).collect();
+    for id in &ids {
+        put(&c, 0, id);
+    }
+    c.kill9(2);
+    for round in 0..60 {
+        for id in &ids {
+            assert!(append_acked(&c, &[0, 1], id, &format!("{id}/{round}"), 10).is_some());
+        }
+    }
+    // The survivors snapshotted and purged their logs behind.
+    let view = c.view(0);
+    let snapshotted =
+        view["shards"].as_array().unwrap().iter().filter(|s| s["snapshot_index"].as_u64().is_some()).count();
+    assert!(snapshotted > 0, "no shard snapshotted: {view}");
+    c.spawn(2);
+    c.wait_ready(2);
+    for id in &ids {
+        let want: Vec<String> = (0..60).map(|r| format!("{id}/{r}")).collect();
+        c.eventually(30, "node 3 catches up", || messages(&c, 2, id, true).is_some_and(|m| texts(&m) == want));
+    }
+    // Node 3 received snapshots (its log was never long enough to build them itself
+    // for every shard that has one on the leaders).
+    let v3 = c.view(2);
+    let installed = v3["shards"].as_array().unwrap().iter().filter(|s| s["snapshot_index"].as_u64().is_some()).count();
+    assert!(installed > 0, "node 3 has no snapshot: {v3}");
+    // And it keeps serving: a write through it, and its own replica after restart.
+    assert!(append_acked(&c, &[2], &ids[0], "via-3", 10).is_some());
+    c.kill9(2);
+    c.spawn(2);
+    c.wait_ready(2);
+    c.eventually(20, "node 3 recovers its snapshot", || {
+        messages(&c, 2, &ids[0], true).is_some_and(|m| texts(&m).last().map(String::as_str) == Some("via-3"))
+    });
+}
+
+#[test]
+fn add_a_fourth_node_then_remove_one_while_serving() {
+    let dir = tmp("members");
+    let mut c = Cluster::start(&dir, 3, 1, &[]);
+    put(&c, 0, "m");
+    let c4 = c.spawn_extra(&dir);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ports: Vec<u16> = c.nodes.iter().take(2).map(|n| n.http_port).collect();
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let text = format!("w{n}");
+                let deadline = Instant::now() + Duration::from_secs(15);
+                loop {
+                    assert!(Instant::now() < deadline, "{text} not acknowledged while membership changed");
+                    let port = ports[n as usize % 2];
+                    let body = msg_body(&text);
+                    let r = try_request_full(
+                        port,
+                        "POST",
+                        "/v1/contexts/m/messages",
+                        &[("Idempotency-Key", &text)],
+                        body.as_bytes(),
+                    );
+                    if r.as_ref().is_some_and(|r| r.status == 201) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    let addr = format!("127.0.0.1:{}", c.nodes[c4].peer_port);
+    let r = c.req(0, "POST", "/v1/cluster/members", &json!({"node_id": 4, "addr": addr}).to_string()).unwrap();
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    for s in c.view(1)["shards"].as_array().unwrap() {
+        assert_eq!(s["voters"], json!([1, 2, 3, 4]), "{s}");
+    }
+    c.wait_ready(c4);
+    let r = c.req(1, "DELETE", "/v1/cluster/members/3", "").unwrap();
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    c.eventually(10, "node 3 removed everywhere", || {
+        c.view(0)["shards"].as_array().unwrap().iter().all(|s| s["voters"] == json!([1, 2, 4]))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().expect("writer");
+    // Node 3 is gone; the cluster {1, 2, 4} keeps its quorum.
+    c.kill9(2);
+    assert!(append_acked(&c, &[0, 1, c4], "m", "after-remove", 10).is_some());
+    let all = texts(&messages(&c, c4, "m", false).unwrap());
+    assert_eq!(all.len() as u64, written + 1, "every acknowledged append, once");
+    c.eventually(10, "node 4 holds everything", || {
+        messages(&c, c4, "m", true).is_some_and(|m| m.len() as u64 == written + 1)
+    });
+    // Bad membership requests.
+    c.req(0, "POST", "/v1/cluster/members", "{").unwrap().assert_error(400, "invalid_json");
+    c.req(0, "POST", "/v1/cluster/members", r#"{"node_id":5}"#).unwrap().assert_error(400, "invalid_json");
+    c.req(0, "DELETE", "/v1/cluster/members/x", "").unwrap().assert_error(400, "invalid_id");
+}

@@ -1,0 +1,149 @@
+//! A real cluster of `fleetlm` processes on loopback: node i has its own HTTP port,
+//! peer port(s) and data dir; nodes can be killed (SIGKILL) and started again.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Resp, free_ports, try_request, try_request_full};
+
+pub struct Node {
+    pub id: u64,
+    pub http_port: u16,
+    pub peer_port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    /// `--peers` of the initial members.
+    peers: String,
+    cores: usize,
+    extra: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes (`cores` executors each) with data under `dir` and waits until
+    /// every one is ready.
+    pub fn start(dir: &Path, n: u64, cores: usize, extra: &[&str]) -> Cluster {
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            nodes.push(Node {
+                id,
+                http_port: free_ports(1),
+                peer_port: free_ports(cores as u16),
+                dir: dir.join(format!("node{id}")),
+                child: None,
+            });
+        }
+        let peers = nodes.iter().map(|n| format!("{}=127.0.0.1:{}", n.id, n.peer_port)).collect::<Vec<_>>().join(",");
+        let mut c = Cluster { nodes, peers, cores, extra: extra.iter().map(|s| s.to_string()).collect() };
+        for i in 0..c.nodes.len() {
+            c.spawn(i);
+        }
+        for i in 0..c.nodes.len() {
+            c.wait_ready(i);
+        }
+        c
+    }
+
+    /// Adds a node that is not an initial member (it waits to be added); returns its index.
+    pub fn spawn_extra(&mut self, dir: &Path) -> usize {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        self.nodes.push(Node {
+            id,
+            http_port: free_ports(1),
+            peer_port: free_ports(self.cores as u16),
+            dir: dir.join(format!("node{id}")),
+            child: None,
+        });
+        let i = self.nodes.len() - 1;
+        self.spawn(i);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while try_request(self.nodes[i].http_port, "GET", "/health/live").is_none_or(|r| r.status != 200) {
+            assert!(Instant::now() < deadline, "node {id} did not come up:\n{}", self.log(i));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        i
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i].dir.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Starts node `i` (again, on its data) without waiting.
+    pub fn spawn(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        std::fs::create_dir_all(&node.dir).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(node.dir.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fleetlm"))
+            .arg("serve")
+            .args(["--node-id", &node.id.to_string()])
+            .args(["--listen", &format!("127.0.0.1:{}", node.http_port)])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", node.peer_port)])
+            .args(["--peers", &self.peers])
+            .args(["--cores", &self.cores.to_string(), "--shards", "4"])
+            .args(["--segment-size-bytes", "8388608"])
+            .arg("--data-dir")
+            .arg(&node.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start fleetlm");
+        self.nodes[i].child = Some(child);
+    }
+
+    /// Waits until node `i` answers `/health/ready` with 200.
+    pub fn wait_ready(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if try_request(self.nodes[i].http_port, "GET", "/health/ready").is_some_and(|r| r.status == 200) {
+                return;
+            }
+            if let Some(status) = self.nodes[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("node {} exited ({status}); log:\n{}", self.nodes[i].id, self.log(i));
+            }
+            assert!(Instant::now() < deadline, "node {} not ready; log:\n{}", self.nodes[i].id, self.log(i));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL node `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn req(&self, i: usize, method: &str, path: &str, body: &str) -> Option<Resp> {
+        try_request_full(self.nodes[i].http_port, method, path, &[], body.as_bytes())
+    }
+
+    pub fn req_h(&self, i: usize, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Option<Resp> {
+        try_request_full(self.nodes[i].http_port, method, path, headers, body.as_bytes())
+    }
+
+    /// `GET /v1/cluster` of node `i`.
+    pub fn view(&self, i: usize) -> serde_json::Value {
+        self.req(i, "GET", "/v1/cluster", "").expect("cluster view").json()
+    }
+
+    /// Polls `f` every 50 ms until it holds or `secs` pass.
+    pub fn eventually(&self, secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill9(i);
+        }
+    }
+}
