@@ -226,11 +226,14 @@ fn without_quorum_writes_get_503_and_data_survives() {
     assert!(started.elapsed() < Duration::from_secs(20), "503 came after {:?}", started.elapsed());
     // A linearizable read cannot be confirmed either; a local one answers.
     c.req(0, "GET", "/v1/contexts/q/tail", "").unwrap().assert_error(503, "unavailable");
-    let local = messages(&c, 0, "q", true).expect("local read");
-    assert!(texts(&local).starts_with(&(0..5).map(|i| format!("q{i}")).collect::<Vec<_>>()));
-    let ready = c.req(0, "GET", "/health/ready", "").unwrap();
-    assert_eq!(ready.status, 503);
-    assert_eq!(ready.json()["status"], "no_quorum");
+    // (This replica may lag the quorum that acknowledged: a prefix, possibly short.)
+    let local = texts(&messages(&c, 0, "q", true).expect("local read"));
+    let acked: Vec<String> = (0..5).map(|i| format!("q{i}")).collect();
+    assert!(local.len() <= 6 && acked.starts_with(&local[..local.len().min(5)]), "{local:?}");
+    // Readiness is a periodic probe: it reports the lost quorum within a few seconds.
+    c.eventually(10, "/health/ready reports no_quorum", || {
+        c.req(0, "GET", "/health/ready", "").is_some_and(|r| r.status == 503 && r.json()["status"] == "no_quorum")
+    });
     c.spawn(1);
     c.spawn(2);
     c.wait_ready(1);
