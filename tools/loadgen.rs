@@ -22,8 +22,10 @@ use hdrhistogram::Histogram;
 
 #[derive(Parser, Debug, Clone)]
 struct Args {
-    #[arg(long, default_value = "127.0.0.1:4000")]
-    addr: SocketAddr,
+    /// Server address; several (comma-separated, e.g. the nodes of a cluster) are
+    /// used round-robin by connection.
+    #[arg(long, default_value = "127.0.0.1:4000", value_delimiter = ',')]
+    addr: Vec<SocketAddr>,
     #[arg(long, default_value_t = 50)]
     connections: usize,
     #[arg(long, default_value_t = 1000)]
@@ -120,7 +122,7 @@ fn main() -> Result<()> {
 
 async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
     if !args.no_create {
-        let mut conn = TcpStream::connect(args.addr).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?;
+        let mut conn = TcpStream::connect(args.addr[0]).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?;
         let mut buf = Vec::new();
         for c in 0..args.contexts {
             let status = exchange(
@@ -148,7 +150,8 @@ async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
     for t in 0..args.connections {
         let (args, mix, stats, body) = (args.clone(), mix.clone(), stats.clone(), body.clone());
         tasks.push(glommio::spawn_local(async move {
-            let mut conn = TcpStream::connect(args.addr).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?;
+            let addr = args.addr[t % args.addr.len()];
+            let mut conn = TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?;
             let mut buf = Vec::new();
             let mut rng: u64 = 0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1);
             loop {

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# 3-node loopback cluster vs a single node, same load, same run; then failover time.
+#
+#   bench/cluster-bench.sh            # writes bench/results/cluster.md
+#   SECS=20 ROUNDS=5 bench/cluster-bench.sh
+#
+# 1. Single node (all cores, 4 shards): loadgen, 50 connections, 200-byte appends,
+#    1000 contexts — the load of bench/single-node.sh.
+# 2. 3 nodes from bench/cluster.sh (1 core each, 4 shards, every append fsync'd on 2 of
+#    3), the same loadgen spread over the three nodes' HTTP ports.
+# 3. bench/failover.py: SIGKILL the node leading shards 0 and 3 during appends; time
+#    from the kill to the first 201 on each of its shards through a survivor. ROUNDS times.
+# Everything on 127.0.0.1, bounded in time, stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${SECS:-10}
+ROUNDS=${ROUNDS:-3}
+PORT=${PORT:-4400}
+scratch=target/bench-cluster
+rm -rf "$scratch" && mkdir -p "$scratch" bench/results
+cargo build --release --bin fleetlm --bin loadgen
+
+cleanup() {
+  [ -n "${FL_PID:-}" ] && kill -9 "$FL_PID" 2>/dev/null
+  bench/cluster.sh clean >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+bench/cluster.sh clean >/dev/null
+
+echo "== single node appends (${SECS}s)" >&2
+./target/release/fleetlm serve --listen "127.0.0.1:$PORT" --data-dir "$scratch/single" >"$scratch/single.log" 2>&1 &
+FL_PID=$!
+for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.05; done
+./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 50 --contexts 1000 --secs "$SECS" \
+  --message-bytes 200 --mix append=1 >"$scratch/single.json"
+kill -9 "$FL_PID"; FL_PID=
+
+echo "== 3-node cluster appends (${SECS}s)" >&2
+bench/cluster.sh up 3 >"$scratch/urls"
+./target/release/loadgen --addr 127.0.0.1:4001,127.0.0.1:4002,127.0.0.1:4003 --connections 50 --contexts 1000 \
+  --secs "$SECS" --message-bytes 200 --mix append=1 >"$scratch/cluster.json"
+
+echo "== failover (${ROUNDS} rounds)" >&2
+python3 bench/failover.py "$ROUNDS" >"$scratch/failover.json"
+bench/cluster.sh clean >/dev/null
+
+python3 bench/cluster_report.py "$scratch" "bench/cluster-bench.sh (SECS=$SECS ROUNDS=$ROUNDS)" >bench/results/cluster.md
+cat bench/results/cluster.md
