@@ -47,7 +47,8 @@ start_node() {
   # shellcheck disable=SC2086
   nohup "$BIN" serve --node-id "$i" --listen "127.0.0.1:$(http_port "$i")" \
     --peer-listen "127.0.0.1:$(peer_port "$i")" --peers "$(peers_arg "$n")" \
-    --data-dir "$DIR/node$i" --cores "$CORES" --shards "$SHARDS" $EXTRA_ARGS \
+    --data-dir "$DIR/node$i" --cores "$CORES" --shards "$SHARDS" --first-cpu $(((i - 1) * CORES % $(nproc))) \
+    $EXTRA_ARGS \
     >>"$DIR/node$i.log" 2>&1 </dev/null &
   echo $! >"$DIR/node$i.pid"
 }

@@ -56,6 +56,10 @@ struct ServeArgs {
     /// Executors (one per core, pinned). Default: all cores.
     #[arg(long, env = "FLEETLM_CORES")]
     cores: Option<usize>,
+    /// CPU that executor 0 is pinned to (executor i: this + i). For several nodes on
+    /// one machine.
+    #[arg(long, env = "FLEETLM_FIRST_CPU", default_value_t = 0)]
+    first_cpu: usize,
     /// Shards, fixed at the first start (default 2 × cores) and stored in the data dir.
     #[arg(long, env = "FLEETLM_SHARDS")]
     shards: Option<u32>,
@@ -111,6 +115,7 @@ fn main() -> std::process::ExitCode {
         listen: a.listen,
         data_dir: a.data_dir,
         cores,
+        first_cpu: a.first_cpu,
         shards: a.shards,
         node_id: a.node_id,
         peer_listen: a.peer_listen,

@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub cores: usize,
+    /// CPU of executor 0 (executor i runs on `first_cpu + i`, modulo the CPUs).
+    pub first_cpu: usize,
     /// Shards at first start; afterwards the data dir's value wins (must match if given).
     pub shards: Option<u32>,
     pub node_id: u64,
@@ -133,7 +135,9 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let mut handles = Vec::new();
     for i in 0..cores {
         let (config, mesh, ready) = (config.clone(), mesh.clone(), ready.clone());
-        let placement = if cores <= cpus { Placement::Fixed(i) } else { Placement::Unbound };
+        // Executor i on CPU first_cpu + i: several nodes on one machine (a local
+        // cluster) must not all pin their first executor to CPU 0.
+        let placement = if cores <= cpus { Placement::Fixed((config.first_cpu + i) % cpus) } else { Placement::Unbound };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("fleetlm-core-{i}"))
             .io_memory(GLOMMIO_IO_MEMORY_BYTES)
