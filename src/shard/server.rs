@@ -137,7 +137,8 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
         let (config, mesh, ready) = (config.clone(), mesh.clone(), ready.clone());
         // Executor i on CPU first_cpu + i: several nodes on one machine (a local
         // cluster) must not all pin their first executor to CPU 0.
-        let placement = if cores <= cpus { Placement::Fixed((config.first_cpu + i) % cpus) } else { Placement::Unbound };
+        let placement =
+            if cores <= cpus { Placement::Fixed((config.first_cpu + i) % cpus) } else { Placement::Unbound };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("fleetlm-core-{i}"))
             .io_memory(GLOMMIO_IO_MEMORY_BYTES)
