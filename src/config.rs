@@ -253,5 +253,8 @@ impl Default for PeerLimits {
     }
 }
 
+/// Latency histograms record 1 µs … this (larger values are clamped to it).
+pub const LATENCY_HISTOGRAM_MAX_US: u64 = 60_000_000;
+
 /// Size of each message-body segment file of a shard (`crate::raft::bodies`).
 pub const BODY_SEGMENT_SIZE_BYTES: u64 = 64 << 20;

@@ -16,6 +16,7 @@
 pub mod api;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod raft;
 pub mod shard;
 pub mod store;

@@ -50,6 +50,13 @@ struct ServeArgs {
     /// Log entries kept behind a snapshot for slow followers.
     #[arg(long, env = "FLEETLM_LOG_KEEP_ENTRIES", default_value_t = RaftTimings::default().log_entries_kept_after_snapshot)]
     log_keep_entries: u64,
+    /// Write the latency histograms (per route, per append stage, WAL syncs) to this file
+    /// as an HdrHistogram interval log (`tools/latency-report` reads it).
+    #[arg(long, env = "FLEETLM_LATENCY_LOG")]
+    latency_log: Option<PathBuf>,
+    /// Interval of the latency log: `10s`, `500ms`, `1m`.
+    #[arg(long, env = "FLEETLM_LATENCY_INTERVAL", default_value = "10s", value_parser = parse_duration_ms)]
+    latency_interval: u64,
     /// Data directory (created if missing).
     #[arg(long, env = "FLEETLM_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
@@ -84,6 +91,25 @@ struct ServeArgs {
     /// WAL segment size, bytes.
     #[arg(long, env = "FLEETLM_SEGMENT_SIZE_BYTES", default_value_t = WalConfig::default().segment_size_bytes)]
     segment_size_bytes: u64,
+}
+
+/// `10s`, `500ms`, `2m` or plain milliseconds → milliseconds.
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1_000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (s, 1)
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a duration like 10s or 500ms"))?;
+    match n.checked_mul(mult) {
+        Some(ms) if ms >= 100 => Ok(ms),
+        _ => Err(format!("{s:?}: at least 100ms")),
+    }
 }
 
 /// `1=host:port,2=host:port`.
@@ -148,6 +174,8 @@ fn main() -> std::process::ExitCode {
             ..RaftTimings::default()
         },
         peer: PeerLimits::default(),
+        latency_log: a.latency_log,
+        latency_interval_ms: a.latency_interval,
     };
     if config.node_id == 0 {
         eprintln!("fleetlm: --node-id must be > 0");

@@ -19,6 +19,23 @@ pub enum Route {
     Compact,
 }
 
+impl Route {
+    /// The latency histogram of this route and method (`crate::metrics`).
+    pub fn histogram(self, method: &str) -> &'static str {
+        match (self, method) {
+            (Route::Context, "PUT") => "http.put_context",
+            (Route::Context, "DELETE") => "http.delete_context",
+            (Route::Context, _) => "http.get_context",
+            (Route::Metadata, _) => "http.patch_metadata",
+            (Route::Messages, "POST") => "http.append",
+            (Route::Messages, _) => "http.replay",
+            (Route::Tail, _) => "http.tail",
+            (Route::Window, _) => "http.window",
+            (Route::Compact, _) => "http.compact",
+        }
+    }
+}
+
 fn bad(code: &str, message: impl std::fmt::Display) -> Response {
     Response::error(400, code, message)
 }

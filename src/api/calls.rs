@@ -193,8 +193,12 @@ pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, rema
         ShardCall::Write(cmd) => {
             let mut cmd = cmd.clone();
             set_now(&mut cmd);
+            let proposed = std::time::Instant::now();
             return match crate::raft::runtime::timeout(remaining, shard.raft.client_write(cmd)).await {
-                Ok(Ok(resp)) => Attempt::Done(outcome_response(resp.data)),
+                Ok(Ok(resp)) => {
+                    crate::metrics::record_since("write.raft_commit", proposed);
+                    Attempt::Done(outcome_response(resp.data))
+                }
                 Ok(Err(e)) => write_failed(limits, e),
                 Err(_) => timed_out(),
             };

@@ -99,6 +99,12 @@ pub async fn handle(req: Request, core: &CoreCtx) -> Response {
                 }
             }
             match (rest, method) {
+                (["admin", "latency"], "GET" | "HEAD") => {
+                    let hists = core.collect_latency(false).await;
+                    let body = json!({"node_id": core.node_id, "unit": "us", "histograms": crate::metrics::percentiles_json(&hists)});
+                    return Response::json(200, &body);
+                }
+                (["admin", "latency"], _) => return method_not_allowed(method),
                 (["cluster"], "GET" | "HEAD") => return cluster(core).await,
                 (["cluster"], _) => return method_not_allowed(method),
                 (["cluster", "members"], "POST") => return add_member(core, &req).await,
@@ -122,10 +128,13 @@ pub async fn handle(req: Request, core: &CoreCtx) -> Response {
             if let Err(resp) = validate_id(&id) {
                 return resp;
             }
-            match build_call(route, method, id, &req, &core.store_limits) {
-                Ok(call) => core.route(call).await,
+            let started = std::time::Instant::now();
+            let resp = match build_call(route, method, id, &req, &core.store_limits) {
+                Ok(call) => core.route(call, started).await,
                 Err(resp) => resp,
-            }
+            };
+            crate::metrics::record_since(route.histogram(method), started);
+            resp
         }
         _ => not_found(),
     }

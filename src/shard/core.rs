@@ -28,8 +28,21 @@ pub struct NotLeader;
 
 /// Work crossing to the core that owns a shard.
 pub enum MeshWork {
-    Call { call: ShardCall, forwarded: bool, reply: tokio::sync::oneshot::Sender<Result<Response, NotLeader>> },
-    Peer { rpc: InboundRpc, reply: tokio::sync::oneshot::Sender<PeerResponse> },
+    Call {
+        call: ShardCall,
+        forwarded: bool,
+        received: Instant,
+        reply: tokio::sync::oneshot::Sender<Result<Response, NotLeader>>,
+    },
+    /// This core's latency histograms (`interval`: the interval set, taken and reset).
+    Latency {
+        interval: bool,
+        reply: tokio::sync::oneshot::Sender<crate::metrics::Histograms>,
+    },
+    Peer {
+        rpc: InboundRpc,
+        reply: tokio::sync::oneshot::Sender<PeerResponse>,
+    },
 }
 
 pub struct MeshMsg {
@@ -102,30 +115,54 @@ impl CoreCtx {
     }
 
     /// Runs `call` on its shard's leader and returns the answer.
-    pub async fn route(&self, call: ShardCall) -> Response {
+    /// `received`: when the request was parsed (for the queue-wait histogram).
+    pub async fn route(&self, call: ShardCall, received: Instant) -> Response {
         let shard = shard_of(call.context_id(), self.shard_count);
-        self.route_to_shard(shard, call).await
+        self.dispatch_call(shard, call, false, received)
+            .await
+            .unwrap_or_else(|NotLeader| unavailable(&self.serve_limits, "the shard's leader moved"))
+    }
+
+    /// The latency histograms of every core of this node, merged.
+    pub async fn collect_latency(&self, interval: bool) -> crate::metrics::Histograms {
+        let mut all = if interval { crate::metrics::take_interval() } else { crate::metrics::totals() };
+        let Some(mesh) = &self.mesh else { return all };
+        for core in (0..self.cores).filter(|&c| c != self.core) {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if mesh.send_to(core, MeshMsg { shard: 0, work: MeshWork::Latency { interval, reply } }).await.is_ok()
+                && let Ok(h) = answer.await
+            {
+                crate::metrics::merge(&mut all, h);
+            }
+        }
+        all
     }
 
     /// Runs `call` for `shard`: on its leader, or for a local call on this node's replica.
     pub async fn route_to_shard(&self, shard: u32, call: ShardCall) -> Response {
-        self.dispatch_call(shard, call, false)
+        self.dispatch_call(shard, call, false, Instant::now())
             .await
             .unwrap_or_else(|NotLeader| unavailable(&self.serve_limits, "the shard's leader moved"))
     }
 
     /// Takes `call` to the core that owns `shard`. `forwarded`: it came from another
     /// node, which retries elsewhere on `NotLeader` (a call is forwarded at most once).
-    pub async fn dispatch_call(&self, shard: u32, call: ShardCall, forwarded: bool) -> Result<Response, NotLeader> {
+    pub async fn dispatch_call(
+        &self,
+        shard: u32,
+        call: ShardCall,
+        forwarded: bool,
+        received: Instant,
+    ) -> Result<Response, NotLeader> {
         let owner = core_of(shard, self.cores);
         if owner == self.core {
-            return self.serve_call(shard, call, forwarded).await;
+            return self.serve_call(shard, call, forwarded, received).await;
         }
         let Some(mesh) = &self.mesh else {
             return Ok(Response::error(500, "internal", "no cross-core mesh"));
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let msg = MeshMsg { shard, work: MeshWork::Call { call, forwarded, reply } };
+        let msg = MeshMsg { shard, work: MeshWork::Call { call, forwarded, received, reply } };
         if mesh.send_to(owner, msg).await.is_err() {
             return Ok(unavailable(&self.serve_limits, format!("core {owner} is not accepting requests")));
         }
@@ -166,7 +203,16 @@ impl CoreCtx {
     /// deadline. A retry happens only when the call certainly was not applied: this
     /// replica refused before proposing, or the forward did not reach the leader, or
     /// the call is a read.
-    async fn serve_call(&self, shard_id: u32, call: ShardCall, forwarded: bool) -> Result<Response, NotLeader> {
+    async fn serve_call(
+        &self,
+        shard_id: u32,
+        call: ShardCall,
+        forwarded: bool,
+        received: Instant,
+    ) -> Result<Response, NotLeader> {
+        if matches!(call, ShardCall::Write(crate::store::Command::Append { .. })) {
+            crate::metrics::record_since("append.queue_wait", received);
+        }
         let Some(shard) = self.shards.get(&shard_id).cloned() else {
             return Ok(unavailable(&self.serve_limits, format!("shard {shard_id} is not open yet")));
         };
@@ -237,8 +283,12 @@ pub fn serve_mesh(ctx: Rc<CoreCtx>, mut receivers: Receivers<MeshMsg>) {
                 let ctx = ctx.clone();
                 glommio::spawn_local(async move {
                     match msg.work {
-                        MeshWork::Call { call, forwarded, reply } => {
-                            let _ = reply.send(ctx.serve_call(msg.shard, call, forwarded).await);
+                        MeshWork::Call { call, forwarded, received, reply } => {
+                            let _ = reply.send(ctx.serve_call(msg.shard, call, forwarded, received).await);
+                        }
+                        MeshWork::Latency { interval, reply } => {
+                            let h = if interval { crate::metrics::take_interval() } else { crate::metrics::totals() };
+                            let _ = reply.send(h);
                         }
                         MeshWork::Peer { rpc, reply } => {
                             let _ = reply.send(ctx.dispatch_peer(msg.shard, rpc).await);

@@ -80,7 +80,7 @@ pub async fn handle_rpc(ctx: &CoreCtx, shard_id: u32, shard: &Shard, rpc: Inboun
             PeerResponse::Snapshot(r)
         }
         InboundRpc::Call(call) => {
-            let reply = match Box::pin(ctx.dispatch_call(shard_id, call, true)).await {
+            let reply = match Box::pin(ctx.dispatch_call(shard_id, call, true, std::time::Instant::now())).await {
                 Ok(resp) => CallReply::Done(WireResponse::from_response(resp)),
                 Err(NotLeader) => CallReply::NotLeader,
             };

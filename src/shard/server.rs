@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub wal: WalConfig,
     pub raft: RaftTimings,
     pub peer: PeerLimits,
+    /// Write an HdrHistogram interval log of the latency histograms here.
+    pub latency_log: Option<PathBuf>,
+    pub latency_interval_ms: u64,
 }
 
 /// Fixed at first start and kept in the data dir.
@@ -209,6 +212,27 @@ async fn run_core(
         glommio::spawn_local(super::peer::serve_peers(ctx.clone(), listener)).detach();
     }
     glommio::spawn_local(super::leaders::watch_leaders(ctx.clone())).detach();
+    if core == 0
+        && let Some(path) = config.latency_log.clone()
+    {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("latency log {}: {e}", path.display()))?;
+        let interval = std::time::Duration::from_millis(config.latency_interval_ms.max(100));
+        let ctx = ctx.clone();
+        glommio::spawn_local(async move {
+            let next = || {
+                let ctx = ctx.clone();
+                async move { ctx.collect_latency(true).await }
+            };
+            if let Err(e) = crate::metrics::interval_log::run(file, interval, ctx.node_id, next).await {
+                eprintln!("latency log {}: {e}; no longer written", path.display());
+            }
+        })
+        .detach();
+    }
     let listener =
         glommio::net::TcpListener::bind(config.listen).map_err(|e| format!("bind {}: {e}", config.listen))?;
     let http = Rc::new(config.http.clone());

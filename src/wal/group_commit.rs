@@ -311,6 +311,8 @@ async fn flusher(inner: Weak<Inner>, wake: Rc<Notify>) {
             let mut stats = inner.stats.borrow_mut();
             let _ = stats.sync_latency_us.record(started_at.elapsed().as_micros() as u64);
             let _ = stats.sync_batch_records.record(durable_next.saturating_sub(before));
+            crate::metrics::record_since("wal.sync", started_at);
+            crate::metrics::record("wal.sync_batch_records", durable_next.saturating_sub(before));
             stats.syncs_completed_total += 1;
         }
         publish(&inner, Durability { durable_next, durable });

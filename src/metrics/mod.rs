@@ -1,0 +1,96 @@
+//! Latency recorders: one set of hdrhistograms per executor thread (no locks, no
+//! sharing: a core records into its own), merged across cores on demand.
+//!
+//! Every histogram is kept twice: `total` since start (for `GET /v1/admin/latency`) and
+//! `interval` since the last interval-log write (`--latency-log`), which is taken and
+//! reset by the writer. Values are µs unless the name ends otherwise (`…_records`).
+//! Names: `http.<route>` per route, `append.queue_wait` (HTTP request parsed → the call
+//! starts on the shard's core, mesh hop included), `write.raft_commit` (proposal →
+//! applied, i.e. fsync'd on a quorum), `wal.sync` (one group-commit sync) and
+//! `wal.sync_batch_records` (records made durable by one sync).
+pub mod interval_log;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+use crate::config::LATENCY_HISTOGRAM_MAX_US;
+
+/// Histograms by name.
+pub type Histograms = BTreeMap<String, Histogram<u64>>;
+
+#[derive(Default)]
+struct Recorder {
+    total: BTreeMap<&'static str, Histogram<u64>>,
+    interval: BTreeMap<&'static str, Histogram<u64>>,
+}
+
+thread_local! {
+    static RECORDER: RefCell<Recorder> = RefCell::new(Recorder::default());
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_HISTOGRAM_MAX_US, 3).expect("valid histogram bounds")
+}
+
+/// Records `value` in this thread's histogram `name` (clamped to the histogram's range).
+pub fn record(name: &'static str, value: u64) {
+    let value = value.clamp(1, LATENCY_HISTOGRAM_MAX_US);
+    RECORDER.with(|r| {
+        let mut r = r.borrow_mut();
+        let _ = r.total.entry(name).or_insert_with(new_histogram).record(value);
+        let _ = r.interval.entry(name).or_insert_with(new_histogram).record(value);
+    });
+}
+
+/// Records the µs since `start`.
+pub fn record_since(name: &'static str, start: Instant) {
+    record(name, start.elapsed().as_micros() as u64);
+}
+
+/// A copy of this thread's totals.
+pub fn totals() -> Histograms {
+    RECORDER.with(|r| r.borrow().total.iter().map(|(k, h)| ((*k).to_owned(), h.clone())).collect())
+}
+
+/// This thread's interval histograms, reset.
+pub fn take_interval() -> Histograms {
+    RECORDER
+        .with(|r| std::mem::take(&mut r.borrow_mut().interval).into_iter().map(|(k, h)| (k.to_owned(), h)).collect())
+}
+
+/// Adds `from` into `into` (histograms of several cores or nodes).
+pub fn merge(into: &mut Histograms, from: Histograms) {
+    for (name, h) in from {
+        match into.get_mut(&name) {
+            Some(mine) => {
+                let _ = mine.add(&h);
+            }
+            None => {
+                into.insert(name, h);
+            }
+        }
+    }
+}
+
+/// `{name: {count, p50, p90, p99, p999, max}}`.
+pub fn percentiles_json(hists: &Histograms) -> Value {
+    let mut out = serde_json::Map::new();
+    for (name, h) in hists {
+        out.insert(
+            name.clone(),
+            json!({
+                "count": h.len(),
+                "p50": h.value_at_quantile(0.5),
+                "p90": h.value_at_quantile(0.9),
+                "p99": h.value_at_quantile(0.99),
+                "p999": h.value_at_quantile(0.999),
+                "max": h.max(),
+            }),
+        );
+    }
+    Value::Object(out)
+}
