@@ -14,7 +14,8 @@
 # bench/.cluster/nodeI/, log in bench/.cluster/nodeI.log, pid in bench/.cluster/nodeI.pid.
 # Knobs (env): CORES (per node, default 1 so that 3 nodes share 2 cores fairly),
 # SHARDS (default 4), EXTRA_ARGS (more `fleetlm serve` flags), BIN (default
-# target/release/fleetlm).
+# target/release/fleetlm), LATENCY_DIR (node I writes its latency interval log to
+# $LATENCY_DIR/nodeI.hlog).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=bench/.cluster
@@ -44,11 +45,13 @@ start_node() {
   n=$(node_count)
   if alive "$i"; then return 0; fi
   mkdir -p "$DIR/node$i"
+  local latency=""
+  if [ -n "${LATENCY_DIR:-}" ]; then latency="--latency-log $LATENCY_DIR/node$i.hlog"; fi
   # shellcheck disable=SC2086
   nohup "$BIN" serve --node-id "$i" --listen "127.0.0.1:$(http_port "$i")" \
     --peer-listen "127.0.0.1:$(peer_port "$i")" --peers "$(peers_arg "$n")" \
     --data-dir "$DIR/node$i" --cores "$CORES" --shards "$SHARDS" --first-cpu $(((i - 1) * CORES % $(nproc))) \
-    $EXTRA_ARGS \
+    $latency $EXTRA_ARGS \
     >>"$DIR/node$i.log" 2>&1 </dev/null &
   echo $! >"$DIR/node$i.pid"
 }
