@@ -94,7 +94,7 @@ export function waitReady(timeoutSec) {
   for (const node of NODES) {
     const url = `${node.replace(/\/v1$/, '')}/health/ready`;
     for (;;) {
-      const r = http.get(url, { tags: { name: 'ready' } });
+      const r = http.get(url, { tags: { name: 'ready' }, responseCallback: http.expectedStatuses(200, 503) });
       if (r.status === 200) break;
       if (Date.now() > deadline) throw new Error(`${url} not ready: ${r.status} ${r.body}`);
       sleep(0.25);
