@@ -54,6 +54,9 @@ pub struct ServerConfig {
     pub latency_interval_ms: u64,
 }
 
+/// The on-disk format of a data dir (1: JSON Raft log entries; 2: postcard).
+const DATA_FORMAT: u32 = 2;
+
 /// Fixed at first start and kept in the data dir.
 #[derive(Debug, Serialize, Deserialize)]
 struct Layout {
@@ -83,6 +86,13 @@ fn load_layout(dir: &Path, wanted: Option<u32>, cores: usize, node_id: u64) -> R
     match std::fs::read(&path) {
         Ok(bytes) => {
             let layout: Layout = serde_json::from_slice(&bytes).map_err(|e| err(format!("fleetlm.json: {e}")))?;
+            if layout.format != DATA_FORMAT {
+                return Err(err(format!(
+                    "holds data format {} and this FleetLM reads format {DATA_FORMAT} (format 2: postcard Raft log \
+                     entries); start it on an empty data dir",
+                    layout.format
+                )));
+            }
             if let Some(w) = wanted.filter(|&w| w != layout.shards) {
                 return Err(err(format!("was created with {} shards; --shards {w} cannot change that", layout.shards)));
             }
@@ -93,7 +103,7 @@ fn load_layout(dir: &Path, wanted: Option<u32>, cores: usize, node_id: u64) -> R
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let shards = wanted.unwrap_or((2 * cores) as u32).max(1);
-            let bytes = serde_json::to_vec(&Layout { format: 1, shards, node_id: Some(node_id) })
+            let bytes = serde_json::to_vec(&Layout { format: DATA_FORMAT, shards, node_id: Some(node_id) })
                 .map_err(|e| err(e.to_string()))?;
             crate::raft::durable_file::replace_durably(&path, &bytes).map_err(|e| err(e.to_string()))?;
             Ok(shards)
