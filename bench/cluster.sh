@@ -67,6 +67,22 @@ wait_ready() {
   return 1
 }
 
+# Until every shard is led by its preferred node (shard s → node s mod n + 1, see
+# src/shard/leaders.rs), at most 15 s: benchmarks start from a balanced cluster.
+wait_balanced() {
+  local n=$1
+  for _ in $(seq 1 150); do
+    if curl -sf "http://127.0.0.1:$(http_port 1)/v1/cluster" | python3 -c "
+import json, sys
+d = json.load(sys.stdin)
+sys.exit(0 if all(s['leader'] == s['shard'] % $n + 1 for s in d['shards']) else 1)" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "leaders not spread after 15 s (continuing)" >&2
+}
+
 signal_all() {
   local sig=$1 i
   for i in $(seq 1 "$(node_count)"); do
@@ -94,6 +110,7 @@ case "$cmd" in
     echo "$n" >"$nodes_file"
     for i in $(seq 1 "$n"); do start_node "$i"; done
     for i in $(seq 1 "$n"); do wait_ready "$i"; done
+    wait_balanced "$n"
     for i in $(seq 1 "$n"); do echo "http://127.0.0.1:$(http_port "$i")"; done
     ;;
   kill)

@@ -190,6 +190,9 @@ pub struct ServeLimits {
     /// How often each core checks whether it leads more shards than its share and
     /// hands leadership to the preferred node.
     pub leader_balance_interval_ms: u64,
+    /// Leadership is handed to the preferred node only when it is at most this many
+    /// entries behind.
+    pub leader_transfer_lag_max_entries: u64,
     /// `/health/ready` counts a shard's leader as reachable when it was heard from
     /// (a quorum ack on the leader, a heartbeat on a follower) within this.
     pub leader_stale_after_ms: u64,
@@ -204,6 +207,7 @@ impl Default for ServeLimits {
             membership_deadline_ms: 60_000,
             leader_retry_pause_ms: 20,
             leader_balance_interval_ms: 2_000,
+            leader_transfer_lag_max_entries: 1_000,
             leader_stale_after_ms: 1_000,
         }
     }
@@ -229,10 +233,11 @@ pub struct PeerLimits {
     pub reconnect_backoff_max_ms: u64,
     /// Open inbound peer connections per core; more are closed at accept.
     pub connections_max_per_core: usize,
-    /// Idle forwarding connections kept per (peer node, core).
-    pub forward_idle_connections_max: usize,
     /// Largest snapshot index (the in-memory part of a shard) accepted from a peer.
     pub snapshot_index_max_bytes: u64,
+    /// Requests served at once per inbound peer connection (forwarded calls are
+    /// multiplexed); reading pauses beyond it.
+    pub calls_in_flight_max_per_connection: usize,
 }
 
 impl Default for PeerLimits {
@@ -247,8 +252,8 @@ impl Default for PeerLimits {
             reconnect_backoff_min_ms: 20,
             reconnect_backoff_max_ms: 200,
             connections_max_per_core: 1_024,
-            forward_idle_connections_max: 64,
             snapshot_index_max_bytes: 1 << 30,
+            calls_in_flight_max_per_connection: 4_096,
         }
     }
 }

@@ -57,7 +57,7 @@ fn append_entries_round_trip_through_a_frame() {
 
 #[test]
 fn frames_over_the_limit_are_refused_both_ways() {
-    let req = PeerRequest::Call { shard: 0, call: vec![7u8; 4096] };
+    let req = PeerRequest::Call { id: 1, shard: 0, call: vec![7u8; 4096] };
     let mut buf = Cursor::new(Vec::new());
     assert!(matches!(block_on(write_frame(&mut buf, &req, 1024)), Err(WireError::TooLarge(_, 1024))));
     block_on(write_frame(&mut buf, &req, 1 << 20)).expect("encode");

@@ -42,6 +42,31 @@ fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to nothing")))
 }
 
+/// Connects to core `core` of the peer at `addr` (its port + `core`), falling back to
+/// the base port (remembered in `use_base_port`) when nothing listens there.
+pub async fn connect_peer(
+    addr: &str,
+    core: usize,
+    use_base_port: &mut bool,
+    timeout: Duration,
+) -> Result<TcpStream, WireError> {
+    let base = resolve(addr).map_err(WireError::Connect)?;
+    let port_addr = if *use_base_port { base } else { core_port_addr(base, core) };
+    let stream = match TcpStream::connect_timeout(port_addr, timeout).await {
+        Ok(s) => s,
+        Err(_) if port_addr != base => {
+            let s = TcpStream::connect_timeout(base, timeout)
+                .await
+                .map_err(|e| WireError::Connect(std::io::Error::from(e)))?;
+            *use_base_port = true;
+            s
+        }
+        Err(e) => return Err(WireError::Connect(e.into())),
+    };
+    stream.set_nodelay(true).map_err(|e| WireError::Connect(std::io::Error::from(e)))?;
+    Ok(stream)
+}
+
 /// One reusable connection to one core of one peer, with reconnect backoff. Used by
 /// the Raft clients here and by request forwarding (`crate::shard::peer`).
 pub struct PeerConn {
@@ -100,21 +125,8 @@ impl PeerConn {
                     format!("{}: backing off after a failed connection", self.addr),
                 )));
             }
-            let base = resolve(&self.addr).map_err(WireError::Connect)?;
             let timeout = Duration::from_millis(self.limits.connect_timeout_ms);
-            let port_addr = if self.use_base_port { base } else { core_port_addr(base, self.core) };
-            let stream = match TcpStream::connect_timeout(port_addr, timeout).await {
-                Ok(s) => s,
-                Err(_) if port_addr != base => {
-                    let s = TcpStream::connect_timeout(base, timeout)
-                        .await
-                        .map_err(|e| WireError::Connect(std::io::Error::from(e)))?;
-                    self.use_base_port = true;
-                    s
-                }
-                Err(e) => return Err(WireError::Connect(e.into())),
-            };
-            stream.set_nodelay(true).map_err(|e| WireError::Connect(std::io::Error::from(e)))?;
+            let stream = connect_peer(&self.addr, self.core, &mut self.use_base_port, timeout).await?;
             self.stream = Some(stream);
             self.backoff = Duration::from_millis(self.limits.reconnect_backoff_min_ms);
         }

@@ -4,11 +4,13 @@
 //! frame    = [len: u32 LE][postcard bytes: len]
 //! exchange = request frame, (snapshot only) raw index bytes + raw body bytes, response frame
 //! ```
-//! One connection carries one exchange at a time (the client owns it with `&mut`);
+//! A Raft connection carries one exchange at a time (the client owns it with `&mut`);
 //! connections are kept and reused. A `Snapshot` request announces its two byte counts
 //! and the raw bytes follow the frame, so that neither side holds the history in one
 //! buffer. `Call` carries a forwarded client request, encoded by the serving layer
-//! (`crate::shard::peer`); Raft does not look inside it.
+//! (`crate::shard::forward`); Raft does not look inside it. Calls are multiplexed: many
+//! are in flight on one connection, each answered by `CallReply` with its `id`, in any
+//! order, so that frames queued together go out in one write.
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
@@ -51,6 +53,7 @@ pub enum PeerRequest {
     },
     /// A client request forwarded to the node that leads the shard.
     Call {
+        id: u64,
         shard: u32,
         call: Vec<u8>,
     },
@@ -77,7 +80,11 @@ pub enum PeerResponse {
     Vote(Result<VoteResponse<C>, String>),
     TransferLeader(Result<TransferLeaderResponse<C>, String>),
     Snapshot(Result<SnapshotResponse<C>, String>),
-    Call(Vec<u8>),
+    /// The answer to `Call` number `id`.
+    CallReply {
+        id: u64,
+        reply: Vec<u8>,
+    },
     Refused(String),
 }
 
@@ -101,14 +108,23 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     value: &T,
     frame_max_bytes: u64,
 ) -> Result<(), WireError> {
-    let mut buf = vec![0u8; 4];
-    postcard::to_io(value, &mut buf).map_err(|e| WireError::Decode(e.to_string()))?;
-    let len = (buf.len() - 4) as u64;
+    let mut buf = Vec::new();
+    encode_frame(&mut buf, value, frame_max_bytes)?;
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Appends one frame to `out` (for writing several frames at once).
+pub fn encode_frame<T: Serialize>(out: &mut Vec<u8>, value: &T, frame_max_bytes: u64) -> Result<(), WireError> {
+    let at = out.len();
+    out.extend_from_slice(&[0u8; 4]);
+    postcard::to_io(value, &mut *out).map_err(|e| WireError::Decode(e.to_string()))?;
+    let len = (out.len() - at - 4) as u64;
     if len > frame_max_bytes {
+        out.truncate(at);
         return Err(WireError::TooLarge(len, frame_max_bytes));
     }
-    buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
-    w.write_all(&buf).await?;
+    out[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
 }
 

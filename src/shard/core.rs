@@ -3,7 +3,6 @@
 //! shard's core (locally, or once across the bounded cross-core mesh), and there to
 //! the shard's leader: this replica when it leads, else forwarded to the leader node
 //! over the peer transport. The client never sees a redirect.
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -13,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{Receivers, Senders};
 
+use super::forward::Forwarder;
 use super::peer::{CallReply, InboundRpc, handle_rpc};
 use super::placement::{core_of, shard_of};
 use crate::api::calls::{Attempt, ShardCall, attempt, unavailable};
 use crate::config::{PeerLimits, ServeLimits, StoreLimits};
 use crate::http::Response;
 use crate::raft::Shard;
-use crate::raft::network::PeerConn;
-use crate::raft::wire::{PeerRequest, PeerResponse, WireError, decode, encode};
+use crate::raft::wire::{PeerResponse, WireError, encode};
 
 /// A forwarded call reached a replica that does not lead the shard (any more).
 #[derive(Debug)]
@@ -72,8 +71,8 @@ pub struct CoreCtx {
     pub peer_limits: PeerLimits,
     pub api_key: Option<String>,
     pub ready: Arc<Readiness>,
-    /// Idle connections for forwarding, per (node, core of that node).
-    forward_pool: RefCell<HashMap<(u64, usize), Vec<PeerConn>>>,
+    /// Multiplexed connections for forwarding calls to leaders.
+    forwarder: Forwarder,
 }
 
 impl CoreCtx {
@@ -101,10 +100,10 @@ impl CoreCtx {
             mesh,
             store_limits,
             serve_limits,
-            peer_limits,
+            peer_limits: peer_limits.clone(),
             api_key,
             ready,
-            forward_pool: RefCell::new(HashMap::new()),
+            forwarder: Forwarder::new(peer_limits),
         }
     }
 
@@ -255,21 +254,7 @@ impl CoreCtx {
         remaining: Duration,
     ) -> Result<CallReply, WireError> {
         let core = core_of(shard, self.cores);
-        let pooled = self.forward_pool.borrow_mut().get_mut(&(node, core)).and_then(Vec::pop);
-        let mut conn = pooled.unwrap_or_else(|| PeerConn::new(addr.to_owned(), core, self.peer_limits.clone()));
-        conn.set_addr(addr);
-        let req = PeerRequest::Call { shard, call: encode(call)? };
-        let resp = conn.call(&req, remaining).await?;
-        let mut pool = self.forward_pool.borrow_mut();
-        let idle = pool.entry((node, core)).or_default();
-        if idle.len() < self.peer_limits.forward_idle_connections_max {
-            idle.push(conn);
-        }
-        match resp {
-            PeerResponse::Call(bytes) => decode(&bytes),
-            PeerResponse::Refused(_) => Ok(CallReply::NotLeader),
-            _ => Err(WireError::Decode("node answered another request".into())),
-        }
+        self.forwarder.call(node, addr, core, shard, encode(call)?, remaining).await
     }
 }
 

@@ -1,8 +1,8 @@
 //! Per core, forever: counts the shards that know a leader (for `/health/ready`) and
 //! spreads leadership. Each shard prefers the voter at position `shard mod voters` of
 //! its sorted voter list, so leaders spread evenly over the nodes; a leader that is not
-//! its shard's preferred node hands leadership over once that node has every entry
-//! (openraft's transfer: the target times out at once and wins the election).
+//! its shard's preferred node hands leadership over once that node is close behind
+//! (openraft's transfer: the target catches up, times out at once and wins the election).
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -67,12 +67,14 @@ pub async fn watch_leaders(ctx: Rc<CoreCtx>) {
             let Some(preferred) = preferred_leader(id, &voters).filter(|&p| p != ctx.node_id) else {
                 continue;
             };
-            // Only to a node that has everything: it must win the election at once.
-            let caught_up = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&preferred))
-                .is_some_and(|matched| matched.as_ref().map(|l| l.index) == m.last_log_index);
+            // Only to a node that is close behind (under load nobody is ever exactly
+            // caught up): the target waits until it holds the leader's last entry, then
+            // wins the election at once.
+            let lag_max = ctx.serve_limits.leader_transfer_lag_max_entries;
+            let caught_up = m.replication.as_ref().and_then(|r| r.get(&preferred)).is_some_and(|matched| {
+                let matched = matched.as_ref().map_or(0, |l| l.index + 1);
+                m.last_log_index.map_or(0, |i| i + 1).saturating_sub(matched) <= lag_max
+            });
             if caught_up {
                 let _ = shard.raft.trigger().transfer_leader(preferred).await;
             }

@@ -1,6 +1,7 @@
 //! Shard-per-core serving: placement (id → shard → core), the per-core context and
 //! cross-core mesh (`core`), and node startup (`server`).
 pub mod core;
+pub mod forward;
 pub mod leaders;
 pub mod peer;
 pub mod placement;

@@ -5,18 +5,21 @@
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use std::cell::{Cell, RefCell};
+
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use glommio::net::{TcpListener, TcpStream};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use openraft::type_config::alias::{SnapshotOf, VoteOf};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, Semaphore};
 
 use super::core::{CoreCtx, NotLeader};
 use crate::api::calls::ShardCall;
 use crate::http::Response;
 use crate::raft::bodies::BodiesReceiver;
 use crate::raft::state_machine::ShardSnapshot;
-use crate::raft::wire::{PeerRequest, PeerResponse, WireError, decode, encode, read_frame, write_frame};
+use crate::raft::wire::{PeerRequest, PeerResponse, WireError, decode, encode, encode_frame, read_frame};
 use crate::raft::{FleetRaft, Shard};
 
 type C = FleetRaft;
@@ -84,10 +87,8 @@ pub async fn handle_rpc(ctx: &CoreCtx, shard_id: u32, shard: &Shard, rpc: Inboun
                 Ok(resp) => CallReply::Done(WireResponse::from_response(resp)),
                 Err(NotLeader) => CallReply::NotLeader,
             };
-            match encode(&reply) {
-                Ok(bytes) => PeerResponse::Call(bytes),
-                Err(e) => PeerResponse::Refused(e.to_string()),
-            }
+            // The connection handler puts the call's id in.
+            call_reply(0, reply)
         }
     }
 }
@@ -129,7 +130,7 @@ static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
 /// segment files of a fresh staging directory of the shard.
 async fn receive_snapshot(
     ctx: &CoreCtx,
-    stream: &mut TcpStream,
+    stream: &mut ReadHalf<TcpStream>,
     shard: u32,
     index_len: u64,
     bodies_len: u64,
@@ -156,30 +157,87 @@ async fn receive_snapshot(
     Ok((index, source, staging))
 }
 
-async fn serve_connection(ctx: &CoreCtx, mut stream: TcpStream) -> Result<(), WireError> {
+async fn serve_connection(ctx: &Rc<CoreCtx>, stream: TcpStream) -> Result<(), WireError> {
     let frame_max = ctx.peer_limits.frame_max_bytes;
-    loop {
-        let req: PeerRequest = read_frame(&mut stream, frame_max).await?;
-        let shard = req.shard();
-        let resp = if shard >= ctx.shard_count {
-            PeerResponse::Refused(format!("node {} has no shard {shard}", ctx.node_id))
-        } else {
-            let rpc = match req {
-                PeerRequest::Append { rpc, .. } => InboundRpc::Append(rpc),
-                PeerRequest::Vote { rpc, .. } => InboundRpc::Vote(rpc),
-                PeerRequest::PreVote { rpc, .. } => InboundRpc::PreVote(rpc),
-                PeerRequest::TransferLeader { rpc, .. } => InboundRpc::TransferLeader(rpc),
-                PeerRequest::Call { call, .. } => InboundRpc::Call(decode(&call)?),
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    // Answers are queued and written by one task, several per write when they pile up;
+    // requests are served concurrently (forwarded calls are multiplexed; a Raft client
+    // sends its next request only after the answer, so its order holds).
+    let out: Rc<RefCell<Vec<u8>>> = Rc::default();
+    let wake = Rc::new(Notify::new());
+    let closed = Rc::new(Cell::new(false));
+    let in_flight = std::sync::Arc::new(Semaphore::new(ctx.peer_limits.calls_in_flight_max_per_connection));
+    let writer_task = {
+        let (out, wake, closed) = (out.clone(), wake.clone(), closed.clone());
+        glommio::spawn_local(async move {
+            loop {
+                let buf = std::mem::take(&mut *out.borrow_mut());
+                if buf.is_empty() {
+                    if closed.get() {
+                        return Ok::<(), std::io::Error>(());
+                    }
+                    wake.notified().await;
+                    continue;
+                }
+                writer.write_all(&buf).await?;
+                writer.flush().await?;
+            }
+        })
+    };
+    let result = async {
+        loop {
+            let req: PeerRequest = read_frame(&mut reader, frame_max).await?;
+            let shard = req.shard();
+            let permit = in_flight.clone().acquire_owned().await.map_err(|e| WireError::Decode(e.to_string()))?;
+            let (id, rpc) = match req {
+                _ if shard >= ctx.shard_count => {
+                    let why = format!("node {} has no shard {shard}", ctx.node_id);
+                    let answer = match req {
+                        PeerRequest::Call { id, .. } => call_reply(id, CallReply::NotLeader),
+                        _ => PeerResponse::Refused(why),
+                    };
+                    encode_frame(&mut out.borrow_mut(), &answer, frame_max)?;
+                    wake.notify_one();
+                    continue;
+                }
+                PeerRequest::Append { rpc, .. } => (None, InboundRpc::Append(rpc)),
+                PeerRequest::Vote { rpc, .. } => (None, InboundRpc::Vote(rpc)),
+                PeerRequest::PreVote { rpc, .. } => (None, InboundRpc::PreVote(rpc)),
+                PeerRequest::TransferLeader { rpc, .. } => (None, InboundRpc::TransferLeader(rpc)),
+                PeerRequest::Call { id, call, .. } => (Some(id), InboundRpc::Call(decode(&call)?)),
                 PeerRequest::Snapshot { vote, meta, index_len, bodies_len, .. } => {
                     let (index, bodies, staging) =
-                        receive_snapshot(ctx, &mut stream, shard, index_len, bodies_len).await?;
+                        receive_snapshot(ctx, &mut reader, shard, index_len, bodies_len).await?;
                     let snapshot = SnapshotOf::<C, _> { meta, snapshot: ShardSnapshot { index, bodies } };
-                    InboundRpc::Snapshot { vote, snapshot, staging }
+                    (None, InboundRpc::Snapshot { vote, snapshot, staging })
                 }
             };
-            ctx.dispatch_peer(shard, rpc).await
-        };
-        write_frame(&mut stream, &resp, frame_max).await?;
-        stream.flush().await?;
+            let (ctx, out, wake) = (ctx.clone(), out.clone(), wake.clone());
+            glommio::spawn_local(async move {
+                let answer = match (id, ctx.dispatch_peer(shard, rpc).await) {
+                    (Some(id), PeerResponse::CallReply { reply, .. }) => PeerResponse::CallReply { id, reply },
+                    (Some(id), _) => call_reply(id, CallReply::NotLeader),
+                    (None, answer) => answer,
+                };
+                if let Err(e) = encode_frame(&mut out.borrow_mut(), &answer, frame_max) {
+                    eprintln!("core {}: peer answer not sent: {e}", ctx.core);
+                }
+                wake.notify_one();
+                drop(permit);
+            })
+            .detach();
+        }
+    }
+    .await;
+    closed.set(true);
+    wake.notify_one();
+    drop(writer_task);
+    result
+}
+
+fn call_reply(id: u64, reply: CallReply) -> PeerResponse {
+    match encode(&reply) {
+        Ok(reply) => PeerResponse::CallReply { id, reply },
+        Err(e) => PeerResponse::Refused(e.to_string()),
     }
 }

@@ -1,0 +1,232 @@
+//! Forwarding client requests to the node that leads their shard, multiplexed: one
+//! connection per (peer node, core), many calls in flight on it, each tagged with an
+//! id. Frames queued while a write is in flight leave together in the next write, and
+//! one read brings back as many answers as have arrived, so under load the syscalls
+//! per forwarded request fall with the batch size (a connection per in-flight call
+//! paid a write and a read each way per request).
+//!
+//! A failure of the connection fails every call on it: calls whose frame had not been
+//! written yet get `WireError::Connect` (certainly not delivered: safe to retry), the
+//! others `WireError::Io` (maybe applied). The next call reconnects (with backoff).
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use glommio::net::TcpStream;
+use tokio::sync::{Notify, oneshot};
+
+use super::peer::CallReply;
+use crate::config::PeerLimits;
+use crate::raft::network::connect_peer;
+use crate::raft::wire::{PeerRequest, PeerResponse, WireError, decode, encode_frame, read_frame};
+
+type Answer = Result<PeerResponse, WireError>;
+
+/// One multiplexed connection's state.
+struct Link {
+    addr: RefCell<String>,
+    core: usize,
+    use_base_port: Cell<bool>,
+    /// Bumped on every (re)connection: tasks of an older one stop touching the state.
+    generation: Cell<u64>,
+    connected: Cell<bool>,
+    connecting: Cell<bool>,
+    /// Frames not written yet, with their ids.
+    queued: RefCell<(Vec<u8>, Vec<u64>)>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<Answer>>>,
+    wake_writer: Notify,
+    next_id: Cell<u64>,
+    retry_at: Cell<Instant>,
+    limits: PeerLimits,
+}
+
+impl Link {
+    /// Fails every call: unwritten ones as not delivered, written ones as unknown.
+    fn fail(&self, generation: u64, why: &str) {
+        if self.generation.get() != generation || !self.connected.get() {
+            return;
+        }
+        self.connected.set(false);
+        self.retry_at.set(Instant::now() + Duration::from_millis(self.limits.reconnect_backoff_min_ms));
+        let (_, unsent) = std::mem::take(&mut *self.queued.borrow_mut());
+        let mut pending = self.pending.borrow_mut();
+        for id in unsent {
+            if let Some(tx) = pending.remove(&id) {
+                let _ = tx.send(Err(WireError::Connect(std::io::Error::other(why.to_owned()))));
+            }
+        }
+        for (_, tx) in pending.drain() {
+            let _ =
+                tx.send(Err(WireError::Io(std::io::Error::new(std::io::ErrorKind::ConnectionReset, why.to_owned()))));
+        }
+        self.wake_writer.notify_one();
+    }
+
+    async fn ensure_connected(self: &Rc<Self>) -> Result<(), WireError> {
+        if self.connected.get() {
+            return Ok(());
+        }
+        let not_now =
+            |why: &str| WireError::Connect(std::io::Error::new(std::io::ErrorKind::WouldBlock, why.to_owned()));
+        if self.connecting.get() {
+            return Err(not_now("connecting"));
+        }
+        if Instant::now() < self.retry_at.get() {
+            return Err(not_now("backing off after a failed connection"));
+        }
+        self.connecting.set(true);
+        let addr = self.addr.borrow().clone();
+        let mut base = self.use_base_port.get();
+        let timeout = Duration::from_millis(self.limits.connect_timeout_ms);
+        let connected = connect_peer(&addr, self.core, &mut base, timeout).await;
+        self.connecting.set(false);
+        let stream = match connected {
+            Ok(s) => s,
+            Err(e) => {
+                self.retry_at.set(Instant::now() + Duration::from_millis(self.limits.reconnect_backoff_min_ms));
+                return Err(e);
+            }
+        };
+        self.use_base_port.set(base);
+        let generation = self.generation.get() + 1;
+        self.generation.set(generation);
+        self.connected.set(true);
+        let (reader, writer) = futures_lite::io::split(stream);
+        glommio::spawn_local(read_answers(self.clone(), reader, generation)).detach();
+        glommio::spawn_local(write_frames(self.clone(), writer, generation)).detach();
+        Ok(())
+    }
+
+    /// Sends one call and waits for its answer, within `timeout`.
+    async fn call(self: &Rc<Self>, shard: u32, call: Vec<u8>, timeout: Duration) -> Answer {
+        self.ensure_connected().await?;
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = self.queued.borrow_mut();
+            let (buf, ids) = &mut *q;
+            encode_frame(buf, &PeerRequest::Call { id, shard, call }, self.limits.frame_max_bytes)?;
+            ids.push(id);
+        }
+        self.pending.borrow_mut().insert(id, tx);
+        self.wake_writer.notify_one();
+        match crate::raft::runtime::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(WireError::Io(std::io::Error::other("forwarding connection dropped the call"))),
+            Err(_) => {
+                // Its frame may still go out (and be applied); a late answer is dropped.
+                self.pending.borrow_mut().remove(&id);
+                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "the leader did not answer in time");
+                Err(WireError::Io(e))
+            }
+        }
+    }
+}
+
+async fn write_frames(link: Rc<Link>, mut writer: WriteHalf<TcpStream>, generation: u64) {
+    loop {
+        if link.generation.get() != generation || !link.connected.get() {
+            return;
+        }
+        // Taking the ids out marks these calls as sent: a failure from here on leaves
+        // their outcome unknown.
+        let (buf, _sent) = std::mem::take(&mut *link.queued.borrow_mut());
+        if buf.is_empty() {
+            link.wake_writer.notified().await;
+            continue;
+        }
+        if let Err(e) = async {
+            writer.write_all(&buf).await?;
+            writer.flush().await
+        }
+        .await
+        {
+            link.fail(generation, &format!("forwarding write: {e}"));
+            return;
+        }
+    }
+}
+
+async fn read_answers(link: Rc<Link>, mut reader: ReadHalf<TcpStream>, generation: u64) {
+    loop {
+        let frame: Result<PeerResponse, _> = read_frame(&mut reader, link.limits.frame_max_bytes).await;
+        if link.generation.get() != generation {
+            return;
+        }
+        match frame {
+            Ok(PeerResponse::CallReply { id, reply }) => {
+                if let Some(tx) = link.pending.borrow_mut().remove(&id) {
+                    let _ = tx.send(Ok(PeerResponse::CallReply { id, reply }));
+                }
+            }
+            Ok(other) => {
+                link.fail(generation, &format!("unexpected answer on a forwarding connection: {other:?}"));
+                return;
+            }
+            Err(e) => {
+                link.fail(generation, &format!("forwarding read: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+/// The forwarding links of one core.
+pub struct Forwarder {
+    links: RefCell<HashMap<(u64, usize), Rc<Link>>>,
+    limits: PeerLimits,
+}
+
+impl Forwarder {
+    pub fn new(limits: PeerLimits) -> Forwarder {
+        Forwarder { links: RefCell::new(HashMap::new()), limits }
+    }
+
+    /// Sends an encoded call for `shard` to core `core` of node `node` at `addr`.
+    pub async fn call(
+        &self,
+        node: u64,
+        addr: &str,
+        core: usize,
+        shard: u32,
+        call: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<CallReply, WireError> {
+        let link = {
+            let mut links = self.links.borrow_mut();
+            links
+                .entry((node, core))
+                .or_insert_with(|| {
+                    Rc::new(Link {
+                        addr: RefCell::new(addr.to_owned()),
+                        core,
+                        use_base_port: Cell::new(false),
+                        generation: Cell::new(0),
+                        connected: Cell::new(false),
+                        connecting: Cell::new(false),
+                        queued: RefCell::new((Vec::new(), Vec::new())),
+                        pending: RefCell::new(HashMap::new()),
+                        wake_writer: Notify::new(),
+                        next_id: Cell::new(0),
+                        retry_at: Cell::new(Instant::now()),
+                        limits: self.limits.clone(),
+                    })
+                })
+                .clone()
+        };
+        if *link.addr.borrow() != addr {
+            // The node moved: the next connection goes to the new address.
+            *link.addr.borrow_mut() = addr.to_owned();
+            let generation = link.generation.get();
+            link.fail(generation, "peer address changed");
+        }
+        match link.call(shard, call, timeout).await? {
+            PeerResponse::CallReply { reply, .. } => decode(&reply),
+            PeerResponse::Refused(_) => Ok(CallReply::NotLeader),
+            _ => Err(WireError::Decode("node answered another request".into())),
+        }
+    }
+}
