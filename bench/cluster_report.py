@@ -17,7 +17,7 @@ def sh(cmd):
 single = json.load(open(f"{scratch}/single.json"))["ops"]["append"]
 cluster = json.load(open(f"{scratch}/cluster.json"))["ops"]["append"]
 failover = json.load(open(f"{scratch}/failover.json"))
-commit = sh("git rev-parse --short HEAD") + ("-dirty" if sh("git status --porcelain -uno") else "")
+commit = sh("git rev-parse --short HEAD") + ("-dirty" if sh("git status --porcelain -uno -- . ':!bench/results'") else "")
 ok = lambda b: "PASS" if b else "FAIL"
 ratio = cluster["per_sec"] / single["per_sec"]
 times = [t for r in failover for t in r["first_append_ms"].values()]

@@ -59,7 +59,7 @@ fi
 {
   echo "scenario: $name ($script), nodes: $nodes"
   echo "command: bench/run.sh $*"
-  echo "commit: $(git rev-parse --short HEAD)$(git status --porcelain -uno | grep -q . && echo -dirty)"
+  echo "commit: $(git rev-parse --short HEAD)$(git status --porcelain -uno -- . ':!bench/results' | grep -q . && echo -dirty)"
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "machine: $(nproc) cores, $(uname -sr), $(df -T . | awk 'NR==2 {print $2}') on $(lsblk -no NAME,MODEL,ROTA 2>/dev/null | head -1 | xargs), client and server(s) on the same machine, loopback"
   echo "k6: $($K6 version 2>/dev/null | head -1)"

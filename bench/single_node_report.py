@@ -20,7 +20,7 @@ rows = list(csv.DictReader(open(f"{scratch}/redis-xadd.csv")))
 rd = rows[0]
 redis_rps = float(rd["rps"])
 ratio = fl["per_sec"] / redis_rps
-commit = sh("git rev-parse --short HEAD") + ("-dirty" if sh("git status --porcelain -uno") else "")
+commit = sh("git rev-parse --short HEAD") + ("-dirty" if sh("git status --porcelain -uno -- . ':!bench/results'") else "")
 ok = lambda b: "PASS" if b else "FAIL"
 
 print("# Single-node benchmark")

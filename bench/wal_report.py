@@ -27,7 +27,7 @@ before, after = floor(before_path), floor(after_path)
 fio_p50_us = (before[0] + after[0]) / 2
 runs = [json.loads(line) for line in open(wal_path) if line.strip()]
 
-commit = sh("git rev-parse --short HEAD") + ("-dirty" if sh("git status --porcelain -uno") else "")
+commit = sh("git rev-parse --short HEAD") + ("-dirty" if sh("git status --porcelain -uno -- . ':!bench/results'") else "")
 disk = sh("df -T . | awk 'NR==2 {print $1\" \"$2}'")
 print("# WAL benchmark")
 print()
