@@ -88,6 +88,9 @@ struct ServeArgs {
     /// No leader/quorum within this → 503, ms.
     #[arg(long, env = "FLEETLM_WRITE_DEADLINE_MS", default_value_t = ServeLimits::default().write_deadline_ms)]
     write_deadline_ms: u64,
+    /// Adding a node: it must catch up within this or it stays a learner (503), ms.
+    #[arg(long, env = "FLEETLM_MEMBERSHIP_DEADLINE_MS", default_value_t = ServeLimits::default().membership_deadline_ms)]
+    membership_deadline_ms: u64,
     /// WAL segment size, bytes.
     #[arg(long, env = "FLEETLM_SEGMENT_SIZE_BYTES", default_value_t = WalConfig::default().segment_size_bytes)]
     segment_size_bytes: u64,
@@ -155,7 +158,11 @@ fn main() -> std::process::ExitCode {
             ..HttpLimits::default()
         },
         store: StoreLimits::default(),
-        serve: ServeLimits { write_deadline_ms: a.write_deadline_ms, ..ServeLimits::default() },
+        serve: ServeLimits {
+            write_deadline_ms: a.write_deadline_ms,
+            membership_deadline_ms: a.membership_deadline_ms,
+            ..ServeLimits::default()
+        },
         // A WAL record holds one Raft entry: a command with a message of at most one
         // request body, JSON-encoded, with room for escaping.
         wal: WalConfig {

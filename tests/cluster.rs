@@ -316,7 +316,7 @@ fn a_node_behind_a_purged_log_catches_up_by_snapshot() {
 #[test]
 fn add_a_fourth_node_then_remove_one_while_serving() {
     let dir = tmp("members");
-    let mut c = Cluster::start(&dir, 3, 1, &[]);
+    let mut c = Cluster::start(&dir, 3, 1, &["--membership-deadline-ms", "3000"]);
     put(&c, 0, "m");
     let c4 = c.spawn_extra(&dir);
     let stop = Arc::new(AtomicBool::new(false));
@@ -371,6 +371,19 @@ fn add_a_fourth_node_then_remove_one_while_serving() {
     assert_eq!(all.len() as u64, written + 1, "every acknowledged append, once");
     c.eventually(10, "node 4 holds everything", || {
         messages(&c, c4, "m", true).is_some_and(|m| m.len() as u64 == written + 1)
+    });
+    // A node nobody can reach never becomes a voter (it would cost the quorum a member):
+    // 503 after the deadline, it stays a learner, and DELETE drops it.
+    let r = c.req(0, "POST", "/v1/cluster/members", r#"{"node_id":9,"addr":"127.0.0.1:1"}"#).unwrap();
+    r.assert_error(503, "unavailable");
+    for s in c.view(0)["shards"].as_array().unwrap() {
+        assert_eq!(s["voters"], json!([1, 2, 4]), "{s}");
+        assert_eq!(s["learners"], json!([9]), "{s}");
+    }
+    let r = c.req(1, "DELETE", "/v1/cluster/members/9", "").unwrap();
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    c.eventually(10, "learner 9 dropped", || {
+        c.view(0)["shards"].as_array().unwrap().iter().all(|s| s["learners"] == json!([]))
     });
     // Bad membership requests.
     c.req(0, "POST", "/v1/cluster/members", "{").unwrap().assert_error(400, "invalid_json");

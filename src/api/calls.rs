@@ -204,21 +204,63 @@ pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, rema
             };
         }
         ShardCall::AddMember { node_id, addr, .. } => {
-            let add = async {
-                let node = BasicNode { addr: addr.clone() };
-                shard.raft.add_learner(*node_id, node, true).await?;
-                let voters = std::collections::BTreeSet::from([*node_id]);
-                shard.raft.change_membership(openraft::ChangeMembers::AddVoterIds(voters), false).await
-            };
-            return match crate::raft::runtime::timeout(remaining, add).await {
+            let deadline = std::time::Instant::now() + remaining;
+            let node = BasicNode { addr: addr.clone() };
+            match crate::raft::runtime::timeout(remaining, shard.raft.add_learner(*node_id, node, false)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return write_failed(limits, e),
+                Err(_) => return timed_out(),
+            }
+            // openraft's blocking add waits only until the learner is within
+            // `replication_lag_threshold` entries, which an empty node that nobody can
+            // reach already is on a young log. Promote only a node that has
+            // acknowledged (nearly) all of the leader's log.
+            let target = openraft_rt::WatchReceiver::borrow_watched(&shard.raft.metrics()).last_log_index.unwrap_or(0);
+            let lag_max = limits.leader_transfer_lag_max_entries;
+            let id = *node_id;
+            let caught_up = shard
+                .raft
+                .wait(Some(deadline.saturating_duration_since(std::time::Instant::now())))
+                .metrics(
+                    |m| {
+                        let matched = m.replication.as_ref().and_then(|r| r.get(&id)).and_then(|l| l.as_ref());
+                        matched.is_some_and(|l| l.index + lag_max >= target)
+                    },
+                    "the new node has caught up",
+                )
+                .await;
+            if caught_up.is_err() {
+                let why = format!("node {id} ({addr}) did not catch up within the deadline; it stays a learner");
+                return Attempt::Done(unavailable(limits, why));
+            }
+            let voters = std::collections::BTreeSet::from([id]);
+            let promote = shard.raft.change_membership(openraft::ChangeMembers::AddVoterIds(voters), false);
+            return match crate::raft::runtime::timeout(
+                deadline.saturating_duration_since(std::time::Instant::now()),
+                promote,
+            )
+            .await
+            {
                 Ok(Ok(_)) => Attempt::Done(Response::json(200, &json!({"node_id": node_id, "voter": true}))),
                 Ok(Err(e)) => write_failed(limits, e),
                 Err(_) => timed_out(),
             };
         }
         ShardCall::RemoveMember { node_id, .. } => {
-            let voters = std::collections::BTreeSet::from([*node_id]);
-            let remove = shard.raft.change_membership(openraft::ChangeMembers::RemoveVoters(voters), false);
+            let ids = std::collections::BTreeSet::from([*node_id]);
+            let is_voter = openraft_rt::WatchReceiver::borrow_watched(&shard.raft.metrics())
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == *node_id);
+            // A voter leaves the group entirely (retain = false); a learner (say, one
+            // that never caught up) is dropped from the nodes.
+            let change = if is_voter {
+                openraft::ChangeMembers::RemoveVoters(ids)
+            } else {
+                openraft::ChangeMembers::RemoveNodes(ids)
+            };
+            let remove = shard.raft.change_membership(change, false);
             return match crate::raft::runtime::timeout(remaining, remove).await {
                 Ok(Ok(_)) => Attempt::Done(Response::json(200, &json!({"node_id": node_id, "removed": true}))),
                 Ok(Err(e)) => write_failed(limits, e),
