@@ -91,6 +91,11 @@ struct ServeArgs {
     /// Adding a node: it must catch up within this or it stays a learner (503), ms.
     #[arg(long, env = "FLEETLM_MEMBERSHIP_DEADLINE_MS", default_value_t = ServeLimits::default().membership_deadline_ms)]
     membership_deadline_ms: u64,
+    /// Message-body segment size, bytes, fixed when the data dir is created (each shard
+    /// preallocates one such file at a time). Every node of a cluster must use the same.
+    /// At least 4 × --body-max-bytes.
+    #[arg(long, env = "FLEETLM_BODY_SEGMENT_SIZE_BYTES")]
+    body_segment_size_bytes: Option<u64>,
     /// WAL segment size, bytes.
     #[arg(long, env = "FLEETLM_SEGMENT_SIZE_BYTES", default_value_t = WalConfig::default().segment_size_bytes)]
     segment_size_bytes: u64,
@@ -146,6 +151,7 @@ fn main() -> std::process::ExitCode {
         cores,
         first_cpu: a.first_cpu,
         shards: a.shards,
+        body_segment_size_bytes: a.body_segment_size_bytes,
         node_id: a.node_id,
         peer_listen: a.peer_listen,
         peers: a.peers.unwrap_or_default(),
@@ -184,6 +190,12 @@ fn main() -> std::process::ExitCode {
         latency_log: a.latency_log,
         latency_interval_ms: a.latency_interval,
     };
+    if let Some(b) = config.body_segment_size_bytes
+        && b < 4 * config.http.body_max_bytes as u64
+    {
+        eprintln!("fleetlm: --body-segment-size-bytes must be at least 4 × --body-max-bytes");
+        return std::process::ExitCode::FAILURE;
+    }
     if config.node_id == 0 {
         eprintln!("fleetlm: --node-id must be > 0");
         return std::process::ExitCode::FAILURE;

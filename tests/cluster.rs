@@ -12,11 +12,28 @@ use common::cluster::Cluster;
 use common::{msg_body, try_request_full};
 use serde_json::{Value, json};
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("fleetlm-cluster-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory, removed when the test ends; kept when it fails, for its logs.
+/// (Declared before the cluster, so the nodes are killed before it goes.)
+struct TestDir(Option<tempfile::TempDir>);
+
+impl TestDir {
+    fn path(&self) -> &std::path::Path {
+        self.0.as_ref().expect("present until drop").path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take()
+            && std::thread::panicking()
+        {
+            eprintln!("test data kept in {}", dir.keep().display());
+        }
+    }
+}
+
+fn tmp(name: &str) -> TestDir {
+    TestDir(Some(tempfile::Builder::new().prefix(&format!("fleetlm-cluster-{name}-")).tempdir().unwrap()))
 }
 
 fn put(c: &Cluster, node: usize, id: &str) {
@@ -78,7 +95,7 @@ fn append_acked(c: &Cluster, nodes: &[usize], id: &str, text: &str, secs: u64) -
 #[test]
 fn any_node_serves_any_request_and_reads_agree() {
     let dir = tmp("anynode");
-    let c = Cluster::start(&dir, 3, 2, &[]);
+    let c = Cluster::start(dir.path(), 3, 2, &[]);
     let ids: Vec<String> = (0..8).map(|i| format!("conv-{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
         put(&c, i % 3, id);
@@ -146,7 +163,7 @@ type Acked = BTreeMap<String, Vec<(u64, String)>>;
 #[test]
 fn leader_kill_during_appends_loses_no_acknowledged_append() {
     let dir = tmp("failover");
-    let c = Cluster::start(&dir, 3, 1, &[]);
+    let c = Cluster::start(dir.path(), 3, 1, &[]);
     c.eventually(20, "leaders spread", || leaders(&c, 0) == vec![Some(1), Some(2), Some(3), Some(1)]);
     let ids: Vec<String> = (0..6).map(|i| format!("kill-{i}")).collect();
     for id in &ids {
@@ -237,7 +254,7 @@ fn leader_kill_during_appends_loses_no_acknowledged_append() {
 #[test]
 fn without_quorum_writes_get_503_and_data_survives() {
     let dir = tmp("quorum");
-    let mut c = Cluster::start(&dir, 3, 1, &["--write-deadline-ms", "1000"]);
+    let mut c = Cluster::start(dir.path(), 3, 1, &["--write-deadline-ms", "1000"]);
     put(&c, 0, "q");
     for i in 0..5 {
         assert_eq!(append_acked(&c, &[0], "q", &format!("q{i}"), 10), Some(i + 1));
@@ -276,7 +293,7 @@ fn without_quorum_writes_get_503_and_data_survives() {
 #[test]
 fn a_node_behind_a_purged_log_catches_up_by_snapshot() {
     let dir = tmp("snapshot");
-    let mut c = Cluster::start(&dir, 3, 1, &["--snapshot-every-entries", "40", "--log-keep-entries", "0"]);
+    let mut c = Cluster::start(dir.path(), 3, 1, &["--snapshot-every-entries", "40", "--log-keep-entries", "0"]);
     let ids: Vec<String> = (0..4).map(|i| format!("snap-{i}")).collect();
     for id in &ids {
         put(&c, 0, id);
@@ -316,9 +333,9 @@ fn a_node_behind_a_purged_log_catches_up_by_snapshot() {
 #[test]
 fn add_a_fourth_node_then_remove_one_while_serving() {
     let dir = tmp("members");
-    let mut c = Cluster::start(&dir, 3, 1, &["--membership-deadline-ms", "3000"]);
+    let mut c = Cluster::start(dir.path(), 3, 1, &["--membership-deadline-ms", "3000"]);
     put(&c, 0, "m");
-    let c4 = c.spawn_extra(&dir);
+    let c4 = c.spawn_extra(dir.path());
     let stop = Arc::new(AtomicBool::new(false));
     let ports: Vec<u16> = c.nodes.iter().take(2).map(|n| n.http_port).collect();
     let writer = {

@@ -152,13 +152,23 @@ fn a_snapshot_built_on_one_state_machine_installs_on_another() {
         let mut a = shard.state.clone();
         let snap = a.try_create_snapshot_builder(true).await.unwrap().build_snapshot().await.unwrap();
         shard.raft.shutdown().await.unwrap();
-        let mut b = ShardStateMachine::open(&b_path, Store::new(StoreLimits::default())).unwrap();
+        let mut b = ShardStateMachine::open(
+            &b_path,
+            Store::new(StoreLimits::default()),
+            fleetlm::config::BODY_SEGMENT_SIZE_BYTES,
+        )
+        .unwrap();
         b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
         assert_eq!(b.applied_state().await.unwrap(), a.applied_state().await.unwrap());
         let count = |sm: &ShardStateMachine| sm.applied().borrow().store.get("ctx").unwrap().last_seq();
         assert_eq!((count(&a), count(&b)), (50, 50));
         // And B reopens from the installed snapshot file.
-        let reopened = ShardStateMachine::open(&b_path, Store::new(StoreLimits::default())).unwrap();
+        let reopened = ShardStateMachine::open(
+            &b_path,
+            Store::new(StoreLimits::default()),
+            fleetlm::config::BODY_SEGMENT_SIZE_BYTES,
+        )
+        .unwrap();
         assert_eq!(count(&reopened), 50);
         let current = b.get_current_snapshot().await.unwrap().expect("a current snapshot");
         assert_eq!(current.meta, snap.meta);

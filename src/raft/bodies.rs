@@ -48,6 +48,14 @@ impl BodiesSource {
         self.len() == 0
     }
 
+    /// The segment size the offsets in `[0, len)` were laid out with (0: unknown).
+    pub fn segment_size_bytes(&self) -> u64 {
+        match self {
+            BodiesSource::Bytes(_) => 0,
+            BodiesSource::Files { segment_size_bytes, .. } => *segment_size_bytes,
+        }
+    }
+
     /// Reads `buf.len()` bytes at logical offset `at` (may span segments).
     pub fn read_at(&self, at: u64, buf: &mut [u8]) -> Result<(), BodiesError> {
         use std::os::unix::fs::FileExt;

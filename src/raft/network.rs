@@ -311,6 +311,7 @@ impl RaftNetworkV2<C> for PeerClient {
             meta: snapshot.meta.clone(),
             index_len: snapshot.snapshot.index.len() as u64,
             bodies_len: snapshot.snapshot.bodies.len(),
+            segment_size_bytes: snapshot.snapshot.bodies.segment_size_bytes(),
         };
         let timeout = Duration::from_millis(self.limits.snapshot_timeout_ms);
         let target = self.target;

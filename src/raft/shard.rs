@@ -60,6 +60,9 @@ pub struct ShardPlacement {
     /// to be added to an existing cluster. Every initial member initializes with the
     /// same set, which openraft allows: the vote picks one leader.
     pub initial_members: Option<BTreeMap<u64, BasicNode>>,
+    /// Size of the message-body segment files (fixed when the data dir is created; the
+    /// same on every node, since body offsets travel in snapshots).
+    pub body_segment_size_bytes: u64,
 }
 
 impl Shard {
@@ -76,7 +79,7 @@ impl Shard {
         std::fs::create_dir_all(dir)?;
         let (wal, _report) = Wal::open(&dir.join("wal"), wal_config, 0)?;
         let log = WalLogStore::<FleetRaft>::open(dir, GroupCommitWal::new(wal))?;
-        let state = ShardStateMachine::open(dir, Store::new(limits))?;
+        let state = ShardStateMachine::open(dir, Store::new(limits), placement.body_segment_size_bytes)?;
         let network = PeerNetwork { shard: placement.shard, local_cores: placement.cores, limits: peer.clone() };
         let raft =
             openraft::Raft::new(placement.node_id, raft_config(timings, peer)?, network, log.clone(), state.clone())
@@ -102,6 +105,7 @@ impl Shard {
             node_id,
             cores: 1,
             initial_members: Some(BTreeMap::from([(node_id, BasicNode::default())])),
+            body_segment_size_bytes: crate::config::BODY_SEGMENT_SIZE_BYTES,
         };
         Shard::open(dir, placement, wal_config, limits, timings, &PeerLimits::default()).await
     }

@@ -84,7 +84,7 @@ pub struct ShardStateMachine {
 
 impl ShardStateMachine {
     /// Opens the state machine of the shard in `dir`, from its snapshot if it has one.
-    pub fn open(dir: &Path, store: Store) -> io::Result<Self> {
+    pub fn open(dir: &Path, store: Store, body_segment_size_bytes: u64) -> io::Result<Self> {
         let path = dir.join(SNAPSHOT_FILE);
         let bodies_dir = dir.join(BODIES_DIR);
         // Snapshots half-received before a crash (`crate::shard::peer` stages them here).
@@ -93,7 +93,7 @@ impl ShardStateMachine {
                 std::fs::remove_dir_all(entry.path())?;
             }
         }
-        let seg = crate::config::BODY_SEGMENT_SIZE_BYTES;
+        let seg = body_segment_size_bytes;
         let applied = match std::fs::read(&path) {
             Ok(bytes) => {
                 let i = decode_index(&bytes)

@@ -50,6 +50,8 @@ pub enum PeerRequest {
         meta: SnapshotMetaOf<C>,
         index_len: u64,
         bodies_len: u64,
+        /// The sender's body segment size: body offsets in the index depend on it.
+        segment_size_bytes: u64,
     },
     /// A client request forwarded to the node that leads the shard.
     Call {

@@ -71,6 +71,8 @@ pub struct CoreCtx {
     pub peer_limits: PeerLimits,
     pub api_key: Option<String>,
     pub ready: Arc<Readiness>,
+    /// This node's message-body segment size (snapshots must match it).
+    pub body_segment_size_bytes: u64,
     /// Multiplexed connections for forwarding calls to leaders.
     forwarder: Forwarder,
 }
@@ -88,6 +90,7 @@ impl CoreCtx {
         limits: (StoreLimits, ServeLimits, PeerLimits),
         api_key: Option<String>,
         ready: Arc<Readiness>,
+        body_segment_size_bytes: u64,
     ) -> CoreCtx {
         let (store_limits, serve_limits, peer_limits) = limits;
         CoreCtx {
@@ -103,6 +106,7 @@ impl CoreCtx {
             peer_limits: peer_limits.clone(),
             api_key,
             ready,
+            body_segment_size_bytes,
             forwarder: Forwarder::new(peer_limits),
         }
     }

@@ -143,7 +143,7 @@ async fn receive_snapshot(
     stream.read_exact(&mut index).await?;
     let n = STAGING_SEQ.fetch_add(1, Ordering::Relaxed);
     let staging = ctx.data_dir.join("shards").join(shard.to_string()).join(format!("incoming-{}-{n}", ctx.core));
-    let mut receiver = BodiesReceiver::create(&staging, crate::config::BODY_SEGMENT_SIZE_BYTES)
+    let mut receiver = BodiesReceiver::create(&staging, ctx.body_segment_size_bytes)
         .map_err(|e| WireError::Io(std::io::Error::other(e)))?;
     let mut buf = vec![0u8; limits.snapshot_chunk_bytes.max(1)];
     let mut left = bodies_len;
@@ -205,7 +205,19 @@ async fn serve_connection(ctx: &Rc<CoreCtx>, stream: TcpStream) -> Result<(), Wi
                 PeerRequest::PreVote { rpc, .. } => (None, InboundRpc::PreVote(rpc)),
                 PeerRequest::TransferLeader { rpc, .. } => (None, InboundRpc::TransferLeader(rpc)),
                 PeerRequest::Call { id, call, .. } => (Some(id), InboundRpc::Call(decode(&call)?)),
-                PeerRequest::Snapshot { vote, meta, index_len, bodies_len, .. } => {
+                PeerRequest::Snapshot { vote, meta, index_len, bodies_len, segment_size_bytes, .. } => {
+                    if segment_size_bytes != ctx.body_segment_size_bytes {
+                        // The body offsets in the index would point elsewhere here. The
+                        // stream cannot be resynchronised: answer and close.
+                        let why = format!(
+                            "snapshot bodies use {segment_size_bytes}-byte segments, node {} uses {}: every node \
+                             must be created with the same --body-segment-size-bytes",
+                            ctx.node_id, ctx.body_segment_size_bytes
+                        );
+                        encode_frame(&mut out.borrow_mut(), &PeerResponse::Snapshot(Err(why.clone())), frame_max)?;
+                        wake.notify_one();
+                        return Err(WireError::Decode(why));
+                    }
                     let (index, bodies, staging) =
                         receive_snapshot(ctx, &mut reader, shard, index_len, bodies_len).await?;
                     let snapshot = SnapshotOf::<C, _> { meta, snapshot: ShardSnapshot { index, bodies } };
@@ -231,7 +243,8 @@ async fn serve_connection(ctx: &Rc<CoreCtx>, stream: TcpStream) -> Result<(), Wi
     .await;
     closed.set(true);
     wake.notify_one();
-    drop(writer_task);
+    // Let the last answers (e.g. a refusal) go out, but not forever.
+    let _ = crate::raft::runtime::timeout(std::time::Duration::from_secs(5), writer_task).await;
     result
 }
 

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub first_cpu: usize,
     /// Shards at first start; afterwards the data dir's value wins (must match if given).
     pub shards: Option<u32>,
+    /// Message-body segment size at first start (default 64 MiB); then the data dir's.
+    pub body_segment_size_bytes: Option<u64>,
     pub node_id: u64,
     /// Where other nodes reach this one: core `c` listens on this port + `c`. `None`:
     /// a single node that no peer can reach.
@@ -65,6 +67,9 @@ struct Layout {
     /// The node this data dir belongs to (a data dir never changes identity).
     #[serde(default)]
     node_id: Option<u64>,
+    /// Message-body segment size (absent: the default of the time, 64 MiB).
+    #[serde(default)]
+    body_segment_size_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +84,19 @@ pub enum ServeError {
     Core(usize, String),
 }
 
-fn load_layout(dir: &Path, wanted: Option<u32>, cores: usize, node_id: u64) -> Result<u32, ServeError> {
+/// What a data dir fixes at its creation.
+struct Fixed {
+    shards: u32,
+    body_segment_size_bytes: u64,
+}
+
+fn load_layout(
+    dir: &Path,
+    wanted: Option<u32>,
+    wanted_body_segment: Option<u64>,
+    cores: usize,
+    node_id: u64,
+) -> Result<Fixed, ServeError> {
     let err = |e: String| ServeError::DataDir(dir.to_owned(), e);
     std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     let path = dir.join("fleetlm.json");
@@ -99,14 +116,22 @@ fn load_layout(dir: &Path, wanted: Option<u32>, cores: usize, node_id: u64) -> R
             if let Some(n) = layout.node_id.filter(|&n| n != node_id) {
                 return Err(err(format!("belongs to node {n}; it cannot start as node {node_id}")));
             }
-            Ok(layout.shards)
+            let body = layout.body_segment_size_bytes.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES);
+            if let Some(w) = wanted_body_segment.filter(|&w| w != body) {
+                return Err(err(format!(
+                    "was created with {body}-byte body segments; --body-segment-size-bytes {w} cannot change that"
+                )));
+            }
+            Ok(Fixed { shards: layout.shards, body_segment_size_bytes: body })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let shards = wanted.unwrap_or((2 * cores) as u32).max(1);
-            let bytes = serde_json::to_vec(&Layout { format: DATA_FORMAT, shards, node_id: Some(node_id) })
-                .map_err(|e| err(e.to_string()))?;
+            let body = wanted_body_segment.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES);
+            let layout =
+                Layout { format: DATA_FORMAT, shards, node_id: Some(node_id), body_segment_size_bytes: Some(body) };
+            let bytes = serde_json::to_vec(&layout).map_err(|e| err(e.to_string()))?;
             crate::raft::durable_file::replace_durably(&path, &bytes).map_err(|e| err(e.to_string()))?;
-            Ok(shards)
+            Ok(Fixed { shards, body_segment_size_bytes: body })
         }
         Err(e) => Err(err(e.to_string())),
     }
@@ -115,7 +140,11 @@ fn load_layout(dir: &Path, wanted: Option<u32>, cores: usize, node_id: u64) -> R
 /// Runs the node until a core fails. Returns only on error.
 pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let cores = config.cores.max(1);
-    let shard_count = load_layout(&config.data_dir, config.shards, cores, config.node_id)?;
+    let fixed = load_layout(&config.data_dir, config.shards, config.body_segment_size_bytes, cores, config.node_id)?;
+    let shard_count = fixed.shards;
+    // From here on the data dir's value.
+    let mut config = config;
+    config.body_segment_size_bytes = Some(fixed.body_segment_size_bytes);
     // glommio binds with SO_REUSEPORT, which would let a second server on the same
     // port silently take half of the connections: make sure the ports are ours.
     let mut ports = vec![config.listen];
@@ -194,11 +223,17 @@ async fn run_core(
     } else {
         None
     };
+    let body_segment_size_bytes = config.body_segment_size_bytes.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES);
     let mut shards = HashMap::new();
     for s in (0..shard_count).filter(|&s| core_of(s, cores) == core) {
         let dir = config.data_dir.join("shards").join(s.to_string());
-        let placement =
-            ShardPlacement { shard: s, node_id: config.node_id, cores, initial_members: initial_members.clone() };
+        let placement = ShardPlacement {
+            shard: s,
+            node_id: config.node_id,
+            cores,
+            initial_members: initial_members.clone(),
+            body_segment_size_bytes,
+        };
         let shard = Shard::open(&dir, placement, config.wal.clone(), config.store.clone(), &config.raft, &config.peer)
             .await
             .map_err(|e| format!("shard {s}: {e}"))?;
@@ -216,6 +251,7 @@ async fn run_core(
         (config.store.clone(), config.serve.clone(), config.peer.clone()),
         config.api_key.clone(),
         ready,
+        body_segment_size_bytes,
     ));
     serve_mesh(ctx.clone(), receivers);
     if let Some(listener) = peer_listener {

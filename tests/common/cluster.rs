@@ -83,7 +83,7 @@ impl Cluster {
             .args(["--peer-listen", &format!("127.0.0.1:{}", node.peer_port)])
             .args(["--peers", &self.peers])
             .args(["--cores", &self.cores.to_string(), "--shards", "4"])
-            .args(["--segment-size-bytes", "8388608"])
+            .args(["--segment-size-bytes", "8388608", "--body-segment-size-bytes", "4194304"])
             .arg("--data-dir")
             .arg(&node.dir)
             .args(&self.extra)

@@ -54,7 +54,7 @@ impl Server {
         let child = Command::new(env!("CARGO_BIN_EXE_fleetlm"))
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--data-dir"])
             .arg(&self.dir)
-            .args(["--segment-size-bytes", "8388608"])
+            .args(["--segment-size-bytes", "8388608", "--body-segment-size-bytes", "4194304"])
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
