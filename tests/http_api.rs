@@ -1,5 +1,6 @@
-//! The real binary over HTTP: every endpoint and error code of API.md (but /stream,
-//! /metrics and /v1/cluster*), framing edge cases, concurrency and idempotency.
+//! The real binary over HTTP: every endpoint and error code of API.md (but /stream and
+//! /v1/cluster*, which tests/cluster.rs covers), framing edge cases, concurrency,
+//! idempotency, and the Prometheus text of /metrics.
 mod common;
 
 use std::io::Write;
@@ -232,4 +233,41 @@ fn slow_and_idle_connections_are_cut_off() {
     let t0 = std::time::Instant::now();
     assert!(closed_within(&mut idle, 10), "an idle connection is closed");
     assert!(t0.elapsed() >= std::time::Duration::from_millis(400), "not before the idle timeout");
+}
+
+#[test]
+fn metrics_count_requests_by_route_and_status_without_the_api_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--api-key", "sekret", "--shards", "2", "--cores", "1"]);
+    let auth = [("Authorization", "Bearer sekret")];
+    assert_eq!(s.req_h("PUT", "/v1/contexts/m", &auth, r#"{"token_budget":100}"#).status, 201);
+    for i in 0..3 {
+        assert_eq!(s.req_h("POST", "/v1/contexts/m/messages", &auth, &msg_body(&format!("m{i}"))).status, 201);
+    }
+    assert_eq!(s.req("GET", "/v1/contexts/m", "").status, 401);
+    let r = s.req("GET", "/metrics", "");
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/plain; version=0.0.4")));
+    let text = String::from_utf8(r.body).unwrap();
+    let value = |series: &str| -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+    };
+    assert_eq!(value(r#"fleetlm_http_requests_total{route="append",status="201"}"#), Some(3.0), "{text}");
+    assert_eq!(value(r#"fleetlm_http_requests_total{route="put_context",status="201"}"#), Some(1.0));
+    assert_eq!(value(r#"fleetlm_http_requests_total{route="get_context",status="401"}"#), Some(1.0));
+    assert_eq!(value(r#"fleetlm_latency_microseconds_count{name="http.append"}"#), Some(3.0));
+    assert!(
+        value(r#"fleetlm_latency_microseconds{name="write.raft_commit",quantile="0.99"}"#).is_some_and(|v| v > 0.0)
+    );
+    assert!(value("fleetlm_wal_syncs_total").is_some_and(|v| v >= 1.0));
+    // A single node leads both of its shards.
+    assert_eq!(value(r#"fleetlm_raft_is_leader{shard="0"}"#), Some(1.0));
+    assert_eq!(value(r#"fleetlm_raft_leader{shard="1"}"#), Some(1.0));
+    assert_eq!(value("fleetlm_ready"), Some(1.0));
+    // Every sample line is `name{labels} number` or `name number`.
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, v) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {l:?}"));
+        assert!(v.parse::<f64>().is_ok(), "bad value in {l:?}");
+    }
+    assert_eq!(s.req("POST", "/metrics", "").status, 405);
 }

@@ -73,8 +73,53 @@ async fn remove_member(core: &CoreCtx, raw_id: &str) -> Response {
     change_all_shards(core, |s| calls::ShardCall::RemoveMember { shard: s, node_id }, node_id).await
 }
 
-/// Answers one request.
+/// The route label of a request for the request counters (`/metrics`).
+fn route_label(segments: &[&str], method: &str) -> &'static str {
+    match segments {
+        ["health", ..] => "health",
+        ["metrics"] => "metrics",
+        ["v1", "admin", ..] => "admin",
+        ["v1", "cluster"] => "cluster",
+        ["v1", "cluster", "members", ..] => "cluster_members",
+        ["v1", "contexts", _] => Route::Context.histogram(method).trim_start_matches("http."),
+        ["v1", "contexts", _, "metadata"] => "patch_metadata",
+        ["v1", "contexts", _, "messages"] => Route::Messages.histogram(method).trim_start_matches("http."),
+        ["v1", "contexts", _, "tail"] => "tail",
+        ["v1", "contexts", _, "context"] => "window",
+        ["v1", "contexts", _, "compact"] => "compact",
+        _ => "unknown",
+    }
+}
+
+/// `GET /metrics`: Prometheus text (no API key, like `/health/*`).
+async fn metrics(core: &CoreCtx) -> Response {
+    let counters = core.collect_counters().await;
+    let hists = core.collect_latency(false).await;
+    let calls = (0..core.shard_count).map(|s| core.route_to_shard(s, calls::ShardCall::ShardStatus { shard: s }));
+    let shards: Vec<serde_json::Value> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter(|r| r.status == 200)
+        .filter_map(|r| serde_json::from_slice(&r.body).ok())
+        .collect();
+    let (opened, with_leader, total) = core.readiness();
+    let ready = opened == total && with_leader == total;
+    let body = crate::metrics::prometheus::render(core.node_id, &counters, &hists, &shards, ready);
+    Response::text(200, body, "text/plain; version=0.0.4; charset=utf-8")
+}
+
+/// Answers one request, and counts it by route and status.
 pub async fn handle(req: Request, core: &CoreCtx) -> Response {
+    let label = {
+        let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+        route_label(&segments, req.method.as_str())
+    };
+    let resp = route(req, core).await;
+    crate::metrics::count_request(label, resp.status);
+    resp
+}
+
+async fn route(req: Request, core: &CoreCtx) -> Response {
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     let method = req.method.as_str();
     let get = method == "GET" || method == "HEAD";
@@ -91,6 +136,8 @@ pub async fn handle(req: Request, core: &CoreCtx) -> Response {
             }
         }
         ["health", "live" | "ready"] => method_not_allowed(method),
+        ["metrics"] if get => metrics(core).await,
+        ["metrics"] => method_not_allowed(method),
         ["v1", rest @ ..] => {
             if let Some(key) = &core.api_key {
                 let ok = req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")).is_some_and(|k| k == key);

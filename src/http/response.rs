@@ -20,6 +20,11 @@ impl Response {
         Response { status, headers: Vec::new(), body, content_type: "application/json" }
     }
 
+    /// A body of another type (e.g. Prometheus text).
+    pub fn text(status: u16, body: String, content_type: &'static str) -> Response {
+        Response { status, headers: Vec::new(), body: body.into_bytes(), content_type }
+    }
+
     pub fn empty(status: u16) -> Response {
         Response { status, headers: Vec::new(), body: Vec::new(), content_type: "" }
     }

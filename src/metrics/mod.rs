@@ -9,6 +9,7 @@
 //! applied, i.e. fsync'd on a quorum), `wal.sync` (one group-commit sync) and
 //! `wal.sync_batch_records` (records made durable by one sync).
 pub mod interval_log;
+pub mod prometheus;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -26,6 +27,45 @@ pub type Histograms = BTreeMap<String, Histogram<u64>>;
 struct Recorder {
     total: BTreeMap<&'static str, Histogram<u64>>,
     interval: BTreeMap<&'static str, Histogram<u64>>,
+    requests: BTreeMap<(&'static str, u16), u64>,
+    connections_open: i64,
+}
+
+/// Counts of one core (or, merged, of a node).
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    /// Requests answered, by route label and status.
+    pub requests: BTreeMap<(String, u16), u64>,
+    pub connections_open: i64,
+}
+
+/// Counts one answered request.
+pub fn count_request(route: &'static str, status: u16) {
+    RECORDER.with(|r| *r.borrow_mut().requests.entry((route, status)).or_insert(0) += 1);
+}
+
+/// An HTTP connection opened (+1) or closed (-1) on this core.
+pub fn connections_delta(delta: i64) {
+    RECORDER.with(|r| r.borrow_mut().connections_open += delta);
+}
+
+/// A copy of this thread's counters.
+pub fn counters() -> Counters {
+    RECORDER.with(|r| {
+        let r = r.borrow();
+        Counters {
+            requests: r.requests.iter().map(|((route, status), n)| (((*route).to_owned(), *status), *n)).collect(),
+            connections_open: r.connections_open,
+        }
+    })
+}
+
+/// Adds `from` into `into`.
+pub fn merge_counters(into: &mut Counters, from: Counters) {
+    for (k, n) in from.requests {
+        *into.requests.entry(k).or_insert(0) += n;
+    }
+    into.connections_open += from.connections_open;
 }
 
 thread_local! {

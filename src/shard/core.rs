@@ -33,6 +33,10 @@ pub enum MeshWork {
         received: Instant,
         reply: tokio::sync::oneshot::Sender<Result<Response, NotLeader>>,
     },
+    /// This core's request and connection counters.
+    Counters {
+        reply: tokio::sync::oneshot::Sender<crate::metrics::Counters>,
+    },
     /// This core's latency histograms (`interval`: the interval set, taken and reset).
     Latency {
         interval: bool,
@@ -124,6 +128,21 @@ impl CoreCtx {
         self.dispatch_call(shard, call, false, received)
             .await
             .unwrap_or_else(|NotLeader| unavailable(&self.serve_limits, "the shard's leader moved"))
+    }
+
+    /// The counters of every core of this node, merged.
+    pub async fn collect_counters(&self) -> crate::metrics::Counters {
+        let mut all = crate::metrics::counters();
+        let Some(mesh) = &self.mesh else { return all };
+        for core in (0..self.cores).filter(|&c| c != self.core) {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if mesh.send_to(core, MeshMsg { shard: 0, work: MeshWork::Counters { reply } }).await.is_ok()
+                && let Ok(c) = answer.await
+            {
+                crate::metrics::merge_counters(&mut all, c);
+            }
+        }
+        all
     }
 
     /// The latency histograms of every core of this node, merged.
@@ -274,6 +293,9 @@ pub fn serve_mesh(ctx: Rc<CoreCtx>, mut receivers: Receivers<MeshMsg>) {
                     match msg.work {
                         MeshWork::Call { call, forwarded, received, reply } => {
                             let _ = reply.send(ctx.serve_call(msg.shard, call, forwarded, received).await);
+                        }
+                        MeshWork::Counters { reply } => {
+                            let _ = reply.send(crate::metrics::counters());
                         }
                         MeshWork::Latency { interval, reply } => {
                             let h = if interval { crate::metrics::take_interval() } else { crate::metrics::totals() };

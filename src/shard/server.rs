@@ -297,6 +297,7 @@ async fn run_core(
             continue;
         }
         open.set(open.get() + 1);
+        crate::metrics::connections_delta(1);
         let (ctx, http, open) = (ctx.clone(), http.clone(), open.clone());
         glommio::spawn_local(async move {
             let handler = Rc::new(move |req| {
@@ -305,6 +306,7 @@ async fn run_core(
             });
             crate::http::conn::serve_connection(stream, http, handler).await;
             open.set(open.get() - 1);
+            crate::metrics::connections_delta(-1);
         })
         .detach();
     }

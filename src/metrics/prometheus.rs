@@ -1,0 +1,83 @@
+//! `GET /metrics`: the node's counters, latency histograms and per-shard Raft state in
+//! the Prometheus text exposition format (version 0.0.4).
+use std::fmt::Write;
+
+use serde_json::Value;
+
+use super::{Counters, Histograms};
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Renders everything. `shards`: the `ShardStatus` JSON of each shard (as in
+/// `GET /v1/cluster`); `ready`: whether `/health/ready` would answer 200.
+pub fn render(node_id: u64, counters: &Counters, hists: &Histograms, shards: &[Value], ready: bool) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "# HELP fleetlm_http_requests_total HTTP requests answered, by route and status.");
+    let _ = writeln!(w, "# TYPE fleetlm_http_requests_total counter");
+    for ((route, status), n) in &counters.requests {
+        let _ = writeln!(w, "fleetlm_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", escape(route));
+    }
+    let _ = writeln!(w, "# HELP fleetlm_http_connections_open Open HTTP connections.");
+    let _ = writeln!(w, "# TYPE fleetlm_http_connections_open gauge");
+    let _ = writeln!(w, "fleetlm_http_connections_open {}", counters.connections_open);
+
+    let _ = writeln!(
+        w,
+        "# HELP fleetlm_latency_microseconds Latency by route (http.*) and append stage; wal.sync_batch_records counts records."
+    );
+    let _ = writeln!(w, "# TYPE fleetlm_latency_microseconds summary");
+    for (name, h) in hists {
+        let name = escape(name);
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let _ = writeln!(
+                w,
+                "fleetlm_latency_microseconds{{name=\"{name}\",quantile=\"{q}\"}} {}",
+                h.value_at_quantile(q)
+            );
+        }
+        let _ = writeln!(w, "fleetlm_latency_microseconds_sum{{name=\"{name}\"}} {:.0}", h.mean() * h.len() as f64);
+        let _ = writeln!(w, "fleetlm_latency_microseconds_count{{name=\"{name}\"}} {}", h.len());
+    }
+    if let Some(h) = hists.get("wal.sync") {
+        let _ = writeln!(w, "# HELP fleetlm_wal_syncs_total Group-commit syncs (fdatasync rounds) of the WAL.");
+        let _ = writeln!(w, "# TYPE fleetlm_wal_syncs_total counter");
+        let _ = writeln!(w, "fleetlm_wal_syncs_total {}", h.len());
+    }
+    if let Some(h) = hists.get("write.raft_commit") {
+        let _ =
+            writeln!(w, "# HELP fleetlm_writes_committed_total Writes committed through Raft on this node as leader.");
+        let _ = writeln!(w, "# TYPE fleetlm_writes_committed_total counter");
+        let _ = writeln!(w, "fleetlm_writes_committed_total {}", h.len());
+    }
+
+    let gauges: [(&str, &str, fn(&Value) -> Option<f64>); 5] = [
+        ("fleetlm_raft_term", "Current Raft term of the shard on this node.", |s| s["term"].as_f64()),
+        ("fleetlm_raft_commit_index", "Raft commit index of the shard.", |s| s["commit_index"].as_f64()),
+        ("fleetlm_raft_applied_index", "Last log index applied to the state machine.", |s| s["applied_index"].as_f64()),
+        ("fleetlm_raft_leader", "Node id of the shard's leader (0: none known).", |s| {
+            Some(s["leader"].as_f64().unwrap_or(0.0))
+        }),
+        ("fleetlm_raft_is_leader", "1 when this node leads the shard.", |s| {
+            Some(if s["state"] == "Leader" { 1.0 } else { 0.0 })
+        }),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(w, "# HELP {name} {help}");
+        let _ = writeln!(w, "# TYPE {name} gauge");
+        for s in shards {
+            if let (Some(shard), Some(v)) = (s["shard"].as_u64(), get(s)) {
+                let _ = writeln!(w, "{name}{{shard=\"{shard}\"}} {v}");
+            }
+        }
+    }
+    let _ = writeln!(w, "# HELP fleetlm_ready 1 when every shard has a leader this node hears from.");
+    let _ = writeln!(w, "# TYPE fleetlm_ready gauge");
+    let _ = writeln!(w, "fleetlm_ready {}", u8::from(ready));
+    let _ = writeln!(w, "# HELP fleetlm_node_id This node's id.");
+    let _ = writeln!(w, "# TYPE fleetlm_node_id gauge");
+    let _ = writeln!(w, "fleetlm_node_id {node_id}");
+    out
+}
