@@ -6,6 +6,9 @@ use serde_json::Value;
 
 use super::{Counters, Histograms};
 
+/// A per-shard gauge: name, help, and how to read it from a shard's status.
+type Gauge = (&'static str, &'static str, fn(&Value) -> Option<f64>);
+
 fn escape(label: &str) -> String {
     label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -53,7 +56,7 @@ pub fn render(node_id: u64, counters: &Counters, hists: &Histograms, shards: &[V
         let _ = writeln!(w, "fleetlm_writes_committed_total {}", h.len());
     }
 
-    let gauges: [(&str, &str, fn(&Value) -> Option<f64>); 5] = [
+    let gauges: [Gauge; 5] = [
         ("fleetlm_raft_term", "Current Raft term of the shard on this node.", |s| s["term"].as_f64()),
         ("fleetlm_raft_commit_index", "Raft commit index of the shard.", |s| s["commit_index"].as_f64()),
         ("fleetlm_raft_applied_index", "Last log index applied to the state machine.", |s| s["applied_index"].as_f64()),
