@@ -333,7 +333,9 @@ fn a_node_behind_a_purged_log_catches_up_by_snapshot() {
 #[test]
 fn add_a_fourth_node_then_remove_one_while_serving() {
     let dir = tmp("members");
-    let mut c = Cluster::start(dir.path(), 3, 1, &["--membership-deadline-ms", "3000"]);
+    // Catch-up of the new node must fit (debug build, busy CI); the unreachable node
+    // below waits this long for its 503.
+    let mut c = Cluster::start(dir.path(), 3, 1, &["--membership-deadline-ms", "10000"]);
     put(&c, 0, "m");
     let c4 = c.spawn_extra(dir.path());
     let stop = Arc::new(AtomicBool::new(false));
