@@ -5,14 +5,17 @@
 //! segmented, memory-mapped WAL with group commit. Dependencies point down:
 //! `api → shard → raft → wal`, `api → store`; `http` knows no storage.
 //!
-//! Landed so far:
+//! Modules:
 //! - [`config`]: every limit and default;
 //! - [`wal`]: the per-shard write-ahead log;
-//! - [`raft`]: openraft on glommio (runtime adapter, log store on the WAL);
+//! - [`raft`]: openraft on glommio (runtime adapter, log store on the WAL, state
+//!   machine and body store, node-to-node network and its wire format);
 //! - [`store`]: contexts and the state-machine logic (pure);
 //! - [`http`]: HTTP/1.1 framing and the connection loop;
-//! - [`api`]: routes, validation, running calls on shards;
-//! - [`shard`]: placement, per-core context, cross-core mesh, node startup.
+//! - [`api`]: routes, validation, running calls on shards (and on their leaders);
+//! - [`shard`]: placement, per-core context, cross-core mesh, forwarding to leaders,
+//!   the peer server, leader spreading and readiness, node startup;
+//! - [`metrics`]: per-core latency histograms and counters, interval logs, Prometheus.
 pub mod api;
 pub mod config;
 pub mod http;
