@@ -143,17 +143,29 @@ async fn receive_snapshot(
     stream.read_exact(&mut index).await?;
     let n = STAGING_SEQ.fetch_add(1, Ordering::Relaxed);
     let staging = ctx.data_dir.join("shards").join(shard.to_string()).join(format!("incoming-{}-{n}", ctx.core));
-    let mut receiver = BodiesReceiver::create(&staging, ctx.body_segment_size_bytes)
-        .map_err(|e| WireError::Io(std::io::Error::other(e)))?;
+    // File work (fallocate of each segment, writes, fdatasync) runs on the blocking
+    // pool: on the executor it would stall every other shard of this core for as long
+    // as a 64 MiB segment takes to allocate or sync.
+    let io = |e: crate::store::BodiesError| WireError::Io(std::io::Error::other(e));
+    let blocking = glommio::executor();
+    let (dir, size) = (staging.clone(), ctx.body_segment_size_bytes);
+    let mut receiver = blocking.spawn_blocking(move || BodiesReceiver::create(&dir, size)).await.map_err(io)?;
     let mut buf = vec![0u8; limits.snapshot_chunk_bytes.max(1)];
     let mut left = bodies_len;
     while left > 0 {
         let take = (left as usize).min(buf.len());
         stream.read_exact(&mut buf[..take]).await?;
-        receiver.write(&buf[..take]).map_err(|e| WireError::Io(std::io::Error::other(e)))?;
+        let (r, b, written) = blocking
+            .spawn_blocking(move || {
+                let written = receiver.write(&buf[..take]);
+                (receiver, buf, written)
+            })
+            .await;
+        (receiver, buf) = (r, b);
+        written.map_err(io)?;
         left -= take as u64;
     }
-    let source = receiver.finish().map_err(|e| WireError::Io(std::io::Error::other(e)))?;
+    let source = blocking.spawn_blocking(move || receiver.finish()).await.map_err(io)?;
     Ok((index, source, staging))
 }
 
