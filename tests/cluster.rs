@@ -409,3 +409,29 @@ fn add_a_fourth_node_then_remove_one_while_serving() {
     c.req(0, "POST", "/v1/cluster/members", r#"{"node_id":5}"#).unwrap().assert_error(400, "invalid_json");
     c.req(0, "DELETE", "/v1/cluster/members/x", "").unwrap().assert_error(400, "invalid_id");
 }
+
+#[test]
+fn nodes_with_different_core_counts_replicate_and_forward() {
+    // Nodes 1 and 2 run 2 executors, node 3 one: node 3 has no peer port + 1, so the
+    // others fall back to its base port, and its own RPCs for shards 1 and 3 land on
+    // core 0 of the others and cross their mesh.
+    let dir = tmp("mixed");
+    let c = Cluster::start_mixed(dir.path(), &[2, 2, 1], &[]);
+    let ids: Vec<String> = (0..8).map(|i| format!("mixed-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        put(&c, i % 3, id);
+        for n in 0..3 {
+            assert!(append_acked(&c, &[(i + n) % 3], id, &format!("{id}/{n}"), 10).is_some());
+        }
+    }
+    for id in &ids {
+        let want: Vec<String> = (0..3).map(|n| format!("{id}/{n}")).collect();
+        for node in 0..3 {
+            assert_eq!(texts(&messages(&c, node, id, false).unwrap()), want, "node {node}");
+        }
+        c.eventually(10, "local replicas converge", || {
+            (0..3).all(|n| messages(&c, n, id, true).is_some_and(|m| texts(&m) == want))
+        });
+    }
+    c.eventually(20, "leaders spread", || leaders(&c, 2) == vec![Some(1), Some(2), Some(3), Some(1)]);
+}

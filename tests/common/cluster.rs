@@ -8,6 +8,8 @@ use super::{Resp, free_ports, try_request, try_request_full};
 
 pub struct Node {
     pub id: u64,
+    /// Executors of this node.
+    pub cores: usize,
     pub http_port: u16,
     pub peer_port: u16,
     pub dir: PathBuf,
@@ -26,12 +28,20 @@ impl Cluster {
     /// Starts `n` nodes (`cores` executors each) with data under `dir` and waits until
     /// every one is ready.
     pub fn start(dir: &Path, n: u64, cores: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_mixed(dir, &vec![cores; n as usize], extra)
+    }
+
+    /// Starts one node per entry of `cores` (its executor count).
+    pub fn start_mixed(dir: &Path, cores_per_node: &[usize], extra: &[&str]) -> Cluster {
+        let cores = cores_per_node.iter().copied().max().unwrap_or(1);
         let mut nodes = Vec::new();
-        for id in 1..=n {
+        for (i, &node_cores) in cores_per_node.iter().enumerate() {
+            let id = i as u64 + 1;
             nodes.push(Node {
                 id,
+                cores: node_cores,
                 http_port: free_ports(1),
-                peer_port: free_ports(cores as u16),
+                peer_port: free_ports(node_cores as u16),
                 dir: dir.join(format!("node{id}")),
                 child: None,
             });
@@ -52,6 +62,7 @@ impl Cluster {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         self.nodes.push(Node {
             id,
+            cores: self.cores,
             http_port: free_ports(1),
             peer_port: free_ports(self.cores as u16),
             dir: dir.join(format!("node{id}")),
@@ -82,7 +93,7 @@ impl Cluster {
             .args(["--listen", &format!("127.0.0.1:{}", node.http_port)])
             .args(["--peer-listen", &format!("127.0.0.1:{}", node.peer_port)])
             .args(["--peers", &self.peers])
-            .args(["--cores", &self.cores.to_string(), "--shards", "4"])
+            .args(["--cores", &node.cores.to_string(), "--shards", "4"])
             .args(["--segment-size-bytes", "8388608", "--body-segment-size-bytes", "4194304"])
             .arg("--data-dir")
             .arg(&node.dir)
