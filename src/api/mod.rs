@@ -93,8 +93,7 @@ fn route_label(segments: &[&str], method: &str) -> &'static str {
 
 /// `GET /metrics`: Prometheus text (no API key, like `/health/*`).
 async fn metrics(core: &CoreCtx) -> Response {
-    let counters = core.collect_counters().await;
-    let hists = core.collect_latency(false).await;
+    let crate::metrics::Snapshot { counters, histograms: hists } = core.collect_metrics(false).await;
     let calls = (0..core.shard_count).map(|s| core.route_to_shard(s, calls::ShardCall::ShardStatus { shard: s }));
     let shards: Vec<serde_json::Value> = futures_util::future::join_all(calls)
         .await
@@ -147,7 +146,7 @@ async fn route(req: Request, core: &CoreCtx) -> Response {
             }
             match (rest, method) {
                 (["admin", "latency"], "GET" | "HEAD") => {
-                    let hists = core.collect_latency(false).await;
+                    let hists = core.collect_metrics(false).await.histograms;
                     let body = json!({"node_id": core.node_id, "unit": "us", "histograms": crate::metrics::percentiles_json(&hists)});
                     return Response::json(200, &body);
                 }

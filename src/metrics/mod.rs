@@ -49,19 +49,8 @@ pub fn connections_delta(delta: i64) {
     RECORDER.with(|r| r.borrow_mut().connections_open += delta);
 }
 
-/// A copy of this thread's counters.
-pub fn counters() -> Counters {
-    RECORDER.with(|r| {
-        let r = r.borrow();
-        Counters {
-            requests: r.requests.iter().map(|((route, status), n)| (((*route).to_owned(), *status), *n)).collect(),
-            connections_open: r.connections_open,
-        }
-    })
-}
-
 /// Adds `from` into `into`.
-pub fn merge_counters(into: &mut Counters, from: Counters) {
+fn merge_counters(into: &mut Counters, from: Counters) {
     for (k, n) in from.requests {
         *into.requests.entry(k).or_insert(0) += n;
     }
@@ -93,15 +82,37 @@ pub fn record_since(name: &'static str, start: Instant) {
     record(name, start.elapsed().as_micros() as u64);
 }
 
-/// A copy of this thread's totals.
-pub fn totals() -> Histograms {
-    RECORDER.with(|r| r.borrow().total.iter().map(|(k, h)| ((*k).to_owned(), h.clone())).collect())
+/// What one core (or, merged, a node) has recorded.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub counters: Counters,
+    pub histograms: Histograms,
 }
 
-/// This thread's interval histograms, reset.
-pub fn take_interval() -> Histograms {
-    RECORDER
-        .with(|r| std::mem::take(&mut r.borrow_mut().interval).into_iter().map(|(k, h)| (k.to_owned(), h)).collect())
+impl Snapshot {
+    /// Adds another core's (or node's) snapshot into this one.
+    pub fn merge(&mut self, other: Snapshot) {
+        merge_counters(&mut self.counters, other.counters);
+        merge(&mut self.histograms, other.histograms);
+    }
+}
+
+/// This thread's counters and histograms: the totals since start, or (`interval`) the
+/// interval set, which is taken and reset.
+pub fn snapshot(interval: bool) -> Snapshot {
+    RECORDER.with(|r| {
+        let mut r = r.borrow_mut();
+        let histograms = if interval {
+            std::mem::take(&mut r.interval).into_iter().map(|(k, h)| (k.to_owned(), h)).collect()
+        } else {
+            r.total.iter().map(|(k, h)| ((*k).to_owned(), h.clone())).collect()
+        };
+        let counters = Counters {
+            requests: r.requests.iter().map(|((route, status), n)| (((*route).to_owned(), *status), *n)).collect(),
+            connections_open: r.connections_open,
+        };
+        Snapshot { counters, histograms }
+    })
 }
 
 /// Adds `from` into `into` (histograms of several cores or nodes).

@@ -33,14 +33,10 @@ pub enum MeshWork {
         received: Instant,
         reply: tokio::sync::oneshot::Sender<Result<Response, NotLeader>>,
     },
-    /// This core's request and connection counters.
-    Counters {
-        reply: tokio::sync::oneshot::Sender<crate::metrics::Counters>,
-    },
-    /// This core's latency histograms (`interval`: the interval set, taken and reset).
-    Latency {
+    /// This core's counters and histograms (`interval`: the interval set, taken and reset).
+    Metrics {
         interval: bool,
-        reply: tokio::sync::oneshot::Sender<crate::metrics::Histograms>,
+        reply: tokio::sync::oneshot::Sender<crate::metrics::Snapshot>,
     },
     Peer {
         rpc: InboundRpc,
@@ -130,31 +126,17 @@ impl CoreCtx {
             .unwrap_or_else(|NotLeader| unavailable(&self.serve_limits, "the shard's leader moved"))
     }
 
-    /// The counters of every core of this node, merged.
-    pub async fn collect_counters(&self) -> crate::metrics::Counters {
-        let mut all = crate::metrics::counters();
+    /// The counters and latency histograms of every core of this node, merged
+    /// (`interval`: the interval sets, taken and reset, for the interval log).
+    pub async fn collect_metrics(&self, interval: bool) -> crate::metrics::Snapshot {
+        let mut all = crate::metrics::snapshot(interval);
         let Some(mesh) = &self.mesh else { return all };
         for core in (0..self.cores).filter(|&c| c != self.core) {
             let (reply, answer) = tokio::sync::oneshot::channel();
-            if mesh.send_to(core, MeshMsg { shard: 0, work: MeshWork::Counters { reply } }).await.is_ok()
-                && let Ok(c) = answer.await
+            if mesh.send_to(core, MeshMsg { shard: 0, work: MeshWork::Metrics { interval, reply } }).await.is_ok()
+                && let Ok(snapshot) = answer.await
             {
-                crate::metrics::merge_counters(&mut all, c);
-            }
-        }
-        all
-    }
-
-    /// The latency histograms of every core of this node, merged.
-    pub async fn collect_latency(&self, interval: bool) -> crate::metrics::Histograms {
-        let mut all = if interval { crate::metrics::take_interval() } else { crate::metrics::totals() };
-        let Some(mesh) = &self.mesh else { return all };
-        for core in (0..self.cores).filter(|&c| c != self.core) {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            if mesh.send_to(core, MeshMsg { shard: 0, work: MeshWork::Latency { interval, reply } }).await.is_ok()
-                && let Ok(h) = answer.await
-            {
-                crate::metrics::merge(&mut all, h);
+                all.merge(snapshot);
             }
         }
         all
@@ -299,12 +281,8 @@ pub fn serve_mesh(ctx: Rc<CoreCtx>, mut receivers: Receivers<MeshMsg>) {
                         MeshWork::Call { call, forwarded, received, reply } => {
                             let _ = reply.send(ctx.serve_call(msg.shard, call, forwarded, received).await);
                         }
-                        MeshWork::Counters { reply } => {
-                            let _ = reply.send(crate::metrics::counters());
-                        }
-                        MeshWork::Latency { interval, reply } => {
-                            let h = if interval { crate::metrics::take_interval() } else { crate::metrics::totals() };
-                            let _ = reply.send(h);
+                        MeshWork::Metrics { interval, reply } => {
+                            let _ = reply.send(crate::metrics::snapshot(interval));
                         }
                         MeshWork::Peer { rpc, reply } => {
                             let _ = reply.send(ctx.dispatch_peer(msg.shard, rpc).await);

@@ -271,7 +271,7 @@ async fn run_core(
         glommio::spawn_local(async move {
             let next = || {
                 let ctx = ctx.clone();
-                async move { ctx.collect_latency(true).await }
+                async move { ctx.collect_metrics(true).await.histograms }
             };
             if let Err(e) = crate::metrics::interval_log::run(file, interval, ctx.node_id, next).await {
                 eprintln!("latency log {}: {e}; no longer written", path.display());
