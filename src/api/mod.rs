@@ -109,20 +109,17 @@ async fn metrics(core: &CoreCtx) -> Response {
 
 /// Answers one request, and counts it by route and status.
 pub async fn handle(req: Request, core: &CoreCtx) -> Response {
-    let label = {
-        let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
-        route_label(&segments, req.method.as_str())
-    };
-    let resp = route(req, core).await;
+    let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    let label = route_label(&segments, req.method.as_str());
+    let resp = route(&req, &segments, core).await;
     crate::metrics::count_request(label, resp.status);
     resp
 }
 
-async fn route(req: Request, core: &CoreCtx) -> Response {
-    let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+async fn route(req: &Request, segments: &[&str], core: &CoreCtx) -> Response {
     let method = req.method.as_str();
     let get = method == "GET" || method == "HEAD";
-    match segments.as_slice() {
+    match segments {
         ["health", "live"] if get => Response::json(200, &json!({"status": "ok"})),
         ["health", "ready"] if get => {
             let (opened, with_leader, total) = core.readiness();
@@ -153,7 +150,7 @@ async fn route(req: Request, core: &CoreCtx) -> Response {
                 (["admin", "latency"], _) => return method_not_allowed(method),
                 (["cluster"], "GET" | "HEAD") => return cluster(core).await,
                 (["cluster"], _) => return method_not_allowed(method),
-                (["cluster", "members"], "POST") => return add_member(core, &req).await,
+                (["cluster", "members"], "POST") => return add_member(core, req).await,
                 (["cluster", "members"], _) => return method_not_allowed(method),
                 (["cluster", "members", id], "DELETE") => return remove_member(core, id).await,
                 (["cluster", "members", _], _) => return method_not_allowed(method),
@@ -175,7 +172,7 @@ async fn route(req: Request, core: &CoreCtx) -> Response {
                 return resp;
             }
             let started = std::time::Instant::now();
-            let resp = match build_call(route, method, id, &req, &core.store_limits) {
+            let resp = match build_call(route, method, id, req, &core.store_limits) {
                 Ok(call) => core.route(call, started).await,
                 Err(resp) => resp,
             };
