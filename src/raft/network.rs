@@ -235,22 +235,34 @@ impl PeerClient {
         option.hard_ttl().max(Duration::from_millis(self.limits.rpc_timeout_min_ms))
     }
 
-    async fn rpc(&mut self, req: PeerRequest, timeout: Duration) -> Result<PeerResponse, RPCError<C>> {
-        match self.conn.call(&req, timeout).await {
-            Ok(PeerResponse::Refused(why)) => Err(RPCError::Unreachable(unreachable(self.target, why))),
-            Ok(resp) => Ok(resp),
-            Err(WireError::Io(e) | WireError::Connect(e)) => Err(RPCError::Unreachable(unreachable(self.target, e))),
+    /// Sends `req` and takes the answer apart with `pick`, which returns `None` for an
+    /// answer of the wrong kind. The remote's `Err(String)` and transport failures are
+    /// `Unreachable` (openraft backs off); a wrong answer is a `Network` error.
+    async fn rpc<T>(
+        &mut self,
+        req: PeerRequest,
+        option: &RPCOption,
+        pick: fn(PeerResponse) -> Option<Result<T, String>>,
+    ) -> Result<T, RPCError<C>> {
+        let target = self.target;
+        let gone = |e: &dyn std::fmt::Display| RPCError::Unreachable(unreachable(target, e));
+        match self.conn.call(&req, self.timeout(option)).await {
+            Ok(PeerResponse::Refused(why)) => Err(gone(&why)),
+            Ok(resp) => match pick(resp) {
+                Some(answer) => answer.map_err(|e| gone(&e)),
+                None => Err(RPCError::Network(NetworkError::new(&AnyError::error(format!(
+                    "node {target} answered another request"
+                ))))),
+            },
+            Err(WireError::Io(e) | WireError::Connect(e)) => Err(gone(&e)),
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }
 }
 
-fn remote<T>(target: u64, r: Result<T, String>) -> Result<T, RPCError<C>> {
-    r.map_err(|e| RPCError::Unreachable(unreachable(target, e)))
-}
-
-fn mismatch(target: u64) -> RPCError<C> {
-    RPCError::Network(NetworkError::new(&AnyError::error(format!("node {target} answered another request"))))
+/// Votes and pre-votes are answered alike.
+fn vote_answer(r: PeerResponse) -> Option<Result<VoteResponse<C>, String>> {
+    if let PeerResponse::Vote(v) = r { Some(v) } else { None }
 }
 
 impl RaftNetworkV2<C> for PeerClient {
@@ -261,29 +273,18 @@ impl RaftNetworkV2<C> for PeerClient {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        let timeout = self.timeout(&option);
-        match self.rpc(PeerRequest::Append { shard: self.shard, rpc }, timeout).await? {
-            PeerResponse::Append(r) => remote(self.target, r),
-            _ => Err(mismatch(self.target)),
-        }
+        let pick = |r| if let PeerResponse::Append(a) = r { Some(a) } else { None };
+        self.rpc(PeerRequest::Append { shard: self.shard, rpc }, &option, pick).await
     }
 
     async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
-        let timeout = self.timeout(&option);
-        match self.rpc(PeerRequest::Vote { shard: self.shard, rpc }, timeout).await? {
-            PeerResponse::Vote(r) => remote(self.target, r),
-            _ => Err(mismatch(self.target)),
-        }
+        self.rpc(PeerRequest::Vote { shard: self.shard, rpc }, &option, vote_answer).await
     }
 
     /// Pre-Vote: a node that could not win (it restarted, or was cut off) asks first and
     /// does not raise its term, so it cannot depose a healthy leader when it returns.
     async fn pre_vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
-        let timeout = self.timeout(&option);
-        match self.rpc(PeerRequest::PreVote { shard: self.shard, rpc }, timeout).await? {
-            PeerResponse::Vote(r) => remote(self.target, r),
-            _ => Err(mismatch(self.target)),
-        }
+        self.rpc(PeerRequest::PreVote { shard: self.shard, rpc }, &option, vote_answer).await
     }
 
     async fn transfer_leader(
@@ -291,11 +292,8 @@ impl RaftNetworkV2<C> for PeerClient {
         rpc: TransferLeaderRequest<C>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
-        let timeout = self.timeout(&option);
-        match self.rpc(PeerRequest::TransferLeader { shard: self.shard, rpc }, timeout).await? {
-            PeerResponse::TransferLeader(r) => remote(self.target, r),
-            _ => Err(mismatch(self.target)),
-        }
+        let pick = |r| if let PeerResponse::TransferLeader(t) = r { Some(t) } else { None };
+        self.rpc(PeerRequest::TransferLeader { shard: self.shard, rpc }, &option, pick).await
     }
 
     async fn full_snapshot(
