@@ -78,36 +78,31 @@ pub struct CoreCtx {
 }
 
 impl CoreCtx {
-    #[allow(clippy::too_many_arguments)]
+    /// The context of executor `core`, from the node's configuration (whose
+    /// `body_segment_size_bytes` is the data dir's by now).
     pub fn new(
-        node_id: u64,
+        config: &super::ServerConfig,
         core: usize,
-        cores: usize,
         shard_count: u32,
-        data_dir: PathBuf,
         shards: HashMap<u32, Rc<Shard>>,
         mesh: Option<Senders<MeshMsg>>,
-        limits: (StoreLimits, ServeLimits, PeerLimits),
-        api_key: Option<String>,
         ready: Arc<Readiness>,
-        body_segment_size_bytes: u64,
     ) -> CoreCtx {
-        let (store_limits, serve_limits, peer_limits) = limits;
         CoreCtx {
-            node_id,
+            node_id: config.node_id,
             core,
-            cores,
+            cores: config.cores.max(1),
             shard_count,
-            data_dir,
+            data_dir: config.data_dir.clone(),
             shards,
             mesh,
-            store_limits,
-            serve_limits,
-            peer_limits: peer_limits.clone(),
-            api_key,
+            store_limits: config.store.clone(),
+            serve_limits: config.serve.clone(),
+            peer_limits: config.peer.clone(),
+            api_key: config.api_key.clone(),
             ready,
-            body_segment_size_bytes,
-            forwarder: Forwarder::new(peer_limits),
+            body_segment_size_bytes: config.body_segment_size_bytes.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES),
+            forwarder: Forwarder::new(config.peer.clone()),
         }
     }
 

@@ -240,19 +240,7 @@ async fn run_core(
         ready.opened.fetch_add(1, Ordering::AcqRel);
         shards.insert(s, Rc::new(shard));
     }
-    let ctx = Rc::new(CoreCtx::new(
-        config.node_id,
-        core,
-        cores,
-        shard_count,
-        config.data_dir.clone(),
-        shards,
-        Some(senders),
-        (config.store.clone(), config.serve.clone(), config.peer.clone()),
-        config.api_key.clone(),
-        ready,
-        body_segment_size_bytes,
-    ));
+    let ctx = Rc::new(CoreCtx::new(&config, core, shard_count, shards, Some(senders), ready));
     serve_mesh(ctx.clone(), receivers);
     if let Some(listener) = peer_listener {
         glommio::spawn_local(super::peer::serve_peers(ctx.clone(), listener)).detach();
