@@ -41,15 +41,11 @@ def view(port):
     return json.loads(body) if status == 200 else None
 
 
-def wait_balanced(port, nodes, secs=30):
-    """Until every shard has a leader and leaders are spread (shard s → node s mod n + 1)."""
-    deadline = time.time() + secs
-    while time.time() < deadline:
-        v = view(port)
-        if v and all(s["leader"] == (s["shard"] % nodes) + 1 for s in v["shards"]):
-            return v
-        time.sleep(0.2)
-    raise SystemExit("cluster did not settle with spread leaders")
+def wait_balanced(port):
+    """Until every shard is led by its preferred node (bench/cluster.sh balanced)."""
+    if subprocess.run(["bench/cluster.sh", "balanced"]).returncode != 0:
+        raise SystemExit("cluster did not settle with spread leaders")
+    return view(port)
 
 
 def main():
@@ -57,7 +53,7 @@ def main():
     nodes = int(open("bench/.cluster/nodes").read())
     out = []
     for r in range(rounds):
-        v = wait_balanced(HTTP_BASE + 2, nodes)
+        v = wait_balanced(HTTP_BASE + 2)
         shards = len(v["shards"])
         victim = 1
         led = [s["shard"] for s in v["shards"] if s["leader"] == victim]
