@@ -138,7 +138,7 @@ case "$cmd" in
     rm -rf "$DIR"
     ;;
   *)
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
