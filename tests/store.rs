@@ -23,7 +23,8 @@ impl S {
         self.store.get(id)
     }
     fn window(&self, id: &str, budget: u64) -> Value {
-        self.store.get(id).unwrap().window_json(budget, &self.bodies)
+        serde_json::from_slice(&self.store.get(id).unwrap().window_json(budget, &self.bodies))
+            .expect("the window is JSON")
     }
 }
 

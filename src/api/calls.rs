@@ -161,14 +161,14 @@ fn shard_status(shard: &Shard, id: u32) -> serde_json::Value {
 
 /// `{"messages":[…]` + `tail`, from the messages' stored JSON.
 fn messages_body(messages: &[crate::store::Message], bodies: &dyn crate::store::Bodies, tail: &str) -> Vec<u8> {
-    let len: usize = messages.iter().map(|m| m.json(bodies).len() + 1).sum();
+    let len: usize = messages.iter().map(|m| m.json_len_bytes() + 1).sum();
     let mut out = Vec::with_capacity(len + 16 + tail.len());
     out.extend_from_slice(b"{\"messages\":[");
     for (i, m) in messages.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(m.json(bodies).as_bytes());
+        out.extend_from_slice(m.json_bytes(bodies));
     }
     out.push(b']');
     out.extend_from_slice(tail.as_bytes());
@@ -310,7 +310,7 @@ fn read(shard: &Shard, call: &ShardCall) -> Response {
             {
                 return store_error(&StoreError::Conflict { expected, found: ctx.version });
             }
-            Response::json(200, &ctx.window_json(budget.unwrap_or(ctx.config.token_budget), bodies))
+            Response::raw_json(200, ctx.window_json(budget.unwrap_or(ctx.config.token_budget), bodies))
         }
         _ => Response::error(500, "internal", "not a read"),
     }

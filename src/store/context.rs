@@ -13,11 +13,6 @@ use serde_json::{Map, Value};
 use super::bodies::{Bodies, BodiesError};
 use super::error::StoreError;
 
-/// Embeds already-rendered JSON in a `json!` value without re-parsing it into a tree.
-fn raw(json: &str) -> Box<serde_json::value::RawValue> {
-    serde_json::value::RawValue::from_string(json.to_owned())
-        .unwrap_or_else(|_| serde_json::value::RawValue::from_string("null".into()).expect("null is JSON"))
-}
 use super::model::{ContextConfig, Message, NewMessage, Policy, PutContext, Status};
 
 /// The LLM window: the replacement messages of the last compaction that are still in
@@ -303,32 +298,43 @@ impl Context {
         }
     }
 
-    /// The LLM window with `budget`; messages are embedded as their stored JSON. (the context's own unless overridden).
-    pub fn window_json(&self, budget: u64, bodies: &dyn Bodies) -> Value {
-        let mut messages = Vec::with_capacity(self.window_len());
+    /// The LLM window with `budget`, serialized. Messages are copied in as their stored
+    /// JSON bytes, never parsed again: a long window costs one copy per message.
+    pub fn window_json(&self, budget: u64, bodies: &dyn Bodies) -> Vec<u8> {
         let summaries = self.window.summary.len();
-        for m in &self.window.summary {
-            messages.push(raw(m.json(bodies)));
-        }
         let (mut live_from, mut live_to) = (None, None);
         for seq in self.live_seqs() {
             live_from.get_or_insert(seq);
             live_to = Some(seq);
-            messages.push(raw(self.messages[seq as usize - 1].json(bodies)));
         }
+        let live = || self.live_seqs().map(|seq| &self.messages[seq as usize - 1]);
+        let messages = || self.window.summary.iter().map(|m| &**m).chain(live());
         let mut segments = Vec::new();
         if self.compactions > 0 {
             segments.push(serde_json::json!({"type": "summary", "count": summaries}));
         }
         segments.push(serde_json::json!({"type": "live", "from_seq": live_from, "to_seq": live_to}));
-        serde_json::json!({
+        let rest = serde_json::json!({
             "version": self.version,
-            "messages": messages,
             "token_count": self.window.tokens,
             "used_tokens": self.window.tokens,
             "needs_compaction": self.window.tokens as f64 > self.config.threshold(budget),
             "metadata": self.policy_summary(),
             "segments": segments,
         })
+        .to_string();
+        let len_bytes: usize = messages().map(|m| m.json_len_bytes() + 1).sum();
+        let mut out = Vec::with_capacity(len_bytes + rest.len() + 16);
+        out.extend_from_slice(b"{\"messages\":[");
+        for (i, m) in messages().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(m.json_bytes(bodies));
+        }
+        out.extend_from_slice(b"],");
+        // `rest` is a non-empty object: splice its fields in after the messages.
+        out.extend_from_slice(&rest.as_bytes()[1..]);
+        out
     }
 }
