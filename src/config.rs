@@ -156,6 +156,10 @@ pub struct HttpLimits {
     /// for at most this long and this much, so that the answer is not lost to a reset.
     pub linger_ms: u64,
     pub linger_drain_max_bytes: usize,
+    /// Response bodies up to this size are copied behind their head and sent with the
+    /// other answers of the batch in one write; larger ones (a 1000-message replay is
+    /// ~300 KiB) are written from their own buffer, saving a copy of the whole body.
+    pub response_coalesce_max_bytes: usize,
 }
 
 impl Default for HttpLimits {
@@ -170,6 +174,7 @@ impl Default for HttpLimits {
             connections_max_per_core: 10_000,
             linger_ms: 2_000,
             linger_drain_max_bytes: 4 << 20,
+            response_coalesce_max_bytes: 16 << 10,
         }
     }
 }

@@ -149,16 +149,25 @@ fn pipelined_and_split_requests_are_answered_in_order() {
     s.req("PUT", "/v1/contexts/p", r#"{"token_budget":100000}"#);
     let mut c = connect(s.port);
     let mut all = Vec::new();
+    // 2 KiB messages: the tail of all ten is larger than a coalesced response and is
+    // written from its own buffer between two small answers of the same batch.
+    let filler = "x".repeat(2048);
     for i in 0..10 {
-        all.extend(raw_request("POST", "/v1/contexts/p/messages", &[], msg_body(&format!("m{i}")).as_bytes()));
+        all.extend(raw_request("POST", "/v1/contexts/p/messages", &[], msg_body(&format!("m{i}{filler}")).as_bytes()));
     }
     all.extend(raw_request("GET", "/v1/contexts/p/tail?limit=1000", &[], b""));
+    all.extend(raw_request("GET", "/v1/contexts/p/tail?limit=1", &[], b""));
     c.write_all(&all).unwrap();
     for i in 1..=10u64 {
         let r = read_response(&mut c, false).unwrap();
         assert_eq!((r.status, r.json()["seq"].as_u64()), (201, Some(i)));
     }
-    assert_eq!(read_response(&mut c, false).unwrap().json()["messages"].as_array().unwrap().len(), 10);
+    let big = read_response(&mut c, false).unwrap();
+    assert!(big.body.len() > 16 << 10, "{} bytes", big.body.len());
+    let seqs: Vec<u64> =
+        big.json()["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<u64>>());
+    assert_eq!(read_response(&mut c, false).unwrap().json()["messages"][0]["seq"], 10);
     // One request trickled in byte by byte on a keep-alive connection, chunked body.
     let body = msg_body("split");
     let mut req = b"POST /v1/contexts/p/messages HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();

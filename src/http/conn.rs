@@ -45,7 +45,15 @@ where
                     let resp = AssertUnwindSafe(handler(req)).catch_unwind().await.unwrap_or_else(|_| {
                         Response::error(500, "internal", "internal error (a bug); see the server log")
                     });
-                    resp.write_to(&mut out, head_only, close);
+                    if head_only || resp.body.len() <= limits.response_coalesce_max_bytes {
+                        resp.write_to(&mut out, head_only, close);
+                    } else {
+                        resp.write_head_to(&mut out, close);
+                        if stream.write_all(&out).await.is_err() || stream.write_all(&resp.body).await.is_err() {
+                            return;
+                        }
+                        out.clear();
+                    }
                     answered += 1;
                     if close {
                         break;

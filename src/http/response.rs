@@ -42,6 +42,14 @@ impl Response {
     /// Appends the response to `out`. `head_only` for HEAD (the length of the body that
     /// GET would send is still announced).
     pub fn write_to(&self, out: &mut Vec<u8>, head_only: bool, close: bool) {
+        self.write_head_to(out, close);
+        if !head_only {
+            out.extend_from_slice(&self.body);
+        }
+    }
+
+    /// Appends the status line and headers (through the blank line) to `out`.
+    pub fn write_head_to(&self, out: &mut Vec<u8>, close: bool) {
         use std::io::Write;
         let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
         if !self.content_type.is_empty() {
@@ -52,9 +60,6 @@ impl Response {
             let _ = write!(out, "{name}: {value}\r\n");
         }
         out.extend_from_slice(if close { b"Connection: close\r\n\r\n" } else { b"Connection: keep-alive\r\n\r\n" });
-        if !head_only {
-            out.extend_from_slice(&self.body);
-        }
     }
 }
 
