@@ -94,12 +94,16 @@ async fn exchange(conn: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> Result
                 .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
                 .unwrap_or(0);
             let status = resp.code.unwrap_or(0);
-            while buf.len() < head + len {
-                let n = conn.read(&mut chunk).await?;
+            // The rest of the body is read straight into place: the client shares the
+            // machine with the server, and a replay answer is ~300 KiB.
+            let mut filled = buf.len();
+            buf.resize(filled.max(head + len), 0);
+            while filled < head + len {
+                let n = conn.read(&mut buf[filled..]).await?;
                 if n == 0 {
                     bail!("connection closed mid-body");
                 }
-                buf.extend_from_slice(&chunk[..n]);
+                filled += n;
             }
             return Ok(status);
         }
