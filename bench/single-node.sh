@@ -7,7 +7,8 @@
 # 1. FleetLM durable appends: loadgen, 50 connections, 200-byte messages, 1000 contexts.
 # 2. Redis 7 (appendonly yes, appendfsync always): redis-benchmark XADD, 50 clients,
 #    200-byte values over 1000 streams.
-# 3. FleetLM replay of 1000 messages (from_seq=-1000&limit=1000) on preloaded contexts.
+# 3. FleetLM replay of 1000 messages (from_seq=-1000&limit=1000) on preloaded contexts,
+#    at 1, 10 and 50 connections.
 # Redis and fio-free: only loopback, bounded in time, everything stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,8 +51,11 @@ echo "== FleetLM replay of 1000 messages (${SECS}s)" >&2
 # 20 contexts with ≥1000 messages each, then replay them.
 ./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 50 --contexts 20 --secs 1 --warmup-secs 0 \
   --message-bytes 200 --mix append=1 --appends-total 21000 >/dev/null
-./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 50 --contexts 20 --secs "$SECS" --no-create \
-  --mix replay=1 --replay-limit 1000 >"$scratch/fleetlm-replay.json"
+# At 1, 10 and 50 connections: latency alone, moderate load, and the append run's concurrency.
+for c in 1 10 50; do
+  ./target/release/loadgen --addr "127.0.0.1:$PORT" --connections "$c" --contexts 20 --secs "$SECS" --no-create \
+    --mix replay=1 --replay-limit 1000 >"$scratch/fleetlm-replay-c$c.json"
+done
 kill -9 $FL_PID; FL_PID=
 
 echo "== Redis XADD (appendfsync always)" >&2
@@ -67,5 +71,8 @@ N=$((PROBE_RPS * SECS))
 redis-benchmark -p "$REDIS_PORT" -c 50 -n "$N" -r 1000 --csv XADD 'stream:__rand_int__' '*' f "$VALUE" >"$scratch/redis-xadd.csv"
 kill -9 $RS_PID; RS_PID=
 
+# The 1M-message section comes from bench/load-1m.sh (a separate, longer run): keep it.
+kept=$(sed -n '/^## After 1,000,000/,$p' bench/results/single-node.md 2>/dev/null || true)
 python3 bench/single_node_report.py "$scratch" "$RSS_KB" "bench/single-node.sh (SECS=$SECS)" >bench/results/single-node.md
+if [ -n "$kept" ]; then printf '\n%s\n' "$kept" >>bench/results/single-node.md; fi
 cat bench/results/single-node.md
