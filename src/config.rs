@@ -268,3 +268,7 @@ pub const LATENCY_HISTOGRAM_MAX_US: u64 = 60_000_000;
 
 /// Size of each message-body segment file of a shard (`crate::raft::bodies`).
 pub const BODY_SEGMENT_SIZE_BYTES: u64 = 64 << 20;
+
+/// A state-machine apply of at least this many entries (a log replay after restart, a
+/// follower catching up) ends by returning freed heap to the kernel (`malloc_trim`).
+pub const HEAP_TRIM_AFTER_APPLIED_ENTRIES: usize = 1024;

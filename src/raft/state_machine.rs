@@ -72,6 +72,18 @@ pub struct ShardSnapshot {
     pub bodies: BodiesSource,
 }
 
+/// Hands freed heap pages back to the kernel. Replaying a log tail after a restart (or
+/// catching up) decodes and renders thousands of commands whose temporaries glibc keeps
+/// in its arenas: measured after a restart with 1M messages, 27 MB of RSS (202 → 175
+/// MB anonymous) came back this way. Steady-state applies are small batches and skip it.
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of glibc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn bodies_err(e: crate::store::BodiesError) -> io::Error {
     io::Error::other(e)
 }
@@ -163,8 +175,10 @@ impl RaftStateMachine<C> for ShardStateMachine {
     where
         Strm: futures_util::Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend,
     {
+        let mut applied_entries = 0usize;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
+            applied_entries += 1;
             let outcome = {
                 let mut guard = self.applied.borrow_mut();
                 let a = &mut *guard;
@@ -183,6 +197,9 @@ impl RaftStateMachine<C> for ShardStateMachine {
             if let Some(r) = responder {
                 r.send(outcome.unwrap_or(Ok(crate::store::Outcome::Nothing)));
             }
+        }
+        if applied_entries >= crate::config::HEAP_TRIM_AFTER_APPLIED_ENTRIES {
+            release_freed_heap();
         }
         Ok(())
     }
