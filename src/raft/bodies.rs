@@ -177,11 +177,21 @@ impl FileBodies {
 
     /// Makes everything written so far durable (before a snapshot records `len`).
     pub fn sync(&mut self) -> Result<(), BodiesError> {
+        self.sync_job()?.run()
+    }
+
+    /// What `sync` does, as a job that can run on another thread (glommio's blocking
+    /// pool): it covers every byte written before this call. The segments count as
+    /// clean from here on; a failed job is an error the caller must not survive (the
+    /// state machine stops), like a failed WAL sync.
+    pub fn sync_job(&mut self) -> Result<BodiesSyncJob, BodiesError> {
+        let mut files = Vec::new();
         for (n, s) in self.segments.iter_mut().enumerate().filter(|(_, s)| s.dirty) {
-            s.file.sync_data().map_err(|e| io("fdatasync", &self.dir.join(file_name(n)), e))?;
+            let path = self.dir.join(file_name(n));
+            files.push((s.file.try_clone().map_err(|e| io("dup", &path, e))?, path));
             s.dirty = false;
         }
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", &self.dir, e))
+        Ok(BodiesSyncJob { files, dir: self.dir.clone() })
     }
 
     /// Where the bytes `[0, len)` can be read later: a snapshot refers to them instead
@@ -308,6 +318,22 @@ impl Bodies for FileBodies {
         let size = self.segment_size_bytes;
         let (n, off) = ((r.offset / size) as usize, (r.offset % size) as usize);
         self.segments.get(n).and_then(|s| s.map.get(off..off + r.len as usize)).unwrap_or(&[])
+    }
+}
+
+/// fdatasyncs of the dirty body segments and the directory (`FileBodies::sync_job`).
+pub struct BodiesSyncJob {
+    files: Vec<(File, PathBuf)>,
+    dir: PathBuf,
+}
+
+impl BodiesSyncJob {
+    /// Blocks for the syncs.
+    pub fn run(self) -> Result<(), BodiesError> {
+        for (file, path) in &self.files {
+            file.sync_data().map_err(|e| io("fdatasync", path, e))?;
+        }
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", &self.dir, e))
     }
 }
 

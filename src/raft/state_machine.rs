@@ -95,6 +95,10 @@ fn bodies_err(e: crate::store::BodiesError) -> io::Error {
 pub struct ShardStateMachine {
     applied: Rc<RefCell<Applied>>,
     dir: PathBuf,
+    /// Snapshots installed so far. openraft builds snapshots in a task of their own,
+    /// concurrent with applies and installs; a build that an install overtook must not
+    /// write its (older) index over the installed one.
+    installs: Rc<std::cell::Cell<u64>>,
 }
 
 impl ShardStateMachine {
@@ -124,7 +128,11 @@ impl ShardStateMachine {
             },
             Err(e) => return Err(e),
         };
-        Ok(ShardStateMachine { applied: Rc::new(RefCell::new(applied)), dir: dir.to_owned() })
+        Ok(ShardStateMachine {
+            applied: Rc::new(RefCell::new(applied)),
+            dir: dir.to_owned(),
+            installs: Rc::new(std::cell::Cell::new(0)),
+        })
     }
 
     /// The applied state, for reads on this executor. Do not hold across an await.
@@ -134,10 +142,13 @@ impl ShardStateMachine {
 
     /// Writes the snapshot file durably on glommio's blocking pool: a snapshot of a
     /// large shard is tens of MB, and writing and fsyncing it on the executor stalled
-    /// every request of the core (seen: 400–800 ms latency spikes while loading).
-    async fn write_snapshot(&self, bytes: Vec<u8>) -> io::Result<()> {
+    /// every request of the core (seen: 400–800 ms latency spikes while loading). The
+    /// bytes come back for the snapshot openraft keeps.
+    async fn write_snapshot(&self, bytes: Vec<u8>) -> io::Result<Vec<u8>> {
         let path = self.dir.join(SNAPSHOT_FILE);
-        glommio::executor().spawn_blocking(move || super::durable_file::replace_durably(&path, &bytes)).await
+        glommio::executor()
+            .spawn_blocking(move || super::durable_file::replace_durably(&path, &bytes).map(|()| bytes))
+            .await
     }
 }
 
@@ -145,10 +156,13 @@ impl RaftSnapshotBuilder<C> for ShardStateMachine {
     type SnapshotData = ShardSnapshot;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Self::SnapshotData>, io::Error> {
-        let (meta, index, bodies) = {
+        // What runs on the executor is only the encoding of the index, which must see
+        // one applied state. The syncs (body segments: up to ~7 ms at 20k entries; the
+        // index file) run on the blocking pool while the core goes on serving.
+        let (meta, index, bodies, bodies_synced) = {
             let mut a = self.applied.borrow_mut();
-            // Bodies first: the index must never name bytes that are not durable.
-            a.bodies.sync().map_err(bodies_err)?;
+            let bodies_synced = a.bodies.sync_job().map_err(bodies_err)?;
+            let started = std::time::Instant::now();
             let meta = SnapshotMetaOf::<C> { last_log_id: a.last_applied, last_membership: a.membership.clone() };
             let r = SnapshotIndexRef {
                 meta: &meta,
@@ -158,9 +172,20 @@ impl RaftSnapshotBuilder<C> for ShardStateMachine {
                 bodies_len: a.bodies.len(),
             };
             let index = postcard::to_stdvec(&r).map_err(io::Error::other)?;
-            (meta, index, a.bodies.source())
+            crate::metrics::record_since("snapshot.encode", started);
+            (meta, index, a.bodies.source(), bodies_synced)
         };
-        self.write_snapshot(index.clone()).await?;
+        let installs_before = self.installs.get();
+        // Bodies first: the index on disk must never name bytes that are not durable.
+        glommio::executor().spawn_blocking(move || bodies_synced.run()).await.map_err(bodies_err)?;
+        // The check and the queueing of the write happen without an await in between,
+        // and the blocking pool (one thread) runs jobs in order: an install that starts
+        // later writes its file after this one.
+        let index = if self.installs.get() == installs_before {
+            self.write_snapshot(index).await?
+        } else {
+            index // older than the installed snapshot: openraft ignores it
+        };
         Ok(SnapshotOf::<C, _> { meta, snapshot: ShardSnapshot { index, bodies } })
     }
 }
@@ -220,6 +245,7 @@ impl RaftStateMachine<C> for ShardStateMachine {
         if i.meta.last_log_id != meta.last_log_id || i.bodies_len != snapshot.bodies.len() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot data does not match its meta"));
         }
+        self.installs.set(self.installs.get() + 1);
         // Received segment files are moved in, not read: memory stays bounded.
         self.applied.borrow_mut().bodies.install_from(&snapshot.bodies).map_err(bodies_err)?;
         self.write_snapshot(snapshot.index).await?;
