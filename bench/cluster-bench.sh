@@ -6,10 +6,12 @@
 #
 # 1. Single node (all cores, 4 shards): loadgen, 50 connections, 200-byte appends,
 #    1000 contexts — the load of bench/single-node.sh.
-# 2. 3 nodes from bench/cluster.sh (1 core each, 4 shards, every append fsync'd on 2 of
-#    3), the same loadgen spread over the three nodes' HTTP ports.
-# 3. bench/failover.py: SIGKILL the node leading shards 0 and 3 during appends; time
-#    from the kill to the first 201 on each of its shards through a survivor. ROUNDS times.
+# 2. 3 nodes from bench/cluster.sh (1 core each, every append fsync'd on 2 of 3), the same
+#    loadgen spread over the three nodes' HTTP ports; once with 4 shards (the single node's
+#    total) and once with 2 (a 1-core node's default: the same 2 shards per core).
+# 3. bench/failover.py on the 2-shard cluster: SIGKILL the node leading the most shards
+#    during appends; time from the kill to the first 201 on each of its shards through a
+#    survivor. ROUNDS times.
 # Everything on 127.0.0.1, bounded in time, stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,10 +37,15 @@ for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/n
   --message-bytes 200 --mix append=1 >"$scratch/single.json"
 kill -9 "$FL_PID"; FL_PID=
 
-echo "== 3-node cluster appends (${SECS}s)" >&2
-bench/cluster.sh up 3 >"$scratch/urls"
-./target/release/loadgen --addr 127.0.0.1:4001,127.0.0.1:4002,127.0.0.1:4003 --connections 50 --contexts 1000 \
-  --secs "$SECS" --message-bytes 200 --mix append=1 >"$scratch/cluster.json"
+# Twice: with the shard count of a 1-core node's default (2 × cores = 2 shards per node,
+# the single node's density of 2 shards per core), and with the single node's total of 4.
+for shards in 4 2; do
+  echo "== 3-node cluster appends, $shards shards (${SECS}s)" >&2
+  bench/cluster.sh clean >/dev/null
+  SHARDS=$shards bench/cluster.sh up 3 >"$scratch/urls"
+  ./target/release/loadgen --addr 127.0.0.1:4001,127.0.0.1:4002,127.0.0.1:4003 --connections 50 --contexts 1000 \
+    --secs "$SECS" --message-bytes 200 --mix append=1 >"$scratch/cluster-$shards.json"
+done
 
 echo "== failover (${ROUNDS} rounds)" >&2
 python3 bench/failover.py "$ROUNDS" >"$scratch/failover.json"

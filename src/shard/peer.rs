@@ -71,7 +71,11 @@ pub enum InboundRpc {
 pub async fn handle_rpc(ctx: &CoreCtx, shard_id: u32, shard: &Shard, rpc: InboundRpc) -> PeerResponse {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     match rpc {
-        InboundRpc::Append(req) => PeerResponse::Append(shard.raft.append_entries(req).await.map_err(|e| s(&e))),
+        InboundRpc::Append(req) => {
+            // Entries per replication request (0 = heartbeat): how well followers batch.
+            crate::metrics::record("raft.append_entries_batch", req.entries.len() as u64);
+            PeerResponse::Append(shard.raft.append_entries(req).await.map_err(|e| s(&e)))
+        }
         InboundRpc::Vote(req) => PeerResponse::Vote(shard.raft.vote(req).await.map_err(|e| s(&e))),
         InboundRpc::PreVote(req) => PeerResponse::Vote(shard.raft.pre_vote(req).await.map_err(|e| s(&e))),
         InboundRpc::TransferLeader(req) => {
