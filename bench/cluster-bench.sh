@@ -48,7 +48,8 @@ for shards in 4 2; do
 done
 
 echo "== failover (${ROUNDS} rounds)" >&2
-python3 bench/failover.py "$ROUNDS" >"$scratch/failover.json"
+# failover.py restarts the killed node through bench/cluster.sh: same shard count.
+SHARDS=2 python3 bench/failover.py "$ROUNDS" >"$scratch/failover.json"
 bench/cluster.sh clean >/dev/null
 
 python3 bench/cluster_report.py "$scratch" "bench/cluster-bench.sh (SECS=$SECS ROUNDS=$ROUNDS)" >bench/results/cluster.md

@@ -99,6 +99,8 @@ pub struct ShardStateMachine {
     /// concurrent with applies and installs; a build that an install overtook must not
     /// write its (older) index over the installed one.
     installs: Rc<std::cell::Cell<u64>>,
+    /// Size of the last index built, to size the next one's buffer.
+    last_index_len_bytes: Rc<std::cell::Cell<usize>>,
 }
 
 impl ShardStateMachine {
@@ -132,6 +134,7 @@ impl ShardStateMachine {
             applied: Rc::new(RefCell::new(applied)),
             dir: dir.to_owned(),
             installs: Rc::new(std::cell::Cell::new(0)),
+            last_index_len_bytes: Rc::new(std::cell::Cell::new(0)),
         })
     }
 
@@ -171,7 +174,11 @@ impl RaftSnapshotBuilder<C> for ShardStateMachine {
                 membership: &a.membership,
                 bodies_len: a.bodies.len(),
             };
-            let index = postcard::to_stdvec(&r).map_err(io::Error::other)?;
+            // Sized like the previous index (plus growth): encoding into a doubling Vec
+            // copied the whole index again at every step, on the executor.
+            let hint_bytes = self.last_index_len_bytes.get() + self.last_index_len_bytes.get() / 4 + 4096;
+            let index = postcard::to_extend(&r, Vec::with_capacity(hint_bytes)).map_err(io::Error::other)?;
+            self.last_index_len_bytes.set(index.len());
             crate::metrics::record_since("snapshot.encode", started);
             (meta, index, a.bodies.source(), bodies_synced)
         };
