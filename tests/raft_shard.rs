@@ -172,5 +172,41 @@ fn a_snapshot_built_on_one_state_machine_installs_on_another() {
         assert_eq!(count(&reopened), 50);
         let current = b.get_current_snapshot().await.unwrap().expect("a current snapshot");
         assert_eq!(current.meta, snap.meta);
+        drop(reopened);
+        // The install made generation 1 beside B's empty generation 0 and then removed
+        // generation 0; A's files (not a staging directory) were copied, not moved.
+        assert!(b_path.join("snapshot-1.bin").exists() && b_path.join("bodies-1").join("00000000.bin").exists());
+        assert!(!b_path.join("bodies").exists() && !b_path.join("snapshot.bin").exists());
+        assert!(a_path.join("bodies").join("00000000.bin").exists());
+
+        // A crash after an install's commit, before the old generation was deleted: the
+        // newest generation with an index wins (the old one here is garbage and must
+        // not even be read) ...
+        std::fs::write(b_path.join("snapshot.bin"), b"not an index").unwrap();
+        std::fs::create_dir_all(b_path.join("bodies")).unwrap();
+        std::fs::write(b_path.join("bodies").join("00000000.bin"), b"old bodies").unwrap();
+        // ... and a crash before a later install's commit: its body directory and
+        // torn index are dropped.
+        std::fs::create_dir_all(b_path.join("bodies-2")).unwrap();
+        std::fs::write(b_path.join("bodies-2").join("00000000.bin"), b"new bodies").unwrap();
+        std::fs::write(b_path.join("snapshot-2.bin.tmp"), b"torn").unwrap();
+        let recovered = ShardStateMachine::open(
+            &b_path,
+            Store::new(StoreLimits::default()),
+            fleetlm::config::BODY_SEGMENT_SIZE_BYTES,
+        )
+        .unwrap();
+        assert_eq!(count(&recovered), 50);
+        let texts: Vec<_> = {
+            let applied = recovered.applied().borrow();
+            let ctx = applied.store.get("ctx").unwrap();
+            let (page, _) = ctx.replay(1, 100);
+            page.iter().map(|m| m.to_json(&applied.bodies)["parts"][0]["text"].as_str().unwrap().to_owned()).collect()
+        };
+        assert_eq!(texts.len(), 50);
+        assert!(texts.iter().all(|t| t.starts_with("message ")), "bodies come from generation 1: {texts:?}");
+        for gone in ["snapshot.bin", "bodies", "bodies-2", "snapshot-2.bin.tmp"] {
+            assert!(!b_path.join(gone).exists(), "{gone} is removed at open");
+        }
     });
 }

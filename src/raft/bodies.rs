@@ -232,16 +232,17 @@ impl FileBodies {
         self.sync()
     }
 
-    /// Makes the store what `source` holds (an installed snapshot), without reading it
-    /// into memory: received segment files are moved in; bytes are copied.
-    pub fn install_from(&mut self, source: &BodiesSource) -> Result<(), BodiesError> {
+    /// A new store in `new_dir` (which must not exist) holding what `source` holds, for
+    /// an installed snapshot; this store is left as it is. Segment files received into
+    /// a staging directory (`staged`: nobody else reads it) are moved, not read, so
+    /// memory stays bounded; other sources are copied. The new directory and its
+    /// parent are synced before this returns.
+    pub fn install_into(&self, source: &BodiesSource, new_dir: &Path, staged: bool) -> Result<FileBodies, BodiesError> {
+        let parent = new_dir.parent().unwrap_or(Path::new("."));
         match source {
-            BodiesSource::Bytes(b) => self.replace_all(b),
-            BodiesSource::Files { dir, len, .. } if *dir == self.dir => {
-                // Our own bytes: keep the prefix the snapshot covers.
-                let reopened = FileBodies::open(&self.dir, self.segment_size_bytes, *len)?;
-                *self = reopened;
-                Ok(())
+            BodiesSource::Bytes(b) => {
+                let mut fresh = FileBodies::open(new_dir, self.segment_size_bytes, 0)?;
+                fresh.replace_all(b)?;
             }
             BodiesSource::Files { dir, segment_size_bytes, len } => {
                 if *segment_size_bytes != self.segment_size_bytes {
@@ -250,23 +251,23 @@ impl FileBodies {
                         self.segment_size_bytes
                     )));
                 }
-                self.segments.clear();
-                let mut n = 0;
-                while self.dir.join(file_name(n)).exists() {
-                    let path = self.dir.join(file_name(n));
-                    std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
-                    n += 1;
+                let segments = len.div_ceil(self.segment_size_bytes) as usize;
+                if staged {
+                    // Segments beyond `len` are never written to a staging directory.
+                    std::fs::rename(dir, new_dir).map_err(|e| io("rename", dir, e))?;
+                } else {
+                    std::fs::create_dir_all(new_dir).map_err(|e| io("create", new_dir, e))?;
+                    for n in 0..segments {
+                        let (from, to) = (dir.join(file_name(n)), new_dir.join(file_name(n)));
+                        std::fs::copy(&from, &to).map_err(|e| io("copy", &from, e))?;
+                        File::open(&to).and_then(|f| f.sync_data()).map_err(|e| io("fdatasync", &to, e))?;
+                    }
                 }
-                for n in 0..len.div_ceil(self.segment_size_bytes) as usize {
-                    let (from, to) = (dir.join(file_name(n)), self.dir.join(file_name(n)));
-                    std::fs::rename(&from, &to).map_err(|e| io("rename", &from, e))?;
-                }
-                File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", &self.dir, e))?;
-                let reopened = FileBodies::open(&self.dir, self.segment_size_bytes, *len)?;
-                *self = reopened;
-                Ok(())
+                File::open(new_dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", new_dir, e))?;
             }
         }
+        File::open(parent).and_then(|d| d.sync_all()).map_err(|e| io("fsync", parent, e))?;
+        FileBodies::open(new_dir, self.segment_size_bytes, source.len())
     }
 
     fn release_behind(&mut self) {

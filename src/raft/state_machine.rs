@@ -27,8 +27,32 @@ use crate::store::Store;
 
 type C = FleetRaft;
 
-const SNAPSHOT_FILE: &str = "snapshot.bin";
-const BODIES_DIR: &str = "bodies";
+/// The state machine's files come in generations: generation g is the snapshot index
+/// `snapshot-g.bin` and the body store `bodies-g/` it points into (generation 0 is
+/// `snapshot.bin` and `bodies/`). A build rewrites the current generation's index (the
+/// body store only grows). An install creates generation g+1 beside g and commits it
+/// by the rename that writes `snapshot-(g+1).bin`; only then is g deleted. At open the
+/// newest generation with an index wins and every other one is removed, so a crash at
+/// any point of an install leaves either the old state or the new one, never an old
+/// index over new body files (which the in-place install this replaced could).
+fn snapshot_file(generation: u64) -> String {
+    if generation == 0 { "snapshot.bin".to_owned() } else { format!("snapshot-{generation}.bin") }
+}
+
+fn bodies_dir(generation: u64) -> String {
+    if generation == 0 { "bodies".to_owned() } else { format!("bodies-{generation}") }
+}
+
+/// The generation a state-machine file or directory belongs to, if it is one.
+fn generation_of(name: &str) -> Option<u64> {
+    match name {
+        "snapshot.bin" | "snapshot.bin.tmp" | "bodies" => Some(0),
+        _ => {
+            let g = name.strip_prefix("snapshot-").and_then(|r| r.strip_suffix(".bin").or(r.strip_suffix(".bin.tmp")));
+            g.or_else(|| name.strip_prefix("bodies-")).and_then(|g| g.parse().ok())
+        }
+    }
+}
 
 fn decode_index(bytes: &[u8]) -> io::Result<SnapshotIndex> {
     postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {e}")))
@@ -95,10 +119,10 @@ fn bodies_err(e: crate::store::BodiesError) -> io::Error {
 pub struct ShardStateMachine {
     applied: Rc<RefCell<Applied>>,
     dir: PathBuf,
-    /// Snapshots installed so far. openraft builds snapshots in a task of their own,
-    /// concurrent with applies and installs; a build that an install overtook must not
-    /// write its (older) index over the installed one.
-    installs: Rc<std::cell::Cell<u64>>,
+    /// The current generation (see `snapshot_file`). openraft builds snapshots in a
+    /// task of their own, concurrent with applies and installs; a build that an install
+    /// overtook must not write its (older) index into the new generation.
+    generation: Rc<std::cell::Cell<u64>>,
     /// Size of the last index built, to size the next one's buffer.
     last_index_len_bytes: Rc<std::cell::Cell<usize>>,
 }
@@ -106,14 +130,26 @@ pub struct ShardStateMachine {
 impl ShardStateMachine {
     /// Opens the state machine of the shard in `dir`, from its snapshot if it has one.
     pub fn open(dir: &Path, store: Store, body_segment_size_bytes: u64) -> io::Result<Self> {
-        let path = dir.join(SNAPSHOT_FILE);
-        let bodies_dir = dir.join(BODIES_DIR);
-        // Snapshots half-received before a crash (`crate::shard::peer` stages them here).
+        let mut generations = Vec::new();
         for entry in std::fs::read_dir(dir)?.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("incoming-") {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("incoming-") {
+                // Snapshots half-received before a crash (`crate::shard::peer` stages them here).
                 std::fs::remove_dir_all(entry.path())?;
+            } else if let Some(g) = generation_of(&name) {
+                generations.push((g, name));
             }
         }
+        let current = generations.iter().filter(|(g, n)| *n == snapshot_file(*g)).map(|(g, _)| *g).max().unwrap_or(0);
+        for (g, name) in generations.iter().filter(|(g, n)| *g != current || n.ends_with(".tmp")) {
+            // An install that crashed before its commit (g > current) or after it, before
+            // the old generation was deleted (g < current); or a torn index write.
+            tracing::warn!(shard_dir = %dir.display(), generation = g, current, "removing {name}");
+            let path = dir.join(name);
+            if path.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
+        }
+        let path = dir.join(snapshot_file(current));
+        let bodies_dir = dir.join(bodies_dir(current));
         let seg = body_segment_size_bytes;
         let applied = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -133,7 +169,7 @@ impl ShardStateMachine {
         Ok(ShardStateMachine {
             applied: Rc::new(RefCell::new(applied)),
             dir: dir.to_owned(),
-            installs: Rc::new(std::cell::Cell::new(0)),
+            generation: Rc::new(std::cell::Cell::new(current)),
             last_index_len_bytes: Rc::new(std::cell::Cell::new(0)),
         })
     }
@@ -147,8 +183,8 @@ impl ShardStateMachine {
     /// large shard is tens of MB, and writing and fsyncing it on the executor stalled
     /// every request of the core (seen: 400–800 ms latency spikes while loading). The
     /// bytes come back for the snapshot openraft keeps.
-    async fn write_snapshot(&self, bytes: Vec<u8>) -> io::Result<Vec<u8>> {
-        let path = self.dir.join(SNAPSHOT_FILE);
+    async fn write_snapshot(&self, generation: u64, bytes: Vec<u8>) -> io::Result<Vec<u8>> {
+        let path = self.dir.join(snapshot_file(generation));
         glommio::executor()
             .spawn_blocking(move || super::durable_file::replace_durably(&path, &bytes).map(|()| bytes))
             .await
@@ -182,14 +218,14 @@ impl RaftSnapshotBuilder<C> for ShardStateMachine {
             crate::metrics::record_since("snapshot.encode", started);
             (meta, index, a.bodies.source(), bodies_synced)
         };
-        let installs_before = self.installs.get();
+        let generation = self.generation.get();
         // Bodies first: the index on disk must never name bytes that are not durable.
         glommio::executor().spawn_blocking(move || bodies_synced.run()).await.map_err(bodies_err)?;
         // The check and the queueing of the write happen without an await in between,
         // and the blocking pool (one thread) runs jobs in order: an install that starts
         // later writes its file after this one.
-        let index = if self.installs.get() == installs_before {
-            self.write_snapshot(index).await?
+        let index = if self.generation.get() == generation {
+            self.write_snapshot(generation, index).await?
         } else {
             index // older than the installed snapshot: openraft ignores it
         };
@@ -252,19 +288,48 @@ impl RaftStateMachine<C> for ShardStateMachine {
         if i.meta.last_log_id != meta.last_log_id || i.bodies_len != snapshot.bodies.len() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot data does not match its meta"));
         }
-        self.installs.set(self.installs.get() + 1);
-        // Received segment files are moved in, not read: memory stays bounded.
-        self.applied.borrow_mut().bodies.install_from(&snapshot.bodies).map_err(bodies_err)?;
-        self.write_snapshot(snapshot.index).await?;
-        let mut a = self.applied.borrow_mut();
-        a.store = i.store;
-        a.last_applied = i.last_applied;
-        a.membership = i.membership;
+        // The new generation is built beside the current one and the in-memory state
+        // switched to it at once (no await in between: a concurrent build sees the old
+        // state or the new one); the index write below is the commit point on disk.
+        let (old, new) = (self.generation.get(), self.generation.get() + 1);
+        let new_dir = self.dir.join(bodies_dir(new));
+        let staged = match &snapshot.bodies {
+            BodiesSource::Files { dir, .. } => {
+                dir.parent() == Some(self.dir.as_path())
+                    && dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("incoming-"))
+            }
+            BodiesSource::Bytes(_) => false,
+        };
+        let bodies =
+            self.applied.borrow().bodies.install_into(&snapshot.bodies, &new_dir, staged).map_err(bodies_err)?;
+        {
+            let mut a = self.applied.borrow_mut();
+            a.store = i.store;
+            a.last_applied = i.last_applied;
+            a.membership = i.membership;
+            a.bodies = bodies;
+        }
+        self.generation.set(new);
+        self.write_snapshot(new, snapshot.index).await?;
+        let (old_index, old_bodies) = (self.dir.join(snapshot_file(old)), self.dir.join(bodies_dir(old)));
+        let removed = glommio::executor()
+            .spawn_blocking(move || {
+                match std::fs::remove_file(&old_index) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                std::fs::remove_dir_all(&old_bodies)
+            })
+            .await;
+        if let Err(e) = removed {
+            // Harmless: the next open removes what is left of older generations.
+            tracing::warn!(shard_dir = %self.dir.display(), "removing snapshot generation {old}: {e}");
+        }
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Self::SnapshotData>>, io::Error> {
-        let index = match std::fs::read(self.dir.join(SNAPSHOT_FILE)) {
+        let index = match std::fs::read(self.dir.join(snapshot_file(self.generation.get()))) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
