@@ -185,6 +185,34 @@ fn write_failed(limits: &ServeLimits, e: RaftError<FleetRaft, ClientWriteError<F
     }
 }
 
+/// Proposes a membership change, waiting (until `deadline`) while an earlier change is
+/// still being committed: right after another change, or after a leader change that
+/// inherited an uncommitted one, openraft refuses with `InProgress` — nothing was
+/// proposed, so trying again is safe. Seen as a flaky 503 for a DELETE that followed
+/// a POST of members.
+async fn change_membership(
+    shard: &Shard,
+    change: openraft::ChangeMembers<u64, BasicNode>,
+    deadline: std::time::Instant,
+    limits: &ServeLimits,
+) -> Result<(), Attempt> {
+    use openraft::error::ChangeMembershipError;
+    let pause = Duration::from_millis(limits.leader_retry_pause_ms);
+    loop {
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        match crate::raft::runtime::timeout(remaining, shard.raft.change_membership(change.clone(), false)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            )))) if remaining > pause => {
+                glommio::timer::sleep(pause).await;
+            }
+            Ok(Err(e)) => return Err(write_failed(limits, e)),
+            Err(_) => return Err(Attempt::Done(unavailable(limits, "no leader with a quorum within the deadline"))),
+        }
+    }
+}
+
 /// Tries `call` on this replica of the shard (which this core owns), within `remaining`.
 pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, remaining: Duration) -> Attempt {
     let timed_out = || Attempt::Done(unavailable(limits, "no leader with a quorum within the deadline"));
@@ -234,16 +262,10 @@ pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, rema
                 return Attempt::Done(unavailable(limits, why));
             }
             let voters = std::collections::BTreeSet::from([id]);
-            let promote = shard.raft.change_membership(openraft::ChangeMembers::AddVoterIds(voters), false);
-            return match crate::raft::runtime::timeout(
-                deadline.saturating_duration_since(std::time::Instant::now()),
-                promote,
-            )
-            .await
+            return match change_membership(shard, openraft::ChangeMembers::AddVoterIds(voters), deadline, limits).await
             {
-                Ok(Ok(_)) => Attempt::Done(Response::json(200, &json!({"node_id": node_id, "voter": true}))),
-                Ok(Err(e)) => write_failed(limits, e),
-                Err(_) => timed_out(),
+                Ok(()) => Attempt::Done(Response::json(200, &json!({"node_id": node_id, "voter": true}))),
+                Err(failed) => failed,
             };
         }
         ShardCall::RemoveMember { node_id, .. } => {
@@ -260,11 +282,10 @@ pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, rema
             } else {
                 openraft::ChangeMembers::RemoveNodes(ids)
             };
-            let remove = shard.raft.change_membership(change, false);
-            return match crate::raft::runtime::timeout(remaining, remove).await {
-                Ok(Ok(_)) => Attempt::Done(Response::json(200, &json!({"node_id": node_id, "removed": true}))),
-                Ok(Err(e)) => write_failed(limits, e),
-                Err(_) => timed_out(),
+            let deadline = std::time::Instant::now() + remaining;
+            return match change_membership(shard, change, deadline, limits).await {
+                Ok(()) => Attempt::Done(Response::json(200, &json!({"node_id": node_id, "removed": true}))),
+                Err(failed) => failed,
             };
         }
         _ => {}
