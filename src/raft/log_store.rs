@@ -104,12 +104,20 @@ where
         &self.shared.wal
     }
 
-    /// Replaces the metadata file atomically and durably: a write and two fsyncs, on
-    /// glommio's blocking pool (elections and purges; the core keeps serving).
-    async fn persist_meta(&self, meta: &Meta<C>) -> io::Result<()> {
+    /// Replaces the metadata file atomically and durably: a write and two fsyncs.
+    /// `off_core`: on glommio's blocking pool, so the core keeps serving (purges, after
+    /// every snapshot). Votes are written on the executor instead (a few ms, on
+    /// elections only): the pool is one FIFO thread that may be busy for tens of ms
+    /// with a snapshot or a segment preallocation, and a vote waiting behind that could
+    /// outlast the election timeout.
+    async fn persist_meta(&self, meta: &Meta<C>, off_core: bool) -> io::Result<()> {
         let bytes = serde_json::to_vec(meta).map_err(io::Error::other)?;
         let path = self.shared.meta_path.clone();
-        glommio::executor().spawn_blocking(move || super::durable_file::replace_durably(&path, &bytes)).await?;
+        if off_core {
+            glommio::executor().spawn_blocking(move || super::durable_file::replace_durably(&path, &bytes)).await?;
+        } else {
+            super::durable_file::replace_durably(&path, &bytes)?;
+        }
         *self.shared.meta.borrow_mut() = meta.clone();
         Ok(())
     }
@@ -192,7 +200,7 @@ where
     async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
         let mut meta = self.shared.meta.borrow().clone();
         meta.vote = Some(vote.clone());
-        self.persist_meta(&meta).await
+        self.persist_meta(&meta, false).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
@@ -258,7 +266,7 @@ where
         }
         let upto = log_id.index() + 1;
         meta.last_purged = Some(log_id);
-        self.persist_meta(&meta).await?;
+        self.persist_meta(&meta, true).await?;
         // Sync through io_uring first, so that the sync `purge_before` must make before
         // deleting anything finds nothing left to do instead of blocking the core.
         self.shared.wal.sync().await.map_err(to_io)?;
