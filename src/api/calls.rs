@@ -185,6 +185,10 @@ fn write_failed(limits: &ServeLimits, e: RaftError<FleetRaft, ClientWriteError<F
     }
 }
 
+fn timed_out(limits: &ServeLimits) -> Attempt {
+    Attempt::Done(unavailable(limits, "no leader with a quorum within the deadline"))
+}
+
 /// Proposes a membership change, waiting (until `deadline`) while an earlier change is
 /// still being committed: right after another change, or after a leader change that
 /// inherited an uncommitted one, openraft refuses with `InProgress` — nothing was
@@ -208,14 +212,13 @@ async fn change_membership(
                 glommio::timer::sleep(pause).await;
             }
             Ok(Err(e)) => return Err(write_failed(limits, e)),
-            Err(_) => return Err(Attempt::Done(unavailable(limits, "no leader with a quorum within the deadline"))),
+            Err(_) => return Err(timed_out(limits)),
         }
     }
 }
 
 /// Tries `call` on this replica of the shard (which this core owns), within `remaining`.
 pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, remaining: Duration) -> Attempt {
-    let timed_out = || Attempt::Done(unavailable(limits, "no leader with a quorum within the deadline"));
     match call {
         ShardCall::ShardStatus { shard: s } => return Attempt::Done(Response::json(200, &shard_status(shard, *s))),
         ShardCall::Write(cmd) => {
@@ -228,7 +231,7 @@ pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, rema
                     Attempt::Done(outcome_response(resp.data))
                 }
                 Ok(Err(e)) => write_failed(limits, e),
-                Err(_) => timed_out(),
+                Err(_) => timed_out(limits),
             };
         }
         ShardCall::AddMember { node_id, addr, .. } => {
@@ -237,7 +240,7 @@ pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, rema
             match crate::raft::runtime::timeout(remaining, shard.raft.add_learner(*node_id, node, false)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return write_failed(limits, e),
-                Err(_) => return timed_out(),
+                Err(_) => return timed_out(limits),
             }
             // openraft's blocking add waits only until the learner is within
             // `replication_lag_threshold` entries, which an empty node that nobody can
@@ -298,7 +301,7 @@ pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, rema
             Ok(Ok(_)) => {}
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => return not_leader(&f),
             Ok(Err(e)) => return Attempt::Done(unavailable(limits, format!("cannot confirm leadership: {e}"))),
-            Err(_) => return timed_out(),
+            Err(_) => return timed_out(limits),
         }
     }
     Attempt::Done(read(shard, call))
