@@ -2,6 +2,7 @@
 //! Raft state machine's logic: `apply` is deterministic (the time comes in the command,
 //! taken once by the leader) and never panics; refusals are results.
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -91,7 +92,10 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Store {
-    contexts: HashMap<String, Context>,
+    /// Shared, copy-on-write: a snapshot takes a clone of the map (one reference count
+    /// per context) and encodes it on another thread while applies go on; a context
+    /// written meanwhile is copied once (`Arc::make_mut`).
+    contexts: HashMap<String, Arc<Context>>,
     limits: StoreLimits,
 }
 
@@ -101,7 +105,7 @@ impl Store {
     }
 
     pub fn get(&self, id: &str) -> Result<&Context, StoreError> {
-        self.contexts.get(id).ok_or(StoreError::NotFound)
+        self.contexts.get(id).map(|c| &**c).ok_or(StoreError::NotFound)
     }
 
     pub fn len(&self) -> usize {
@@ -113,7 +117,7 @@ impl Store {
     }
 
     fn get_mut(&mut self, id: &str) -> Result<&mut Context, StoreError> {
-        self.contexts.get_mut(id).ok_or(StoreError::NotFound)
+        self.contexts.get_mut(id).map(Arc::make_mut).ok_or(StoreError::NotFound)
     }
 
     /// Applies `cmd`. The outer `Err` is a body-store failure: nothing changed, and the
@@ -137,13 +141,13 @@ impl Store {
     fn apply_meta(&mut self, cmd: Command) -> Result<Outcome, StoreError> {
         match cmd {
             Command::Put { id, put, now } => {
-                if let Some(ctx) = self.contexts.get_mut(&id) {
+                if let Ok(ctx) = self.get_mut(&id) {
                     ctx.update(put, &now);
                     return Ok(Outcome::Summary { created: false, summary: ctx.summary_json() });
                 }
                 let ctx = Context::new(id.clone(), put, &now);
                 let summary = ctx.summary_json();
-                self.contexts.insert(id, ctx);
+                self.contexts.insert(id, Arc::new(ctx));
                 Ok(Outcome::Summary { created: true, summary })
             }
             Command::PatchMetadata { id, patch, now } => {
