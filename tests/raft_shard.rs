@@ -210,3 +210,65 @@ fn a_snapshot_built_on_one_state_machine_installs_on_another() {
         }
     });
 }
+
+/// Appends only (the context exists), concurrently, numbered from `first`.
+async fn append_more(shard: &Shard, first: usize, n: usize) {
+    let writes = (first..first + n).map(|i| {
+        let raft = shard.raft.clone();
+        async move {
+            let cmd = Command::Append {
+                id: "ctx".into(),
+                message: msg(i),
+                if_version: None,
+                idempotency_key: None,
+                now: NOW.into(),
+            };
+            raft.client_write(cmd).await.expect("append").data.expect("append applies");
+        }
+    });
+    futures_util::future::join_all(writes).await;
+}
+
+#[test]
+fn a_snapshot_is_the_state_at_its_log_id_while_appends_go_on() {
+    use fleetlm::raft::ShardStateMachine;
+    use fleetlm::store::Store;
+    use openraft::RaftSnapshotBuilder;
+    use openraft::storage::RaftStateMachine;
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let (a_path, b_path) = (a_dir.path().to_owned(), b_dir.path().to_owned());
+    run(async move || {
+        let shard = open(&a_path, &RaftTimings::default()).await;
+        write(&shard, 100).await;
+        // The build captures the store at its first poll and encodes it on the blocking
+        // pool, behind a body-store fdatasync; the appends apply meanwhile.
+        let mut builder = shard.state.clone();
+        // (Measured: all 100 appends are applied before the build returns.)
+        let (snap, ()) = futures_util::join!(builder.build_snapshot(), append_more(&shard, 100, 100));
+        let snap = snap.expect("snapshot");
+        let last_log_index = |sm: &ShardStateMachine| sm.applied().borrow().last_applied.unwrap().index;
+        let last_seq = |sm: &ShardStateMachine| sm.applied().borrow().store.get("ctx").unwrap().last_seq();
+        // Every entry after the first append is an append: seq = log index − offset.
+        let offset = last_log_index(&shard.state) - last_seq(&shard.state);
+        assert_eq!(last_seq(&shard.state), 200);
+        shard.raft.shutdown().await.unwrap();
+        let snap_index = snap.meta.last_log_id.unwrap().index;
+        let mut b = ShardStateMachine::open(
+            &b_path,
+            Store::new(StoreLimits::default()),
+            fleetlm::config::BODY_SEGMENT_SIZE_BYTES,
+        )
+        .unwrap();
+        b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        assert_eq!(last_log_index(&b), snap_index);
+        assert_eq!(last_seq(&b), snap_index - offset, "the snapshot holds exactly the appends up to its log id");
+        assert!(last_seq(&b) >= 100, "taken after the first 100 appends");
+        let applied = b.applied().borrow();
+        let ctx = applied.store.get("ctx").unwrap();
+        for m in ctx.replay(1, usize::MAX).0 {
+            let text = m.to_json(&applied.bodies)["parts"][0]["text"].as_str().unwrap().to_owned();
+            assert!(text.starts_with("message "), "{text}");
+        }
+    });
+}
