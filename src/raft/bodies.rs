@@ -339,7 +339,7 @@ impl BodiesSyncJob {
 }
 
 /// Writes the body bytes of a snapshot as they arrive from the network into segment
-/// files of a staging directory (memory stays at one chunk), for `install_from`.
+/// files of a staging directory (memory stays at one chunk), for `install_into`.
 pub struct BodiesReceiver {
     dir: PathBuf,
     segment_size_bytes: u64,
