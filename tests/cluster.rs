@@ -320,6 +320,24 @@ fn a_node_behind_a_purged_log_catches_up_by_snapshot() {
     let v3 = c.view(2);
     let installed = v3["shards"].as_array().unwrap().iter().filter(|s| s["snapshot_index"].as_u64().is_some()).count();
     assert!(installed > 0, "node 3 has no snapshot: {v3}");
+    // Received snapshots were installed as a new generation (the staging directory
+    // renamed into place, none left behind).
+    let shards_dir = c.nodes[2].dir.join("shards");
+    let mut generations = 0;
+    for shard in std::fs::read_dir(&shards_dir).unwrap().flatten() {
+        let names: Vec<String> = std::fs::read_dir(shard.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with("incoming-")),
+            "staging left in {}: {names:?}",
+            shard.path().display()
+        );
+        generations += names.iter().filter(|n| n.starts_with("snapshot-") && n.ends_with(".bin")).count();
+    }
+    assert!(generations > 0, "no installed snapshot generation under {}", shards_dir.display());
     // And it keeps serving: a write through it, and its own replica after restart.
     assert!(append_acked(&c, &[2], &ids[0], "via-3", 10).is_some());
     c.kill9(2);
