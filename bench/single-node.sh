@@ -2,17 +2,18 @@
 # Single-node benchmark, FleetLM next to Redis measured in the same run on this machine.
 #
 #   bench/single-node.sh            # writes bench/results/single-node.md
-#   SECS=20 bench/single-node.sh
+#   SECS=20 ROUNDS=5 bench/single-node.sh
 #
 # 1. FleetLM durable appends: loadgen, 50 connections, 200-byte messages, 1000 contexts.
 # 2. Redis 7 (appendonly yes, appendfsync always): redis-benchmark XADD, 50 clients,
-#    200-byte values over 1000 streams.
+#    200-byte values over 1000 streams. 1 and 2 alternate, ROUNDS (3) times each.
 # 3. FleetLM replay of 1000 messages (from_seq=-1000&limit=1000) on preloaded contexts,
 #    at 1, 10 and 50 connections.
-# Redis and fio-free: only loopback, bounded in time, everything stops by itself.
+# Only loopback, bounded in time; everything stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-10}
+ROUNDS=${ROUNDS:-3}
 PORT=${PORT:-4400}
 REDIS_PORT=${REDIS_PORT:-6390}
 scratch=target/bench-single
@@ -32,7 +33,7 @@ cleanup() {
 trap cleanup EXIT
 
 start_fleetlm() {
-  ./target/release/fleetlm serve --listen "127.0.0.1:$PORT" --data-dir "$scratch/data" >"$scratch/fleetlm.log" 2>&1 &
+  ./target/release/fleetlm serve --listen "127.0.0.1:$PORT" --data-dir "$1" >"$scratch/fleetlm.log" 2>&1 &
   FL_PID=$!
   for _ in $(seq 1 600); do
     curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && return 0
@@ -41,13 +42,37 @@ start_fleetlm() {
   echo "fleetlm did not become ready" >&2; cat "$scratch/fleetlm.log" >&2; exit 1
 }
 
-echo "== FleetLM appends (${SECS}s)" >&2
-start_fleetlm
-./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 50 --contexts 1000 --secs "$SECS" \
-  --message-bytes 200 --mix append=1 >"$scratch/fleetlm-append.json"
-RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$FL_PID/status")
+VALUE=$(head -c 200 /dev/zero | tr '\0' x)
+redis_round() {
+  rm -rf "$scratch/redis" && mkdir -p "$scratch/redis"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always \
+    --dir "$PWD/$scratch/redis" --daemonize no >"$scratch/redis.log" 2>&1 &
+  RS_PID=$!
+  for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  # Run for about SECS: size the request count from a short probe.
+  redis-benchmark -p "$REDIS_PORT" -c 50 -n 20000 -r 1000 --csv XADD 'stream:__rand_int__' '*' f "$VALUE" >"$scratch/redis-probe.csv"
+  PROBE_RPS=$(python3 -c "import csv,sys; r=list(csv.reader(open('$scratch/redis-probe.csv'))); print(int(float(r[1][1])))")
+  N=$((PROBE_RPS * SECS))
+  redis-benchmark -p "$REDIS_PORT" -c 50 -n "$N" -r 1000 --csv XADD 'stream:__rand_int__' '*' f "$VALUE" >"$1"
+  kill -9 $RS_PID; wait $RS_PID 2>/dev/null || true; RS_PID=
+}
 
-echo "== FleetLM replay of 1000 messages (${SECS}s)" >&2
+# FleetLM and Redis alternate, ROUNDS times each (runs here vary by ±20 %): the report
+# takes the median of the per-round ratios.
+for r in $(seq 1 "$ROUNDS"); do
+  echo "== round $r/$ROUNDS: FleetLM appends (${SECS}s)" >&2
+  start_fleetlm "$scratch/data-$r"
+  ./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 50 --contexts 1000 --secs "$SECS" \
+    --message-bytes 200 --mix append=1 >"$scratch/fleetlm-append-$r.json"
+  RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$FL_PID/status")
+  kill -9 $FL_PID; wait $FL_PID 2>/dev/null || true; FL_PID=
+  rm -rf "$scratch/data-$r"
+  echo "== round $r/$ROUNDS: Redis XADD (appendfsync always)" >&2
+  redis_round "$scratch/redis-xadd-$r.csv"
+done
+
+echo "== FleetLM replay of 1000 messages (${SECS}s per concurrency)" >&2
+start_fleetlm "$scratch/data-replay"
 # 20 contexts with ≥1000 messages each, then replay them.
 ./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 50 --contexts 20 --secs 1 --warmup-secs 0 \
   --message-bytes 200 --mix append=1 --appends-total 21000 >/dev/null
@@ -58,21 +83,8 @@ for c in 1 10 50; do
 done
 kill -9 $FL_PID; FL_PID=
 
-echo "== Redis XADD (appendfsync always)" >&2
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always \
-  --dir "$PWD/$scratch" --daemonize no >"$scratch/redis.log" 2>&1 &
-RS_PID=$!
-for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
-VALUE=$(head -c 200 /dev/zero | tr '\0' x)
-# Run for about SECS: size the request count from a short probe.
-redis-benchmark -p "$REDIS_PORT" -c 50 -n 20000 -r 1000 --csv XADD 'stream:__rand_int__' '*' f "$VALUE" >"$scratch/redis-probe.csv"
-PROBE_RPS=$(python3 -c "import csv,sys; r=list(csv.reader(open('$scratch/redis-probe.csv'))); print(int(float(r[1][1])))")
-N=$((PROBE_RPS * SECS))
-redis-benchmark -p "$REDIS_PORT" -c 50 -n "$N" -r 1000 --csv XADD 'stream:__rand_int__' '*' f "$VALUE" >"$scratch/redis-xadd.csv"
-kill -9 $RS_PID; RS_PID=
-
 # The 1M-message section comes from bench/load-1m.sh (a separate, longer run): keep it.
 kept=$(sed -n '/^## After 1,000,000/,$p' bench/results/single-node.md 2>/dev/null || true)
-python3 bench/single_node_report.py "$scratch" "$RSS_KB" "bench/single-node.sh (SECS=$SECS)" >bench/results/single-node.md
+python3 bench/single_node_report.py "$scratch" "$RSS_KB" "$ROUNDS" "bench/single-node.sh (SECS=$SECS ROUNDS=$ROUNDS)" >bench/results/single-node.md
 if [ -n "$kept" ]; then printf '\n%s\n' "$kept" >>bench/results/single-node.md; fi
 cat bench/results/single-node.md
