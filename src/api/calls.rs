@@ -159,22 +159,6 @@ fn shard_status(shard: &Shard, id: u32) -> serde_json::Value {
     })
 }
 
-/// `{"messages":[…]` + `tail`, from the messages' stored JSON.
-fn messages_body(messages: &[crate::store::Message], bodies: &dyn crate::store::Bodies, tail: &str) -> Vec<u8> {
-    let len: usize = messages.iter().map(|m| m.json_len_bytes() + 1).sum();
-    let mut out = Vec::with_capacity(len + 16 + tail.len());
-    out.extend_from_slice(b"{\"messages\":[");
-    for (i, m) in messages.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(m.json_bytes(bodies));
-    }
-    out.push(b']');
-    out.extend_from_slice(tail.as_bytes());
-    out
-}
-
 fn write_failed(limits: &ServeLimits, e: RaftError<FleetRaft, ClientWriteError<FleetRaft>>) -> Attempt {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
@@ -319,13 +303,14 @@ fn read(shard: &Shard, call: &ShardCall) -> Response {
     match call {
         ShardCall::Get { .. } => Response::json(200, &ctx.summary_json()),
         ShardCall::Tail { offset, limit, .. } => {
-            let body = messages_body(ctx.tail(*offset, *limit), bodies, "}");
+            let body = crate::store::messages_object(ctx.tail(*offset, *limit).iter(), bodies, b"}");
             Response::raw_json(200, body)
         }
         ShardCall::Replay { from, limit, .. } => {
             let start = ctx.replay_start(*from);
             let (page, next) = ctx.replay(start, *limit);
-            let body = messages_body(page, bodies, &format!(",\"last_seq\":{},\"next_seq\":{next}}}", ctx.last_seq()));
+            let tail = format!(",\"last_seq\":{},\"next_seq\":{next}}}", ctx.last_seq());
+            let body = crate::store::messages_object(page.iter(), bodies, tail.as_bytes());
             Response::raw_json(200, body)
         }
         ShardCall::Window { budget, if_version, .. } => {

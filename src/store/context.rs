@@ -302,13 +302,10 @@ impl Context {
     /// JSON bytes, never parsed again: a long window costs one copy per message.
     pub fn window_json(&self, budget: u64, bodies: &dyn Bodies) -> Vec<u8> {
         let summaries = self.window.summary.len();
-        let (mut live_from, mut live_to) = (None, None);
-        for seq in self.live_seqs() {
-            live_from.get_or_insert(seq);
-            live_to = Some(seq);
-        }
-        let live = || self.live_seqs().map(|seq| &self.messages[seq as usize - 1]);
-        let messages = || self.window.summary.iter().map(|m| &**m).chain(live());
+        let live: Vec<u64> = self.live_seqs().collect();
+        let (live_from, live_to) = (live.first(), live.last());
+        let messages =
+            self.window.summary.iter().map(|m| &**m).chain(live.iter().map(|&seq| &self.messages[seq as usize - 1]));
         let mut segments = Vec::new();
         if self.compactions > 0 {
             segments.push(serde_json::json!({"type": "summary", "count": summaries}));
@@ -323,18 +320,9 @@ impl Context {
             "segments": segments,
         })
         .to_string();
-        let len_bytes: usize = messages().map(|m| m.json_len_bytes() + 1).sum();
-        let mut out = Vec::with_capacity(len_bytes + rest.len() + 16);
-        out.extend_from_slice(b"{\"messages\":[");
-        for (i, m) in messages().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(m.json_bytes(bodies));
-        }
-        out.extend_from_slice(b"],");
-        // `rest` is a non-empty object: splice its fields in after the messages.
-        out.extend_from_slice(&rest.as_bytes()[1..]);
-        out
+        // `rest` is a non-empty object: its fields follow the messages.
+        let mut tail = rest.into_bytes();
+        tail[0] = b',';
+        super::model::messages_object(messages, bodies, &tail)
     }
 }

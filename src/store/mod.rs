@@ -16,4 +16,4 @@ pub use bodies::{Bodies, BodiesError, BodyRef, MemBodies};
 pub use commands::{Command, Outcome, Store};
 pub use context::{Appended, Context, ReplayFrom};
 pub use error::StoreError;
-pub use model::{ContextConfig, Message, NewMessage, Policy, PutContext, Status};
+pub use model::{ContextConfig, Message, NewMessage, Policy, PutContext, Status, messages_object};

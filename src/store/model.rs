@@ -78,6 +78,27 @@ impl Message {
     }
 }
 
+/// `{"messages":[…]` followed by `tail` (the object's other fields, from `,` to the
+/// closing `}`): each message's stored JSON is copied in as is, never parsed again.
+pub fn messages_object<'a>(
+    messages: impl Iterator<Item = &'a Message> + Clone,
+    bodies: &dyn Bodies,
+    tail: &[u8],
+) -> Vec<u8> {
+    let len_bytes: usize = messages.clone().map(|m| m.json_len_bytes() + 1).sum();
+    let mut out = Vec::with_capacity(len_bytes + 16 + tail.len());
+    out.extend_from_slice(b"{\"messages\":[");
+    for (i, m) in messages.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(m.json_bytes(bodies));
+    }
+    out.push(b']');
+    out.extend_from_slice(tail);
+    out
+}
+
 /// Part types of a message, without an allocation in the common cases (no parts, or
 /// only text parts): a million messages should not cost a million small boxes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
