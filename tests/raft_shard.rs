@@ -4,8 +4,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use fleetlm::config::{RaftTimings, StoreLimits, WalConfig};
-use fleetlm::raft::{GlommioRuntime, Shard};
-use fleetlm::store::{Command, NewMessage, Outcome, PutContext};
+use fleetlm::raft::{GlommioRuntime, Shard, ShardStateMachine};
+use fleetlm::store::{Command, NewMessage, Outcome, PutContext, Store};
 use openraft::{AsyncRuntime, ReadPolicy, ServerState};
 use serde_json::json;
 
@@ -30,12 +30,19 @@ fn msg(i: usize) -> NewMessage {
     .unwrap()
 }
 
-/// Writes `n` appends concurrently; returns the seqs the writers were given.
+/// Puts the context, then writes `n` appends concurrently; returns the seqs given.
 async fn write(shard: &Shard, n: usize) -> Vec<u64> {
     let put = PutContext::from_json(&json!({"token_budget": 100000}), &StoreLimits::default()).unwrap();
     let cmd = Command::Put { id: "ctx".into(), put, now: NOW.into() };
     shard.raft.client_write(cmd).await.expect("put").data.expect("put applies");
-    let writes = (0..n).map(|i| {
+    let mut seqs = append_more(shard, 0, n).await;
+    seqs.sort_unstable();
+    seqs
+}
+
+/// Appends only (the context exists), concurrently, numbered from `first`; the seqs.
+async fn append_more(shard: &Shard, first: usize, n: usize) -> Vec<u64> {
+    let writes = (first..first + n).map(|i| {
         let raft = shard.raft.clone();
         async move {
             let cmd = Command::Append {
@@ -51,20 +58,32 @@ async fn write(shard: &Shard, n: usize) -> Vec<u64> {
             }
         }
     });
-    let mut seqs = futures_util::future::join_all(writes).await;
-    seqs.sort_unstable();
-    seqs
+    futures_util::future::join_all(writes).await
 }
 
 async fn read_back(shard: &Shard) -> Vec<String> {
     shard.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.expect("linearizable read");
-    let applied = shard.state.applied().borrow();
+    texts(&shard.state)
+}
+
+/// The texts of the context's messages, in seq order, from a state machine.
+fn texts(sm: &ShardStateMachine) -> Vec<String> {
+    let applied = sm.applied().borrow();
     let ctx = applied.store.get("ctx").expect("context exists");
     ctx.replay(1, usize::MAX)
         .0
         .iter()
         .map(|m| m.to_json(&applied.bodies)["parts"][0]["text"].as_str().unwrap().to_owned())
         .collect()
+}
+
+fn last_seq(sm: &ShardStateMachine) -> u64 {
+    sm.applied().borrow().store.get("ctx").unwrap().last_seq()
+}
+
+/// A state machine on its own (no Raft group), as a node opens it.
+fn open_state_machine(dir: &Path) -> ShardStateMachine {
+    ShardStateMachine::open(dir, Store::new(StoreLimits::default()), fleetlm::config::BODY_SEGMENT_SIZE_BYTES).unwrap()
 }
 
 fn run(f: impl AsyncFnOnce() + Send + 'static) {
@@ -138,8 +157,6 @@ fn restart_after_snapshot_and_purge_restores_state() {
 
 #[test]
 fn a_snapshot_built_on_one_state_machine_installs_on_another() {
-    use fleetlm::raft::ShardStateMachine;
-    use fleetlm::store::Store;
     use openraft::RaftSnapshotBuilder;
     use openraft::storage::RaftStateMachine;
     let a_dir = tempfile::tempdir().unwrap();
@@ -152,24 +169,13 @@ fn a_snapshot_built_on_one_state_machine_installs_on_another() {
         let mut a = shard.state.clone();
         let snap = a.try_create_snapshot_builder(true).await.unwrap().build_snapshot().await.unwrap();
         shard.raft.shutdown().await.unwrap();
-        let mut b = ShardStateMachine::open(
-            &b_path,
-            Store::new(StoreLimits::default()),
-            fleetlm::config::BODY_SEGMENT_SIZE_BYTES,
-        )
-        .unwrap();
+        let mut b = open_state_machine(&b_path);
         b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
         assert_eq!(b.applied_state().await.unwrap(), a.applied_state().await.unwrap());
-        let count = |sm: &ShardStateMachine| sm.applied().borrow().store.get("ctx").unwrap().last_seq();
-        assert_eq!((count(&a), count(&b)), (50, 50));
+        assert_eq!((last_seq(&a), last_seq(&b)), (50, 50));
         // And B reopens from the installed snapshot file.
-        let reopened = ShardStateMachine::open(
-            &b_path,
-            Store::new(StoreLimits::default()),
-            fleetlm::config::BODY_SEGMENT_SIZE_BYTES,
-        )
-        .unwrap();
-        assert_eq!(count(&reopened), 50);
+        let reopened = open_state_machine(&b_path);
+        assert_eq!(last_seq(&reopened), 50);
         let current = b.get_current_snapshot().await.unwrap().expect("a current snapshot");
         assert_eq!(current.meta, snap.meta);
         drop(reopened);
@@ -190,49 +196,22 @@ fn a_snapshot_built_on_one_state_machine_installs_on_another() {
         std::fs::create_dir_all(b_path.join("bodies-2")).unwrap();
         std::fs::write(b_path.join("bodies-2").join("00000000.bin"), b"new bodies").unwrap();
         std::fs::write(b_path.join("snapshot-2.bin.tmp"), b"torn").unwrap();
-        let recovered = ShardStateMachine::open(
-            &b_path,
-            Store::new(StoreLimits::default()),
-            fleetlm::config::BODY_SEGMENT_SIZE_BYTES,
-        )
-        .unwrap();
-        assert_eq!(count(&recovered), 50);
-        let texts: Vec<_> = {
-            let applied = recovered.applied().borrow();
-            let ctx = applied.store.get("ctx").unwrap();
-            let (page, _) = ctx.replay(1, 100);
-            page.iter().map(|m| m.to_json(&applied.bodies)["parts"][0]["text"].as_str().unwrap().to_owned()).collect()
-        };
-        assert_eq!(texts.len(), 50);
-        assert!(texts.iter().all(|t| t.starts_with("message ")), "bodies come from generation 1: {texts:?}");
+        let recovered = open_state_machine(&b_path);
+        assert_eq!(last_seq(&recovered), 50);
+        let recovered_texts = texts(&recovered);
+        assert_eq!(recovered_texts.len(), 50);
+        assert!(
+            recovered_texts.iter().all(|t| t.starts_with("message ")),
+            "bodies come from generation 1: {recovered_texts:?}"
+        );
         for gone in ["snapshot.bin", "bodies", "bodies-2", "snapshot-2.bin.tmp"] {
             assert!(!b_path.join(gone).exists(), "{gone} is removed at open");
         }
     });
 }
 
-/// Appends only (the context exists), concurrently, numbered from `first`.
-async fn append_more(shard: &Shard, first: usize, n: usize) {
-    let writes = (first..first + n).map(|i| {
-        let raft = shard.raft.clone();
-        async move {
-            let cmd = Command::Append {
-                id: "ctx".into(),
-                message: msg(i),
-                if_version: None,
-                idempotency_key: None,
-                now: NOW.into(),
-            };
-            raft.client_write(cmd).await.expect("append").data.expect("append applies");
-        }
-    });
-    futures_util::future::join_all(writes).await;
-}
-
 #[test]
 fn a_snapshot_is_the_state_at_its_log_id_while_appends_go_on() {
-    use fleetlm::raft::ShardStateMachine;
-    use fleetlm::store::Store;
     use openraft::RaftSnapshotBuilder;
     use openraft::storage::RaftStateMachine;
     let a_dir = tempfile::tempdir().unwrap();
@@ -245,29 +224,20 @@ fn a_snapshot_is_the_state_at_its_log_id_while_appends_go_on() {
         // pool, behind a body-store fdatasync; the appends apply meanwhile.
         let mut builder = shard.state.clone();
         // (Measured: all 100 appends are applied before the build returns.)
-        let (snap, ()) = futures_util::join!(builder.build_snapshot(), append_more(&shard, 100, 100));
+        let (snap, _) = futures_util::join!(builder.build_snapshot(), append_more(&shard, 100, 100));
         let snap = snap.expect("snapshot");
         let last_log_index = |sm: &ShardStateMachine| sm.applied().borrow().last_applied.unwrap().index;
-        let last_seq = |sm: &ShardStateMachine| sm.applied().borrow().store.get("ctx").unwrap().last_seq();
         // Every entry after the first append is an append: seq = log index − offset.
         let offset = last_log_index(&shard.state) - last_seq(&shard.state);
         assert_eq!(last_seq(&shard.state), 200);
         shard.raft.shutdown().await.unwrap();
         let snap_index = snap.meta.last_log_id.unwrap().index;
-        let mut b = ShardStateMachine::open(
-            &b_path,
-            Store::new(StoreLimits::default()),
-            fleetlm::config::BODY_SEGMENT_SIZE_BYTES,
-        )
-        .unwrap();
+        let mut b = open_state_machine(&b_path);
         b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
         assert_eq!(last_log_index(&b), snap_index);
         assert_eq!(last_seq(&b), snap_index - offset, "the snapshot holds exactly the appends up to its log id");
         assert!(last_seq(&b) >= 100, "taken after the first 100 appends");
-        let applied = b.applied().borrow();
-        let ctx = applied.store.get("ctx").unwrap();
-        for m in ctx.replay(1, usize::MAX).0 {
-            let text = m.to_json(&applied.bodies)["parts"][0]["text"].as_str().unwrap().to_owned();
+        for text in texts(&b) {
             assert!(text.starts_with("message "), "{text}");
         }
     });
