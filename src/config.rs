@@ -30,6 +30,9 @@ pub const WAL_SEGMENT_SIZE_BYTES_DEFAULT: u64 = 64 << 20;
 pub const WAL_RECORD_PAYLOAD_MAX_BYTES_DEFAULT: u32 = 4 << 20;
 /// Default cap on records per append call.
 pub const WAL_APPEND_BATCH_MAX_DEFAULT: usize = 4096;
+/// Capacity a segment's buffer of encoded, not yet written records keeps between
+/// appends; a larger burst (a snapshot-sized batch) frees its buffer afterwards.
+pub const WAL_PENDING_KEEP_BYTES: usize = 1 << 20;
 
 impl Default for WalConfig {
     fn default() -> Self {

@@ -155,7 +155,7 @@ impl Wal {
         for s in &dropped {
             std::fs::remove_file(s.path()).map_err(|e| WalError::io("remove torn segment", s.path(), e))?;
         }
-        let zeroed = self.tail_mut().reset_tail(found.end_offset);
+        let zeroed = self.tail_mut().reset_tail(found.end_offset)?;
         if !dropped.is_empty() {
             self.sync_dir()?;
         }
@@ -225,7 +225,18 @@ impl Wal {
             let offset = self.write_record(RecordKind::Data, index, p.as_ref())?;
             self.live.push_back(offset);
         }
+        self.flush_tail()?;
         Ok(start..self.next_index())
+    }
+
+    /// Writes the tail's pending records to the file. `live` already names them, so a
+    /// failed write poisons the log: those indexes cannot be read back.
+    fn flush_tail(&mut self) -> Result<()> {
+        let outcome = self.tail_mut().flush();
+        if let Err(e) = &outcome {
+            self.poisoned = Some(e.to_string());
+        }
+        outcome
     }
 
     fn write_record(&mut self, kind: RecordKind, index: u64, payload: &[u8]) -> Result<Loc> {
@@ -246,6 +257,9 @@ impl Wal {
     /// directory is marked dirty: the sync that makes records here durable also
     /// fsyncs the directory, so no sync happens on this path.
     fn create_segment(&mut self, first_index: u64, seq: u64, flags: u32, prev_end_offset: u64) -> Result<()> {
+        if !self.segments.is_empty() {
+            self.flush_tail()?;
+        }
         let spare = match self.spare.take() {
             Some(s) => s,
             None => self.spare_request().create_blocking()?,
@@ -338,6 +352,7 @@ impl Wal {
         // segment's header must name the index recovery expects there, which is the
         // one before the marker takes effect.
         self.write_record(RecordKind::Truncate, cut, &[])?;
+        self.flush_tail()?;
         self.live.truncate((cut - self.first_index) as usize);
         Ok(())
     }
