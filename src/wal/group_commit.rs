@@ -31,7 +31,7 @@
 //! The executor never blocks on a sync. Segment files are created ahead of need on the
 //! blocking pool (`prepare_spare_if_wanted`), and the directory fsync after a roll runs
 //! there too. What still runs on the executor: the pwrite of each append (a copy into
-//! the page cache, ≈2 µs for a batch of small records), and purge's unlinks and the
+//! the page cache: p99 7–20 µs per 200 B record in bench/results/wal.md), and purge's unlinks and the
 //! blocking sync before them (rare: after snapshots).
 use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, IntoRawFd};
