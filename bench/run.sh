@@ -61,7 +61,9 @@ fi
   echo "command: bench/run.sh $*"
   echo "commit: $(git rev-parse --short HEAD)$(git status --porcelain -uno -- . ':!bench/results' | grep -q . && echo -dirty)"
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "machine: $(nproc) cores, $(uname -sr), $(df -T . | awk 'NR==2 {print $2}') on $(lsblk -no NAME,MODEL,ROTA 2>/dev/null | head -1 | xargs), client and server(s) on the same machine, loopback"
+  # The device the data dirs live on (not the first one lsblk lists, which may be unrelated).
+  dev=$(df --output=source . | tail -1)
+  echo "machine: $(nproc) cores, $(uname -sr), $(df -T . | awk 'NR==2 {print $2}') on $dev, client and server(s) on the same machine, loopback"
   echo "k6: $($K6 version 2>/dev/null | head -1)"
   echo "knobs:"; env | grep -E '^(MAX_VUS|RAMP_UP|STEADY|RAMP_DOWN|PIPELINE_DEPTH|PAYLOAD_SIZE|VUS|DURATION|BACKLOG_SESSIONS|BACKLOG_SIZE|REPLAY_VUS|WRITE_VUS|SESSION_COUNT|WINDOW_EVERY|API_URL|CLUSTER_NODES)=' | sed 's/^/  /' || true
 } >"$out/run.txt"
