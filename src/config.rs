@@ -138,6 +138,9 @@ impl Default for RaftTimings {
     }
 }
 
+/// Upper bound of `HttpLimits::headers_max`: the parser's header slots live on the stack.
+pub const HTTP_HEADERS_MAX_CAP: usize = 256;
+
 /// Limits of the HTTP layer (`crate::http`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpLimits {
@@ -145,7 +148,7 @@ pub struct HttpLimits {
     pub head_max_bytes: usize,
     /// Request body (API.md: 1 MiB → 413).
     pub body_max_bytes: usize,
-    /// Most headers in one request.
+    /// Most headers in one request (at most `HTTP_HEADERS_MAX_CAP`).
     pub headers_max: usize,
     /// A keep-alive connection with no request in progress is closed after this.
     pub idle_timeout_ms: u64,

@@ -349,3 +349,36 @@ proptest! {
         }
     }
 }
+
+/// The stored JSON of a message is byte for byte what a `json!` map renders (sorted
+/// keys, serde_json's escaping): bodies written before and after the renderer changed
+/// must read back the same, and replays hand the stored bytes out as they are.
+#[test]
+fn stored_message_json_is_the_sorted_key_rendering() {
+    let mut m = MemBodies::default();
+    let input = json!({
+        "role": "assistant",
+        "parts": [{"type": "text", "text": "é \"quoted\" \u{1F600}\n"}, {"type": "tool_call", "args": {"b": 1, "a": [true, null]}}],
+        "metadata": {"z": 1, "a": {"nested": "x"}},
+        "token_count": 7
+    });
+    let new = NewMessage::from_json(&input, false, &limits()).unwrap();
+    let expected = json!({
+        "seq": 3,
+        "role": new.role,
+        "parts": new.parts,
+        "metadata": new.metadata,
+        "token_count": new.token_count,
+        "inserted_at": NOW,
+    })
+    .to_string();
+    let stored = fleetlm::store::Message::new(Some(3), new, Some(NOW.to_owned()), &mut m).unwrap();
+    assert_eq!(stored.json(&m), expected);
+
+    let replacement = NewMessage::from_json(&json!({"role": "system", "parts": []}), true, &limits()).unwrap();
+    let stored = fleetlm::store::Message::new(None, replacement, None, &mut m).unwrap();
+    assert_eq!(
+        stored.json(&m),
+        r#"{"inserted_at":null,"metadata":{},"parts":[],"role":"system","seq":null,"token_count":0}"#
+    );
+}

@@ -20,8 +20,22 @@ pub struct Message {
     pub token_count: u64,
     /// The `type` of each part (for the skip_parts policy).
     kinds: Kinds,
-    /// `{"seq":…,"role":…,"parts":…,"metadata":…,"token_count":…,"inserted_at":…}`.
+    /// `{"inserted_at":…,"metadata":…,"parts":…,"role":…,"seq":…,"token_count":…}`.
     body: BodyRef,
+}
+
+/// The stored JSON of a message, serialized from borrows (building a `json!` value
+/// first cloned every part and was ≈4 % of the server's CPU under append load). Fields
+/// in alphabetical order: the bytes stay exactly what the `json!` map (a `BTreeMap`)
+/// wrote before, so bodies written by either agree.
+#[derive(Serialize)]
+struct RenderedMessage<'a> {
+    inserted_at: Option<&'a str>,
+    metadata: &'a Map<String, Value>,
+    parts: &'a [Value],
+    role: &'a str,
+    seq: Option<u64>,
+    token_count: u64,
 }
 
 impl Message {
@@ -33,16 +47,16 @@ impl Message {
         bodies: &mut dyn Bodies,
     ) -> Result<Message, BodiesError> {
         let kinds = Kinds::of(&msg.parts);
-        let json = serde_json::json!({
-            "seq": seq,
-            "role": msg.role,
-            "parts": msg.parts,
-            "metadata": msg.metadata,
-            "token_count": msg.token_count,
-            "inserted_at": inserted_at,
-        })
-        .to_string();
-        let body = bodies.append(json.as_bytes())?;
+        let rendered = RenderedMessage {
+            inserted_at: inserted_at.as_deref(),
+            metadata: &msg.metadata,
+            parts: &msg.parts,
+            role: &msg.role,
+            seq,
+            token_count: msg.token_count,
+        };
+        let json = serde_json::to_vec(&rendered).expect("serializing JSON values into a Vec cannot fail");
+        let body = bodies.append(&json)?;
         Ok(Message { seq, token_count: msg.token_count, kinds, body })
     }
 
