@@ -138,6 +138,11 @@ impl Default for RaftTimings {
     }
 }
 
+/// Read buffer of each peer connection (Raft RPCs and forwarded calls). A frame is a
+/// 4-byte length and a body: unbuffered, that was two reads per frame; buffered, one
+/// read brings the length, the body and whatever frames followed.
+pub const PEER_READ_BUFFER_BYTES: usize = 64 << 10;
+
 /// Upper bound of `HttpLimits::headers_max`: the parser's header slots live on the stack.
 pub const HTTP_HEADERS_MAX_CAP: usize = 256;
 

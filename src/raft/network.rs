@@ -13,7 +13,7 @@ use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use futures_lite::io::AsyncWriteExt;
+use futures_lite::io::{AsyncWriteExt, BufReader};
 use glommio::net::TcpStream;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
@@ -27,7 +27,7 @@ use openraft::{AnyError, BasicNode, OptionalSend};
 use super::state_machine::ShardSnapshot;
 use super::types::FleetRaft;
 use super::wire::{PeerRequest, PeerResponse, WireError, read_frame, write_frame};
-use crate::config::PeerLimits;
+use crate::config::{PEER_READ_BUFFER_BYTES, PeerLimits};
 
 type C = FleetRaft;
 
@@ -75,7 +75,8 @@ pub struct PeerConn {
     core: usize,
     /// The target's `port + core` refused: use its base port.
     use_base_port: bool,
-    stream: Option<TcpStream>,
+    /// Buffered for reading (answers arrive as a length and a body); writes pass through.
+    stream: Option<BufReader<TcpStream>>,
     /// An exchange started and did not finish (its future was dropped): the stream may
     /// hold half a frame or a late answer, so it must not be reused.
     in_flight: bool,
@@ -127,7 +128,7 @@ impl PeerConn {
             }
             let timeout = Duration::from_millis(self.limits.connect_timeout_ms);
             let stream = connect_peer(&self.addr, self.core, &mut self.use_base_port, timeout).await?;
-            self.stream = Some(stream);
+            self.stream = Some(BufReader::with_capacity(PEER_READ_BUFFER_BYTES, stream));
             self.backoff = Duration::from_millis(self.limits.reconnect_backoff_min_ms);
         }
         Ok(())

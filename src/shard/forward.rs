@@ -13,12 +13,12 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use futures_lite::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 
 use super::peer::CallReply;
-use crate::config::PeerLimits;
+use crate::config::{PEER_READ_BUFFER_BYTES, PeerLimits};
 use crate::raft::network::connect_peer;
 use crate::raft::wire::{PeerRequest, PeerResponse, WireError, decode, encode_frame, read_frame};
 
@@ -150,7 +150,8 @@ async fn write_frames(link: Rc<Link>, mut writer: WriteHalf<TcpStream>, generati
     }
 }
 
-async fn read_answers(link: Rc<Link>, mut reader: ReadHalf<TcpStream>, generation: u64) {
+async fn read_answers(link: Rc<Link>, reader: ReadHalf<TcpStream>, generation: u64) {
+    let mut reader = BufReader::with_capacity(PEER_READ_BUFFER_BYTES, reader);
     loop {
         let frame: Result<PeerResponse, _> = read_frame(&mut reader, link.limits.frame_max_bytes).await;
         if link.generation.get() != generation {

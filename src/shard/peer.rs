@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::cell::{Cell, RefCell};
 
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf};
 use glommio::net::{TcpListener, TcpStream};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use openraft::type_config::alias::{SnapshotOf, VoteOf};
@@ -16,6 +16,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::core::{CoreCtx, NotLeader};
 use crate::api::calls::ShardCall;
+use crate::config::PEER_READ_BUFFER_BYTES;
 use crate::http::Response;
 use crate::raft::bodies::BodiesReceiver;
 use crate::raft::state_machine::ShardSnapshot;
@@ -134,7 +135,7 @@ static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
 /// segment files of a fresh staging directory of the shard.
 async fn receive_snapshot(
     ctx: &CoreCtx,
-    stream: &mut ReadHalf<TcpStream>,
+    stream: &mut BufReader<ReadHalf<TcpStream>>,
     shard: u32,
     index_len: u64,
     bodies_len: u64,
@@ -175,7 +176,8 @@ async fn receive_snapshot(
 
 async fn serve_connection(ctx: &Rc<CoreCtx>, stream: TcpStream) -> Result<(), WireError> {
     let frame_max = ctx.peer_limits.frame_max_bytes;
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let (reader, mut writer) = futures_lite::io::split(stream);
+    let mut reader = BufReader::with_capacity(PEER_READ_BUFFER_BYTES, reader);
     // Answers are queued and written by one task, several per write when they pile up;
     // requests are served concurrently (forwarded calls are multiplexed; a Raft client
     // sends its next request only after the answer, so its order holds).
