@@ -169,3 +169,42 @@ fn failed_sync_poisons_every_later_write() {
     let msg = wal.append(&[b"c"]).unwrap_err().to_string();
     assert!(msg.contains("read-only after a failed sync"), "{msg}");
 }
+
+/// Garbage anywhere past the last record (up to the segment's last byte) is a torn
+/// tail: recovery zeroes all of it in the file, keeps every record, and appends after
+/// it survive the next reopen. The segment is larger than the zeroing chunk (1 MiB).
+#[test]
+fn garbage_up_to_the_segment_end_is_zeroed_on_recovery() {
+    use std::os::unix::fs::FileExt;
+    let config = WalConfig { segment_size_bytes: 3 << 20, record_payload_max_bytes: 2048, append_batch_max: 64 };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), config.clone(), 1).unwrap();
+    let written: Vec<Vec<u8>> = (1..=5).map(|i| payload(i, 100)).collect();
+    wal.append(&written).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "wal"))
+        .unwrap();
+    let size = std::fs::metadata(&segment).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
+    file.write_all_at(&[0xAB; 64], (1 << 20) + 4096).unwrap();
+    file.write_all_at(&[0xCD], size - 1).unwrap();
+    drop(file);
+
+    let (mut wal, report) = Wal::open(dir.path(), config.clone(), 1).unwrap();
+    assert_eq!((report.next_index, report.torn_tail), (6, true));
+    let bytes = std::fs::read(&segment).unwrap();
+    assert!(bytes[1 << 20..].iter().all(|&b| b == 0), "the garbage was zeroed in the file");
+    wal.append(&[payload(6, 100)]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+
+    let (wal, report) = Wal::open(dir.path(), config, 1).unwrap();
+    assert_eq!((report.next_index, report.torn_tail), (7, false));
+    let expect: Vec<(u64, Vec<u8>)> = (1..=6).map(|i| (i, payload(i, 100))).collect();
+    assert_eq!(contents(&wal), expect);
+}

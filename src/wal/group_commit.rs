@@ -1,11 +1,12 @@
 //! `GroupCommitWal`: the WAL as a glommio executor uses it.
 //!
-//! Appends are written into the page cache at once (one pwrite per call); durability comes from one background
-//! *flusher* task per WAL that syncs in a loop: it takes everything appended so far,
-//! issues one fdatasync per dirty segment through io_uring, and then publishes the new
-//! `durable_next`. Appends that arrive while a sync is in flight are covered by the
-//! next one (group commit). A caller learns that its record is durable only from a
-//! published `durable_next`, which is set after the covering sync returned.
+//! Appends are written into the page cache at once (one pwrite per call); durability
+//! comes from one background *flusher* task per WAL that syncs in a loop: it takes
+//! everything appended so far, issues one fdatasync per dirty segment through
+//! io_uring, and then publishes the new `durable_next`. Appends that arrive while a
+//! sync is in flight are covered by the next one (group commit). A caller learns that
+//! its record is durable only from a published `durable_next`, which is set after the
+//! covering sync returned.
 //!
 //! Which sync primitive: measured with `tools/sync_probe.rs` on this machine (2 cores,
 //! ext4 on virtio, 4 KiB written then synced, 2000 syncs per primitive, two rounds):
@@ -31,8 +32,8 @@
 //! The executor never blocks on a sync. Segment files are created ahead of need on the
 //! blocking pool (`prepare_spare_if_wanted`), and the directory fsync after a roll runs
 //! there too. What still runs on the executor: the pwrite of each append (a copy into
-//! the page cache: p99 7–20 µs per 200 B record in bench/results/wal.md), and purge's unlinks and the
-//! blocking sync before them (rare: after snapshots).
+//! the page cache: p99 7–20 µs per 200 B record in bench/results/wal.md), and purge's
+//! unlinks and the blocking sync before them (rare: after snapshots).
 use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::{Rc, Weak};

@@ -189,8 +189,11 @@ impl Segment {
             return Ok(());
         }
         let at = (self.write_offset - self.pending.len()) as u64;
-        self.file.write_all_at(&self.pending, at).map_err(|e| WalError::io("write segment", &self.path, e))?;
+        let written = self.file.write_all_at(&self.pending, at);
+        // Cleared even on failure: the `Wal` is poisoned then, and reads of the lost
+        // records find what the file holds (a corruption error), not a stale buffer.
         self.pending.clear();
+        written.map_err(|e| WalError::io("write segment", &self.path, e))?;
         // A burst (a snapshot-sized batch) must not keep its buffer for good.
         if self.pending.capacity() > crate::config::WAL_PENDING_KEEP_BYTES {
             self.pending = Vec::new();
@@ -208,10 +211,17 @@ impl Segment {
             self.write_offset = write_offset;
             return Ok(false);
         };
-        let zeros = vec![0u8; last_nonzero + 1];
-        self.file
-            .write_all_at(&zeros, write_offset as u64)
-            .map_err(|e| WalError::io("zero torn tail", &self.path, e))?;
+        // In bounded chunks: garbage can reach the end of a 64 MiB segment.
+        let zeros = vec![0u8; (last_nonzero + 1).min(1 << 20)];
+        let end = write_offset + last_nonzero + 1;
+        let mut at = write_offset;
+        while at < end {
+            let n = (end - at).min(zeros.len());
+            self.file
+                .write_all_at(&zeros[..n], at as u64)
+                .map_err(|e| WalError::io("zero torn tail", &self.path, e))?;
+            at += n;
+        }
         self.write_offset = write_offset;
         self.dirty = true;
         Ok(true)
