@@ -208,3 +208,37 @@ fn garbage_up_to_the_segment_end_is_zeroed_on_recovery() {
     let expect: Vec<(u64, Vec<u8>)> = (1..=6).map(|i| (i, payload(i, 100))).collect();
     assert_eq!(contents(&wal), expect);
 }
+
+/// Overlapping syncs: a sync started while another is in flight lists only what was
+/// written since (the first took the dirty flags), an idle second start is `None`, and
+/// the blocking sync (`sync`: open, purge) covers everything the in-flight one does,
+/// directory included: it must not trust the flags.
+#[test]
+fn overlapping_syncs_and_the_blocking_sync_covers_what_is_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), small(), 1).unwrap();
+    wal.append(&[payload(1, 100)]).unwrap();
+    let first = wal.begin_sync().unwrap().expect("a record is waiting");
+    assert_eq!(first.segments.len(), 1);
+    assert!(wal.begin_sync().unwrap().is_none(), "the sync in flight covers everything written");
+
+    // Roll into new segments while `first` is in flight.
+    let big: Vec<Vec<u8>> = (2..=40).map(|i| payload(i, 1500)).collect();
+    wal.append(&big).unwrap();
+    assert!(wal.segment_count() > 1);
+    let second = wal.begin_sync().unwrap().expect("new records are waiting");
+    assert!(second.segments.iter().any(|s| *s > first.segments[0]), "the new segments are in the second sync");
+    assert!(second.dir, "a segment was renamed in since the first sync started");
+
+    let covering = wal.begin_sync_covering_all().unwrap().expect("nothing is durable yet");
+    for seq in first.segments.iter().chain(&second.segments) {
+        assert!(covering.segments.contains(seq), "segment {seq} of an in-flight sync is not covered");
+    }
+    assert!(covering.dir, "the in-flight syncs carry the directory fsync");
+    drop((first, second, covering));
+
+    wal.sync().unwrap();
+    assert_eq!(wal.durable_next(), wal.next_index());
+    assert!(wal.begin_sync_covering_all().unwrap().is_none());
+    assert!(wal.begin_sync().unwrap().is_none());
+}

@@ -58,6 +58,8 @@ pub struct Wal {
     first_index: u64,
     live: VecDeque<Loc>,
     durable: Position,
+    /// The target of the latest sync started: beyond `durable`, a sync is in flight.
+    sync_started_to: Position,
     durable_next: u64,
     poisoned: Option<String>,
     /// The next segment, preallocated ahead of need.
@@ -111,6 +113,7 @@ impl Wal {
             first_index,
             live: VecDeque::new(),
             durable: Position { seq: 0, offset: 0 },
+            sync_started_to: Position { seq: 0, offset: 0 },
             durable_next: first_index,
             poisoned: None,
             spare: None,
@@ -402,15 +405,45 @@ impl Wal {
         Ok(())
     }
 
-    /// Starts a sync of everything appended so far; `None` when all is durable.
+    /// Starts a sync of everything appended so far; `None` when all of it is durable or
+    /// covered by a sync already started. The job lists only the segments written since
+    /// the previous job started (it takes their dirty flags), so jobs must complete in
+    /// the order they started (`group_commit` runs one at a time).
     pub fn begin_sync(&mut self) -> Result<Option<SyncJob>> {
         self.check_writable()?;
         let target = self.end_position();
         let segments: Vec<u64> = self.segments.iter_mut().filter_map(|s| s.take_dirty().then(|| s.seq())).collect();
         let dir = std::mem::take(&mut self.dir_dirty);
-        if segments.is_empty() && !dir && target <= self.durable {
+        if segments.is_empty() && !dir && target <= self.durable.max(self.sync_started_to) {
             return Ok(None);
         }
+        self.sync_started_to = self.sync_started_to.max(target);
+        Ok(Some(SyncJob { segments, dir, target }))
+    }
+
+    /// Starts a sync that makes everything appended so far durable on its own, even
+    /// while jobs from `begin_sync` are in flight (they took the dirty flags of what
+    /// they cover, so the flags cannot be trusted): every segment from the durable
+    /// point on, and the directory if it is dirty or a sync is in flight. For the rare
+    /// blocking syncs (`sync`: open, purge); `None` when everything is durable.
+    pub fn begin_sync_covering_all(&mut self) -> Result<Option<SyncJob>> {
+        self.check_writable()?;
+        let target = self.end_position();
+        let in_flight = self.sync_started_to > self.durable;
+        let dir = std::mem::take(&mut self.dir_dirty) || in_flight;
+        let from = self.durable.seq;
+        let mut segments = Vec::new();
+        let mut dirty = false;
+        for s in self.segments.iter_mut() {
+            dirty |= s.take_dirty();
+            if s.seq() >= from {
+                segments.push(s.seq());
+            }
+        }
+        if !dirty && !dir && target <= self.durable {
+            return Ok(None);
+        }
+        self.sync_started_to = self.sync_started_to.max(target);
         Ok(Some(SyncJob { segments, dir, target }))
     }
 
@@ -502,7 +535,7 @@ impl Wal {
 
     /// Makes everything appended so far durable, blocking the calling thread.
     pub fn sync(&mut self) -> Result<()> {
-        if let Some(job) = self.begin_sync()? {
+        if let Some(job) = self.begin_sync_covering_all()? {
             let outcome = self.run_blocking(&job);
             self.complete_sync(job, outcome)?;
         }
