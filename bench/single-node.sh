@@ -43,6 +43,7 @@ start_fleetlm() {
 }
 
 VALUE=$(head -c 200 /dev/zero | tr '\0' x)
+cpu_ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
 redis_round() {
   rm -rf "$scratch/redis" && mkdir -p "$scratch/redis"
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always \
@@ -53,7 +54,11 @@ redis_round() {
   redis-benchmark -p "$REDIS_PORT" -c 50 -n 20000 -r 1000 --csv XADD 'stream:__rand_int__' '*' f "$VALUE" >"$scratch/redis-probe.csv"
   PROBE_RPS=$(python3 -c "import csv,sys; r=list(csv.reader(open('$scratch/redis-probe.csv'))); print(int(float(r[1][1])))")
   N=$((PROBE_RPS * SECS))
+  # redis-server's CPU time (user + system, all threads) over the run, as loadgen's
+  # --server-pid measures FleetLM's: CPU per request is steadier than throughput here.
+  cpu0=$(cpu_ticks "$RS_PID")
   redis-benchmark -p "$REDIS_PORT" -c 50 -n "$N" -r 1000 --csv XADD 'stream:__rand_int__' '*' f "$VALUE" >"$1"
+  echo "$(( $(cpu_ticks "$RS_PID") - cpu0 )) $(getconf CLK_TCK) $N" >"$2"
   kill -9 $RS_PID; wait $RS_PID 2>/dev/null || true; RS_PID=
 }
 
@@ -63,12 +68,12 @@ for r in $(seq 1 "$ROUNDS"); do
   echo "== round $r/$ROUNDS: FleetLM appends (${SECS}s)" >&2
   start_fleetlm "$scratch/data-$r"
   ./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 50 --contexts 1000 --secs "$SECS" \
-    --message-bytes 200 --mix append=1 >"$scratch/fleetlm-append-$r.json"
+    --message-bytes 200 --mix append=1 --server-pid "$FL_PID" >"$scratch/fleetlm-append-$r.json"
   RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$FL_PID/status")
   kill -9 $FL_PID; wait $FL_PID 2>/dev/null || true; FL_PID=
   rm -rf "$scratch/data-$r"
   echo "== round $r/$ROUNDS: Redis XADD (appendfsync always)" >&2
-  redis_round "$scratch/redis-xadd-$r.csv"
+  redis_round "$scratch/redis-xadd-$r.csv" "$scratch/redis-cpu-$r.txt"
 done
 
 echo "== FleetLM replay of 1000 messages (${SECS}s per concurrency)" >&2

@@ -15,7 +15,19 @@ def sh(cmd):
     return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
 
 
-fls = [json.load(open(f"{scratch}/fleetlm-append-{r}.json"))["ops"]["append"] for r in range(1, rounds + 1)]
+fl_runs = [json.load(open(f"{scratch}/fleetlm-append-{r}.json")) for r in range(1, rounds + 1)]
+fls = [run["ops"]["append"] for run in fl_runs]
+# Server CPU time (user + system, all threads) per request: FleetLM's from loadgen's
+# --server-pid over the measured window, Redis's from redis-server around the run.
+fl_cpu_us = [run.get("server_cpu_us_per_request") for run in fl_runs]
+
+
+def redis_cpu_us(r):
+    ticks, per_sec, requests = (int(x) for x in open(f"{scratch}/redis-cpu-{r}.txt").read().split())
+    return ticks / per_sec * 1e6 / requests
+
+
+rd_cpu_us = [redis_cpu_us(r) for r in range(1, rounds + 1)]
 rds = [list(csv.DictReader(open(f"{scratch}/redis-xadd-{r}.csv")))[0] for r in range(1, rounds + 1)]
 replays = {c: json.load(open(f"{scratch}/fleetlm-replay-c{c}.json"))["ops"]["replay"] for c in (1, 10, 50)}
 ratios = [fl["per_sec"] / float(rd["rps"]) for fl, rd in zip(fls, rds)]
@@ -33,17 +45,20 @@ print(f"- {sh('redis-server --version')}")
 print()
 print(f"## Durable appends: 50 connections, 200-byte messages, 1000 contexts ({rounds} alternating rounds)")
 print()
-print("| round | system | appends/s | p50 | p99 | p99.9 | max | errors | FleetLM / Redis |")
-print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-for r, (fl, rd, x) in enumerate(zip(fls, rds, ratios), 1):
+print("| round | system | appends/s | p50 | p99 | p99.9 | max | errors | server CPU per append | FleetLM / Redis |")
+print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for r, (fl, rd, x, fc, rc) in enumerate(zip(fls, rds, ratios, fl_cpu_us, rd_cpu_us), 1):
     print(f"| {r} | FleetLM (`loadgen`, HTTP, 201 after fdatasync via Raft) | {fl['per_sec']:.0f} | {fl['p50_us']/1000:.2f} ms | "
-          f"{fl['p99_us']/1000:.2f} ms | {fl['p999_us']/1000:.2f} ms | {fl['max_us']/1000:.1f} ms | {fl['errors']} | {x:.2f}× |")
+          f"{fl['p99_us']/1000:.2f} ms | {fl['p999_us']/1000:.2f} ms | {fl['max_us']/1000:.1f} ms | {fl['errors']} | {fc:.1f} µs | {x:.2f}× |")
     print(f"| {r} | Redis XADD, appendfsync always (`redis-benchmark -c 50 -r 1000`) | {float(rd['rps']):.0f} | "
-          f"{float(rd['p50_latency_ms']):.2f} ms | {float(rd['p99_latency_ms']):.2f} ms | – | {float(rd['max_latency_ms']):.1f} ms | – | |")
+          f"{float(rd['p50_latency_ms']):.2f} ms | {float(rd['p99_latency_ms']):.2f} ms | – | {float(rd['max_latency_ms']):.1f} ms | – | {rc:.1f} µs | |")
 print()
 print(f"- throughput: FleetLM / Redis, median of the rounds = **{ratio:.2f}×** (rounds: {', '.join(f'{x:.2f}' for x in ratios)}; target ≥ 1.0×): {ok(ratio >= 1.0)}")
 p99s = ", ".join(f"{fl['p99_us'] / 1000:.2f}" for fl in fls)
 print(f"- FleetLM append p99, median of the rounds = **{p99_ms:.2f} ms** (rounds: {p99s}; target ≤ 5 ms): {ok(p99_ms <= 5)}")
+cpu_fl, cpu_rd = statistics.median(fl_cpu_us), statistics.median(rd_cpu_us)
+print(f"- server CPU time per append (user + system, all threads; medians): FleetLM {cpu_fl:.1f} µs, Redis {cpu_rd:.1f} µs "
+      f"= {cpu_fl / cpu_rd:.2f}× (steadier than throughput here, where client and server share the cores)")
 print(f"- server RSS after the last append round: {rss_kb/1024:.0f} MiB")
 print()
 print("## Replay of 1000 messages (`from_seq=-1000&limit=1000`, 20 contexts of ≥ 1000 messages, ~300 KiB per answer)")

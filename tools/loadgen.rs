@@ -50,6 +50,24 @@ struct Args {
     /// Stop after this many appends in total (0 = run for --secs); for loading data.
     #[arg(long, default_value_t = 0)]
     appends_total: u64,
+    /// Also report the CPU time (user + system, all threads) this process spent per
+    /// measured request, from /proc/PID/stat: a steadier figure than throughput on a
+    /// machine where client and server share the cores.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+/// CPU seconds (user + system, all threads) that process `pid` has used.
+fn process_cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may contain spaces:
+    // state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i - 3).ok_or_else(|| anyhow::anyhow!("short stat"))?.parse()?) };
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(14)? + ticks(15)?) / per_sec)
 }
 
 const OPS: [&str; 4] = ["append", "tail", "replay", "window"];
@@ -204,9 +222,20 @@ async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
         }));
     }
     let t0 = Instant::now().max(warmup_end);
+    let cpu_at_start = match args.server_pid {
+        Some(pid) => {
+            glommio::timer::sleep(warmup_end.saturating_duration_since(Instant::now())).await;
+            Some(process_cpu_secs(pid)?)
+        }
+        None => None,
+    };
     for t in tasks {
         t.await?;
     }
+    let server_cpu_secs = match (args.server_pid, cpu_at_start) {
+        (Some(pid), Some(start)) => Some(process_cpu_secs(pid)? - start),
+        _ => None,
+    };
     let secs = if args.appends_total > 0 { t0.elapsed().as_secs_f64() } else { args.secs as f64 };
     let s = stats.borrow();
     let mut ops = serde_json::Map::new();
@@ -230,6 +259,7 @@ async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
         serde_json::json!({
             "connections": args.connections, "contexts": args.contexts, "message_bytes": args.message_bytes,
             "mix": args.mix, "secs": secs, "requests_per_sec": total as f64 / secs, "ops": ops,
+            "server_cpu_us_per_request": server_cpu_secs.map(|c| c * 1e6 / total.max(1) as f64),
         })
     );
     Ok(())
