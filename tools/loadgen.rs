@@ -50,9 +50,9 @@ struct Args {
     /// Stop after this many appends in total (0 = run for --secs); for loading data.
     #[arg(long, default_value_t = 0)]
     appends_total: u64,
-    /// Also report the CPU time (user + system, all threads) this process spent per
-    /// measured request, from /proc/PID/stat: a steadier figure than throughput on a
-    /// machine where client and server share the cores.
+    /// Also report the CPU time (user + system, all threads) the server process PID
+    /// spent per measured request, from /proc/PID/stat: a steadier figure than
+    /// throughput on a machine where client and server share the cores.
     #[arg(long)]
     server_pid: Option<u32>,
 }
