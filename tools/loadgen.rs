@@ -64,7 +64,8 @@ fn process_cpu_secs(pid: u32) -> Result<f64> {
     // state is field 3, utime 14, stime 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i - 3).ok_or_else(|| anyhow::anyhow!("short stat"))?.parse()?) };
+    let ticks =
+        |i: usize| -> Result<f64> { Ok(fields.get(i - 3).ok_or_else(|| anyhow::anyhow!("short stat"))?.parse()?) };
     // SAFETY: sysconf has no preconditions.
     let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok((ticks(14)? + ticks(15)?) / per_sec)
