@@ -6,7 +6,8 @@ use std::time::Duration;
 use fleetlm::config::{RaftTimings, StoreLimits, WalConfig};
 use fleetlm::raft::{GlommioRuntime, Shard, ShardStateMachine};
 use fleetlm::store::{Command, NewMessage, Outcome, PutContext, Store};
-use openraft::{AsyncRuntime, ReadPolicy, ServerState};
+use openraft::storage::RaftStateMachine;
+use openraft::{AsyncRuntime, RaftSnapshotBuilder, ReadPolicy, ServerState};
 use serde_json::json;
 
 const NOW: &str = "2026-11-27T12:00:00.000000Z";
@@ -155,13 +156,17 @@ fn restart_after_snapshot_and_purge_restores_state() {
     });
 }
 
+/// Two scratch directories (kept alive by the first element) for a state machine that
+/// builds a snapshot and one that receives it.
+fn two_dirs() -> ([tempfile::TempDir; 2], std::path::PathBuf, std::path::PathBuf) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let (a, b) = (dirs[0].path().to_owned(), dirs[1].path().to_owned());
+    (dirs, a, b)
+}
+
 #[test]
 fn a_snapshot_built_on_one_state_machine_installs_on_another() {
-    use openraft::RaftSnapshotBuilder;
-    use openraft::storage::RaftStateMachine;
-    let a_dir = tempfile::tempdir().unwrap();
-    let b_dir = tempfile::tempdir().unwrap();
-    let (a_path, b_path) = (a_dir.path().to_owned(), b_dir.path().to_owned());
+    let (_dirs, a_path, b_path) = two_dirs();
     run(async move || {
         // Fill A through a real shard, then snapshot its state machine.
         let shard = open(&a_path, &RaftTimings::default()).await;
@@ -212,11 +217,7 @@ fn a_snapshot_built_on_one_state_machine_installs_on_another() {
 
 #[test]
 fn a_snapshot_is_the_state_at_its_log_id_while_appends_go_on() {
-    use openraft::RaftSnapshotBuilder;
-    use openraft::storage::RaftStateMachine;
-    let a_dir = tempfile::tempdir().unwrap();
-    let b_dir = tempfile::tempdir().unwrap();
-    let (a_path, b_path) = (a_dir.path().to_owned(), b_dir.path().to_owned());
+    let (_dirs, a_path, b_path) = two_dirs();
     run(async move || {
         let shard = open(&a_path, &RaftTimings::default()).await;
         write(&shard, 100).await;
