@@ -101,3 +101,42 @@ fn leaders_spread_by_shard_over_sorted_voters() {
     assert_eq!(picks, vec![1, 2, 3, 1, 2, 3]);
     assert_eq!(preferred_leader(5, &[]), None);
 }
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Commands in the WAL are postcard bytes written by whichever build proposed them. These
+/// two were written at 569dcaa, when a message's parts and metadata were JSON values
+/// (encoded as their text by an adapter): they must still decode, to the same message, and
+/// encode back to the same bytes — a restart replays such entries through apply.
+#[test]
+fn commands_written_by_an_earlier_build_still_decode() {
+    let append = "02036374780475736572425b7b2274657874223a2268c3a9205c22715c22222c2274797065223a2274657874227d2c7b226e22\
+                  3a5b312c322e352c6e756c6c5d2c2274797065223a2278227d5d1b7b2261223a312c226b223a7b226e6573746564223a747275\
+                  657d7d0a0000010301026b310174";
+    let compact = "040163010673797374656d025b5d027b7d000104010432303236000174";
+    let unhex =
+        |h: &str| (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect::<Vec<u8>>();
+
+    let v = json!({"role": "user", "parts": [{"type": "text", "text": "hé \"q\""}, {"type": "x", "n": [1, 2.5, null]}],
+                   "metadata": {"k": {"nested": true}, "a": 1}});
+    let message = NewMessage::from_json(&v, false, &StoreLimits::default()).unwrap();
+    let expected = Command::Append {
+        id: "ctx".into(),
+        message,
+        if_version: Some(3),
+        idempotency_key: Some("k1".into()),
+        now: "t".into(),
+    };
+    let decoded: Command = postcard::from_bytes(&unhex(append)).expect("an earlier build's append decodes");
+    assert_eq!(decoded, expected);
+    assert_eq!(hex(&postcard::to_allocvec(&expected).unwrap()), append);
+
+    let item = json!({"role": "system", "parts": [], "seq": 4, "inserted_at": "2026"});
+    let replacement = vec![NewMessage::from_json(&item, true, &StoreLimits::default()).unwrap()];
+    let expected = Command::Compact { id: "c".into(), replacement, if_version: None, now: "t".into() };
+    let decoded: Command = postcard::from_bytes(&unhex(compact)).expect("an earlier build's compaction decodes");
+    assert_eq!(decoded, expected);
+    assert_eq!(hex(&postcard::to_allocvec(&expected).unwrap()), compact);
+}

@@ -36,17 +36,3 @@ pub mod opt_map {
         parse(d)
     }
 }
-
-/// A list of JSON values.
-pub mod values {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(v: &[Value], s: S) -> Result<S::Ok, S::Error> {
-        let text = serde_json::to_string(v).map_err(serde::ser::Error::custom)?;
-        s.serialize_str(&text)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Value>, D::Error> {
-        parse(d)
-    }
-}
