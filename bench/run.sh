@@ -13,7 +13,7 @@
 #   latency-nodeI.json  GET /v1/admin/latency of each node after the run
 #   nodeI.hlog        each node's HdrHistogram interval log (1 s intervals)
 #   latency.txt, *.png  tools/latency-report tables and charts of those logs
-#   run.txt           machine (cores, kernel, disk), commit, command and knobs
+#   run.txt           machine (cores, kernel, disk), commit, command, knobs, CPU steal during the run
 # Exits with k6's status: non-zero when a threshold fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,10 +68,16 @@ fi
   echo "knobs:"; env | grep -E '^(MAX_VUS|RAMP_UP|STEADY|RAMP_DOWN|PIPELINE_DEPTH|PAYLOAD_SIZE|VUS|DURATION|BACKLOG_SESSIONS|BACKLOG_SIZE|REPLAY_VUS|WRITE_VUS|SESSION_COUNT|WINDOW_EVERY|API_URL|CLUSTER_NODES)=' | sed 's/^/  /' || true
 } >"$out/run.txt"
 
+# Machine-wide CPU steal over the k6 run (/proc/stat: steal and the sum of all states):
+# time the hypervisor gave to other guests; every figure of a run with much of it is low.
+cpu_ticks() { awk '/^cpu / {print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+read -r steal0 all0 < <(cpu_ticks)
 set +e
 $K6 run --summary-export "$out/summary.json" "$script" >"$out/k6.txt" 2>&1
 status=$?
 set -e
+read -r steal1 all1 < <(cpu_ticks)
+echo "cpu steal during the run: $(((steal1 - steal0) * 100 / (all1 - all0 > 0 ? all1 - all0 : 1))) %" >>"$out/run.txt"
 grep -vE '^\s*$' "$out/k6.txt" | tail -40
 
 i=1

@@ -71,6 +71,20 @@ fn process_cpu_secs(pid: u32) -> Result<f64> {
     Ok((ticks(14)? + ticks(15)?) / per_sec)
 }
 
+/// Machine-wide CPU ticks from the first line of /proc/stat: (steal, all states).
+/// Steal is time the hypervisor ran something else while this VM had work: on a shared
+/// cloud VM it can take a fifth of the CPU for minutes, and every figure measured then
+/// is low by as much. Reported beside the results so that such runs can be told apart.
+fn machine_cpu_ticks() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().unwrap_or_default();
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal guest guest_nice; guest time is
+    // already counted in user.
+    let all = ticks.iter().take(8).sum();
+    Ok((ticks.get(7).copied().unwrap_or(0), all))
+}
+
 const OPS: [&str; 4] = ["append", "tail", "replay", "window"];
 
 struct Stats {
@@ -223,13 +237,9 @@ async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
         }));
     }
     let t0 = Instant::now().max(warmup_end);
-    let cpu_at_start = match args.server_pid {
-        Some(pid) => {
-            glommio::timer::sleep(warmup_end.saturating_duration_since(Instant::now())).await;
-            Some(process_cpu_secs(pid)?)
-        }
-        None => None,
-    };
+    glommio::timer::sleep(warmup_end.saturating_duration_since(Instant::now())).await;
+    let cpu_at_start = args.server_pid.map(process_cpu_secs).transpose()?;
+    let machine_at_start = machine_cpu_ticks()?;
     for t in tasks {
         t.await?;
     }
@@ -237,6 +247,9 @@ async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
         (Some(pid), Some(start)) => Some(process_cpu_secs(pid)? - start),
         _ => None,
     };
+    let machine_at_end = machine_cpu_ticks()?;
+    let steal_ticks = machine_at_end.0.saturating_sub(machine_at_start.0);
+    let cpu_steal_pct = 100.0 * steal_ticks as f64 / machine_at_end.1.saturating_sub(machine_at_start.1).max(1) as f64;
     let secs = if args.appends_total > 0 { t0.elapsed().as_secs_f64() } else { args.secs as f64 };
     let s = stats.borrow();
     let mut ops = serde_json::Map::new();
@@ -261,6 +274,7 @@ async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
             "connections": args.connections, "contexts": args.contexts, "message_bytes": args.message_bytes,
             "mix": args.mix, "secs": secs, "requests_per_sec": total as f64 / secs, "ops": ops,
             "server_cpu_us_per_request": server_cpu_secs.map(|c| c * 1e6 / total.max(1) as f64),
+            "cpu_steal_pct": cpu_steal_pct,
         })
     );
     Ok(())
