@@ -14,7 +14,8 @@
 # 127.0.0.1:$((PEER_BASE+10*I)) and the ports after it (one per core), data in
 # bench/.cluster/nodeI/, log in bench/.cluster/nodeI.log, pid in bench/.cluster/nodeI.pid.
 # Knobs (env): CORES (per node, default 1 so that 3 nodes share 2 cores fairly),
-# SHARDS (default 4), EXTRA_ARGS (more `fleetlm serve` flags), BIN (default
+# SHARDS (default: the server's own, 2 × CORES — 2 shards per node at CORES=1, the density
+# of a default single node; the shard count is fixed when a data dir is created), EXTRA_ARGS (more `fleetlm serve` flags), BIN (default
 # target/release/fleetlm), LATENCY_DIR (node I writes its latency interval log to
 # $LATENCY_DIR/nodeI.hlog).
 set -euo pipefail
@@ -23,7 +24,7 @@ DIR=bench/.cluster
 HTTP_BASE=${HTTP_BASE:-4000}
 PEER_BASE=${PEER_BASE:-5000}
 CORES=${CORES:-1}
-SHARDS=${SHARDS:-4}
+SHARDS=${SHARDS:-}
 BIN=${BIN:-target/release/fleetlm}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 
@@ -51,7 +52,7 @@ start_node() {
   # shellcheck disable=SC2086
   nohup "$BIN" serve --node-id "$i" --listen "127.0.0.1:$(http_port "$i")" \
     --peer-listen "127.0.0.1:$(peer_port "$i")" --peers "$(peers_arg "$n")" \
-    --data-dir "$DIR/node$i" --cores "$CORES" --shards "$SHARDS" --first-cpu $(((i - 1) * CORES % $(nproc))) \
+    --data-dir "$DIR/node$i" --cores "$CORES" ${SHARDS:+--shards "$SHARDS"} --first-cpu $(((i - 1) * CORES % $(nproc))) \
     $latency $EXTRA_ARGS \
     >>"$DIR/node$i.log" 2>&1 </dev/null &
   echo $! >"$DIR/node$i.pid"
