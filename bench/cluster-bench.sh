@@ -45,7 +45,7 @@ for r in $(seq 1 "$ROUNDS"); do
   for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.05; done
   ./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 50 --contexts 1000 --secs "$SECS" \
     --message-bytes 200 --mix append=1 >"$scratch/single-$r.json"
-  kill -9 "$FL_PID"; FL_PID=
+  kill -9 "$FL_PID"; wait "$FL_PID" 2>/dev/null || true; FL_PID=
   for shards in 4 2; do
     echo "== round $r: 3-node cluster appends, $shards shards (${SECS}s)" >&2
     bench/cluster.sh clean >/dev/null
