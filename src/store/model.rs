@@ -163,11 +163,13 @@ pub struct NewMessage {
     /// The parts array as compact JSON text, rendered once by validation and spliced
     /// into the stored message as is: no replica parses it again (its encoding is the
     /// string the earlier `json_text` adapter wrote, so logs written before still read).
+    /// Private: only `from_json` (or the log, which holds what it built) makes one, so
+    /// the text is always a JSON array of objects with a string `type`.
     #[serde(rename = "parts")]
-    pub parts_json: String,
+    parts_json: String,
     /// The metadata object as compact JSON text (`{}` when none), likewise.
     #[serde(rename = "metadata")]
-    pub metadata_json: String,
+    metadata_json: String,
     /// The client's count, or the server's estimate when it gave none.
     pub token_count: u64,
     /// Kept from a compaction replacement item.
