@@ -212,7 +212,14 @@ pub struct ServeLimits {
     /// `/health/ready` counts a shard's leader as reachable when it was heard from
     /// (a quorum ack on the leader, a heartbeat on a follower) within this.
     pub leader_stale_after_ms: u64,
+    /// Writes are refused (503) while the data dir's filesystem has less free space
+    /// than this (`crate::shard::disk`); `None`: one WAL segment and one message-body
+    /// segment per shard; 0: never.
+    pub disk_reserve_bytes: Option<u64>,
 }
+
+/// How long a free-space reading of the data dir is trusted, ms.
+pub const DISK_FREE_RECHECK_MS: u64 = 100;
 
 impl Default for ServeLimits {
     fn default() -> Self {
@@ -225,6 +232,7 @@ impl Default for ServeLimits {
             leader_balance_interval_ms: 2_000,
             leader_transfer_lag_max_entries: 1_000,
             leader_stale_after_ms: 1_000,
+            disk_reserve_bytes: None,
         }
     }
 }

@@ -96,6 +96,10 @@ struct ServeArgs {
     /// At least 4 × --body-max-bytes.
     #[arg(long, env = "FLEETLM_BODY_SEGMENT_SIZE_BYTES")]
     body_segment_size_bytes: Option<u64>,
+    /// Writes get 503 while the data dir's filesystem has less free space than this,
+    /// bytes (default: one WAL segment and one body segment per shard; 0: never).
+    #[arg(long, env = "FLEETLM_DISK_RESERVE_BYTES")]
+    disk_reserve_bytes: Option<u64>,
     /// WAL segment size, bytes.
     #[arg(long, env = "FLEETLM_SEGMENT_SIZE_BYTES", default_value_t = WalConfig::default().segment_size_bytes)]
     segment_size_bytes: u64,
@@ -167,6 +171,7 @@ fn main() -> std::process::ExitCode {
         serve: ServeLimits {
             write_deadline_ms: a.write_deadline_ms,
             membership_deadline_ms: a.membership_deadline_ms,
+            disk_reserve_bytes: a.disk_reserve_bytes,
             ..ServeLimits::default()
         },
         // A WAL record holds one Raft entry: a command with a message of at most one

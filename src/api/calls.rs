@@ -169,6 +169,15 @@ fn write_failed(limits: &ServeLimits, e: RaftError<FleetRaft, ClientWriteError<F
     }
 }
 
+/// This replica's Raft core was stopped by a fatal storage error (say, no space for a
+/// message-body segment): nothing will be served from it until the node restarts.
+fn stopped(shard: &Shard, limits: &ServeLimits) -> Attempt {
+    shard.stopped.set(true);
+    let why = "this node's replica of the shard stopped after a storage failure (see the node's log); \
+               restart the node once the cause is fixed";
+    Attempt::Done(unavailable(limits, why))
+}
+
 fn timed_out(limits: &ServeLimits) -> Attempt {
     Attempt::Done(unavailable(limits, "no leader with a quorum within the deadline"))
 }
@@ -205,6 +214,8 @@ async fn change_membership(
 pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, remaining: Duration) -> Attempt {
     match call {
         ShardCall::ShardStatus { shard: s } => return Attempt::Done(Response::json(200, &shard_status(shard, *s))),
+        // openraft would refuse every message to a stopped core, logging an error each.
+        _ if shard.stopped.get() => return stopped(shard, limits),
         ShardCall::Write(cmd) => {
             let mut cmd = cmd.clone();
             set_now(&mut cmd);
@@ -214,6 +225,7 @@ pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, rema
                     crate::metrics::record_since("write.raft_commit", proposed);
                     Attempt::Done(outcome_response(resp.data))
                 }
+                Ok(Err(RaftError::Fatal(_))) => stopped(shard, limits),
                 Ok(Err(e)) => write_failed(limits, e),
                 Err(_) => timed_out(limits),
             };
@@ -284,6 +296,7 @@ pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, rema
         match barrier {
             Ok(Ok(_)) => {}
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => return not_leader(&f),
+            Ok(Err(RaftError::Fatal(_))) => return stopped(shard, limits),
             Ok(Err(e)) => return Attempt::Done(unavailable(limits, format!("cannot confirm leadership: {e}"))),
             Err(_) => return timed_out(limits),
         }

@@ -101,8 +101,7 @@ async fn metrics(core: &CoreCtx) -> Response {
         .filter(|r| r.status == 200)
         .filter_map(|r| serde_json::from_slice(&r.body).ok())
         .collect();
-    let (opened, with_leader, total) = core.readiness();
-    let ready = opened == total && with_leader == total;
+    let ready = core.readiness().ready();
     let body = crate::metrics::prometheus::render(core.node_id, &counters, &hists, &shards, ready);
     Response::text(200, body, "text/plain; version=0.0.4; charset=utf-8")
 }
@@ -122,12 +121,17 @@ async fn route(req: &Request, segments: &[&str], core: &CoreCtx) -> Response {
     match segments {
         ["health", "live"] if get => Response::json(200, &json!({"status": "ok"})),
         ["health", "ready"] if get => {
-            let (opened, with_leader, total) = core.readiness();
-            if opened == total && with_leader == total {
+            let r = core.readiness();
+            if r.ready() {
                 Response::json(200, &json!({"status": "ok"}))
             } else {
-                let status = if opened < total { "starting" } else { "no_quorum" };
-                let body = json!({"status": status, "shards_open": opened, "shards_with_leader": with_leader, "shards": total});
+                let status = match () {
+                    _ if r.opened < r.total => "starting",
+                    _ if r.stopped > 0 => "shard_stopped",
+                    _ => "no_quorum",
+                };
+                let body = json!({"status": status, "shards_open": r.opened, "shards_with_leader": r.with_leader,
+                                  "shards_stopped": r.stopped, "shards": r.total});
                 Response::json(503, &body)
             }
         }

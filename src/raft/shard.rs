@@ -1,5 +1,6 @@
 //! Opening one shard's Raft group on the current executor: its WAL, log store, state
 //! machine and Raft handle, from a shard directory. Node-local wiring only.
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +17,10 @@ use crate::wal::{GroupCommitWal, Wal};
 /// A running shard: the Raft handle and the state it applies to.
 pub struct Shard {
     pub raft: ShardRaft,
+    /// Set once openraft has stopped this replica's Raft core after a fatal storage
+    /// error (it never restarts in-process): calls are answered without asking it,
+    /// and readiness reports it.
+    pub stopped: Cell<bool>,
     pub state: ShardStateMachine,
     pub log: WalLogStore<FleetRaft>,
 }
@@ -89,7 +94,7 @@ impl Shard {
         if let Some(members) = placement.initial_members.filter(|_| !initialized) {
             raft.initialize(members).await.map_err(|e| ShardError::Raft(e.to_string()))?;
         }
-        Ok(Shard { raft, state, log })
+        Ok(Shard { raft, stopped: Cell::new(false), state, log })
     }
 
     /// Opens the shard in `dir` as a single-member group of node `node_id`.

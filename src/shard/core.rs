@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{Receivers, Senders};
 
+use super::disk::DiskGuard;
 use super::forward::Forwarder;
 use super::peer::{CallReply, InboundRpc, handle_rpc};
 use super::placement::{core_of, shard_of};
@@ -56,6 +57,23 @@ pub struct Readiness {
     pub opened: AtomicUsize,
     /// Per core: its shards that currently know a leader.
     pub with_leader: Vec<AtomicUsize>,
+    /// Per core: its shards whose Raft core a fatal storage error stopped.
+    pub stopped: Vec<AtomicUsize>,
+}
+
+/// `CoreCtx::readiness`.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadinessCounts {
+    pub opened: usize,
+    pub with_leader: usize,
+    pub stopped: usize,
+    pub total: usize,
+}
+
+impl ReadinessCounts {
+    pub fn ready(&self) -> bool {
+        self.opened == self.total && self.with_leader == self.total && self.stopped == 0
+    }
 }
 
 pub struct CoreCtx {
@@ -75,6 +93,8 @@ pub struct CoreCtx {
     pub body_segment_size_bytes: u64,
     /// Multiplexed connections for forwarding calls to leaders.
     forwarder: Forwarder,
+    /// Refuses writes while the data disk is nearly full.
+    disk: DiskGuard,
 }
 
 impl CoreCtx {
@@ -103,13 +123,23 @@ impl CoreCtx {
             ready,
             body_segment_size_bytes: config.body_segment_size_bytes.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES),
             forwarder: Forwarder::new(config.peer.clone()),
+            disk: DiskGuard::new(
+                config.data_dir.clone(),
+                disk_reserve_bytes(config, shard_count),
+                Duration::from_millis(crate::config::DISK_FREE_RECHECK_MS),
+            ),
         }
     }
 
-    /// `(shards opened, shards with a leader, shards)` of this node.
-    pub fn readiness(&self) -> (usize, usize, usize) {
-        let with_leader = self.ready.with_leader.iter().map(|n| n.load(Ordering::Acquire)).sum();
-        (self.ready.opened.load(Ordering::Acquire), with_leader, self.shard_count as usize)
+    /// This node's shards: opened, with a live leader, stopped by a fatal error, in all.
+    pub fn readiness(&self) -> ReadinessCounts {
+        let sum = |v: &[AtomicUsize]| v.iter().map(|n| n.load(Ordering::Acquire)).sum();
+        ReadinessCounts {
+            opened: self.ready.opened.load(Ordering::Acquire),
+            with_leader: sum(&self.ready.with_leader),
+            stopped: sum(&self.ready.stopped),
+            total: self.shard_count as usize,
+        }
     }
 
     /// Runs `call` on its shard's leader and returns the answer.
@@ -218,6 +248,13 @@ impl CoreCtx {
         // A forwarded call gets a tenth less than the node that forwarded it waits, so
         // that its answer (a success, or a 503 saying why) arrives before that node
         // gives up with a vaguer "did not answer".
+        // Every replica stores every entry: a node short of disk refuses the writes it
+        // handles, as receiver or as leader, before anything is proposed.
+        if matches!(call, ShardCall::Write(_))
+            && let Some(why) = self.disk.refusal()
+        {
+            return Ok(unavailable(&self.serve_limits, why));
+        }
         let budget = self.deadline_of(&call);
         let budget = if forwarded { budget - budget / 10 } else { budget };
         let deadline = Instant::now() + budget;
@@ -261,6 +298,15 @@ impl CoreCtx {
         let core = core_of(shard, self.cores);
         self.forwarder.call(node, addr, core, shard, encode(call)?, remaining).await
     }
+}
+
+/// The free space kept in reserve: as configured, else one WAL segment and one
+/// message-body segment for each shard (every node holds a replica of every shard).
+fn disk_reserve_bytes(config: &super::ServerConfig, shard_count: u32) -> u64 {
+    config.serve.disk_reserve_bytes.unwrap_or_else(|| {
+        let body = config.body_segment_size_bytes.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES);
+        u64::from(shard_count).saturating_mul(config.wal.segment_size_bytes.saturating_add(body))
+    })
 }
 
 /// Serves work that other cores send to this one, each in its own task so that

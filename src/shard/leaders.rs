@@ -29,6 +29,15 @@ pub fn preferred_leader(shard: u32, voters: &[u64]) -> Option<u64> {
 /// by a quorum within `stale_after`, or another node whose heartbeat renewed this
 /// replica's vote within it. (A known leader id alone can be a dead node's.)
 async fn has_live_leader(shard: &crate::raft::Shard, me: u64, stale_after: Duration) -> bool {
+    // Asking the core first: a core stopped by a fatal error answers nothing (its last
+    // metrics would still name a leader).
+    let vote_modified = match shard.raft.with_raft_state(|st| st.vote_last_modified()).await {
+        Ok(t) => t,
+        Err(_) => {
+            shard.stopped.set(true);
+            return false;
+        }
+    };
     let m = shard.raft.metrics().borrow_watched().clone();
     let Some(leader) = m.current_leader else {
         return false;
@@ -38,7 +47,7 @@ async fn has_live_leader(shard: &crate::raft::Shard, me: u64, stale_after: Durat
         let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
         return voters == [me] || fresh(m.last_quorum_acked.map(|t| *t));
     }
-    fresh(shard.raft.with_raft_state(|st| st.vote_last_modified()).await.ok().flatten())
+    fresh(vote_modified)
 }
 
 pub async fn watch_leaders(ctx: Rc<CoreCtx>) {
@@ -47,13 +56,15 @@ pub async fn watch_leaders(ctx: Rc<CoreCtx>) {
     let mut next_balance = Instant::now() + balance_every;
     loop {
         glommio::timer::sleep(Duration::from_millis(READINESS_POLL_MS)).await;
-        let mut with_leader = 0;
+        let (mut with_leader, mut stopped) = (0, 0);
         for shard in ctx.shards.values() {
-            if has_live_leader(shard, ctx.node_id, stale_after).await {
+            if !shard.stopped.get() && has_live_leader(shard, ctx.node_id, stale_after).await {
                 with_leader += 1;
             }
+            stopped += usize::from(shard.stopped.get());
         }
         ctx.ready.with_leader[ctx.core].store(with_leader, Ordering::Release);
+        ctx.ready.stopped[ctx.core].store(stopped, Ordering::Release);
         if Instant::now() < next_balance {
             continue;
         }

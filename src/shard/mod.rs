@@ -1,8 +1,10 @@
 //! Shard-per-core serving: placement (id → shard → core), the per-core context and
-//! cross-core mesh (`core`), forwarding calls to the shard's leader node (`forward`),
-//! the peer server for other nodes' Raft RPCs and forwarded calls (`peer`), leader
-//! spreading and readiness (`leaders`), and node startup (`server`).
+//! cross-core mesh (`core`), the free-space guard on writes (`disk`), forwarding calls
+//! to the shard's leader node (`forward`), the peer server for other nodes' Raft RPCs
+//! and forwarded calls (`peer`), leader spreading and readiness (`leaders`), and node
+//! startup (`server`).
 pub mod core;
+pub mod disk;
 pub mod forward;
 pub mod leaders;
 pub mod peer;

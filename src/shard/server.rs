@@ -172,6 +172,7 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let ready = Arc::new(Readiness {
         opened: AtomicUsize::new(0),
         with_leader: (0..cores).map(|_| AtomicUsize::new(0)).collect(),
+        stopped: (0..cores).map(|_| AtomicUsize::new(0)).collect(),
     });
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut handles = Vec::new();
