@@ -273,6 +273,12 @@ fn metrics_count_requests_by_route_and_status_without_the_api_key() {
     assert_eq!(value(r#"fleetlm_raft_is_leader{shard="0"}"#), Some(1.0));
     assert_eq!(value(r#"fleetlm_raft_leader{shard="1"}"#), Some(1.0));
     assert_eq!(value("fleetlm_ready"), Some(1.0));
+    assert_eq!(value("fleetlm_shards_stopped"), Some(0.0));
+    assert!(value("fleetlm_disk_free_bytes").is_some_and(|v| v > 0.0), "{text}");
+    // The default reserve: one 8 MiB WAL segment and one 4 MiB body segment (the test
+    // server's sizes) per shard.
+    let shards = text.lines().filter(|l| l.starts_with("fleetlm_raft_term{")).count() as f64;
+    assert_eq!(value("fleetlm_disk_reserve_bytes"), Some(shards * f64::from(12u32 << 20)));
     // Every sample line is `name{labels} number` or `name number`.
     for l in text.lines().filter(|l| !l.starts_with('#')) {
         let (_, v) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {l:?}"));

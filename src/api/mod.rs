@@ -101,8 +101,15 @@ async fn metrics(core: &CoreCtx) -> Response {
         .filter(|r| r.status == 200)
         .filter_map(|r| serde_json::from_slice(&r.body).ok())
         .collect();
-    let ready = core.readiness().ready();
-    let body = crate::metrics::prometheus::render(core.node_id, &counters, &hists, &shards, ready);
+    let readiness = core.readiness();
+    let node = crate::metrics::prometheus::NodeState {
+        node_id: core.node_id,
+        ready: readiness.ready(),
+        shards_stopped: readiness.stopped,
+        disk_free_bytes: crate::shard::disk::free_bytes(&core.data_dir).ok(),
+        disk_reserve_bytes: core.disk_reserve_bytes(),
+    };
+    let body = crate::metrics::prometheus::render(&node, &counters, &hists, &shards);
     Response::text(200, body, "text/plain; version=0.0.4; charset=utf-8")
 }
 

@@ -15,7 +15,19 @@ fn escape(label: &str) -> String {
 
 /// Renders everything. `shards`: the `ShardStatus` JSON of each shard (as in
 /// `GET /v1/cluster`); `ready`: whether `/health/ready` would answer 200.
-pub fn render(node_id: u64, counters: &Counters, hists: &Histograms, shards: &[Value], ready: bool) -> String {
+/// Node-wide values shown beside the counters and histograms.
+pub struct NodeState {
+    pub node_id: u64,
+    pub ready: bool,
+    /// Shards whose Raft core a fatal storage error stopped.
+    pub shards_stopped: usize,
+    /// Free space of the data dir's filesystem (`None`: statvfs failed).
+    pub disk_free_bytes: Option<u64>,
+    /// Below this free space writes are refused (0: never).
+    pub disk_reserve_bytes: u64,
+}
+
+pub fn render(node: &NodeState, counters: &Counters, hists: &Histograms, shards: &[Value]) -> String {
     let mut out = String::new();
     let w = &mut out;
     let _ = writeln!(w, "# HELP fleetlm_http_requests_total HTTP requests answered, by route and status.");
@@ -78,9 +90,23 @@ pub fn render(node_id: u64, counters: &Counters, hists: &Histograms, shards: &[V
     }
     let _ = writeln!(w, "# HELP fleetlm_ready 1 when every shard has a leader this node hears from.");
     let _ = writeln!(w, "# TYPE fleetlm_ready gauge");
-    let _ = writeln!(w, "fleetlm_ready {}", u8::from(ready));
+    let _ = writeln!(w, "fleetlm_ready {}", u8::from(node.ready));
+    let _ = writeln!(
+        w,
+        "# HELP fleetlm_shards_stopped Shards whose Raft core a fatal storage error stopped (restart the node)."
+    );
+    let _ = writeln!(w, "# TYPE fleetlm_shards_stopped gauge");
+    let _ = writeln!(w, "fleetlm_shards_stopped {}", node.shards_stopped);
+    if let Some(free) = node.disk_free_bytes {
+        let _ = writeln!(w, "# HELP fleetlm_disk_free_bytes Free space of the data dir's filesystem.");
+        let _ = writeln!(w, "# TYPE fleetlm_disk_free_bytes gauge");
+        let _ = writeln!(w, "fleetlm_disk_free_bytes {free}");
+    }
+    let _ = writeln!(w, "# HELP fleetlm_disk_reserve_bytes Writes get 503 while free space is below this (0: never).");
+    let _ = writeln!(w, "# TYPE fleetlm_disk_reserve_bytes gauge");
+    let _ = writeln!(w, "fleetlm_disk_reserve_bytes {}", node.disk_reserve_bytes);
     let _ = writeln!(w, "# HELP fleetlm_node_id This node's id.");
     let _ = writeln!(w, "# TYPE fleetlm_node_id gauge");
-    let _ = writeln!(w, "fleetlm_node_id {node_id}");
+    let _ = writeln!(w, "fleetlm_node_id {}", node.node_id);
     out
 }

@@ -131,6 +131,11 @@ impl CoreCtx {
         }
     }
 
+    /// Free space below which this node refuses writes (0: never).
+    pub fn disk_reserve_bytes(&self) -> u64 {
+        self.disk.reserve_bytes()
+    }
+
     /// This node's shards: opened, with a live leader, stopped by a fatal error, in all.
     pub fn readiness(&self) -> ReadinessCounts {
         let sum = |v: &[AtomicUsize]| v.iter().map(|n| n.load(Ordering::Acquire)).sum();

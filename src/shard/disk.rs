@@ -28,6 +28,10 @@ impl DiskGuard {
         DiskGuard { dir, reserve_bytes, recheck, last: Cell::new(None) }
     }
 
+    pub fn reserve_bytes(&self) -> u64 {
+        self.reserve_bytes
+    }
+
     /// Why writes must wait now, if they must. A filesystem that cannot be asked (an
     /// error from statvfs) does not block writes: the guard only prevents what it sees.
     pub fn refusal(&self) -> Option<String> {
