@@ -453,3 +453,52 @@ fn nodes_with_different_core_counts_replicate_and_forward() {
     }
     c.eventually(20, "leaders spread", || leaders(&c, 2) == vec![Some(1), Some(2), Some(3), Some(1)]);
 }
+
+/// A node short of disk space takes no new log entries (its replica would have to apply
+/// them) and refuses the writes sent to it, but stays up, ready and a follower: the other
+/// two commit without it, and once it has space (here: restarted without the reserve) it
+/// catches up. Before, a full disk on any replica stopped that replica's shards for good.
+#[test]
+fn a_node_short_of_disk_takes_no_entries_and_catches_up_later() {
+    let dir = tmp("disk");
+    let mut c = Cluster::start(dir.path(), 3, 1, &[]);
+    // Contexts on every shard (4), so that the node short of disk sees writes on all.
+    let others: Vec<String> = (0..12).map(|i| format!("o{i}")).collect();
+    for id in &others {
+        put(&c, 0, id);
+    }
+    put(&c, 0, "d");
+    assert_eq!(append_acked(&c, &[0], "d", "before", 10), Some(1));
+    c.eventually(10, "node 3 holds the first message", || {
+        messages(&c, 2, "d", true).is_some_and(|m| texts(&m) == ["before"])
+    });
+    c.kill9(2);
+    c.nodes[2].args = vec!["--disk-reserve-bytes".into(), u64::MAX.to_string()];
+    c.spawn(2);
+    c.wait_ready(2);
+
+    for i in 0..5 {
+        assert_eq!(append_acked(&c, &[0, 1], "d", &format!("short{i}"), 20), Some(i + 2));
+        for id in &others {
+            assert!(append_acked(&c, &[0, 1], id, &format!("{id}-{i}"), 20).is_some(), "{id}");
+        }
+    }
+    // Leadership is never handed to it (the balancer would give node 3 its preferred
+    // shard back): every shard is led by node 1 or 2.
+    c.eventually(20, "nodes 1 and 2 lead every shard", || leaders(&c, 0).iter().all(|l| matches!(l, Some(1 | 2))));
+    let r = c.req(2, "POST", "/v1/contexts/d/messages", &msg_body("refused")).expect("an answer");
+    r.assert_error(503, "unavailable");
+    assert!(r.json()["message"].as_str().unwrap().contains("disk is nearly full"));
+    // Its replica did not take the new entries, and it is still up and a follower.
+    assert_eq!(texts(&messages(&c, 2, "d", true).expect("local read")), ["before"]);
+    assert_eq!(c.req(2, "GET", "/health/ready", "").unwrap().status, 200);
+    assert!(!c.log(2).contains("stopped"), "{}", c.log(2));
+
+    c.kill9(2);
+    c.nodes[2].args.clear();
+    c.spawn(2);
+    c.wait_ready(2);
+    let expected: Vec<String> =
+        std::iter::once("before".to_owned()).chain((0..5).map(|i| format!("short{i}"))).collect();
+    c.eventually(20, "node 3 caught up", || messages(&c, 2, "d", true).is_some_and(|m| texts(&m) == expected));
+}

@@ -136,6 +136,11 @@ impl CoreCtx {
         self.disk.reserve_bytes()
     }
 
+    /// Why this node takes no new writes or log entries now, if it must not.
+    pub fn disk_refusal(&self) -> Option<String> {
+        self.disk.refusal()
+    }
+
     /// This node's shards: opened, with a live leader, stopped by a fatal error, in all.
     pub fn readiness(&self) -> ReadinessCounts {
         let sum = |v: &[AtomicUsize]| v.iter().map(|n| n.load(Ordering::Acquire)).sum();
@@ -256,7 +261,7 @@ impl CoreCtx {
         // Every replica stores every entry: a node short of disk refuses the writes it
         // handles, as receiver or as leader, before anything is proposed.
         if matches!(call, ShardCall::Write(_))
-            && let Some(why) = self.disk.refusal()
+            && let Some(why) = self.disk_refusal()
         {
             return Ok(unavailable(&self.serve_limits, why));
         }

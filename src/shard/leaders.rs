@@ -69,25 +69,35 @@ pub async fn watch_leaders(ctx: Rc<CoreCtx>) {
             continue;
         }
         next_balance = Instant::now() + balance_every;
+        // A leader short of disk refuses every write of its shards (`crate::shard::disk`):
+        // it hands them to another voter, whichever is preferred.
+        let short_of_disk = ctx.disk_refusal().is_some();
         for (&id, shard) in &ctx.shards {
             let m = shard.raft.metrics().borrow_watched().clone();
-            if m.state != ServerState::Leader {
+            if m.state != ServerState::Leader || shard.stopped.get() {
                 continue;
             }
             let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-            let Some(preferred) = preferred_leader(id, &voters).filter(|&p| p != ctx.node_id) else {
-                continue;
-            };
             // Only to a node that is close behind (under load nobody is ever exactly
             // caught up): the target waits until it holds the leader's last entry, then
             // wins the election at once.
             let lag_max = ctx.serve_limits.leader_transfer_lag_max_entries;
-            let caught_up = m.replication.as_ref().and_then(|r| r.get(&preferred)).is_some_and(|matched| {
-                let matched = matched.as_ref().map_or(0, |l| l.index + 1);
-                m.last_log_index.map_or(0, |i| i + 1).saturating_sub(matched) <= lag_max
-            });
-            if caught_up {
-                let _ = shard.raft.trigger().transfer_leader(preferred).await;
+            let caught_up = |node: u64| {
+                m.replication.as_ref().and_then(|r| r.get(&node)).is_some_and(|matched| {
+                    let matched = matched.as_ref().map_or(0, |l| l.index + 1);
+                    m.last_log_index.map_or(0, |i| i + 1).saturating_sub(matched) <= lag_max
+                })
+            };
+            let target = if short_of_disk {
+                let others: Vec<u64> = voters.iter().copied().filter(|&v| v != ctx.node_id).collect();
+                preferred_leader(id, &others)
+                    .filter(|&p| caught_up(p))
+                    .or_else(|| others.into_iter().find(|&v| caught_up(v)))
+            } else {
+                preferred_leader(id, &voters).filter(|&p| p != ctx.node_id && caught_up(p))
+            };
+            if let Some(target) = target {
+                let _ = shard.raft.trigger().transfer_leader(target).await;
             }
         }
     }

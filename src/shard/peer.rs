@@ -75,14 +75,34 @@ pub async fn handle_rpc(ctx: &CoreCtx, shard_id: u32, shard: &Shard, rpc: Inboun
         InboundRpc::Append(req) => {
             // Entries per replication request (0 = heartbeat): how well followers batch.
             crate::metrics::record("raft.append_entries_batch", req.entries.len() as u64);
+            // A replica short of disk takes no new entries: each would have to be
+            // applied, and applying can need a new body segment (`crate::shard::disk`).
+            // The leader sees it as unreachable and retries with backoff; this node
+            // catches up once space is freed. Heartbeats (no entries) still pass, so it
+            // stays a follower and keeps the cluster's view of it.
+            if !req.entries.is_empty()
+                && let Some(why) = ctx.disk_refusal()
+            {
+                return PeerResponse::Refused(format!("node {}: {why}", ctx.node_id));
+            }
             PeerResponse::Append(shard.raft.append_entries(req).await.map_err(|e| s(&e)))
         }
         InboundRpc::Vote(req) => PeerResponse::Vote(shard.raft.vote(req).await.map_err(|e| s(&e))),
         InboundRpc::PreVote(req) => PeerResponse::Vote(shard.raft.pre_vote(req).await.map_err(|e| s(&e))),
+        // A node short of disk would refuse every write as leader: it does not take
+        // leadership that is handed to it (it still votes).
+        InboundRpc::TransferLeader(_) if let Some(why) = ctx.disk_refusal() => {
+            PeerResponse::Refused(format!("node {}: {why}", ctx.node_id))
+        }
         InboundRpc::TransferLeader(req) => {
             PeerResponse::TransferLeader(shard.raft.handle_transfer_leader(req).await.map_err(|e| s(&e)))
         }
         InboundRpc::Snapshot { vote, snapshot, staging } => {
+            // Installing writes a new body generation beside the current one.
+            if let Some(why) = ctx.disk_refusal() {
+                let _ = std::fs::remove_dir_all(&staging);
+                return PeerResponse::Refused(format!("node {}: {why}", ctx.node_id));
+            }
             let r = shard.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| s(&e));
             let _ = std::fs::remove_dir_all(&staging);
             PeerResponse::Snapshot(r)

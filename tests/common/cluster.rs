@@ -13,6 +13,8 @@ pub struct Node {
     pub http_port: u16,
     pub peer_port: u16,
     pub dir: PathBuf,
+    /// More `fleetlm serve` flags for this node alone (used from its next start on).
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -43,6 +45,7 @@ impl Cluster {
                 http_port: free_ports(1),
                 peer_port: free_ports(node_cores as u16),
                 dir: dir.join(format!("node{id}")),
+                args: Vec::new(),
                 child: None,
             });
         }
@@ -66,6 +69,7 @@ impl Cluster {
             http_port: free_ports(1),
             peer_port: free_ports(self.cores as u16),
             dir: dir.join(format!("node{id}")),
+            args: Vec::new(),
             child: None,
         });
         let i = self.nodes.len() - 1;
@@ -98,6 +102,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.dir)
             .args(&self.extra)
+            .args(&node.args)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
