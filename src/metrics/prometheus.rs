@@ -13,11 +13,10 @@ fn escape(label: &str) -> String {
     label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Renders everything. `shards`: the `ShardStatus` JSON of each shard (as in
-/// `GET /v1/cluster`); `ready`: whether `/health/ready` would answer 200.
 /// Node-wide values shown beside the counters and histograms.
 pub struct NodeState {
     pub node_id: u64,
+    /// Whether `/health/ready` would answer 200.
     pub ready: bool,
     /// Shards whose Raft core a fatal storage error stopped.
     pub shards_stopped: usize,
@@ -27,6 +26,8 @@ pub struct NodeState {
     pub disk_reserve_bytes: u64,
 }
 
+/// Renders everything. `shards`: the `ShardStatus` JSON of each shard (as in
+/// `GET /v1/cluster`).
 pub fn render(node: &NodeState, counters: &Counters, hists: &Histograms, shards: &[Value]) -> String {
     let mut out = String::new();
     let w = &mut out;

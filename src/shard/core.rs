@@ -255,9 +255,6 @@ impl CoreCtx {
         let Some(shard) = self.shards.get(&shard_id).cloned() else {
             return Ok(unavailable(&self.serve_limits, format!("shard {shard_id} is not open yet")));
         };
-        // A forwarded call gets a tenth less than the node that forwarded it waits, so
-        // that its answer (a success, or a 503 saying why) arrives before that node
-        // gives up with a vaguer "did not answer".
         // Every replica stores every entry: a node short of disk refuses the writes it
         // handles, as receiver or as leader, before anything is proposed.
         if matches!(call, ShardCall::Write(_))
@@ -265,6 +262,9 @@ impl CoreCtx {
         {
             return Ok(unavailable(&self.serve_limits, why));
         }
+        // A forwarded call gets a tenth less than the node that forwarded it waits, so
+        // that its answer (a success, or a 503 saying why) arrives before that node
+        // gives up with a vaguer "did not answer".
         let budget = self.deadline_of(&call);
         let budget = if forwarded { budget - budget / 10 } else { budget };
         let deadline = Instant::now() + budget;

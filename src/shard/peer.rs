@@ -68,6 +68,12 @@ pub enum InboundRpc {
     Call(ShardCall),
 }
 
+/// The answer of a node short of disk to an RPC that would write to it (the caller
+/// sees the node as unreachable and retries with backoff).
+fn disk_refused(ctx: &CoreCtx) -> Option<PeerResponse> {
+    ctx.disk_refusal().map(|why| PeerResponse::Refused(format!("node {}: {why}", ctx.node_id)))
+}
+
 /// Serves one peer RPC on the core that owns the shard.
 pub async fn handle_rpc(ctx: &CoreCtx, shard_id: u32, shard: &Shard, rpc: InboundRpc) -> PeerResponse {
     let s = |e: &dyn std::fmt::Display| e.to_string();
@@ -81,9 +87,9 @@ pub async fn handle_rpc(ctx: &CoreCtx, shard_id: u32, shard: &Shard, rpc: Inboun
             // catches up once space is freed. Heartbeats (no entries) still pass, so it
             // stays a follower and keeps the cluster's view of it.
             if !req.entries.is_empty()
-                && let Some(why) = ctx.disk_refusal()
+                && let Some(refused) = disk_refused(ctx)
             {
-                return PeerResponse::Refused(format!("node {}: {why}", ctx.node_id));
+                return refused;
             }
             PeerResponse::Append(shard.raft.append_entries(req).await.map_err(|e| s(&e)))
         }
@@ -91,17 +97,15 @@ pub async fn handle_rpc(ctx: &CoreCtx, shard_id: u32, shard: &Shard, rpc: Inboun
         InboundRpc::PreVote(req) => PeerResponse::Vote(shard.raft.pre_vote(req).await.map_err(|e| s(&e))),
         // A node short of disk would refuse every write as leader: it does not take
         // leadership that is handed to it (it still votes).
-        InboundRpc::TransferLeader(_) if let Some(why) = ctx.disk_refusal() => {
-            PeerResponse::Refused(format!("node {}: {why}", ctx.node_id))
-        }
+        InboundRpc::TransferLeader(_) if let Some(refused) = disk_refused(ctx) => refused,
         InboundRpc::TransferLeader(req) => {
             PeerResponse::TransferLeader(shard.raft.handle_transfer_leader(req).await.map_err(|e| s(&e)))
         }
         InboundRpc::Snapshot { vote, snapshot, staging } => {
             // Installing writes a new body generation beside the current one.
-            if let Some(why) = ctx.disk_refusal() {
+            if let Some(refused) = disk_refused(ctx) {
                 let _ = std::fs::remove_dir_all(&staging);
-                return PeerResponse::Refused(format!("node {}: {why}", ctx.node_id));
+                return refused;
             }
             let r = shard.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| s(&e));
             let _ = std::fs::remove_dir_all(&staging);
