@@ -2,25 +2,51 @@
 //!
 //! Sizes are in `*_bytes`, times in `*_ms`/`*_us`, counts in `*_max`. Nothing in the
 //! server is unbounded: if a queue, a body or a batch has a size, that size is here.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything `fleetlm serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub cores: usize,
+    /// CPU of executor 0 (executor i runs on `first_cpu + i`, modulo the CPUs).
+    pub first_cpu: usize,
+    /// Shards at first start; afterwards the data dir's value wins (must match if given).
+    pub shards: Option<u32>,
+    /// Message-body segment size at first start (default 64 MiB); then the data dir's.
+    pub body_segment_size_bytes: Option<u64>,
+    pub node_id: u64,
+    /// Where other nodes reach this one: core `c` listens on this port + `c`. `None`:
+    /// a single node that no peer can reach.
+    pub peer_listen: Option<SocketAddr>,
+    /// The initial members (node id → peer address), this node included. Empty: a
+    /// cluster of one. A node not listed here waits to be added
+    /// (`POST /v1/cluster/members`).
+    pub peers: BTreeMap<u64, String>,
+    pub api_key: Option<String>,
+    pub http: HttpLimits,
+    pub store: StoreLimits,
+    pub serve: ServeLimits,
+    pub wal: WalConfig,
+    pub raft: RaftTimings,
+    pub peer: PeerLimits,
+    /// Write an HdrHistogram interval log of the latency histograms here.
+    pub latency_log: Option<PathBuf>,
+    pub latency_interval_ms: u64,
+}
 
 /// Locked memory each glommio executor registers for io_uring buffers. 1 MiB works
 /// under the usual 8 MiB `ulimit -l` of non-root users; below 512 KiB glommio refuses
 /// to start (DESIGN.md, measured facts).
 pub const GLOMMIO_IO_MEMORY_BYTES: usize = 1 << 20;
 
-/// Limits and defaults of the write-ahead log (`crate::wal`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WalConfig {
-    /// Size of every segment file. Segments are preallocated to this size when
-    /// created, so appends never extend a file (extending would make every
-    /// fdatasync also commit metadata: ≈4 ms instead of ≈0.25 ms here).
-    pub segment_size_bytes: u64,
-    /// Largest payload of one record. A record never spans segments, so this must
-    /// leave room for the segment and record headers.
-    pub record_payload_max_bytes: u32,
-    /// Most records accepted by one `append` call.
-    pub append_batch_max: usize,
-}
+/// Limits of the write-ahead log: the type is the WAL's own (`crate::wal::WalConfig`,
+/// which checks the relations between them against its record format); the defaults
+/// are here.
+pub use crate::wal::WalConfig;
 
 /// Default segment size: 64 MiB (issue #2). Large enough that rollover (a file
 /// create + fallocate + two fsyncs) is rare; small enough that purge frees space
@@ -30,10 +56,6 @@ pub const WAL_SEGMENT_SIZE_BYTES_DEFAULT: u64 = 64 << 20;
 pub const WAL_RECORD_PAYLOAD_MAX_BYTES_DEFAULT: u32 = 4 << 20;
 /// Default cap on records per append call.
 pub const WAL_APPEND_BATCH_MAX_DEFAULT: usize = 4096;
-/// Capacity a segment's buffer of encoded, not yet written records keeps between
-/// appends; a larger burst (a snapshot-sized batch) frees its buffer afterwards.
-pub const WAL_PENDING_KEEP_BYTES: usize = 1 << 20;
-
 impl Default for WalConfig {
     fn default() -> Self {
         WalConfig {
@@ -41,37 +63,6 @@ impl Default for WalConfig {
             record_payload_max_bytes: WAL_RECORD_PAYLOAD_MAX_BYTES_DEFAULT,
             append_batch_max: WAL_APPEND_BATCH_MAX_DEFAULT,
         }
-    }
-}
-
-impl WalConfig {
-    /// Checks the relations between limits; `Wal::open` refuses a config that fails.
-    pub fn validate(&self) -> Result<(), String> {
-        let overhead = (crate::wal::format::SEGMENT_HEADER_BYTES
-            + crate::wal::format::RECORD_HEADER_BYTES
-            + crate::wal::format::RECORD_ALIGN_BYTES) as u64;
-        if self.segment_size_bytes > u32::MAX as u64 {
-            return Err("segment_size_bytes must fit in 32 bits (offsets are u32)".into());
-        }
-        if (self.record_payload_max_bytes as u64) + overhead > self.segment_size_bytes {
-            return Err(format!(
-                "record_payload_max_bytes ({}) + {overhead} bytes of headers must fit in segment_size_bytes ({})",
-                self.record_payload_max_bytes, self.segment_size_bytes
-            ));
-        }
-        if self.record_payload_max_bytes > crate::wal::format::RECORD_PAYLOAD_LIMIT_BYTES {
-            return Err(format!(
-                "record_payload_max_bytes must be at most {} (24-bit length field)",
-                crate::wal::format::RECORD_PAYLOAD_LIMIT_BYTES
-            ));
-        }
-        if self.segment_size_bytes % crate::wal::format::RECORD_ALIGN_BYTES as u64 != 0 {
-            return Err("segment_size_bytes must be a multiple of 8".into());
-        }
-        if self.append_batch_max == 0 {
-            return Err("append_batch_max must be at least 1".into());
-        }
-        Ok(())
     }
 }
 

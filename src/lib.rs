@@ -18,8 +18,10 @@
 //! - [`metrics`]: per-core latency histograms and counters, interval logs, Prometheus.
 pub mod api;
 pub mod config;
+pub mod files;
 pub mod http;
 pub mod metrics;
+pub mod node;
 pub mod raft;
 pub mod shard;
 pub mod store;

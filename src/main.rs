@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use fleetlm::config::{HttpLimits, PeerLimits, RaftTimings, ServeLimits, StoreLimits, WalConfig};
-use fleetlm::shard::{ServerConfig, serve};
+use fleetlm::node::{ServerConfig, serve};
 
 #[derive(Parser)]
 #[command(name = "fleetlm", version, about = "FleetLM: a durable, replicated conversation log for LLM applications")]

@@ -74,7 +74,7 @@ fn texts(sm: &ShardStateMachine) -> Vec<String> {
     ctx.replay(1, usize::MAX)
         .0
         .iter()
-        .map(|m| m.to_json(&applied.bodies)["parts"][0]["text"].as_str().unwrap().to_owned())
+        .map(|m| m.to_json(&applied.bodies).unwrap()["parts"][0]["text"].as_str().unwrap().to_owned())
         .collect()
 }
 

@@ -23,7 +23,7 @@ impl S {
         self.store.get(id)
     }
     fn window(&self, id: &str, budget: u64) -> Value {
-        serde_json::from_slice(&self.store.get(id).unwrap().window_json(budget, &self.bodies))
+        serde_json::from_slice(&self.store.get(id).unwrap().window_json(budget, &self.bodies).unwrap())
             .expect("the window is JSON")
     }
 }
@@ -373,12 +373,12 @@ fn stored_message_json_is_the_sorted_key_rendering() {
     })
     .to_string();
     let stored = fleetlm::store::Message::new(Some(3), new, Some(NOW.to_owned()), &mut m).unwrap();
-    assert_eq!(stored.json(&m), expected);
+    assert_eq!(stored.json(&m).unwrap(), expected);
 
     let replacement = NewMessage::from_json(&json!({"role": "system", "parts": []}), true, &limits()).unwrap();
     let stored = fleetlm::store::Message::new(None, replacement, None, &mut m).unwrap();
     assert_eq!(
-        stored.json(&m),
+        stored.json(&m).unwrap(),
         r#"{"inserted_at":null,"metadata":{},"parts":[],"role":"system","seq":null,"token_count":0}"#
     );
 }

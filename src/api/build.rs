@@ -3,38 +3,11 @@
 //! so that only well-formed commands are proposed.
 use serde_json::Value;
 
-use super::calls::ShardCall;
+use super::routes::Op;
 use crate::config::StoreLimits;
 use crate::http::{Request, Response, parse_query};
+use crate::shard::ShardCall;
 use crate::store::{Command, NewMessage, PutContext, ReplayFrom};
-
-/// What a context route asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Context,
-    Metadata,
-    Messages,
-    Tail,
-    Window,
-    Compact,
-}
-
-impl Route {
-    /// The latency histogram of this route and method (`crate::metrics`).
-    pub fn histogram(self, method: &str) -> &'static str {
-        match (self, method) {
-            (Route::Context, "PUT") => "http.put_context",
-            (Route::Context, "DELETE") => "http.delete_context",
-            (Route::Context, _) => "http.get_context",
-            (Route::Metadata, _) => "http.patch_metadata",
-            (Route::Messages, "POST") => "http.append",
-            (Route::Messages, _) => "http.replay",
-            (Route::Tail, _) => "http.tail",
-            (Route::Window, _) => "http.window",
-            (Route::Compact, _) => "http.compact",
-        }
-    }
-}
 
 fn bad(code: &str, message: impl std::fmt::Display) -> Response {
     Response::error(400, code, message)
@@ -93,25 +66,18 @@ fn json_body(req: &Request) -> Result<Value, Response> {
     serde_json::from_slice(&req.body).map_err(|e| bad("invalid_json", format!("request body is not valid JSON: {e}")))
 }
 
-/// Builds the call for `route` with `method` on context `id`, or the 4xx to send.
-pub fn build_call(
-    route: Route,
-    method: &str,
-    id: String,
-    req: &Request,
-    limits: &StoreLimits,
-) -> Result<ShardCall, Response> {
+/// Builds the call for context operation `op` on context `id`, or the 4xx to send.
+pub fn build_call(op: Op, id: String, req: &Request, limits: &StoreLimits) -> Result<ShardCall, Response> {
     let query = Query(parse_query(&req.query).ok_or_else(|| bad("invalid_query", "malformed query string"))?);
     let now = String::new(); // set by the shard's leader when it proposes
-    let get = method == "GET" || method == "HEAD";
-    match (route, method) {
-        (Route::Context, "PUT") => {
+    match op {
+        Op::PutContext => {
             let put = PutContext::from_json(&json_body(req)?, limits).map_err(|m| bad("invalid_context_config", m))?;
             Ok(ShardCall::Write(Command::Put { id, put, now }))
         }
-        (Route::Context, _) if get => Ok(ShardCall::Get { id, local: query.local()? }),
-        (Route::Context, "DELETE") => Ok(ShardCall::Write(Command::Delete { id, now })),
-        (Route::Metadata, "PATCH") => {
+        Op::GetContext => Ok(ShardCall::Get { id, local: query.local()? }),
+        Op::DeleteContext => Ok(ShardCall::Write(Command::Delete { id, now })),
+        Op::PatchMetadata => {
             let body = json_body(req)?;
             let patch = match body.get("metadata") {
                 Some(Value::Object(m)) => m.clone(),
@@ -119,7 +85,7 @@ pub fn build_call(
             };
             Ok(ShardCall::Write(Command::PatchMetadata { id, patch, now }))
         }
-        (Route::Messages, "POST") => {
+        Op::Append => {
             let body = json_body(req)?;
             let message = body.get("message").ok_or_else(|| bad("invalid_message", "body must have a message"))?;
             let message = NewMessage::from_json(message, false, limits).map_err(|m| bad("invalid_message", m))?;
@@ -139,7 +105,7 @@ pub fn build_call(
             };
             Ok(ShardCall::Write(Command::Append { id, message, if_version, idempotency_key, now }))
         }
-        (Route::Messages, _) if get => {
+        Op::Replay => {
             let from = match (query.int("from_seq")?, query.non_negative("after_seq")?) {
                 (_, Some(after)) => ReplayFrom::AfterSeq(after),
                 (Some(from), None) => ReplayFrom::FromSeq(from),
@@ -148,12 +114,12 @@ pub fn build_call(
             let limit = query.limit(limits.page_limit_default, limits.page_limit_max)?;
             Ok(ShardCall::Replay { id, from, limit, local: query.local()? })
         }
-        (Route::Tail, _) if get => {
+        Op::Tail => {
             let offset = query.non_negative("offset")?.unwrap_or(0);
             let limit = query.limit(limits.page_limit_default, limits.page_limit_max)?;
             Ok(ShardCall::Tail { id, offset, limit, local: query.local()? })
         }
-        (Route::Window, _) if get => {
+        Op::Window => {
             let budget = match query.int("budget_tokens")? {
                 None => None,
                 Some(b) if b > 0 => Some(b as u64),
@@ -162,7 +128,7 @@ pub fn build_call(
             let if_version = query.non_negative("if_version")?;
             Ok(ShardCall::Window { id, budget, if_version, local: query.local()? })
         }
-        (Route::Compact, "POST") => {
+        Op::Compact => {
             let body = json_body(req)?;
             let items = match body.get("replacement") {
                 Some(Value::Array(items)) => items,
@@ -184,6 +150,6 @@ pub fn build_call(
             };
             Ok(ShardCall::Write(Command::Compact { id, replacement, if_version, now }))
         }
-        _ => Err(Response::error(405, "method_not_allowed", format!("{method} is not allowed here"))),
+        _ => Err(Response::error(500, "internal", format!("{op:?} is not a context operation"))),
     }
 }

@@ -1,13 +1,15 @@
-//! The v1 API: routes, input validation (`build`), and running calls on shards
-//! (`calls`). `handle` is what the HTTP connection loop calls for every request.
+//! The v1 API: HTTP ↔ shard calls and replies, nothing else. The route table
+//! (`routes`), input validation into calls (`build`), and `handle`, which the HTTP
+//! connection loop calls for every request; the calls run in `crate::shard`.
 pub mod build;
-pub mod calls;
+pub mod routes;
 
 use serde_json::json;
 
 use crate::http::{Request, Response, percent_decode};
-use crate::shard::CoreCtx;
-use build::{Route, build_call, validate_id};
+use crate::shard::{CoreCtx, Reply, ShardCall};
+use build::{build_call, validate_id};
+use routes::{Op, Resolved, resolve};
 
 fn not_found() -> Response {
     Response::error(404, "not_found", "no such route")
@@ -17,14 +19,23 @@ fn method_not_allowed(method: &str) -> Response {
     Response::error(405, "method_not_allowed", format!("{method} is not allowed here"))
 }
 
+/// A shard's reply as the HTTP response.
+fn respond(reply: Reply) -> Response {
+    let mut r = if reply.json { Response::raw_json(reply.status, reply.body) } else { Response::empty(reply.status) };
+    if let Some(v) = reply.retry_after {
+        r = r.with_header("Retry-After", v);
+    }
+    r
+}
+
 /// `GET /v1/cluster`: this node's view, per shard its leader, term and commit index.
 async fn cluster(core: &CoreCtx) -> Response {
-    let calls = (0..core.shard_count).map(|s| core.route_to_shard(s, calls::ShardCall::ShardStatus { shard: s }));
+    let calls = (0..core.shard_count).map(|s| core.route_to_shard(s, ShardCall::ShardStatus { shard: s }));
     let mut shards = Vec::new();
-    for resp in futures_util::future::join_all(calls).await {
-        match serde_json::from_slice::<serde_json::Value>(&resp.body) {
-            Ok(v) if resp.status == 200 => shards.push(v),
-            _ => return resp,
+    for reply in futures_util::future::join_all(calls).await {
+        match serde_json::from_slice::<serde_json::Value>(&reply.body) {
+            Ok(v) if reply.status == 200 => shards.push(v),
+            _ => return respond(reply),
         }
     }
     let members: std::collections::BTreeSet<u64> = shards
@@ -36,11 +47,11 @@ async fn cluster(core: &CoreCtx) -> Response {
 }
 
 /// Runs one membership change on every shard (each on its leader) and reports them.
-async fn change_all_shards(core: &CoreCtx, make: impl Fn(u32) -> calls::ShardCall, node_id: u64) -> Response {
+async fn change_all_shards(core: &CoreCtx, make: impl Fn(u32) -> ShardCall, node_id: u64) -> Response {
     let calls = (0..core.shard_count).map(|s| core.route_to_shard(s, make(s)));
-    for resp in futures_util::future::join_all(calls).await {
-        if resp.status != 200 {
-            return resp;
+    for reply in futures_util::future::join_all(calls).await {
+        if reply.status != 200 {
+            return respond(reply);
         }
     }
     Response::json(200, &json!({"node_id": node_id, "shards": core.shard_count}))
@@ -61,7 +72,7 @@ async fn add_member(core: &CoreCtx, req: &Request) -> Response {
     if !valid_addr || addr.len() > 256 {
         return Response::error(400, "invalid_json", "addr must be the node's peer address, host:port");
     }
-    let make = |s| calls::ShardCall::AddMember { shard: s, node_id, addr: addr.to_owned() };
+    let make = |s| ShardCall::AddMember { shard: s, node_id, addr: addr.to_owned() };
     change_all_shards(core, make, node_id).await
 }
 
@@ -70,31 +81,13 @@ async fn remove_member(core: &CoreCtx, raw_id: &str) -> Response {
     let Some(node_id) = raw_id.parse::<u64>().ok().filter(|&n| n > 0) else {
         return Response::error(400, "invalid_id", "node id must be an integer > 0");
     };
-    change_all_shards(core, |s| calls::ShardCall::RemoveMember { shard: s, node_id }, node_id).await
-}
-
-/// The route label of a request for the request counters (`/metrics`).
-fn route_label(segments: &[&str], method: &str) -> &'static str {
-    match segments {
-        ["health", ..] => "health",
-        ["metrics"] => "metrics",
-        ["v1", "admin", ..] => "admin",
-        ["v1", "cluster"] => "cluster",
-        ["v1", "cluster", "members", ..] => "cluster_members",
-        ["v1", "contexts", _] => Route::Context.histogram(method).trim_start_matches("http."),
-        ["v1", "contexts", _, "metadata"] => "patch_metadata",
-        ["v1", "contexts", _, "messages"] => Route::Messages.histogram(method).trim_start_matches("http."),
-        ["v1", "contexts", _, "tail"] => "tail",
-        ["v1", "contexts", _, "context"] => "window",
-        ["v1", "contexts", _, "compact"] => "compact",
-        _ => "unknown",
-    }
+    change_all_shards(core, |s| ShardCall::RemoveMember { shard: s, node_id }, node_id).await
 }
 
 /// `GET /metrics`: Prometheus text (no API key, like `/health/*`).
 async fn metrics(core: &CoreCtx) -> Response {
     let crate::metrics::Snapshot { counters, histograms: hists } = core.collect_metrics(false).await;
-    let calls = (0..core.shard_count).map(|s| core.route_to_shard(s, calls::ShardCall::ShardStatus { shard: s }));
+    let calls = (0..core.shard_count).map(|s| core.route_to_shard(s, ShardCall::ShardStatus { shard: s }));
     let shards: Vec<serde_json::Value> = futures_util::future::join_all(calls)
         .await
         .into_iter()
@@ -106,7 +99,7 @@ async fn metrics(core: &CoreCtx) -> Response {
         node_id: core.node_id,
         ready: readiness.ready(),
         shards_stopped: readiness.stopped,
-        disk_free_bytes: crate::shard::disk::free_bytes(&core.data_dir).ok(),
+        disk_free_bytes: crate::files::free_bytes(&core.data_dir).ok(),
         disk_reserve_bytes: core.disk_reserve_bytes(),
     };
     let body = crate::metrics::prometheus::render(&node, &counters, &hists, &shards);
@@ -116,80 +109,99 @@ async fn metrics(core: &CoreCtx) -> Response {
 /// Answers one request, and counts it by route and status.
 pub async fn handle(req: Request, core: &CoreCtx) -> Response {
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
-    let label = route_label(&segments, req.method.as_str());
-    let resp = route(&req, &segments, core).await;
-    crate::metrics::count_request(label, resp.status);
+    let resolved = resolve(&segments, req.method.as_str());
+    let resp = route(&req, resolved, core).await;
+    crate::metrics::count_request(resolved.label(), resp.status);
     resp
 }
 
-async fn route(req: &Request, segments: &[&str], core: &CoreCtx) -> Response {
+fn authorized(req: &Request, core: &CoreCtx) -> bool {
+    match &core.api_key {
+        None => true,
+        Some(key) => req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")).is_some_and(|k| k == key),
+    }
+}
+
+async fn route(req: &Request, resolved: Resolved<'_>, core: &CoreCtx) -> Response {
     let method = req.method.as_str();
-    let get = method == "GET" || method == "HEAD";
-    match segments {
-        ["health", "live"] if get => Response::json(200, &json!({"status": "ok"})),
-        ["health", "ready"] if get => {
-            let r = core.readiness();
-            if r.ready() {
-                Response::json(200, &json!({"status": "ok"}))
-            } else {
-                let status = match () {
-                    _ if r.opened < r.total => "starting",
-                    _ if r.stopped > 0 => "shard_stopped",
-                    _ => "no_quorum",
-                };
-                let body = json!({"status": status, "shards_open": r.opened, "shards_with_leader": r.with_leader,
-                                  "shards_stopped": r.stopped, "shards": r.total});
-                Response::json(503, &body)
+    let (op, param) = match resolved {
+        Resolved::NotFound { needs_auth, .. } => {
+            if needs_auth && !authorized(req, core) {
+                return unauthorized();
             }
+            return not_found();
         }
-        ["health", "live" | "ready"] => method_not_allowed(method),
-        ["metrics"] if get => metrics(core).await,
-        ["metrics"] => method_not_allowed(method),
-        ["v1", rest @ ..] => {
-            if let Some(key) = &core.api_key {
-                let ok = req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")).is_some_and(|k| k == key);
-                if !ok {
-                    return Response::error(401, "unauthorized", "missing or wrong API key");
-                }
+        Resolved::MethodNotAllowed { like, param } => {
+            if like.needs_auth() && !authorized(req, core) {
+                return unauthorized();
             }
-            match (rest, method) {
-                (["admin", "latency"], "GET" | "HEAD") => {
-                    let hists = core.collect_metrics(false).await.histograms;
-                    let body = json!({"node_id": core.node_id, "unit": "us", "histograms": crate::metrics::percentiles_json(&hists)});
-                    return Response::json(200, &body);
-                }
-                (["admin", "latency"], _) => return method_not_allowed(method),
-                (["cluster"], "GET" | "HEAD") => return cluster(core).await,
-                (["cluster"], _) => return method_not_allowed(method),
-                (["cluster", "members"], "POST") => return add_member(core, req).await,
-                (["cluster", "members"], _) => return method_not_allowed(method),
-                (["cluster", "members", id], "DELETE") => return remove_member(core, id).await,
-                (["cluster", "members", _], _) => return method_not_allowed(method),
-                _ => {}
-            }
-            let (raw_id, route) = match rest {
-                ["contexts", id] => (*id, Route::Context),
-                ["contexts", id, "metadata"] => (*id, Route::Metadata),
-                ["contexts", id, "messages"] => (*id, Route::Messages),
-                ["contexts", id, "tail"] => (*id, Route::Tail),
-                ["contexts", id, "context"] => (*id, Route::Window),
-                ["contexts", id, "compact"] => (*id, Route::Compact),
-                _ => return not_found(),
-            };
-            let Some(id) = percent_decode(raw_id) else {
-                return Response::error(400, "invalid_id", "context id is not valid percent-encoded UTF-8");
-            };
-            if let Err(resp) = validate_id(&id) {
+            // A context id is checked before the method (as it always was).
+            if like.histogram().is_some()
+                && let Err(resp) = context_id(param.unwrap_or_default())
+            {
                 return resp;
             }
+            return method_not_allowed(method);
+        }
+        Resolved::Found { op, param } => (op, param),
+    };
+    if op.needs_auth() && !authorized(req, core) {
+        return unauthorized();
+    }
+    match op {
+        Op::HealthLive => Response::json(200, &json!({"status": "ok"})),
+        Op::HealthReady => health_ready(core),
+        Op::Metrics => metrics(core).await,
+        Op::AdminLatency => {
+            let hists = core.collect_metrics(false).await.histograms;
+            let body =
+                json!({"node_id": core.node_id, "unit": "us", "histograms": crate::metrics::percentiles_json(&hists)});
+            Response::json(200, &body)
+        }
+        Op::ClusterStatus => cluster(core).await,
+        Op::AddMember => add_member(core, req).await,
+        Op::RemoveMember => remove_member(core, param.unwrap_or_default()).await,
+        _ => {
+            let Some(histogram) = op.histogram() else { return not_found() };
+            let id = match context_id(param.unwrap_or_default()) {
+                Ok(id) => id,
+                Err(resp) => return resp,
+            };
             let started = std::time::Instant::now();
-            let resp = match build_call(route, method, id, req, &core.store_limits) {
-                Ok(call) => core.route(call, started).await,
+            let resp = match build_call(op, id, req, &core.store_limits) {
+                Ok(call) => respond(core.route(call, started).await),
                 Err(resp) => resp,
             };
-            crate::metrics::record_since(route.histogram(method), started);
+            crate::metrics::record_since(histogram, started);
             resp
         }
-        _ => not_found(),
     }
+}
+
+/// The context id of a path, decoded and validated.
+fn context_id(raw_id: &str) -> Result<String, Response> {
+    let Some(id) = percent_decode(raw_id) else {
+        return Err(Response::error(400, "invalid_id", "context id is not valid percent-encoded UTF-8"));
+    };
+    validate_id(&id)?;
+    Ok(id)
+}
+
+fn unauthorized() -> Response {
+    Response::error(401, "unauthorized", "missing or wrong API key")
+}
+
+fn health_ready(core: &CoreCtx) -> Response {
+    let r = core.readiness();
+    if r.ready() {
+        return Response::json(200, &json!({"status": "ok"}));
+    }
+    let status = match () {
+        _ if r.opened < r.total => "starting",
+        _ if r.stopped > 0 => "shard_stopped",
+        _ => "no_quorum",
+    };
+    let body = json!({"status": status, "shards_open": r.opened, "shards_with_leader": r.with_leader,
+                      "shards_stopped": r.stopped, "shards": r.total});
+    Response::json(503, &body)
 }

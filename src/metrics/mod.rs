@@ -115,6 +115,19 @@ pub fn snapshot(interval: bool) -> Snapshot {
     })
 }
 
+/// Adds histogram `h` (recorded elsewhere, say by a WAL) into `into` as `name`, its
+/// values clamped into the recorders' range like `record`'s.
+pub fn add_histogram(into: &mut Histograms, name: &str, h: &Histogram<u64>) {
+    if h.is_empty() {
+        return;
+    }
+    let mine = into.entry(name.to_owned()).or_insert_with(new_histogram);
+    for v in h.iter_recorded() {
+        let value = v.value_iterated_to().clamp(1, LATENCY_HISTOGRAM_MAX_US);
+        let _ = mine.record_n(value, v.count_at_value());
+    }
+}
+
 /// Adds `from` into `into` (histograms of several cores or nodes).
 pub fn merge(into: &mut Histograms, from: Histograms) {
     for (name, h) in from {

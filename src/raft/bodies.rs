@@ -14,12 +14,10 @@ use memmap2::MmapMut;
 
 use crate::store::{Bodies, BodiesError, BodyRef};
 
-const PAGE: u64 = 4096;
 /// Unmap written pages once this many have accumulated behind the write point. Each
 /// shard keeps up to this much of its recent bodies mapped (counted in RSS): 8 MiB
-/// was 32 MiB of a 4-shard node's ~200 MiB after 1M messages; one madvise per MiB
-/// written costs nothing measurable.
-const RELEASE_STEP_BYTES: u64 = 1 << 20;
+/// was 32 MiB of a 4-shard node's ~200 MiB after 1M messages.
+const RELEASE_STEP_BYTES: u64 = crate::files::PAGE_RELEASE_STEP_BYTES as u64;
 
 struct BodySegment {
     file: File,
@@ -167,7 +165,7 @@ impl FileBodies {
 
     fn add_segment(&mut self) -> Result<(), BodiesError> {
         let path = self.dir.join(file_name(self.segments.len()));
-        let file = crate::wal::segment::create_preallocated(&path, self.segment_size_bytes)
+        let file = crate::files::create_preallocated(&path, self.segment_size_bytes)
             .map_err(|e| io("create preallocated", &path, e))?;
         // SAFETY: as in `open`.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| io("mmap", &path, e))?;
@@ -263,15 +261,16 @@ impl FileBodies {
                         File::open(&to).and_then(|f| f.sync_data()).map_err(|e| io("fdatasync", &to, e))?;
                     }
                 }
-                File::open(new_dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", new_dir, e))?;
+                crate::files::sync_dir(new_dir).map_err(|e| io("fsync", new_dir, e))?;
             }
         }
-        File::open(parent).and_then(|d| d.sync_all()).map_err(|e| io("fsync", parent, e))?;
+        crate::files::sync_dir(parent).map_err(|e| io("fsync", parent, e))?;
         FileBodies::open(new_dir, self.segment_size_bytes, source.len())
     }
 
     fn release_behind(&mut self) {
-        let upto = self.len / PAGE * PAGE;
+        let page = crate::files::page_size_bytes() as u64;
+        let upto = self.len / page * page;
         if upto < self.released_up_to + RELEASE_STEP_BYTES {
             return;
         }
@@ -282,10 +281,9 @@ impl FileBodies {
             let to = upto.min(seg_start + size);
             if to > from {
                 let (a, b) = ((from - seg_start) as usize, (to - seg_start) as usize);
-                // SAFETY: a shared file mapping; MADV_DONTNEED only drops our page-table
-                // entries (dirty data stays in the page cache). No borrow of the range
-                // is alive: reads hand out slices only while `&self` is borrowed.
-                let _ = unsafe { s.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a) };
+                // SAFETY: no borrow of the range is alive: reads hand out slices only
+                // while `&self` is borrowed, and this holds `&mut self`.
+                unsafe { crate::files::release_pages(&s.map, a, b) };
             }
         }
         self.released_up_to = upto;
@@ -315,10 +313,11 @@ impl Bodies for FileBodies {
         Ok(BodyRef { offset: at, len: json.len() as u32 })
     }
 
-    fn get(&self, r: BodyRef) -> &[u8] {
+    fn get(&self, r: BodyRef) -> Result<&[u8], BodiesError> {
         let size = self.segment_size_bytes;
         let (n, off) = ((r.offset / size) as usize, (r.offset % size) as usize);
-        self.segments.get(n).and_then(|s| s.map.get(off..off + r.len as usize)).unwrap_or(&[])
+        let bytes = self.segments.get(n).and_then(|s| s.map.get(off..off.saturating_add(r.len as usize)));
+        bytes.ok_or_else(|| BodiesError::missing(r))
     }
 }
 
@@ -334,7 +333,7 @@ impl BodiesSyncJob {
         for (file, path) in &self.files {
             file.sync_data().map_err(|e| io("fdatasync", path, e))?;
         }
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", &self.dir, e))
+        crate::files::sync_dir(&self.dir).map_err(|e| io("fsync", &self.dir, e))
     }
 }
 
@@ -367,7 +366,7 @@ impl BodiesReceiver {
                     f.sync_data().map_err(|e| io("fdatasync", &self.dir, e))?;
                 }
                 let path = self.dir.join(file_name(n));
-                let file = crate::wal::segment::create_preallocated(&path, self.segment_size_bytes)
+                let file = crate::files::create_preallocated(&path, self.segment_size_bytes)
                     .map_err(|e| io("create preallocated", &path, e))?;
                 self.current = Some(file);
             }
@@ -385,7 +384,7 @@ impl BodiesReceiver {
         if let Some(f) = self.current.take() {
             f.sync_data().map_err(|e| io("fdatasync", &self.dir, e))?;
         }
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", &self.dir, e))?;
+        crate::files::sync_dir(&self.dir).map_err(|e| io("fsync", &self.dir, e))?;
         Ok(BodiesSource::Files { dir: self.dir, segment_size_bytes: self.segment_size_bytes, len: self.len })
     }
 }

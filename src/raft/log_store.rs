@@ -114,9 +114,9 @@ where
         let bytes = serde_json::to_vec(meta).map_err(io::Error::other)?;
         let path = self.shared.meta_path.clone();
         if off_core {
-            glommio::executor().spawn_blocking(move || super::durable_file::replace_durably(&path, &bytes)).await?;
+            glommio::executor().spawn_blocking(move || crate::files::replace_durably(&path, &bytes)).await?;
         } else {
-            super::durable_file::replace_durably(&path, &bytes)?;
+            crate::files::replace_durably(&path, &bytes)?;
         }
         *self.shared.meta.borrow_mut() = meta.clone();
         Ok(())

@@ -2,7 +2,6 @@
 //! the state machine on the context store, the node-to-node network and its wire protocol,
 //! and opening a shard.
 pub mod bodies;
-pub mod durable_file;
 pub mod log_store;
 pub mod network;
 pub mod runtime;

@@ -67,6 +67,43 @@ pub async fn connect_peer(
     Ok(stream)
 }
 
+/// The reconnect policy of every peer link (Raft connections here, forwarding links in
+/// `crate::shard::forward`): after a failed or broken connection, no attempt before the
+/// wait is over; the wait doubles with each failure, from `reconnect_backoff_min_ms` up
+/// to `reconnect_backoff_max_ms`, and is back at the minimum after a connection works.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    retry_at: Instant,
+    wait: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(limits: &PeerLimits) -> Backoff {
+        let min = Duration::from_millis(limits.reconnect_backoff_min_ms);
+        let max = Duration::from_millis(limits.reconnect_backoff_max_ms).max(min);
+        Backoff { retry_at: Instant::now(), wait: min, min, max }
+    }
+
+    /// A connection failed (or broke): wait before the next attempt, longer each time.
+    pub fn failed(&mut self) {
+        self.retry_at = Instant::now() + self.wait;
+        self.wait = (self.wait * 2).min(self.max);
+    }
+
+    /// A connection was made.
+    pub fn succeeded(&mut self) {
+        self.wait = self.min;
+    }
+
+    /// Whether a connection may be tried now. Asking is not a failure: callers that
+    /// retry faster than the backoff must not push the next attempt further out.
+    pub fn may_try(&self) -> bool {
+        Instant::now() >= self.retry_at
+    }
+}
+
 /// One reusable connection to one core of one peer, with reconnect backoff. Used by
 /// the Raft clients here and by request forwarding (`crate::shard::peer`).
 pub struct PeerConn {
@@ -80,9 +117,7 @@ pub struct PeerConn {
     /// An exchange started and did not finish (its future was dropped): the stream may
     /// hold half a frame or a late answer, so it must not be reused.
     in_flight: bool,
-    /// No connection attempt before this (backoff after a failure).
-    retry_at: Instant,
-    backoff: Duration,
+    backoff: Backoff,
     limits: PeerLimits,
 }
 
@@ -94,8 +129,7 @@ impl PeerConn {
             use_base_port: false,
             stream: None,
             in_flight: false,
-            retry_at: Instant::now(),
-            backoff: Duration::from_millis(limits.reconnect_backoff_min_ms),
+            backoff: Backoff::new(&limits),
             limits,
         }
     }
@@ -109,8 +143,7 @@ impl PeerConn {
 
     fn failed(&mut self) {
         self.stream = None;
-        self.retry_at = Instant::now() + self.backoff;
-        self.backoff = (self.backoff * 2).min(Duration::from_millis(self.limits.reconnect_backoff_max_ms));
+        self.backoff.failed();
     }
 
     async fn connect(&mut self) -> Result<(), WireError> {
@@ -118,9 +151,7 @@ impl PeerConn {
             self.stream = None;
         }
         if self.stream.is_none() {
-            if Instant::now() < self.retry_at {
-                // Not a new failure: it must not push `retry_at` further out (callers
-                // that retry faster than the backoff would never reconnect).
+            if !self.backoff.may_try() {
                 return Err(WireError::Connect(std::io::Error::new(
                     std::io::ErrorKind::WouldBlock,
                     format!("{}: backing off after a failed connection", self.addr),
@@ -129,7 +160,7 @@ impl PeerConn {
             let timeout = Duration::from_millis(self.limits.connect_timeout_ms);
             let stream = connect_peer(&self.addr, self.core, &mut self.use_base_port, timeout).await?;
             self.stream = Some(BufReader::with_capacity(PEER_READ_BUFFER_BYTES, stream));
-            self.backoff = Duration::from_millis(self.limits.reconnect_backoff_min_ms);
+            self.backoff.succeeded();
         }
         Ok(())
     }

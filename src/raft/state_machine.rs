@@ -175,9 +175,7 @@ impl ShardStateMachine {
     /// bytes come back for the snapshot openraft keeps.
     async fn write_snapshot(&self, generation: u64, bytes: Vec<u8>) -> io::Result<Vec<u8>> {
         let path = self.dir.join(snapshot_file(generation));
-        glommio::executor()
-            .spawn_blocking(move || super::durable_file::replace_durably(&path, &bytes).map(|()| bytes))
-            .await
+        glommio::executor().spawn_blocking(move || crate::files::replace_durably(&path, &bytes).map(|()| bytes)).await
     }
 }
 

@@ -3,6 +3,7 @@
 //! shard's core (locally, or once across the bounded cross-core mesh), and there to
 //! the shard's leader: this replica when it leads, else forwarded to the leader node
 //! over the peer transport. The client never sees a redirect.
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -11,20 +12,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{Receivers, Senders};
+use hdrhistogram::Histogram;
 
+use super::call::{InboundRpc, NotLeader, Reply, Served, ShardCall, encode_served};
 use super::disk::DiskGuard;
 use super::forward::Forwarder;
-use super::peer::{CallReply, InboundRpc, handle_rpc};
 use super::placement::{core_of, shard_of};
-use crate::api::calls::{Attempt, ShardCall, attempt, unavailable};
+use super::replica::attempt;
+use super::rpc::handle_raft_rpc;
 use crate::config::{PeerLimits, ServeLimits, StoreLimits};
-use crate::http::Response;
 use crate::raft::Shard;
 use crate::raft::wire::{PeerResponse, WireError, encode};
-
-/// A forwarded call reached a replica that does not lead the shard (any more).
-#[derive(Debug)]
-pub struct NotLeader;
 
 /// Work crossing to the core that owns a shard.
 pub enum MeshWork {
@@ -32,7 +30,7 @@ pub enum MeshWork {
         call: ShardCall,
         forwarded: bool,
         received: Instant,
-        reply: tokio::sync::oneshot::Sender<Result<Response, NotLeader>>,
+        reply: tokio::sync::oneshot::Sender<Served>,
     },
     /// This core's counters and histograms (`interval`: the interval set, taken and reset).
     Metrics {
@@ -95,13 +93,19 @@ pub struct CoreCtx {
     forwarder: Forwarder,
     /// Refuses writes while the data disk is nearly full.
     disk: DiskGuard,
+    /// Per shard, its WAL's sync histograms as of the last interval collection (the
+    /// WAL keeps its own statistics since it opened; the interval log wants deltas).
+    wal_interval_marks: RefCell<HashMap<u32, WalSyncHistograms>>,
 }
+
+/// A WAL's sync latency (µs) and records per sync.
+type WalSyncHistograms = (Histogram<u64>, Histogram<u64>);
 
 impl CoreCtx {
     /// The context of executor `core`, from the node's configuration (whose
     /// `body_segment_size_bytes` is the data dir's by now).
     pub fn new(
-        config: &super::ServerConfig,
+        config: &crate::config::ServerConfig,
         core: usize,
         shard_count: u32,
         shards: HashMap<u32, Rc<Shard>>,
@@ -128,6 +132,7 @@ impl CoreCtx {
                 disk_reserve_bytes(config, shard_count),
                 Duration::from_millis(crate::config::DISK_FREE_RECHECK_MS),
             ),
+            wal_interval_marks: RefCell::default(),
         }
     }
 
@@ -154,17 +159,15 @@ impl CoreCtx {
 
     /// Runs `call` on its shard's leader and returns the answer.
     /// `received`: when the request was parsed (for the queue-wait histogram).
-    pub async fn route(&self, call: ShardCall, received: Instant) -> Response {
+    pub async fn route(&self, call: ShardCall, received: Instant) -> Reply {
         let shard = shard_of(call.context_id(), self.shard_count);
-        self.dispatch_call(shard, call, false, received)
-            .await
-            .unwrap_or_else(|NotLeader| unavailable(&self.serve_limits, "the shard's leader moved"))
+        self.route_to_shard_since(shard, call, received).await
     }
 
     /// The counters and latency histograms of every core of this node, merged
     /// (`interval`: the interval sets, taken and reset, for the interval log).
     pub async fn collect_metrics(&self, interval: bool) -> crate::metrics::Snapshot {
-        let mut all = crate::metrics::snapshot(interval);
+        let mut all = self.local_metrics(interval);
         let Some(mesh) = &self.mesh else { return all };
         for core in (0..self.cores).filter(|&c| c != self.core) {
             let (reply, answer) = tokio::sync::oneshot::channel();
@@ -177,46 +180,73 @@ impl CoreCtx {
         all
     }
 
-    /// Runs `call` for `shard`: on its leader, or for a local call on this node's replica.
-    pub async fn route_to_shard(&self, shard: u32, call: ShardCall) -> Response {
-        self.dispatch_call(shard, call, false, Instant::now())
-            .await
-            .unwrap_or_else(|NotLeader| unavailable(&self.serve_limits, "the shard's leader moved"))
+    /// This core's counters and histograms (`interval`: the interval set, taken and
+    /// reset), with the group-commit syncs of its shards' WALs as `wal.sync` and
+    /// `wal.sync_batch_records`.
+    pub fn local_metrics(&self, interval: bool) -> crate::metrics::Snapshot {
+        let mut snapshot = crate::metrics::snapshot(interval);
+        let mut marks = self.wal_interval_marks.borrow_mut();
+        for (id, shard) in &self.shards {
+            let (mut latency, mut batch) =
+                shard.log.wal().with_stats(|s| (s.sync_latency_us.clone(), s.sync_batch_records.clone()));
+            if interval {
+                let since_start = (latency.clone(), batch.clone());
+                if let Some((latency_mark, batch_mark)) = marks.get(id) {
+                    // Counts only grow, so the marks are below the current counts.
+                    let _ = latency.subtract(latency_mark);
+                    let _ = batch.subtract(batch_mark);
+                }
+                marks.insert(*id, since_start);
+            }
+            crate::metrics::add_histogram(&mut snapshot.histograms, "wal.sync", &latency);
+            crate::metrics::add_histogram(&mut snapshot.histograms, "wal.sync_batch_records", &batch);
+        }
+        snapshot
     }
 
-    /// Takes `call` to the core that owns `shard`. `forwarded`: it came from another
-    /// node, which retries elsewhere on `NotLeader` (a call is forwarded at most once).
-    pub async fn dispatch_call(
-        &self,
-        shard: u32,
-        call: ShardCall,
-        forwarded: bool,
-        received: Instant,
-    ) -> Result<Response, NotLeader> {
+    /// Runs `call` for `shard`: on its leader, or for a local call on this node's replica.
+    pub async fn route_to_shard(&self, shard: u32, call: ShardCall) -> Reply {
+        self.route_to_shard_since(shard, call, Instant::now()).await
+    }
+
+    async fn route_to_shard_since(&self, shard: u32, call: ShardCall, received: Instant) -> Reply {
+        // Not forwarded, so `serve_call` never answers `NotLeader` (it retries instead).
+        self.dispatch_call(shard, call, false, received)
+            .await
+            .unwrap_or_else(|NotLeader { .. }| Reply::unavailable(&self.serve_limits, "the shard's leader moved"))
+    }
+
+    /// Takes `call` to the core that owns `shard`. `forwarded`: it came from another node
+    /// (see `serve_call`).
+    async fn dispatch_call(&self, shard: u32, call: ShardCall, forwarded: bool, received: Instant) -> Served {
         let owner = core_of(shard, self.cores);
         if owner == self.core {
             return self.serve_call(shard, call, forwarded, received).await;
         }
         let Some(mesh) = &self.mesh else {
-            return Ok(Response::error(500, "internal", "no cross-core mesh"));
+            return Ok(Reply::error(500, "internal", "no cross-core mesh"));
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let msg = MeshMsg { shard, work: MeshWork::Call { call, forwarded, received, reply } };
         if mesh.send_to(owner, msg).await.is_err() {
-            return Ok(unavailable(&self.serve_limits, format!("core {owner} is not accepting requests")));
+            return Ok(Reply::unavailable(&self.serve_limits, format!("core {owner} is not accepting requests")));
         }
         answer
             .await
-            .unwrap_or_else(|_| Ok(unavailable(&self.serve_limits, format!("core {owner} dropped the request"))))
+            .unwrap_or_else(|_| Ok(Reply::unavailable(&self.serve_limits, format!("core {owner} dropped the request"))))
     }
 
-    /// Takes a peer RPC to the core that owns `shard`.
+    /// Takes a peer RPC to the core that owns `shard`. A forwarded call's answer comes
+    /// back as `CallReply` with id 0: the connection handler puts the call's id in.
     pub async fn dispatch_peer(&self, shard: u32, rpc: InboundRpc) -> PeerResponse {
         let owner = core_of(shard, self.cores);
         if owner == self.core {
-            return match self.shards.get(&shard) {
-                Some(s) => handle_rpc(self, shard, s, rpc).await,
-                None => PeerResponse::Refused(format!("shard {shard} is not open on node {}", self.node_id)),
+            return match (self.shards.get(&shard), rpc) {
+                (_, InboundRpc::Call(call)) => {
+                    call_reply(0, Box::pin(self.dispatch_call(shard, call, true, Instant::now())).await)
+                }
+                (Some(s), rpc) => handle_raft_rpc(s, rpc, self.node_id, &self.disk).await,
+                (None, _) => PeerResponse::Refused(format!("shard {shard} is not open on node {}", self.node_id)),
             };
         }
         let Some(mesh) = &self.mesh else {
@@ -242,25 +272,24 @@ impl CoreCtx {
     /// deadline. A retry happens only when the call certainly was not applied: this
     /// replica refused before proposing, or the forward did not reach the leader, or
     /// the call is a read.
-    async fn serve_call(
-        &self,
-        shard_id: u32,
-        call: ShardCall,
-        forwarded: bool,
-        received: Instant,
-    ) -> Result<Response, NotLeader> {
+    ///
+    /// The forward-at-most-once rule lives here: a call that another node `forwarded`
+    /// to this one is never forwarded again; if this replica does not lead the shard,
+    /// `NotLeader` goes back to the forwarding node, which retries with what it learns.
+    /// A call of this node's own clients never answers `NotLeader`.
+    async fn serve_call(&self, shard_id: u32, call: ShardCall, forwarded: bool, received: Instant) -> Served {
         if matches!(call, ShardCall::Write(crate::store::Command::Append { .. })) {
             crate::metrics::record_since("append.queue_wait", received);
         }
         let Some(shard) = self.shards.get(&shard_id).cloned() else {
-            return Ok(unavailable(&self.serve_limits, format!("shard {shard_id} is not open yet")));
+            return Ok(Reply::unavailable(&self.serve_limits, format!("shard {shard_id} is not open yet")));
         };
         // Every replica stores every entry: a node short of disk refuses the writes it
         // handles, as receiver or as leader, before anything is proposed.
         if matches!(call, ShardCall::Write(_))
             && let Some(why) = self.disk_refusal()
         {
-            return Ok(unavailable(&self.serve_limits, why));
+            return Ok(Reply::unavailable(&self.serve_limits, why));
         }
         // A forwarded call gets a tenth less than the node that forwarded it waits, so
         // that its answer (a success, or a 503 saying why) arrives before that node
@@ -268,29 +297,29 @@ impl CoreCtx {
         let budget = self.deadline_of(&call);
         let budget = if forwarded { budget - budget / 10 } else { budget };
         let deadline = Instant::now() + budget;
-        let is_write =
-            matches!(call, ShardCall::Write(_) | ShardCall::AddMember { .. } | ShardCall::RemoveMember { .. });
+        let is_write = call.is_write();
         let pause = Duration::from_millis(self.serve_limits.leader_retry_pause_ms);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Ok(unavailable(&self.serve_limits, "no leader with a quorum within the deadline"));
+                return Ok(Reply::unavailable(&self.serve_limits, "no leader with a quorum within the deadline"));
             }
             match attempt(&shard, &call, &self.serve_limits, remaining).await {
-                Attempt::Done(resp) => return Ok(resp),
-                Attempt::NotLeader(_) if forwarded => return Err(NotLeader),
-                Attempt::NotLeader(Some((node, addr))) if node != self.node_id => {
-                    match self.forward(node, &addr, shard_id, &call, remaining).await {
-                        Ok(CallReply::Done(resp)) => return Ok(resp.into_response()),
-                        Ok(CallReply::NotLeader) | Err(WireError::Connect(_)) => {}
+                Ok(reply) => return Ok(reply),
+                Err(not_leader) if forwarded => return Err(not_leader),
+                Err(NotLeader { leader: Some(leader) }) if leader.node_id != self.node_id => {
+                    let node = leader.node_id;
+                    match self.forward(node, &leader.addr, shard_id, &call, remaining).await {
+                        Ok(Ok(reply)) => return Ok(reply),
+                        Ok(Err(NotLeader { .. })) | Err(WireError::Connect(_)) => {}
                         Err(_) if !is_write => {}
                         Err(e) => {
                             let why = format!("the leader (node {node}) did not answer; the write may be applied: {e}");
-                            return Ok(unavailable(&self.serve_limits, why));
+                            return Ok(Reply::unavailable(&self.serve_limits, why));
                         }
                     }
                 }
-                Attempt::NotLeader(_) => {}
+                Err(NotLeader { .. }) => {}
             }
             glommio::timer::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
@@ -304,7 +333,7 @@ impl CoreCtx {
         shard: u32,
         call: &ShardCall,
         remaining: Duration,
-    ) -> Result<CallReply, WireError> {
+    ) -> Result<Served, WireError> {
         let core = core_of(shard, self.cores);
         self.forwarder.call(node, addr, core, shard, encode(call)?, remaining).await
     }
@@ -312,11 +341,19 @@ impl CoreCtx {
 
 /// The free space kept in reserve: as configured, else one WAL segment and one
 /// message-body segment for each shard (every node holds a replica of every shard).
-fn disk_reserve_bytes(config: &super::ServerConfig, shard_count: u32) -> u64 {
+fn disk_reserve_bytes(config: &crate::config::ServerConfig, shard_count: u32) -> u64 {
     config.serve.disk_reserve_bytes.unwrap_or_else(|| {
         let body = config.body_segment_size_bytes.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES);
         u64::from(shard_count).saturating_mul(config.wal.segment_size_bytes.saturating_add(body))
     })
+}
+
+/// A forwarded call's answer as its peer frame.
+pub fn call_reply(id: u64, served: Served) -> PeerResponse {
+    match encode_served(served) {
+        Ok(reply) => PeerResponse::CallReply { id, reply },
+        Err(e) => PeerResponse::Refused(e.to_string()),
+    }
 }
 
 /// Serves work that other cores send to this one, each in its own task so that
@@ -333,7 +370,7 @@ pub fn serve_mesh(ctx: Rc<CoreCtx>, mut receivers: Receivers<MeshMsg>) {
                             let _ = reply.send(ctx.serve_call(msg.shard, call, forwarded, received).await);
                         }
                         MeshWork::Metrics { interval, reply } => {
-                            let _ = reply.send(crate::metrics::snapshot(interval));
+                            let _ = reply.send(ctx.local_metrics(interval));
                         }
                         MeshWork::Peer { rpc, reply } => {
                             let _ = reply.send(ctx.dispatch_peer(msg.shard, rpc).await);

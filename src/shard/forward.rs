@@ -7,20 +7,21 @@
 //!
 //! A failure of the connection fails every call on it: calls whose frame had not been
 //! written yet get `WireError::Connect` (certainly not delivered: safe to retry), the
-//! others `WireError::Io` (maybe applied). The next call reconnects (with backoff).
+//! others `WireError::Io` (maybe applied). The next call reconnects, with the backoff
+//! of every peer link (`crate::raft::network::Backoff`).
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_lite::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use glommio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 
-use super::peer::CallReply;
+use super::call::{NotLeader, Served, decode_served};
 use crate::config::{PEER_READ_BUFFER_BYTES, PeerLimits};
-use crate::raft::network::connect_peer;
-use crate::raft::wire::{PeerRequest, PeerResponse, WireError, decode, encode_frame, read_frame};
+use crate::raft::network::{Backoff, connect_peer};
+use crate::raft::wire::{PeerRequest, PeerResponse, WireError, encode_frame, read_frame};
 
 type Answer = Result<PeerResponse, WireError>;
 
@@ -38,7 +39,7 @@ struct Link {
     pending: RefCell<HashMap<u64, oneshot::Sender<Answer>>>,
     wake_writer: Notify,
     next_id: Cell<u64>,
-    retry_at: Cell<Instant>,
+    backoff: Cell<Backoff>,
     limits: PeerLimits,
 }
 
@@ -49,7 +50,7 @@ impl Link {
             return;
         }
         self.connected.set(false);
-        self.retry_at.set(Instant::now() + Duration::from_millis(self.limits.reconnect_backoff_min_ms));
+        self.backoff_failed();
         let (_, unsent) = std::mem::take(&mut *self.queued.borrow_mut());
         let mut pending = self.pending.borrow_mut();
         for id in unsent {
@@ -73,7 +74,7 @@ impl Link {
         if self.connecting.get() {
             return Err(not_now("connecting"));
         }
-        if Instant::now() < self.retry_at.get() {
+        if !self.backoff.get().may_try() {
             return Err(not_now("backing off after a failed connection"));
         }
         self.connecting.set(true);
@@ -85,10 +86,13 @@ impl Link {
         let stream = match connected {
             Ok(s) => s,
             Err(e) => {
-                self.retry_at.set(Instant::now() + Duration::from_millis(self.limits.reconnect_backoff_min_ms));
+                self.backoff_failed();
                 return Err(e);
             }
         };
+        let mut backoff = self.backoff.get();
+        backoff.succeeded();
+        self.backoff.set(backoff);
         self.use_base_port.set(base);
         let generation = self.generation.get() + 1;
         self.generation.set(generation);
@@ -97,6 +101,12 @@ impl Link {
         glommio::spawn_local(read_answers(self.clone(), reader, generation)).detach();
         glommio::spawn_local(write_frames(self.clone(), writer, generation)).detach();
         Ok(())
+    }
+
+    fn backoff_failed(&self) {
+        let mut backoff = self.backoff.get();
+        backoff.failed();
+        self.backoff.set(backoff);
     }
 
     /// Sends one call and waits for its answer, within `timeout`.
@@ -186,7 +196,9 @@ impl Forwarder {
         Forwarder { links: RefCell::new(HashMap::new()), limits }
     }
 
-    /// Sends an encoded call for `shard` to core `core` of node `node` at `addr`.
+    /// Sends an encoded call for `shard` to core `core` of node `node` at `addr`. A
+    /// node that refuses the frame (it has no such shard, or it is short of disk) did
+    /// not run the call: `NotLeader`, like a replica that does not lead.
     pub async fn call(
         &self,
         node: u64,
@@ -195,7 +207,7 @@ impl Forwarder {
         shard: u32,
         call: Vec<u8>,
         timeout: Duration,
-    ) -> Result<CallReply, WireError> {
+    ) -> Result<Served, WireError> {
         let link = {
             let mut links = self.links.borrow_mut();
             links
@@ -212,7 +224,7 @@ impl Forwarder {
                         pending: RefCell::new(HashMap::new()),
                         wake_writer: Notify::new(),
                         next_id: Cell::new(0),
-                        retry_at: Cell::new(Instant::now()),
+                        backoff: Cell::new(Backoff::new(&self.limits)),
                         limits: self.limits.clone(),
                     })
                 })
@@ -225,8 +237,8 @@ impl Forwarder {
             link.fail(generation, "peer address changed");
         }
         match link.call(shard, call, timeout).await? {
-            PeerResponse::CallReply { reply, .. } => decode(&reply),
-            PeerResponse::Refused(_) => Ok(CallReply::NotLeader),
+            PeerResponse::CallReply { reply, .. } => decode_served(&reply),
+            PeerResponse::Refused(_) => Ok(Err(NotLeader::default())),
             _ => Err(WireError::Decode("node answered another request".into())),
         }
     }

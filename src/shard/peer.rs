@@ -9,118 +9,18 @@ use std::cell::{Cell, RefCell};
 
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf};
 use glommio::net::{TcpListener, TcpStream};
-use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
-use openraft::type_config::alias::{SnapshotOf, VoteOf};
-use serde::{Deserialize, Serialize};
+use openraft::type_config::alias::SnapshotOf;
 use tokio::sync::{Notify, Semaphore};
 
-use super::core::{CoreCtx, NotLeader};
-use crate::api::calls::ShardCall;
+use super::call::{InboundRpc, NotLeader};
+use super::core::{CoreCtx, call_reply};
 use crate::config::PEER_READ_BUFFER_BYTES;
-use crate::http::Response;
+use crate::raft::FleetRaft;
 use crate::raft::bodies::BodiesReceiver;
 use crate::raft::state_machine::ShardSnapshot;
-use crate::raft::wire::{PeerRequest, PeerResponse, WireError, decode, encode, encode_frame, read_frame};
-use crate::raft::{FleetRaft, Shard};
+use crate::raft::wire::{PeerRequest, PeerResponse, WireError, decode, encode_frame, read_frame};
 
 type C = FleetRaft;
-
-/// A forwarded call's answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum CallReply {
-    /// The node does not lead the shard; nothing was proposed.
-    NotLeader,
-    Done(WireResponse),
-}
-
-/// A `Response` on the wire.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct WireResponse {
-    pub status: u16,
-    pub retry_after: Option<String>,
-    pub json: bool,
-    pub body: Vec<u8>,
-}
-
-impl WireResponse {
-    pub fn from_response(r: Response) -> WireResponse {
-        let retry_after = r.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("retry-after")).map(|(_, v)| v.clone());
-        WireResponse { status: r.status, retry_after, json: !r.content_type.is_empty(), body: r.body }
-    }
-
-    pub fn into_response(self) -> Response {
-        let mut r = if self.json { Response::raw_json(self.status, self.body) } else { Response::empty(self.status) };
-        if let Some(v) = self.retry_after {
-            r = r.with_header("Retry-After", v);
-        }
-        r
-    }
-}
-
-/// A peer request once fully received (snapshot bytes staged on disk); `Send`, so it
-/// can cross to the shard's core.
-pub enum InboundRpc {
-    Append(AppendEntriesRequest<C>),
-    Vote(VoteRequest<C>),
-    PreVote(VoteRequest<C>),
-    TransferLeader(TransferLeaderRequest<C>),
-    Snapshot { vote: VoteOf<C>, snapshot: SnapshotOf<C, ShardSnapshot>, staging: std::path::PathBuf },
-    Call(ShardCall),
-}
-
-/// The answer of a node short of disk to an RPC that would write to it (the caller
-/// sees the node as unreachable and retries with backoff).
-fn disk_refused(ctx: &CoreCtx) -> Option<PeerResponse> {
-    ctx.disk_refusal().map(|why| PeerResponse::Refused(format!("node {}: {why}", ctx.node_id)))
-}
-
-/// Serves one peer RPC on the core that owns the shard.
-pub async fn handle_rpc(ctx: &CoreCtx, shard_id: u32, shard: &Shard, rpc: InboundRpc) -> PeerResponse {
-    let s = |e: &dyn std::fmt::Display| e.to_string();
-    match rpc {
-        InboundRpc::Append(req) => {
-            // Entries per replication request (0 = heartbeat): how well followers batch.
-            crate::metrics::record("raft.append_entries_batch", req.entries.len() as u64);
-            // A replica short of disk takes no new entries: each would have to be
-            // applied, and applying can need a new body segment (`crate::shard::disk`).
-            // The leader sees it as unreachable and retries with backoff; this node
-            // catches up once space is freed. Heartbeats (no entries) still pass, so it
-            // stays a follower and keeps the cluster's view of it.
-            if !req.entries.is_empty()
-                && let Some(refused) = disk_refused(ctx)
-            {
-                return refused;
-            }
-            PeerResponse::Append(shard.raft.append_entries(req).await.map_err(|e| s(&e)))
-        }
-        InboundRpc::Vote(req) => PeerResponse::Vote(shard.raft.vote(req).await.map_err(|e| s(&e))),
-        InboundRpc::PreVote(req) => PeerResponse::Vote(shard.raft.pre_vote(req).await.map_err(|e| s(&e))),
-        // A node short of disk would refuse every write as leader: it does not take
-        // leadership that is handed to it (it still votes).
-        InboundRpc::TransferLeader(_) if let Some(refused) = disk_refused(ctx) => refused,
-        InboundRpc::TransferLeader(req) => {
-            PeerResponse::TransferLeader(shard.raft.handle_transfer_leader(req).await.map_err(|e| s(&e)))
-        }
-        InboundRpc::Snapshot { vote, snapshot, staging } => {
-            // Installing writes a new body generation beside the current one.
-            if let Some(refused) = disk_refused(ctx) {
-                let _ = std::fs::remove_dir_all(&staging);
-                return refused;
-            }
-            let r = shard.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| s(&e));
-            let _ = std::fs::remove_dir_all(&staging);
-            PeerResponse::Snapshot(r)
-        }
-        InboundRpc::Call(call) => {
-            let reply = match Box::pin(ctx.dispatch_call(shard_id, call, true, std::time::Instant::now())).await {
-                Ok(resp) => CallReply::Done(WireResponse::from_response(resp)),
-                Err(NotLeader) => CallReply::NotLeader,
-            };
-            // The connection handler puts the call's id in.
-            call_reply(0, reply)
-        }
-    }
-}
 
 /// Accepts peer connections on this core's peer port, forever.
 pub async fn serve_peers(ctx: Rc<CoreCtx>, listener: TcpListener) {
@@ -235,7 +135,7 @@ async fn serve_connection(ctx: &Rc<CoreCtx>, stream: TcpStream) -> Result<(), Wi
                 _ if shard >= ctx.shard_count => {
                     let why = format!("node {} has no shard {shard}", ctx.node_id);
                     let answer = match req {
-                        PeerRequest::Call { id, .. } => call_reply(id, CallReply::NotLeader),
+                        PeerRequest::Call { id, .. } => call_reply(id, Err(NotLeader::default())),
                         _ => PeerResponse::Refused(why),
                     };
                     encode_frame(&mut out.borrow_mut(), &answer, frame_max)?;
@@ -270,7 +170,7 @@ async fn serve_connection(ctx: &Rc<CoreCtx>, stream: TcpStream) -> Result<(), Wi
             glommio::spawn_local(async move {
                 let answer = match (id, ctx.dispatch_peer(shard, rpc).await) {
                     (Some(id), PeerResponse::CallReply { reply, .. }) => PeerResponse::CallReply { id, reply },
-                    (Some(id), _) => call_reply(id, CallReply::NotLeader),
+                    (Some(id), _) => call_reply(id, Err(NotLeader::default())),
                     (None, answer) => answer,
                 };
                 if let Err(e) = encode_frame(&mut out.borrow_mut(), &answer, frame_max) {
@@ -288,11 +188,4 @@ async fn serve_connection(ctx: &Rc<CoreCtx>, stream: TcpStream) -> Result<(), Wi
     // Let the last answers (e.g. a refusal) go out, but not forever.
     let _ = crate::raft::runtime::timeout(std::time::Duration::from_secs(5), writer_task).await;
     result
-}
-
-fn call_reply(id: u64, reply: CallReply) -> PeerResponse {
-    match encode(&reply) {
-        Ok(reply) => PeerResponse::CallReply { id, reply },
-        Err(e) => PeerResponse::Refused(e.to_string()),
-    }
 }

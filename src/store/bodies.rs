@@ -16,11 +16,19 @@ pub struct BodyRef {
 #[error("body store: {0}")]
 pub struct BodiesError(pub String);
 
+impl BodiesError {
+    /// `r` points outside what the store holds.
+    pub fn missing(r: BodyRef) -> BodiesError {
+        BodiesError(format!("no message body at offset {} ({} bytes)", r.offset, r.len))
+    }
+}
+
 /// Append-only storage of message JSON.
 pub trait Bodies {
     fn append(&mut self, json: &[u8]) -> Result<BodyRef, BodiesError>;
-    /// The bytes of `r` (empty if `r` is not in the store, which is a bug).
-    fn get(&self, r: BodyRef) -> &[u8];
+    /// The bytes of `r`. A reference that is not in the store is an error (the data is
+    /// damaged, or a bug): never an empty answer, which would be spliced into JSON.
+    fn get(&self, r: BodyRef) -> Result<&[u8], BodiesError>;
 }
 
 /// Bodies in a `Vec`, for tests and tools.
@@ -35,8 +43,8 @@ impl Bodies for MemBodies {
         self.bytes.extend_from_slice(json);
         Ok(r)
     }
-    fn get(&self, r: BodyRef) -> &[u8] {
+    fn get(&self, r: BodyRef) -> Result<&[u8], BodiesError> {
         let start = r.offset as usize;
-        self.bytes.get(start..start + r.len as usize).unwrap_or(&[])
+        self.bytes.get(start..start.saturating_add(r.len as usize)).ok_or_else(|| BodiesError::missing(r))
     }
 }

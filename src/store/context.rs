@@ -299,8 +299,9 @@ impl Context {
     }
 
     /// The LLM window with `budget`, serialized. Messages are copied in as their stored
-    /// JSON bytes, never parsed again: a long window costs one copy per message.
-    pub fn window_json(&self, budget: u64, bodies: &dyn Bodies) -> Vec<u8> {
+    /// JSON bytes, never parsed again: a long window costs one copy per message. Fails
+    /// only when a message's body is missing from `bodies` (damaged data).
+    pub fn window_json(&self, budget: u64, bodies: &dyn Bodies) -> Result<Vec<u8>, BodiesError> {
         let summaries = self.window.summary.len();
         let live: Vec<u64> = self.live_seqs().collect();
         let (live_from, live_to) = (live.first(), live.last());

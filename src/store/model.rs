@@ -38,14 +38,14 @@ impl Message {
         Ok(Message { seq, token_count: msg.token_count, kinds, body })
     }
 
-    /// The API.md JSON of the message.
-    pub fn json<'a>(&self, bodies: &'a dyn Bodies) -> &'a str {
-        std::str::from_utf8(self.json_bytes(bodies)).unwrap_or("null")
+    /// The API.md JSON of the message (checked UTF-8).
+    pub fn json<'a>(&self, bodies: &'a dyn Bodies) -> Result<&'a str, BodiesError> {
+        std::str::from_utf8(self.json_bytes(bodies)?).map_err(|e| BodiesError(format!("message body: {e}")))
     }
 
     /// The same JSON as bytes, unchecked: the hot read path (a 1000-message replay)
     /// spent a third of its CPU re-validating UTF-8 that `new` wrote from a `String`.
-    pub fn json_bytes<'a>(&self, bodies: &'a dyn Bodies) -> &'a [u8] {
+    pub fn json_bytes<'a>(&self, bodies: &'a dyn Bodies) -> Result<&'a [u8], BodiesError> {
         bodies.get(self.body)
     }
 
@@ -55,8 +55,8 @@ impl Message {
     }
 
     /// The message as a JSON value (tests, tools).
-    pub fn to_json(&self, bodies: &dyn Bodies) -> Value {
-        serde_json::from_str(self.json(bodies)).unwrap_or(Value::Null)
+    pub fn to_json(&self, bodies: &dyn Bodies) -> Result<Value, BodiesError> {
+        serde_json::from_str(self.json(bodies)?).map_err(|e| BodiesError(format!("message body: {e}")))
     }
 
     /// Whether a part's `type` starts with one of `kinds` (the skip_parts policy).
@@ -110,7 +110,7 @@ pub fn messages_object<'a>(
     messages: impl Iterator<Item = &'a Message> + Clone,
     bodies: &dyn Bodies,
     tail: &[u8],
-) -> Vec<u8> {
+) -> Result<Vec<u8>, BodiesError> {
     let len_bytes: usize = messages.clone().map(|m| m.json_len_bytes() + 1).sum();
     let mut out = Vec::with_capacity(len_bytes + 16 + tail.len());
     out.extend_from_slice(b"{\"messages\":[");
@@ -118,11 +118,11 @@ pub fn messages_object<'a>(
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(m.json_bytes(bodies));
+        out.extend_from_slice(m.json_bytes(bodies)?);
     }
     out.push(b']');
     out.extend_from_slice(tail);
-    out
+    Ok(out)
 }
 
 /// Part types of a message, without an allocation in the common cases (no parts, or

@@ -80,7 +80,9 @@ struct Waiter {
     waker: RefCell<Option<std::task::Waker>>,
 }
 
-/// Sync statistics, for the benchmark and (later) the latency dumps.
+/// Sync statistics since the WAL was opened: the benchmark reads them, and the serving
+/// layer copies them into the node's latency histograms (`wal.sync`,
+/// `wal.sync_batch_records`) when metrics are collected.
 pub struct SyncStats {
     /// Duration of each sync (all its fdatasyncs), µs.
     pub sync_latency_us: Histogram<u64>,
@@ -312,8 +314,6 @@ async fn flusher(inner: Weak<Inner>, wake: Rc<Notify>) {
             let mut stats = inner.stats.borrow_mut();
             let _ = stats.sync_latency_us.record(started_at.elapsed().as_micros() as u64);
             let _ = stats.sync_batch_records.record(durable_next.saturating_sub(before));
-            crate::metrics::record_since("wal.sync", started_at);
-            crate::metrics::record("wal.sync_batch_records", durable_next.saturating_sub(before));
             stats.syncs_completed_total += 1;
         }
         publish(&inner, Durability { durable_next, durable });
@@ -382,7 +382,7 @@ async fn sync_through_uring(files: &[Rc<BufferedFile>], dir: Option<std::path::P
         let synced = glommio::executor()
             .spawn_blocking({
                 let dir = dir.clone();
-                move || std::fs::File::open(&dir).and_then(|d| d.sync_all())
+                move || crate::files::sync_dir(&dir)
             })
             .await;
         synced.map_err(|e| WalError::io("fsync wal dir", dir, e))?;

@@ -9,11 +9,11 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use super::config::WalConfig;
 use super::error::{Result, WalError};
 use super::format::{self, RecordKind, SegmentHeader, Slot};
 use super::recovery;
 use super::segment::{self, Segment, Spare, SpareRequest};
-use crate::config::WalConfig;
 
 /// Where a live record sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -299,7 +299,7 @@ impl Wal {
 
     /// fsync of the WAL directory (names of created and deleted segments).
     pub fn sync_dir(&self) -> Result<()> {
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| WalError::io("fsync wal dir", &self.dir, e))
+        crate::files::sync_dir(&self.dir).map_err(|e| WalError::io("fsync wal dir", &self.dir, e))
     }
 
     /// Reads the payload of `index`: a slice of the mapping, crc-checked.
@@ -517,9 +517,9 @@ impl Wal {
     }
 
     /// Unmaps synced pages once enough have accumulated: whole older segments, and the
-    /// synced part of the tail in steps of `RELEASE_STEP_BYTES`.
+    /// synced part of the tail in steps of `crate::files::PAGE_RELEASE_STEP_BYTES`.
     fn release_synced_pages(&mut self) {
-        const RELEASE_STEP_BYTES: usize = 8 << 20;
+        const RELEASE_STEP_BYTES: usize = crate::files::PAGE_RELEASE_STEP_BYTES;
         let durable = self.durable;
         let from = self.released_up_to;
         if durable.seq == from.seq && durable.offset < from.offset + RELEASE_STEP_BYTES {
@@ -530,7 +530,7 @@ impl Wal {
             let end = if s.seq() == durable.seq { durable.offset } else { s.bytes().len() };
             s.release_pages(start, end);
         }
-        self.released_up_to = Position { seq: durable.seq, offset: durable.offset / 4096 * 4096 };
+        self.released_up_to = Position { seq: durable.seq, offset: crate::files::page_floor(durable.offset) };
     }
 
     /// Makes everything appended so far durable, blocking the calling thread.

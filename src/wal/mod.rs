@@ -9,6 +9,7 @@
 //!   every append waits for one shared sync instead of issuing its own.
 //!
 //! The WAL knows nothing about Raft: records are opaque payloads at contiguous indexes.
+pub mod config;
 pub mod error;
 pub mod format;
 pub mod group_commit;
@@ -16,6 +17,7 @@ pub mod log;
 pub mod recovery;
 pub mod segment;
 
+pub use config::WalConfig;
 pub use error::WalError;
 pub use group_commit::GroupCommitWal;
 pub use log::{Position, RecoveryReport, SyncJob, Wal};

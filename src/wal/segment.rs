@@ -11,7 +11,6 @@
 //! `perf` under 50-connection load, that was ≈7 % of the machine's CPU.
 //! Durability comes from `fdatasync` of the file.
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -19,6 +18,11 @@ use memmap2::Mmap;
 
 use super::error::{Result, WalError};
 use super::format::{self, RecordKind, SegmentHeader};
+
+/// Capacity a segment's buffer of encoded, not yet written records keeps between
+/// appends; a larger burst (a snapshot-sized batch) frees its buffer afterwards. A
+/// memory-reuse policy of this file, not a limit: no input is refused by it.
+const PENDING_KEEP_BYTES: usize = 1 << 20;
 
 /// File name of segment `seq`.
 pub fn file_name(seq: u64) -> String {
@@ -47,28 +51,13 @@ pub struct SpareRequest {
     pub size_bytes: u64,
 }
 
-/// Creates (or truncates) `path` with `size_bytes` of blocks reserved: not a sparse hole,
-/// because a write into a hole on a full disk is a SIGBUS through a mapping, and
-/// allocating at writeback makes every sync slower. On failure the file is removed.
-pub fn create_preallocated(path: &Path, size_bytes: u64) -> std::io::Result<File> {
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
-    let len = i64::try_from(size_bytes).map_err(|_| std::io::Error::other("file size does not fit in off_t"))?;
-    // SAFETY: plain syscall on an fd we own.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
-    if rc != 0 {
-        let _ = std::fs::remove_file(path);
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
-    Ok(file)
-}
-
 impl SpareRequest {
-    /// Creates the spare: a preallocated file (`create_preallocated`), fsync'd. Blocks
+    /// Creates the spare: a preallocated file (`crate::files::create_preallocated`), fsync'd. Blocks
     /// for a few milliseconds, which is why the async WAL runs it on the blocking pool
     /// ahead of time.
     pub fn create_blocking(self) -> Result<Spare> {
         let path = self.path;
-        let file = create_preallocated(&path, self.size_bytes)
+        let file = crate::files::create_preallocated(&path, self.size_bytes)
             .map_err(|e| WalError::io("create preallocated spare segment", &path, e))?;
         file.sync_all().map_err(|e| WalError::io("fsync spare segment", &path, e))?;
         Ok(Spare { path, file, size_bytes: self.size_bytes })
@@ -195,7 +184,7 @@ impl Segment {
         self.pending.clear();
         written.map_err(|e| WalError::io("write segment", &self.path, e))?;
         // A burst (a snapshot-sized batch) must not keep its buffer for good.
-        if self.pending.capacity() > crate::config::WAL_PENDING_KEEP_BYTES {
+        if self.pending.capacity() > PENDING_KEEP_BYTES {
             self.pending = Vec::new();
         }
         Ok(())
@@ -227,21 +216,14 @@ impl Segment {
         Ok(true)
     }
 
-    /// Unmaps `[from, to)` (page-aligned inwards) from this process. The bytes stay in
-    /// the page cache and on disk; a later read faults them back in. Keeps the RSS of a
-    /// long log bounded: written and synced pages would otherwise stay mapped forever,
-    /// and recovery's scan touches every page of every segment. Only for synced ranges.
+    /// Unmaps `[from, to)` (page-aligned inwards) from this process
+    /// (`crate::files::release_pages`). Keeps the RSS of a long log bounded: written and
+    /// synced pages would otherwise stay mapped forever, and recovery's scan touches
+    /// every page of every segment. Only for synced ranges.
     pub fn release_pages(&self, from: usize, to: usize) {
-        const PAGE: usize = 4096;
-        let start = from.div_ceil(PAGE) * PAGE;
-        let end = (to / PAGE) * PAGE;
-        if end > start {
-            // SAFETY: a shared file mapping: MADV_DONTNEED drops our page-table entries
-            // only (dirty data is kept by the page cache); no reference into the range
-            // outlives this call (reads borrow the map immutably, and we hold &self
-            // only for the call).
-            let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
-        }
+        // SAFETY: no reference into the range outlives this call (reads borrow the map
+        // immutably, and we hold &self only for the call).
+        unsafe { crate::files::release_pages(&self.map, from, to) }
     }
 
     /// Clears the dirty flag; called when a sync covering this segment starts.

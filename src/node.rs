@@ -1,6 +1,8 @@
 //! Starting a node: one pinned glommio executor per core, each opening its shards,
 //! joining the cross-core mesh, and accepting HTTP connections on the shared port
 //! (glommio binds with SO_REUSEPORT, so the kernel spreads connections over cores).
+//! The one place that wires the layers together: `http` connections handed to `api`,
+//! which runs calls through `shard`.
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,48 +15,15 @@ use glommio::{LocalExecutorBuilder, Placement};
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
-use super::core::{CoreCtx, MeshMsg, Readiness, serve_mesh};
-use super::placement::core_of;
-use crate::config::{
-    GLOMMIO_IO_MEMORY_BYTES, HttpLimits, PeerLimits, RaftTimings, ServeLimits, StoreLimits, WalConfig,
-};
+use crate::config::GLOMMIO_IO_MEMORY_BYTES;
+pub use crate::config::ServerConfig;
 use crate::raft::network::core_port_addr;
 use crate::raft::{Shard, ShardPlacement};
+use crate::shard::core::{CoreCtx, MeshMsg, Readiness, serve_mesh};
+use crate::shard::placement::core_of;
 
 /// How long a port may keep answering at startup before we call it taken.
 const PORT_PROBE_MS: u64 = 3_000;
-
-/// Everything `fleetlm serve` needs.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    pub cores: usize,
-    /// CPU of executor 0 (executor i runs on `first_cpu + i`, modulo the CPUs).
-    pub first_cpu: usize,
-    /// Shards at first start; afterwards the data dir's value wins (must match if given).
-    pub shards: Option<u32>,
-    /// Message-body segment size at first start (default 64 MiB); then the data dir's.
-    pub body_segment_size_bytes: Option<u64>,
-    pub node_id: u64,
-    /// Where other nodes reach this one: core `c` listens on this port + `c`. `None`:
-    /// a single node that no peer can reach.
-    pub peer_listen: Option<SocketAddr>,
-    /// The initial members (node id → peer address), this node included. Empty: a
-    /// cluster of one. A node not listed here waits to be added
-    /// (`POST /v1/cluster/members`).
-    pub peers: BTreeMap<u64, String>,
-    pub api_key: Option<String>,
-    pub http: HttpLimits,
-    pub store: StoreLimits,
-    pub serve: ServeLimits,
-    pub wal: WalConfig,
-    pub raft: RaftTimings,
-    pub peer: PeerLimits,
-    /// Write an HdrHistogram interval log of the latency histograms here.
-    pub latency_log: Option<PathBuf>,
-    pub latency_interval_ms: u64,
-}
 
 /// The on-disk format of a data dir (1: JSON Raft log entries; 2: postcard).
 const DATA_FORMAT: u32 = 2;
@@ -130,7 +99,7 @@ fn load_layout(
             let layout =
                 Layout { format: DATA_FORMAT, shards, node_id: Some(node_id), body_segment_size_bytes: Some(body) };
             let bytes = serde_json::to_vec(&layout).map_err(|e| err(e.to_string()))?;
-            crate::raft::durable_file::replace_durably(&path, &bytes).map_err(|e| err(e.to_string()))?;
+            crate::files::replace_durably(&path, &bytes).map_err(|e| err(e.to_string()))?;
             Ok(Fixed { shards, body_segment_size_bytes: body })
         }
         Err(e) => Err(err(e.to_string())),
@@ -244,9 +213,9 @@ async fn run_core(
     let ctx = Rc::new(CoreCtx::new(&config, core, shard_count, shards, Some(senders), ready));
     serve_mesh(ctx.clone(), receivers);
     if let Some(listener) = peer_listener {
-        glommio::spawn_local(super::peer::serve_peers(ctx.clone(), listener)).detach();
+        glommio::spawn_local(crate::shard::peer::serve_peers(ctx.clone(), listener)).detach();
     }
-    glommio::spawn_local(super::leaders::watch_leaders(ctx.clone())).detach();
+    glommio::spawn_local(crate::shard::leaders::watch_leaders(ctx.clone())).detach();
     if core == 0
         && let Some(path) = config.latency_log.clone()
     {

@@ -1,0 +1,68 @@
+//! Proposing a write (a command of the state machine) on the replica that leads the
+//! shard, and waiting for it to be committed and applied.
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use serde_json::json;
+
+use super::{mark_stopped, not_leader, timed_out};
+use crate::config::ServeLimits;
+use crate::raft::{FleetRaft, Shard};
+use crate::shard::call::{Reply, Served};
+use crate::store::{Command, Outcome, StoreError};
+
+/// RFC 3339, UTC, microseconds, `Z` (API.md).
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// The leader's clock stamps a command just before it is proposed.
+fn set_now(cmd: &mut Command) {
+    let now = now_rfc3339();
+    match cmd {
+        Command::Put { now: n, .. }
+        | Command::PatchMetadata { now: n, .. }
+        | Command::Append { now: n, .. }
+        | Command::Delete { now: n, .. }
+        | Command::Compact { now: n, .. } => *n = now,
+    }
+}
+
+pub(super) async fn write(shard: &Shard, cmd: &Command, limits: &ServeLimits, remaining: Duration) -> Served {
+    let mut cmd = cmd.clone();
+    set_now(&mut cmd);
+    let proposed = std::time::Instant::now();
+    match crate::raft::runtime::timeout(remaining, shard.raft.client_write(cmd)).await {
+        Ok(Ok(resp)) => {
+            crate::metrics::record_since("write.raft_commit", proposed);
+            Ok(outcome_reply(resp.data))
+        }
+        Ok(Err(RaftError::Fatal(_))) => mark_stopped(shard, limits),
+        Ok(Err(e)) => write_failed(limits, e),
+        Err(_) => timed_out(limits),
+    }
+}
+
+/// A failed proposal (a write or a membership change).
+pub(super) fn write_failed(limits: &ServeLimits, e: RaftError<FleetRaft, ClientWriteError<FleetRaft>>) -> Served {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
+        // Proposed, then cut from the log by a new leader: the outcome is not known
+        // here (another leader may have committed it). The client retries, with its
+        // Idempotency-Key for appends.
+        e => Ok(Reply::unavailable(limits, format!("the write's outcome is unknown: {e}"))),
+    }
+}
+
+fn outcome_reply(outcome: Result<Outcome, StoreError>) -> Reply {
+    match outcome {
+        Ok(Outcome::Summary { created, summary }) => Reply::json(if created { 201 } else { 200 }, &summary),
+        Ok(Outcome::Appended(a)) => {
+            Reply::json(201, &json!({"seq": a.seq, "version": a.version, "token_estimate": a.token_estimate}))
+        }
+        Ok(Outcome::Deleted) => Reply::empty(204),
+        Ok(Outcome::Compacted { version }) => Reply::json(200, &json!({"version": version})),
+        Ok(Outcome::Nothing) => Reply::error(500, "internal", "command produced no outcome"),
+        Err(e) => Reply::store_error(&e),
+    }
+}
