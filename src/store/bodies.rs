@@ -48,3 +48,18 @@ impl Bodies for MemBodies {
         self.bytes.get(start..start.saturating_add(r.len as usize)).ok_or_else(|| BodiesError::missing(r))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_that_is_not_there_is_an_error_not_an_empty_answer() {
+        let mut b = MemBodies::default();
+        let r = b.append(b"{\"a\":1}").unwrap();
+        assert_eq!(b.get(r).unwrap(), b"{\"a\":1}");
+        let beyond = BodyRef { offset: r.offset + 1, len: r.len };
+        assert!(b.get(beyond).unwrap_err().to_string().contains("no message body at offset 1"));
+        assert!(b.get(BodyRef { offset: u64::MAX, len: u32::MAX }).is_err());
+    }
+}
