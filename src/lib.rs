@@ -1,20 +1,25 @@
 //! FleetLM: a durable, replicated conversation log for LLM applications.
 //!
-//! Architecture (see DESIGN.md in the shared docs): thread-per-core glommio executors,
-//! each owning a disjoint set of shards; each shard is a Raft group whose log is a
-//! segmented, memory-mapped WAL with group commit. Dependencies point down:
-//! `api → shard → raft → wal`, `api → store`; `http` knows no storage.
+//! Architecture: thread-per-core glommio executors, each owning a disjoint set of
+//! shards; each shard is a Raft group whose log is a segmented, memory-mapped WAL with
+//! group commit. Dependencies point one way: `node → api → shard → raft → wal → files`,
+//! `raft → store` (pure); `http` knows no storage; `config` holds everyone's limits.
 //!
 //! Modules:
 //! - [`config`]: every limit and default;
+//! - [`files`]: file-system helpers (preallocation, durable replace, directory fsync,
+//!   free space, page release);
 //! - [`wal`]: the per-shard write-ahead log;
 //! - [`raft`]: openraft on glommio (runtime adapter, log store on the WAL, state
 //!   machine and body store, node-to-node network and its wire format);
 //! - [`store`]: contexts and the state-machine logic (pure);
+//! - [`shard`]: the serving protocol (calls, replies), running calls on this node's
+//!   replica, placement, per-core context and cross-core mesh, forwarding to leaders,
+//!   the peer server, leader spreading and readiness; no HTTP;
 //! - [`http`]: HTTP/1.1 framing and the connection loop;
-//! - [`api`]: routes, validation, running calls on shards (and on their leaders);
-//! - [`shard`]: placement, per-core context, cross-core mesh, forwarding to leaders,
-//!   the peer server, leader spreading and readiness, node startup;
+//! - [`api`]: the route table, request validation into shard calls, replies into
+//!   responses;
+//! - [`node`]: node startup, wiring the layers together;
 //! - [`metrics`]: per-core latency histograms and counters, interval logs, Prometheus.
 pub mod api;
 pub mod config;

@@ -1,8 +1,9 @@
 //! `CoreCtx`: what one executor (core) knows: its shards, the senders to the other
-//! cores, the limits, its pooled connections to other nodes. Routes a call to the
-//! shard's core (locally, or once across the bounded cross-core mesh), and there to
-//! the shard's leader: this replica when it leads, else forwarded to the leader node
-//! over the peer transport. The client never sees a redirect.
+//! cores, the limits, its links to other nodes. Routes a call to the shard's core
+//! (locally, or once across the bounded cross-core mesh), and there to the shard's
+//! leader: this replica when it leads (`super::replica`), else forwarded to the leader
+//! node (`super::forward`). The client never sees a redirect. Peer RPCs reach their
+//! shard's core the same way (`dispatch_peer`).
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -8,7 +8,11 @@
 //! - `group_commit`: `GroupCommitWal`, the async face for a glommio executor, where
 //!   every append waits for one shared sync instead of issuing its own.
 //!
+//! - `config`: its limits, checked against the record format.
+//!
 //! The WAL knows nothing about Raft: records are opaque payloads at contiguous indexes.
+//! It imports neither `crate::config` nor `crate::metrics`: its sync statistics are
+//! read by the layer above (`GroupCommitWal::with_stats`).
 pub mod config;
 pub mod error;
 pub mod format;
