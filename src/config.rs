@@ -66,8 +66,9 @@ impl Default for WalConfig {
     }
 }
 
-/// Limits of the context store (`crate::store`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Limits of the context store (`crate::store`). Snapshots hold the first eight fields
+/// for compatibility only (`crate::store::Store`); a node applies its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreLimits {
     /// Longest `role` of a message.
     pub role_max_bytes: usize,
@@ -85,6 +86,12 @@ pub struct StoreLimits {
     pub page_limit_max: usize,
     /// Page size of replay when `limit` is absent.
     pub page_limit_default: usize,
+    /// Largest metadata object of a context, as compact JSON (PUT and the result of a
+    /// PATCH; more → 400). Checked when a PATCH is applied: every node must use the same.
+    pub metadata_max_bytes: usize,
+    /// Contexts one shard holds, tombstoned ones included (a PUT of a new one beyond it
+    /// → 409 `too_many_contexts`). Checked when applied: every node must use the same.
+    pub contexts_max_per_shard: usize,
 }
 
 impl Default for StoreLimits {
@@ -98,6 +105,8 @@ impl Default for StoreLimits {
             idempotency_key_max_bytes: 128,
             page_limit_max: 1000,
             page_limit_default: 100,
+            metadata_max_bytes: 64 << 10,
+            contexts_max_per_shard: 1_000_000,
         }
     }
 }
@@ -272,6 +281,12 @@ impl Default for PeerLimits {
         }
     }
 }
+
+/// Descriptors kept out of the client-connection cap (`crate::node`): for the process
+/// (listeners, io_uring, the blocking pool, logs) and for each shard (its WAL and
+/// body segment files, spares, snapshot files, io_uring handles of segments).
+pub const FD_RESERVE_BASE: u64 = 256;
+pub const FD_RESERVE_PER_SHARD: u64 = 32;
 
 /// Latency histograms record 1 µs … this (larger values are clamped to it).
 pub const LATENCY_HISTOGRAM_MAX_US: u64 = 60_000_000;

@@ -6,6 +6,7 @@
 //! `raft → store` (pure); `http` knows no storage; `config` holds everyone's limits.
 //!
 //! Modules:
+//! - [`accept`]: pacing of the accept loops (HTTP and peer) when accepts fail;
 //! - [`config`]: every limit and default;
 //! - [`files`]: file-system helpers (preallocation, durable replace, directory fsync,
 //!   free space, page release);
@@ -21,6 +22,7 @@
 //!   responses;
 //! - [`node`]: node startup, wiring the layers together;
 //! - [`metrics`]: per-core latency histograms and counters, interval logs, Prometheus.
+pub mod accept;
 pub mod api;
 pub mod config;
 pub mod files;

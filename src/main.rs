@@ -103,6 +103,14 @@ struct ServeArgs {
     /// WAL segment size, bytes.
     #[arg(long, env = "FLEETLM_SEGMENT_SIZE_BYTES", default_value_t = WalConfig::default().segment_size_bytes)]
     segment_size_bytes: u64,
+    /// Largest metadata object of a context, bytes of compact JSON (more → 400). Every
+    /// node of a cluster must use the same (PATCH results are checked when applied).
+    #[arg(long, env = "FLEETLM_METADATA_MAX_BYTES", default_value_t = StoreLimits::default().metadata_max_bytes)]
+    metadata_max_bytes: usize,
+    /// Contexts one shard holds, tombstoned ones included (a new one beyond → 409
+    /// too_many_contexts). Every node of a cluster must use the same.
+    #[arg(long, env = "FLEETLM_CONTEXTS_MAX_PER_SHARD", default_value_t = StoreLimits::default().contexts_max_per_shard)]
+    contexts_max_per_shard: usize,
 }
 
 /// `10s`, `500ms`, `2m` or plain milliseconds → milliseconds.
@@ -159,7 +167,7 @@ fn main() -> std::process::ExitCode {
         node_id: a.node_id,
         peer_listen: a.peer_listen,
         peers: a.peers.unwrap_or_default(),
-        api_key: a.api_key.filter(|k| !k.is_empty()),
+        api_key: a.api_key,
         http: HttpLimits {
             body_max_bytes: a.body_max_bytes,
             head_max_bytes: a.head_max_bytes,
@@ -167,7 +175,11 @@ fn main() -> std::process::ExitCode {
             request_read_timeout_ms: a.request_read_timeout_ms,
             ..HttpLimits::default()
         },
-        store: StoreLimits::default(),
+        store: StoreLimits {
+            metadata_max_bytes: a.metadata_max_bytes,
+            contexts_max_per_shard: a.contexts_max_per_shard,
+            ..StoreLimits::default()
+        },
         serve: ServeLimits {
             write_deadline_ms: a.write_deadline_ms,
             membership_deadline_ms: a.membership_deadline_ms,
@@ -199,6 +211,11 @@ fn main() -> std::process::ExitCode {
         && b < 4 * config.http.body_max_bytes as u64
     {
         eprintln!("fleetlm: --body-segment-size-bytes must be at least 4 × --body-max-bytes");
+        return std::process::ExitCode::FAILURE;
+    }
+    if config.api_key.as_ref().is_some_and(|k| k.trim().is_empty()) {
+        // An empty key used to turn authentication off without a word.
+        eprintln!("fleetlm: --api-key (FLEETLM_API_KEY) is empty: give a key, or leave it out to run without one");
         return std::process::ExitCode::FAILURE;
     }
     if config.node_id == 0 {

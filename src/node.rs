@@ -49,6 +49,8 @@ pub enum ServeError {
     Executor(usize, String),
     #[error("cannot listen on {0}: {1}")]
     Port(SocketAddr, String),
+    #[error("{0}")]
+    Resources(String),
     #[error("core {0} stopped: {1}")]
     Core(usize, String),
 }
@@ -106,6 +108,36 @@ fn load_layout(
     }
 }
 
+/// Raises this process's soft limit of open files to its hard limit; the new soft limit.
+fn raise_nofile_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: setrlimit reads the struct; raising the soft limit up to the hard one
+        // is always allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Client connections per core that the descriptor limit leaves room for, after the
+/// reserve for storage (every shard's segment files) and peer links: running out of
+/// descriptors while a shard opens its next segment would stop the shard, so clients
+/// are refused first.
+fn connection_cap_per_core(nofile: u64, config: &ServerConfig, cores: usize, shards: u32) -> usize {
+    use crate::config::{FD_RESERVE_BASE, FD_RESERVE_PER_SHARD};
+    let peers = (config.peer.connections_max_per_core as u64 + config.peers.len() as u64 * 2) * cores as u64;
+    let reserve = FD_RESERVE_BASE + FD_RESERVE_PER_SHARD * u64::from(shards) + peers;
+    let for_clients = nofile.saturating_sub(reserve) / cores.max(1) as u64;
+    config.http.connections_max_per_core.min(usize::try_from(for_clients).unwrap_or(usize::MAX))
+}
+
 /// Runs the node until a core fails. Returns only on error.
 pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let cores = config.cores.max(1);
@@ -113,7 +145,38 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let shard_count = fixed.shards;
     // From here on the data dir's value.
     let mut config = config;
+    match raise_nofile_limit() {
+        Ok(nofile) => {
+            let cap = connection_cap_per_core(nofile, &config, cores, shard_count);
+            if cap < config.http.connections_max_per_core {
+                eprintln!(
+                    "fleetlm: {nofile} open files allowed: at most {cap} client connections per core (of {}), the \
+                     rest kept for storage and peers; raise `ulimit -n` for more",
+                    config.http.connections_max_per_core
+                );
+            }
+            if cap == 0 {
+                return Err(ServeError::Resources(format!(
+                    "{nofile} open files allowed leave none for client connections; raise `ulimit -n`"
+                )));
+            }
+            config.http.connections_max_per_core = cap;
+        }
+        Err(e) => eprintln!("fleetlm: cannot read the open-files limit ({e}); connection cap as configured"),
+    }
     config.body_segment_size_bytes = Some(fixed.body_segment_size_bytes);
+    // A message body is at most one log record: bodies must fit in a body segment, or
+    // applying a valid command would fail and stop its shard.
+    if fixed.body_segment_size_bytes < u64::from(config.wal.record_payload_max_bytes) {
+        return Err(ServeError::DataDir(
+            config.data_dir.clone(),
+            format!(
+                "its {}-byte body segments cannot hold a message of up to {} bytes (the log's record limit, from \
+                 --body-max-bytes); lower --body-max-bytes",
+                fixed.body_segment_size_bytes, config.wal.record_payload_max_bytes
+            ),
+        ));
+    }
     // glommio binds with SO_REUSEPORT, which would let a second server on the same
     // port silently take half of the connections: make sure the ports are ours.
     let mut ports = vec![config.listen];
@@ -241,15 +304,20 @@ async fn run_core(
         glommio::net::TcpListener::bind(config.listen).map_err(|e| format!("bind {}: {e}", config.listen))?;
     let http = Rc::new(config.http.clone());
     let open = Rc::new(std::cell::Cell::new(0usize));
+    let mut pacing = crate::accept::AcceptPacing::default();
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("core {core}: accept: {e}");
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                let (wait, line) = pacing.failed(std::time::Instant::now(), &std::io::Error::from(e));
+                if let Some(line) = line {
+                    eprintln!("core {core}: {line}");
+                }
+                glommio::timer::sleep(wait).await;
                 continue;
             }
         };
+        pacing.succeeded();
         if open.get() >= http.connections_max_per_core {
             drop(stream); // over the limit: refuse by closing
             continue;

@@ -15,8 +15,10 @@ fn not_found() -> Response {
     Response::error(404, "not_found", "no such route")
 }
 
-fn method_not_allowed(method: &str) -> Response {
-    Response::error(405, "method_not_allowed", format!("{method} is not allowed here"))
+fn method_not_allowed(method: &str, segments: &[&str]) -> Response {
+    let allow = routes::allowed_methods(segments);
+    Response::error(405, "method_not_allowed", format!("{method} is not allowed here (allowed: {allow})"))
+        .with_header("Allow", allow)
 }
 
 /// A shard's reply as the HTTP response.
@@ -110,19 +112,33 @@ async fn metrics(core: &CoreCtx) -> Response {
 pub async fn handle(req: Request, core: &CoreCtx) -> Response {
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     let resolved = resolve(&segments, req.method.as_str());
-    let resp = route(&req, resolved, core).await;
+    let resp = route(&req, &segments, resolved, core).await;
     crate::metrics::count_request(resolved.label(), resp.status);
     resp
 }
 
+/// `Authorization: Bearer <key>` (the scheme in any letter case, RFC 9110) with the
+/// node's key, compared in constant time.
 fn authorized(req: &Request, core: &CoreCtx) -> bool {
-    match &core.api_key {
-        None => true,
-        Some(key) => req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")).is_some_and(|k| k == key),
-    }
+    let Some(key) = &core.api_key else { return true };
+    let Some(given) = req.header("authorization").and_then(bearer_token) else { return false };
+    constant_time_eq(given.as_bytes(), key.as_bytes())
 }
 
-async fn route(req: &Request, resolved: Resolved<'_>, core: &CoreCtx) -> Response {
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start_matches(' '))
+}
+
+/// Equality whose time depends on the lengths only, not on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn route(req: &Request, segments: &[&str], resolved: Resolved<'_>, core: &CoreCtx) -> Response {
     let method = req.method.as_str();
     let (op, param) = match resolved {
         Resolved::NotFound { needs_auth, .. } => {
@@ -141,7 +157,7 @@ async fn route(req: &Request, resolved: Resolved<'_>, core: &CoreCtx) -> Respons
             {
                 return resp;
             }
-            return method_not_allowed(method);
+            return method_not_allowed(method, segments);
         }
         Resolved::Found { op, param } => (op, param),
     };
@@ -204,4 +220,21 @@ fn health_ready(core: &CoreCtx) -> Response {
     let body = json!({"status": status, "shards_open": r.opened, "shards_with_leader": r.with_leader,
                       "shards_stopped": r.stopped, "shards": r.total});
     Response::json(503, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_in_any_case_and_keys_compared_whole() {
+        assert_eq!(bearer_token("Bearer k1"), Some("k1"));
+        assert_eq!(bearer_token("bearer k1"), Some("k1"));
+        assert_eq!(bearer_token("BEARER  k1"), Some("k1"));
+        assert_eq!(bearer_token("Basic k1"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
 }

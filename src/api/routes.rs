@@ -127,6 +127,14 @@ pub fn resolve<'a>(segments: &[&'a str], method: &str) -> Resolved<'a> {
     }
 }
 
+/// The methods a path serves, for the `Allow` header of a 405 (`HEAD` with `GET`).
+pub fn allowed_methods(segments: &[&str]) -> String {
+    const METHODS: [&str; 6] = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"];
+    let allowed: Vec<&str> =
+        METHODS.into_iter().filter(|m| matches!(resolve(segments, m), Resolved::Found { .. })).collect();
+    allowed.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +181,8 @@ mod tests {
         assert_eq!(at("/health/other", "GET"), Resolved::NotFound { label: "health", needs_auth: false });
         assert_eq!(at("/v1/nothing", "GET"), Resolved::NotFound { label: "unknown", needs_auth: true });
         assert_eq!(at("/", "GET").label(), "unknown");
+        assert_eq!(allowed_methods(&["v1", "contexts", "a"]), "GET, HEAD, PUT, DELETE");
+        assert_eq!(allowed_methods(&["v1", "contexts", "a", "messages"]), "GET, HEAD, POST");
+        assert_eq!(allowed_methods(&["v1", "cluster", "members"]), "POST");
     }
 }

@@ -30,6 +30,8 @@ where
     let mut chunk = vec![0u8; 64 << 10];
     let mut out: Vec<u8> = Vec::with_capacity(8192);
     let mut request_started: Option<Instant> = None;
+    // A `100 Continue` was sent for the request being read (one per request).
+    let mut continued = false;
     loop {
         // Answer every complete request already buffered, in order.
         let mut close = false;
@@ -39,6 +41,7 @@ where
                 Ok(Parsed::Complete(req, used)) => {
                     buf.drain(..used);
                     request_started = None;
+                    continued = false;
                     let head_only = req.method == "HEAD";
                     close = req.close;
                     // A bug must cost one request a 500, not the executor and its shards.
@@ -60,6 +63,13 @@ where
                     }
                 }
                 Ok(Parsed::Partial) => break,
+                Ok(Parsed::ExpectsContinue) => {
+                    if !continued {
+                        continued = true;
+                        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    }
+                    break;
+                }
                 Err(e) => {
                     Response::error(e.status(), e.code(), &e).write_to(&mut out, false, true);
                     close = true;

@@ -34,6 +34,8 @@ impl Request {
 pub enum ParseError {
     #[error("request head larger than {0} bytes")]
     HeadTooLarge(usize),
+    #[error("more than {0} request headers")]
+    TooManyHeaders(usize),
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(usize),
     #[error("malformed request: {0}")]
@@ -43,14 +45,14 @@ pub enum ParseError {
 impl ParseError {
     pub fn status(&self) -> u16 {
         match self {
-            ParseError::HeadTooLarge(_) => 431,
+            ParseError::HeadTooLarge(_) | ParseError::TooManyHeaders(_) => 431,
             ParseError::BodyTooLarge(_) => 413,
             ParseError::Malformed(_) => 400,
         }
     }
     pub fn code(&self) -> &'static str {
         match self {
-            ParseError::HeadTooLarge(_) => "headers_too_large",
+            ParseError::HeadTooLarge(_) | ParseError::TooManyHeaders(_) => "headers_too_large",
             ParseError::BodyTooLarge(_) => "payload_too_large",
             ParseError::Malformed(_) => "bad_request",
         }
@@ -64,6 +66,9 @@ pub enum Parsed {
     Complete(Request, usize),
     /// The buffer holds only part of a request.
     Partial,
+    /// The head is complete and asks `Expect: 100-continue`; the body has not arrived:
+    /// the client waits for a `100 Continue` before sending it.
+    ExpectsContinue,
 }
 
 fn malformed(s: impl Into<String>) -> ParseError {
@@ -85,7 +90,7 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Parsed, ParseErr
                 }
                 return Ok(Parsed::Partial);
             }
-            Err(httparse::Error::TooManyHeaders) => return Err(ParseError::HeadTooLarge(limits.head_max_bytes)),
+            Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders(limits.headers_max)),
             Err(e) => return Err(malformed(e.to_string())),
         };
     if head_len > limits.head_max_bytes {
@@ -105,6 +110,7 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Parsed, ParseErr
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
     let mut close = version == 0;
+    let mut expect_continue = false;
     for h in req.headers.iter() {
         let name = h.name.to_ascii_lowercase();
         let value = std::str::from_utf8(h.value).map_err(|_| malformed("header value is not UTF-8"))?.trim().to_owned();
@@ -122,6 +128,7 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Parsed, ParseErr
                 }
                 chunked = true;
             }
+            "expect" if value.eq_ignore_ascii_case("100-continue") => expect_continue = true,
             "connection" => {
                 let v = value.to_ascii_lowercase();
                 if v.split(',').any(|t| t.trim() == "close") {
@@ -138,10 +145,13 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Parsed, ParseErr
         return Err(malformed("both Content-Length and Transfer-Encoding"));
     }
     let rest = &buf[head_len..];
+    // HTTP/1.1 clients that sent `Expect: 100-continue` wait for a 100 before the body.
+    let waiting =
+        if expect_continue && rest.is_empty() && version == 1 { Parsed::ExpectsContinue } else { Parsed::Partial };
     let (body, body_len) = if chunked {
         match decode_chunked(rest, limits.body_max_bytes)? {
             Some(b) => b,
-            None => return Ok(Parsed::Partial),
+            None => return Ok(waiting),
         }
     } else {
         let n = content_length.unwrap_or(0);
@@ -149,7 +159,7 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Parsed, ParseErr
             return Err(ParseError::BodyTooLarge(limits.body_max_bytes));
         }
         if rest.len() < n {
-            return Ok(Parsed::Partial);
+            return Ok(waiting);
         }
         (rest[..n].to_vec(), n)
     };
@@ -157,12 +167,22 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Parsed, ParseErr
     Ok(Parsed::Complete(request, head_len + body_len))
 }
 
+/// Bytes of chunked framing (size lines with their extensions, CRLFs, trailers) one
+/// body may carry beyond its data: without a bound, 1-byte chunks with 1 KiB extensions
+/// would make a 1 MiB body a gigabyte on the wire, all of it buffered.
+pub const CHUNKED_FRAMING_MAX_BYTES: usize = 64 << 10;
+
 /// Decodes a chunked body from the front of `buf`: `Some((body, bytes used))`, or
-/// `None` when more bytes are needed. Trailers are read and ignored.
+/// `None` when more bytes are needed. Trailers are read and ignored. Framing beyond
+/// `CHUNKED_FRAMING_MAX_BYTES` is refused (413).
 fn decode_chunked(buf: &[u8], max: usize) -> Result<Option<(Vec<u8>, usize)>, ParseError> {
     let mut body = Vec::new();
     let mut at = 0;
+    let framing_over = |at: usize, body: &Vec<u8>| at.saturating_sub(body.len()) > CHUNKED_FRAMING_MAX_BYTES;
     loop {
+        if framing_over(at, &body) {
+            return Err(ParseError::BodyTooLarge(max));
+        }
         let Some(line_end) = find_crlf(&buf[at..]) else {
             if buf.len() - at > 1024 {
                 return Err(malformed("chunk size line too long"));
@@ -185,6 +205,9 @@ fn decode_chunked(buf: &[u8], max: usize) -> Result<Option<(Vec<u8>, usize)>, Pa
                 at += end + 2;
                 if end == 0 {
                     return Ok(Some((body, at)));
+                }
+                if framing_over(at, &body) {
+                    return Err(ParseError::BodyTooLarge(max));
                 }
             }
         }

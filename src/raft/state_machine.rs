@@ -146,7 +146,9 @@ impl ShardStateMachine {
                 let i = decode_index(&bytes)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
                 let bodies = FileBodies::open(&bodies_dir, seg, i.bodies_len).map_err(bodies_err)?;
-                Applied { store: i.store, last_applied: i.last_applied, membership: i.membership, bodies }
+                // The node's configured limits, not the ones the snapshot was written under.
+                let store = i.store.with_limits(store.limits().clone());
+                Applied { store, last_applied: i.last_applied, membership: i.membership, bodies }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Applied {
                 store,
@@ -305,7 +307,7 @@ impl RaftStateMachine<C> for ShardStateMachine {
             self.applied.borrow().bodies.install_into(&snapshot.bodies, &new_dir, staged).map_err(bodies_err)?;
         {
             let mut a = self.applied.borrow_mut();
-            a.store = i.store;
+            a.store = i.store.with_limits(a.store.limits().clone());
             a.last_applied = i.last_applied;
             a.membership = i.membership;
             a.bodies = bodies;

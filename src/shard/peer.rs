@@ -25,15 +25,20 @@ type C = FleetRaft;
 /// Accepts peer connections on this core's peer port, forever.
 pub async fn serve_peers(ctx: Rc<CoreCtx>, listener: TcpListener) {
     let open = Rc::new(std::cell::Cell::new(0usize));
+    let mut pacing = crate::accept::AcceptPacing::default();
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("core {}: peer accept: {e}", ctx.core);
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                let (wait, line) = pacing.failed(std::time::Instant::now(), &std::io::Error::from(e));
+                if let Some(line) = line {
+                    eprintln!("core {}: peer {line}", ctx.core);
+                }
+                glommio::timer::sleep(wait).await;
                 continue;
             }
         };
+        pacing.succeeded();
         if open.get() >= ctx.peer_limits.connections_max_per_core {
             drop(stream);
             continue;

@@ -96,12 +96,77 @@ pub struct Store {
     /// per context) and encodes it on another thread while applies go on; a context
     /// written meanwhile is copied once (`Arc::make_mut`).
     contexts: HashMap<String, Arc<Context>>,
+    /// Written into snapshots in the form the snapshot format fixed (`limits_in_snapshot`)
+    /// but never taken from one: a node applies its own configured limits
+    /// (`with_limits` after a snapshot is loaded or installed).
+    #[serde(with = "limits_in_snapshot")]
     limits: StoreLimits,
+}
+
+/// The limits as snapshots hold them: the eight fields `StoreLimits` had when the
+/// snapshot format was fixed (data format 2), in that order. Limits added since are not
+/// written (postcard has no field names: a new field would shift every byte after it
+/// and make older snapshots unreadable; tests/datadir_compat.rs caught exactly that).
+mod limits_in_snapshot {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::config::StoreLimits;
+
+    #[derive(Serialize, Deserialize)]
+    struct V2 {
+        role_max_bytes: usize,
+        parts_max: usize,
+        policy_limit_max: u32,
+        skip_kinds_max: usize,
+        idempotency_keys_per_context: usize,
+        idempotency_key_max_bytes: usize,
+        page_limit_max: usize,
+        page_limit_default: usize,
+    }
+
+    pub fn serialize<S: Serializer>(l: &StoreLimits, s: S) -> Result<S::Ok, S::Error> {
+        V2 {
+            role_max_bytes: l.role_max_bytes,
+            parts_max: l.parts_max,
+            policy_limit_max: l.policy_limit_max,
+            skip_kinds_max: l.skip_kinds_max,
+            idempotency_keys_per_context: l.idempotency_keys_per_context,
+            idempotency_key_max_bytes: l.idempotency_key_max_bytes,
+            page_limit_max: l.page_limit_max,
+            page_limit_default: l.page_limit_default,
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StoreLimits, D::Error> {
+        let v = V2::deserialize(d)?;
+        Ok(StoreLimits {
+            role_max_bytes: v.role_max_bytes,
+            parts_max: v.parts_max,
+            policy_limit_max: v.policy_limit_max,
+            skip_kinds_max: v.skip_kinds_max,
+            idempotency_keys_per_context: v.idempotency_keys_per_context,
+            idempotency_key_max_bytes: v.idempotency_key_max_bytes,
+            page_limit_max: v.page_limit_max,
+            page_limit_default: v.page_limit_default,
+            ..StoreLimits::default()
+        })
+    }
 }
 
 impl Store {
     pub fn new(limits: StoreLimits) -> Store {
         Store { contexts: HashMap::new(), limits }
+    }
+
+    /// The same contexts under `limits` (a store loaded from a snapshot takes the node's).
+    pub fn with_limits(mut self, limits: StoreLimits) -> Store {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &StoreLimits {
+        &self.limits
     }
 
     pub fn get(&self, id: &str) -> Result<&Context, StoreError> {
@@ -145,14 +210,18 @@ impl Store {
                     ctx.update(put, &now);
                     return Ok(Outcome::Summary { created: false, summary: ctx.summary_json() });
                 }
+                if self.contexts.len() >= self.limits.contexts_max_per_shard {
+                    return Err(StoreError::TooManyContexts { max: self.limits.contexts_max_per_shard as u64 });
+                }
                 let ctx = Context::new(id.clone(), put, &now);
                 let summary = ctx.summary_json();
                 self.contexts.insert(id, Arc::new(ctx));
                 Ok(Outcome::Summary { created: true, summary })
             }
             Command::PatchMetadata { id, patch, now } => {
+                let max = self.limits.metadata_max_bytes;
                 let ctx = self.get_mut(&id)?;
-                ctx.patch_metadata(patch, &now);
+                ctx.patch_metadata(patch, &now, max)?;
                 Ok(Outcome::Summary { created: false, summary: ctx.summary_json() })
             }
             Command::Delete { id, now } => {

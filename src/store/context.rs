@@ -97,15 +97,27 @@ impl Context {
     }
 
     /// Shallow merge; a `null` value removes the key.
-    pub fn patch_metadata(&mut self, patch: Map<String, Value>, now: &str) {
+    /// Merges `patch` into the metadata (a null removes a key), unless the result would
+    /// be larger than `max_bytes` as compact JSON: then nothing changes.
+    pub fn patch_metadata(&mut self, patch: Map<String, Value>, now: &str, max_bytes: usize) -> Result<(), StoreError> {
+        let mut merged = self.metadata.clone();
         for (k, v) in patch {
             if v.is_null() {
-                self.metadata.remove(&k);
+                merged.remove(&k);
             } else {
-                self.metadata.insert(k, v);
+                merged.insert(k, v);
             }
         }
+        // Writing a map of JSON values into a String cannot fail.
+        let len = serde_json::to_string(&merged).map_or(usize::MAX, |text| text.len());
+        if len > max_bytes {
+            return Err(StoreError::InvalidMetadata(format!(
+                "the context's metadata would be {len} bytes, over the limit of {max_bytes}"
+            )));
+        }
+        self.metadata = merged;
         self.updated_at = now.to_owned();
+        Ok(())
     }
 
     pub fn tombstone(&mut self, now: &str) {
@@ -162,7 +174,9 @@ impl Context {
         assert_eq!(self.messages[seq as usize - 1].seq, Some(seq), "seqs are contiguous from 1");
         self.version += 1;
         debug_assert_eq!(self.version, self.last_seq() + self.compactions);
-        self.window.tokens += tokens;
+        // Saturating: a client's token_count may be near u64::MAX; the sum must have a
+        // defined value on every replica (and never panic in a checked build).
+        self.window.tokens = self.window.tokens.saturating_add(tokens);
         if self.window.tokens as f64 > self.config.threshold(self.config.token_budget) {
             self.apply_policy();
         }
@@ -214,9 +228,9 @@ impl Context {
             }
             len -= 1;
         }
-        let summary: u64 = self.window.summary.iter().map(|m| m.token_count).sum();
-        let live: u64 = self.live_seqs().map(|s| self.messages[s as usize - 1].token_count).sum();
-        self.window.tokens = summary + live;
+        let summary = saturating_sum(self.window.summary.iter().map(|m| m.token_count));
+        let live = saturating_sum(self.live_seqs().map(|s| self.messages[s as usize - 1].token_count));
+        self.window.tokens = summary.saturating_add(live);
     }
 
     /// Replaces the window with `replacement`. The raw log is untouched.
@@ -236,7 +250,7 @@ impl Context {
             let (seq, inserted_at) = (m.seq, m.inserted_at.clone());
             summary.push_back(Box::new(Message::new(seq, m, inserted_at, bodies)?));
         }
-        let tokens = summary.iter().map(|m| m.token_count).sum();
+        let tokens = saturating_sum(summary.iter().map(|m| m.token_count));
         self.window = Window { summary, live_from: self.last_seq() + 1, skipped: Default::default(), tokens };
         self.compactions += 1;
         self.version += 1;
@@ -326,4 +340,9 @@ impl Context {
         tail[0] = b',';
         super::model::messages_object(messages, bodies, &tail)
     }
+}
+
+/// The sum of token counts, stopping at `u64::MAX` instead of wrapping.
+fn saturating_sum(counts: impl Iterator<Item = u64>) -> u64 {
+    counts.fold(0, u64::saturating_add)
 }

@@ -18,6 +18,9 @@ pub enum StoreError {
     InvalidReplacement(String),
     #[error("{0}")]
     InvalidQuery(String),
+    // New variants go last: outcomes are kept (idempotency) in snapshots, by index.
+    #[error("this shard holds its maximum of {max} contexts; no new context can be created")]
+    TooManyContexts { max: u64 },
 }
 
 impl StoreError {
@@ -32,6 +35,7 @@ impl StoreError {
             StoreError::InvalidMetadata(_) => "invalid_metadata",
             StoreError::InvalidReplacement(_) => "invalid_replacement",
             StoreError::InvalidQuery(_) => "invalid_query",
+            StoreError::TooManyContexts { .. } => "too_many_contexts",
         }
     }
 
@@ -39,7 +43,7 @@ impl StoreError {
     pub fn status(&self) -> u16 {
         match self {
             StoreError::NotFound => 404,
-            StoreError::Tombstoned | StoreError::Conflict { .. } => 409,
+            StoreError::Tombstoned | StoreError::Conflict { .. } | StoreError::TooManyContexts { .. } => 409,
             _ => 400,
         }
     }

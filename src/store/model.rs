@@ -347,7 +347,13 @@ impl PutContext {
         };
         let metadata = match obj.get("metadata") {
             None => None,
-            Some(Value::Object(m)) => Some(m.clone()),
+            Some(m @ Value::Object(map)) => {
+                let len = m.to_string().len();
+                if len > limits.metadata_max_bytes {
+                    return Err(format!("metadata is {len} bytes, over the limit of {}", limits.metadata_max_bytes));
+                }
+                Some(map.clone())
+            }
             Some(_) => return Err("metadata must be an object".into()),
         };
         let status = match obj.get("status") {

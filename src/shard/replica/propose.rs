@@ -28,9 +28,32 @@ fn set_now(cmd: &mut Command) {
     }
 }
 
+/// Room a Raft log entry takes around its command (log id, payload tag), bytes: well
+/// above postcard's actual ≤ 32.
+const ENTRY_OVERHEAD_MAX_BYTES: usize = 64;
+
+/// A command whose log entry would not fit in one WAL record, found before it is
+/// proposed: proposed, the log store would fail to write it and openraft would stop
+/// the shard for good. (Validation re-renders client JSON, so a body within the HTTP
+/// limit can grow: a part full of `9e15` numbers renders at ≈3.8× its size.)
+fn too_large(shard: &Shard, cmd: &Command) -> Option<Reply> {
+    let record_max = shard.log.wal().with(|w| w.config().record_payload_max_bytes) as usize;
+    let size = postcard::experimental::serialized_size(cmd).unwrap_or(usize::MAX);
+    (size.saturating_add(ENTRY_OVERHEAD_MAX_BYTES) > record_max).then(|| {
+        let why = format!(
+            "the command renders to {size} bytes, over the log's record limit of {} bytes; send less (JSON              numbers are stored as they render, e.g. 9e15 as 9000000000000000.0)",
+            record_max - ENTRY_OVERHEAD_MAX_BYTES.min(record_max)
+        );
+        Reply::error(413, "payload_too_large", why)
+    })
+}
+
 pub(super) async fn write(shard: &Shard, cmd: &Command, limits: &ServeLimits, remaining: Duration) -> Served {
     let mut cmd = cmd.clone();
     set_now(&mut cmd);
+    if let Some(refused) = too_large(shard, &cmd) {
+        return Ok(refused);
+    }
     let proposed = std::time::Instant::now();
     match crate::raft::runtime::timeout(remaining, shard.raft.client_write(cmd)).await {
         Ok(Ok(resp)) => {
