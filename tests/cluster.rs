@@ -413,6 +413,10 @@ fn add_a_fourth_node_then_remove_one_while_serving() {
     // 503 after the deadline, it stays a learner, and DELETE drops it.
     let r = c.req(0, "POST", "/v1/cluster/members", r#"{"node_id":9,"addr":"127.0.0.1:1"}"#).unwrap();
     r.assert_error(503, "unavailable");
+    // The answer says where the change stands, shard by shard.
+    let per_shard = r.json()["shards"].as_array().unwrap().clone();
+    assert_eq!(per_shard.len(), c.view(0)["shards"].as_array().unwrap().len(), "{}", r.json());
+    assert!(per_shard.iter().all(|s| s["status"] == 503 && s["message"].is_string()), "{}", r.json());
     for s in c.view(0)["shards"].as_array().unwrap() {
         assert_eq!(s["voters"], json!([1, 2, 4]), "{s}");
         assert_eq!(s["learners"], json!([9]), "{s}");
@@ -504,4 +508,38 @@ fn a_node_short_of_disk_takes_no_entries_and_catches_up_later() {
     let expected: Vec<String> =
         std::iter::once("before".to_owned()).chain((0..5).map(|i| format!("short{i}"))).collect();
     c.eventually(20, "node 3 caught up", || messages(&c, 2, "d", true).is_some_and(|m| texts(&m) == expected));
+}
+
+/// A restarted follower re-applies its log only as far as the commit index it kept,
+/// then learns the rest from its leader: until it has caught up, its `consistency=local`
+/// reads get 503 instead of an older state than it served before (an empty context,
+/// or none at all). Polled from the moment it accepts connections again.
+#[test]
+fn a_restarted_follower_never_reads_backwards() {
+    let dir = tmp("backwards");
+    let mut c = Cluster::start(dir.path(), 3, 1, &[]);
+    put(&c, 0, "b");
+    // Entries since the last write of the replicas' metadata (votes): the commit index a
+    // restarted follower kept is behind what it had applied.
+    let n = 100;
+    for i in 1..=n {
+        assert_eq!(append_acked(&c, &[0], "b", &format!("m{i}"), 10), Some(i));
+    }
+    c.eventually(10, "node 3 holds every message", || messages(&c, 2, "b", true).is_some_and(|m| m.len() as u64 == n));
+    c.kill9(2);
+    c.spawn(2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut answered = 0;
+    while answered < 20 {
+        assert!(std::time::Instant::now() < deadline, "node 3 never answered a local read ({answered})");
+        let Some(r) = c.req(2, "GET", "/v1/contexts/b/messages?consistency=local", "") else { continue };
+        match r.status {
+            503 => {}
+            200 => {
+                answered += 1;
+                assert_eq!(r.json()["last_seq"], n, "went backwards");
+            }
+            s => panic!("a local read went backwards: {s} {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
 }

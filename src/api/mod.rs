@@ -49,14 +49,36 @@ async fn cluster(core: &CoreCtx) -> Response {
 }
 
 /// Runs one membership change on every shard (each on its leader) and reports them.
+/// Shards change one by one in Raft: when some fail, the answer is the first failure's
+/// status with every shard's outcome, so that an operator sees where the node is a
+/// voter and where not, and repeats the request (or removes the node) to finish.
 async fn change_all_shards(core: &CoreCtx, make: impl Fn(u32) -> ShardCall, node_id: u64) -> Response {
     let calls = (0..core.shard_count).map(|s| core.route_to_shard(s, make(s)));
-    for reply in futures_util::future::join_all(calls).await {
-        if reply.status != 200 {
-            return respond(reply);
-        }
+    let replies = futures_util::future::join_all(calls).await;
+    let Some(failed) = replies.iter().find(|r| r.status != 200) else {
+        return Response::json(200, &json!({"node_id": node_id, "shards": core.shard_count}));
+    };
+    let per_shard: Vec<serde_json::Value> = replies
+        .iter()
+        .enumerate()
+        .map(|(shard, r)| {
+            let message =
+                serde_json::from_slice::<serde_json::Value>(&r.body).ok().and_then(|b| b.get("message").cloned());
+            json!({"shard": shard, "status": r.status, "message": message})
+        })
+        .collect();
+    let done = replies.iter().filter(|r| r.status == 200).count();
+    let body = json!({
+        "error": serde_json::from_slice::<serde_json::Value>(&failed.body).ok().and_then(|b| b.get("error").cloned()),
+        "message": format!("the change of node {node_id} took effect on {done} of {} shards; repeat the request to finish it, or undo it", replies.len()),
+        "node_id": node_id,
+        "shards": per_shard,
+    });
+    let mut resp = Response::json(failed.status, &body);
+    if let Some(after) = &failed.retry_after {
+        resp = resp.with_header("Retry-After", after.clone());
     }
-    Response::json(200, &json!({"node_id": node_id, "shards": core.shard_count}))
+    resp
 }
 
 /// `POST /v1/cluster/members {"node_id":4,"addr":"10.0.0.4:5001"}`: `addr` is the new

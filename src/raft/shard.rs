@@ -21,6 +21,15 @@ pub struct Shard {
     /// error (it never restarts in-process): calls are answered without asking it,
     /// and readiness reports it.
     pub stopped: Cell<bool>,
+    /// Since it opened, this replica has applied everything that was committed when
+    /// it first heard from a live leader (`note_live_leader`). Until then it may hold an
+    /// older state than it served before a restart (a follower learns the commit index
+    /// from its leader; the one it kept on disk is only a lower bound): local reads
+    /// wait for it (503), so reads on a restarted node never go backwards. Readiness
+    /// does not: a replica short of disk takes no entries and may stay behind.
+    caught_up: Cell<bool>,
+    /// The commit index (next index) to reach, taken when a leader was first heard from.
+    catch_up_target: Cell<Option<u64>>,
     pub state: ShardStateMachine,
     pub log: WalLogStore<FleetRaft>,
 }
@@ -94,7 +103,41 @@ impl Shard {
         if let Some(members) = placement.initial_members.filter(|_| !initialized) {
             raft.initialize(members).await.map_err(|e| ShardError::Raft(e.to_string()))?;
         }
-        Ok(Shard { raft, stopped: Cell::new(false), state, log })
+        Ok(Shard {
+            raft,
+            stopped: Cell::new(false),
+            caught_up: Cell::new(false),
+            catch_up_target: Cell::new(None),
+            state,
+            log,
+        })
+    }
+
+    /// See `caught_up`.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.get()
+    }
+
+    /// Called while the shard has a leader this replica hears from (every readiness
+    /// poll): whether it has caught up since it opened (see `caught_up`).
+    pub fn note_live_leader(&self) -> bool {
+        if self.caught_up.get() {
+            return true;
+        }
+        use openraft_rt::WatchReceiver;
+        let m = self.raft.metrics().borrow_watched().clone();
+        let next = |l: Option<&openraft::type_config::alias::LogIdOf<FleetRaft>>| l.map_or(0, |l| l.index + 1);
+        let target = match self.catch_up_target.get() {
+            Some(t) => t,
+            None => {
+                let t = next(m.cluster_committed.as_ref()).max(next(m.local_committed.as_ref()));
+                self.catch_up_target.set(Some(t));
+                t
+            }
+        };
+        let done = next(m.last_applied.as_ref()) >= target;
+        self.caught_up.set(done);
+        done
     }
 
     /// Opens the shard in `dir` as a single-member group of node `node_id`.

@@ -60,6 +60,8 @@ pub async fn watch_leaders(ctx: Rc<CoreCtx>) {
         for shard in ctx.shards.values() {
             if !shard.stopped.get() && has_live_leader(shard, ctx.node_id, stale_after).await {
                 with_leader += 1;
+                // Local reads of a restarted replica wait for this (`Shard::caught_up`).
+                shard.note_live_leader();
             }
             stopped += usize::from(shard.stopped.get());
         }

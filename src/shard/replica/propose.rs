@@ -5,7 +5,7 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use serde_json::json;
 
-use super::{mark_stopped, not_leader, timed_out};
+use super::{mark_stopped, not_leader};
 use crate::config::ServeLimits;
 use crate::raft::{FleetRaft, Shard};
 use crate::shard::call::{Reply, Served};
@@ -62,7 +62,13 @@ pub(super) async fn write(shard: &Shard, cmd: &Command, limits: &ServeLimits, re
         }
         Ok(Err(RaftError::Fatal(_))) => mark_stopped(shard, limits),
         Ok(Err(e)) => write_failed(limits, e),
-        Err(_) => timed_out(limits),
+        // The entry may have been proposed and may still commit: say so (a plain "no
+        // leader" would invite a blind retry that appends twice).
+        Err(_) => Ok(Reply::unavailable(
+            limits,
+            "the write was not committed within the deadline; its outcome is unknown (it may still be applied): \
+             retry with the same Idempotency-Key",
+        )),
     }
 }
 

@@ -15,6 +15,11 @@ use crate::shard::call::{Reply, Served, ShardCall};
 use crate::store::StoreError;
 
 pub(super) async fn read(shard: &Shard, call: &ShardCall, limits: &ServeLimits, remaining: Duration) -> Served {
+    if call.is_local() && !shard.caught_up() {
+        let why = "this replica restarted and has not yet applied what was committed before: retry, or read \
+                   without consistency=local";
+        return Ok(Reply::unavailable(limits, why));
+    }
     if !call.is_local() {
         // Linearizable: the state machine has applied everything acknowledged before now.
         let barrier =
