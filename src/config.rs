@@ -167,6 +167,9 @@ pub struct HttpLimits {
     /// for at most this long and this much, so that the answer is not lost to a reset.
     pub linger_ms: u64,
     pub linger_drain_max_bytes: usize,
+    /// A write to a client that makes no progress for this long closes the connection
+    /// (a client that pipelines requests and never reads the answers pins them).
+    pub write_timeout_ms: u64,
     /// Response bodies up to this size are copied behind their head and sent with the
     /// other answers of the batch in one write; larger ones (a 1000-message replay is
     /// ~300 KiB) are written from their own buffer, saving a copy of the whole body.
@@ -185,6 +188,7 @@ impl Default for HttpLimits {
             connections_max_per_core: 10_000,
             linger_ms: 2_000,
             linger_drain_max_bytes: 4 << 20,
+            write_timeout_ms: 10_000,
             response_coalesce_max_bytes: 16 << 10,
         }
     }
@@ -216,6 +220,10 @@ pub struct ServeLimits {
     /// than this (`crate::shard::disk`); `None`: one WAL segment and one message-body
     /// segment per shard; 0: never.
     pub disk_reserve_bytes: Option<u64>,
+    /// Largest body of a read answer, rendered on the shard's core: tail and replay
+    /// return fewer messages (the client pages on), a larger window is 413
+    /// `window_too_large`.
+    pub response_max_bytes: usize,
 }
 
 /// How long a free-space reading of the data dir is trusted, ms.
@@ -233,6 +241,7 @@ impl Default for ServeLimits {
             leader_transfer_lag_max_entries: 1_000,
             leader_stale_after_ms: 1_000,
             disk_reserve_bytes: None,
+            response_max_bytes: 16 << 20,
         }
     }
 }

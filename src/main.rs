@@ -111,6 +111,13 @@ struct ServeArgs {
     /// too_many_contexts). Every node of a cluster must use the same.
     #[arg(long, env = "FLEETLM_CONTEXTS_MAX_PER_SHARD", default_value_t = StoreLimits::default().contexts_max_per_shard)]
     contexts_max_per_shard: usize,
+    /// Largest body of one read answer, bytes: tail and replay return fewer messages, a
+    /// larger window is 413 window_too_large.
+    #[arg(long, env = "FLEETLM_RESPONSE_MAX_BYTES", default_value_t = ServeLimits::default().response_max_bytes)]
+    response_max_bytes: usize,
+    /// A write to a client that makes no progress for this long closes its connection.
+    #[arg(long, env = "FLEETLM_WRITE_TIMEOUT_MS", default_value_t = HttpLimits::default().write_timeout_ms)]
+    write_timeout_ms: u64,
 }
 
 /// `10s`, `500ms`, `2m` or plain milliseconds → milliseconds.
@@ -173,6 +180,7 @@ fn main() -> std::process::ExitCode {
             head_max_bytes: a.head_max_bytes,
             idle_timeout_ms: a.idle_timeout_ms,
             request_read_timeout_ms: a.request_read_timeout_ms,
+            write_timeout_ms: a.write_timeout_ms,
             ..HttpLimits::default()
         },
         store: StoreLimits {
@@ -184,6 +192,7 @@ fn main() -> std::process::ExitCode {
             write_deadline_ms: a.write_deadline_ms,
             membership_deadline_ms: a.membership_deadline_ms,
             disk_reserve_bytes: a.disk_reserve_bytes,
+            response_max_bytes: a.response_max_bytes,
             ..ServeLimits::default()
         },
         // A WAL record holds one Raft entry: a command with a message of at most one

@@ -145,3 +145,71 @@ fn an_empty_api_key_is_refused_at_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--api-key"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn read_answers_are_bounded_pages_go_on_and_an_oversized_window_is_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--response-max-bytes", "4096"]);
+    put(&s, "r", r#"{"token_budget":100000000}"#);
+    for i in 1..=50 {
+        let r = s.req("POST", "/v1/contexts/r/messages", &msg_body(&format!("{i:03}{}", "x".repeat(200))));
+        assert_eq!(r.status, 201);
+    }
+    // Replay: fewer than asked, next_seq continues, and paging reaches every message once.
+    let (mut seen, mut from, mut pages) = (Vec::new(), 1, 0);
+    loop {
+        let page = s.req("GET", &format!("/v1/contexts/r/messages?from_seq={from}&limit=1000"), "");
+        assert_eq!(page.status, 200);
+        assert!(page.body.len() <= 4096 + 100, "a page of {} bytes", page.body.len());
+        let j = page.json();
+        let msgs = j["messages"].as_array().unwrap();
+        if msgs.is_empty() {
+            break;
+        }
+        seen.extend(msgs.iter().map(|m| m["seq"].as_u64().unwrap()));
+        from = j["next_seq"].as_u64().unwrap();
+        pages += 1;
+    }
+    assert_eq!(seen, (1..=50).collect::<Vec<_>>());
+    assert!(pages > 1, "the limit cut the pages");
+    // Tail: the newest that fit; paging backwards with offset reaches the start.
+    let (mut seen, mut offset) = (Vec::new(), 0);
+    loop {
+        let j = s.req("GET", &format!("/v1/contexts/r/tail?offset={offset}&limit=1000"), "").json();
+        let msgs = j["messages"].as_array().unwrap().clone();
+        if msgs.is_empty() {
+            break;
+        }
+        offset += msgs.len();
+        seen.splice(0..0, msgs.iter().map(|m| m["seq"].as_u64().unwrap()));
+    }
+    assert_eq!(seen, (1..=50).collect::<Vec<_>>());
+    // The manual window holds all 50 (> 4 KiB): refused, with what to do instead.
+    let w = s.req("GET", "/v1/contexts/r/context", "");
+    w.assert_error(413, "window_too_large");
+    assert!(w.json()["message"].as_str().unwrap().contains("compact"), "{}", w.json());
+}
+
+#[test]
+fn a_client_that_never_reads_its_answers_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--write-timeout-ms", "300"]);
+    put(&s, "big", r#"{"token_budget":100000000}"#);
+    for i in 0..100 {
+        let r = s.req("POST", "/v1/contexts/big/messages", &msg_body(&format!("{i}{}", "y".repeat(20_000))));
+        assert_eq!(r.status, 201);
+    }
+    // 40 pipelined replays of ≈2 MB each, never read: far more than the socket buffers.
+    let mut c = connect(s.port);
+    for _ in 0..40 {
+        c.write_all(&common::raw_request("GET", "/v1/contexts/big/messages?limit=1000", &[], b"")).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    // The server gave up on the connection: what was buffered drains, then it ends.
+    let mut complete = 0;
+    while read_response(&mut c, false).is_some_and(|r| r.status == 200) {
+        complete += 1;
+    }
+    assert!(complete < 40, "all {complete} answers arrived: the connection was not cut off");
+    assert_eq!(s.req("GET", "/health/ready", "").status, 200, "the node is fine");
+}

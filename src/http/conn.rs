@@ -26,6 +26,11 @@ where
     F: Future<Output = Response>,
 {
     let _ = stream.set_nodelay(true);
+    // A write that makes no progress for this long fails, and the connection ends with
+    // it: answers a client does not read are not kept forever.
+    if stream.set_write_timeout(Some(Duration::from_millis(limits.write_timeout_ms.max(1)))).is_err() {
+        return;
+    }
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 64 << 10];
     let mut out: Vec<u8> = Vec::with_capacity(8192);

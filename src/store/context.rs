@@ -277,17 +277,39 @@ impl Context {
 
     /// Skips the `offset` newest messages, takes up to `limit`, oldest first.
     pub fn tail(&self, offset: u64, limit: usize) -> &[Message] {
+        self.tail_within(offset, limit, usize::MAX)
+    }
+
+    /// `tail`, keeping only the newest messages whose stored JSON adds up to at most
+    /// `max_bytes` (at least one): a client pages on with `offset` + the count returned.
+    pub fn tail_within(&self, offset: u64, limit: usize, max_bytes: usize) -> &[Message] {
         let end = self.messages.len().saturating_sub(usize::try_from(offset).unwrap_or(usize::MAX));
-        &self.messages[end.saturating_sub(limit)..end]
+        let page = &self.messages[end.saturating_sub(limit)..end];
+        let fit = fitting(page.iter().rev(), max_bytes);
+        &page[page.len() - fit..]
     }
 
     /// Messages with `seq >= from` (from ≥ 1), up to `limit`, and the seq that continues.
     pub fn replay(&self, from: u64, limit: usize) -> (&[Message], u64) {
+        self.replay_within(from, limit, usize::MAX)
+    }
+
+    /// `replay`, keeping only the oldest messages whose stored JSON adds up to at most
+    /// `max_bytes` (at least one); the seq that continues follows the last one kept.
+    pub fn replay_within(&self, from: u64, limit: usize, max_bytes: usize) -> (&[Message], u64) {
         let start = (from.max(1) - 1).min(self.last_seq()) as usize;
         let end = start.saturating_add(limit).min(self.messages.len());
         let page = &self.messages[start..end];
+        let page = &page[..fitting(page.iter(), max_bytes)];
         let next = page.last().and_then(|m| m.seq).map_or(from.max(1).min(self.last_seq() + 1), |s| s + 1);
         (page, next)
+    }
+
+    /// Bytes of the stored JSON of the window's messages (what a window read copies).
+    pub fn window_bytes(&self) -> usize {
+        let summary: usize = self.window.summary.iter().map(|m| m.json_len_bytes()).sum();
+        let live: usize = self.live_seqs().map(|s| self.messages[s as usize - 1].json_len_bytes()).sum();
+        summary.saturating_add(live)
     }
 
     /// `{"strategy": …, <config fields>}`, as the window reports its policy.
@@ -345,4 +367,19 @@ impl Context {
 /// The sum of token counts, stopping at `u64::MAX` instead of wrapping.
 fn saturating_sum(counts: impl Iterator<Item = u64>) -> u64 {
     counts.fold(0, u64::saturating_add)
+}
+
+/// How many of `messages`, in order, fit in `max_bytes` of stored JSON (one separator
+/// each); at least one when there is one, so that a page always moves forward.
+fn fitting<'a>(messages: impl Iterator<Item = &'a Message>, max_bytes: usize) -> usize {
+    let mut total = 0usize;
+    let mut n = 0;
+    for m in messages {
+        total = total.saturating_add(m.json_len_bytes() + 1);
+        if total > max_bytes && n > 0 {
+            break;
+        }
+        n += 1;
+    }
+    n
 }

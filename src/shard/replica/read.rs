@@ -32,11 +32,12 @@ pub(super) async fn read(shard: &Shard, call: &ShardCall, limits: &ServeLimits, 
             Err(_) => return timed_out(limits),
         }
     }
-    Ok(applied_state(shard, call))
+    Ok(applied_state(shard, call, limits.response_max_bytes))
 }
 
-/// Answers a read from this replica's applied state.
-fn applied_state(shard: &Shard, call: &ShardCall) -> Reply {
+/// Answers a read from this replica's applied state, its body at most about
+/// `max_bytes` (tail and replay pages are cut shorter; a larger window is refused).
+fn applied_state(shard: &Shard, call: &ShardCall, max_bytes: usize) -> Reply {
     let applied = shard.state.applied().borrow();
     let store = &applied.store;
     let bodies = &applied.bodies;
@@ -47,11 +48,11 @@ fn applied_state(shard: &Shard, call: &ShardCall) -> Reply {
     let rendered = match call {
         ShardCall::Get { .. } => return Reply::json(200, &ctx.summary_json()),
         ShardCall::Tail { offset, limit, .. } => {
-            crate::store::messages_object(ctx.tail(*offset, *limit).iter(), bodies, b"}")
+            crate::store::messages_object(ctx.tail_within(*offset, *limit, max_bytes).iter(), bodies, b"}")
         }
         ShardCall::Replay { from, limit, .. } => {
             let start = ctx.replay_start(*from);
-            let (page, next) = ctx.replay(start, *limit);
+            let (page, next) = ctx.replay_within(start, *limit, max_bytes);
             let tail = format!(",\"last_seq\":{},\"next_seq\":{next}}}", ctx.last_seq());
             crate::store::messages_object(page.iter(), bodies, tail.as_bytes())
         }
@@ -60,6 +61,14 @@ fn applied_state(shard: &Shard, call: &ShardCall) -> Reply {
                 && expected != ctx.version
             {
                 return Reply::store_error(&StoreError::Conflict { expected, found: ctx.version });
+            }
+            let bytes = ctx.window_bytes();
+            if bytes > max_bytes {
+                let why = format!(
+                    "the window holds {bytes} bytes of messages, over the {max_bytes}-byte limit of one answer: compact \
+                     it (POST /compact), or read its messages in pages (GET /messages)"
+                );
+                return Reply::error(413, "window_too_large", why);
             }
             ctx.window_json(budget.unwrap_or(ctx.config.token_budget), bodies)
         }
