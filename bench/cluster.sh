@@ -17,7 +17,8 @@
 # SHARDS (default: the server's own, 2 × CORES — 2 shards per node at CORES=1, the density
 # of a default single node; the shard count is fixed when a data dir is created), EXTRA_ARGS (more `fleetlm serve` flags), BIN (default
 # target/release/fleetlm), LATENCY_DIR (node I writes its latency interval log to
-# $LATENCY_DIR/nodeI.hlog).
+# $LATENCY_DIR/nodeI.hlog). The nodes share a cluster secret made at the first `up`
+# (bench/.cluster/secret), or FLEETLM_CLUSTER_SECRET if set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=bench/.cluster
@@ -27,6 +28,13 @@ CORES=${CORES:-1}
 SHARDS=${SHARDS:-}
 BIN=${BIN:-target/release/fleetlm}
 EXTRA_ARGS=${EXTRA_ARGS:-}
+
+cluster_secret() {
+  if [ -n "${FLEETLM_CLUSTER_SECRET:-}" ]; then echo "$FLEETLM_CLUSTER_SECRET"; return; fi
+  mkdir -p "$DIR"
+  [ -s "$DIR/secret" ] || (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/secret")
+  cat "$DIR/secret"
+}
 
 http_port() { echo $((HTTP_BASE + $1)); }
 peer_port() { echo $((PEER_BASE + 10 * $1)); }
@@ -50,7 +58,7 @@ start_node() {
   local latency=""
   if [ -n "${LATENCY_DIR:-}" ]; then latency="--latency-log $LATENCY_DIR/node$i.hlog"; fi
   # shellcheck disable=SC2086
-  nohup "$BIN" serve --node-id "$i" --listen "127.0.0.1:$(http_port "$i")" \
+  FLEETLM_CLUSTER_SECRET=$(cluster_secret) nohup "$BIN" serve --node-id "$i" --listen "127.0.0.1:$(http_port "$i")" \
     --peer-listen "127.0.0.1:$(peer_port "$i")" --peers "$(peers_arg "$n")" \
     --data-dir "$DIR/node$i" --cores "$CORES" ${SHARDS:+--shards "$SHARDS"} --first-cpu $(((i - 1) * CORES % $(nproc))) \
     $latency $EXTRA_ARGS \

@@ -12,12 +12,34 @@ pub const ACCEPT_RETRY_MAX_MS: u64 = 1_000;
 /// At most one log line per this while accepts keep failing.
 pub const ACCEPT_LOG_INTERVAL_MS: u64 = 10_000;
 
+/// At most one line per `ACCEPT_LOG_INTERVAL_MS`, counting the ones left out: for
+/// failures a stranger can cause at will (a failed accept, a failed peer handshake).
+#[derive(Debug, Default)]
+pub struct RateLimitedLog {
+    not_logged: u64,
+    last_log: Option<Instant>,
+}
+
+impl RateLimitedLog {
+    /// The line to log for `what` at `now`, if one is due.
+    pub fn line(&mut self, now: Instant, what: &str) -> Option<String> {
+        let due = self.last_log.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(ACCEPT_LOG_INTERVAL_MS));
+        if !due {
+            self.not_logged += 1;
+            return None;
+        }
+        let line = format!("{what}; {} more since the last line", self.not_logged);
+        self.not_logged = 0;
+        self.last_log = Some(now);
+        Some(line)
+    }
+}
+
 /// One accept loop's failure state. Pure: the caller sleeps and logs.
 #[derive(Debug, Default)]
 pub struct AcceptPacing {
     failures_in_a_row: u32,
-    not_logged: u64,
-    last_log: Option<Instant>,
+    log: RateLimitedLog,
 }
 
 impl AcceptPacing {
@@ -26,20 +48,12 @@ impl AcceptPacing {
         self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
         let exp = self.failures_in_a_row.saturating_sub(1).min(16);
         let wait = Duration::from_millis((ACCEPT_RETRY_MIN_MS << exp).min(ACCEPT_RETRY_MAX_MS));
-        let due = self.last_log.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(ACCEPT_LOG_INTERVAL_MS));
-        if !due {
-            self.not_logged += 1;
-            return (wait, None);
-        }
         let hint = if error.raw_os_error() == Some(libc::EMFILE) || error.raw_os_error() == Some(libc::ENFILE) {
             " (out of file descriptors: raise the limit, `ulimit -n`, or lower the connection caps)"
         } else {
             ""
         };
-        let line = format!("accept: {error}{hint}; {} more failures since the last line", self.not_logged);
-        self.not_logged = 0;
-        self.last_log = Some(now);
-        (wait, Some(line))
+        (wait, self.log.line(now, &format!("accept: {error}{hint}")))
     }
 
     /// An accept succeeded: the next failure waits the minimum again.
@@ -71,7 +85,7 @@ mod tests {
         assert_eq!(last, Duration::from_millis(ACCEPT_RETRY_MAX_MS));
         assert_eq!(logged, 0, "one line per interval");
         let (_, line) = p.failed(t0 + Duration::from_millis(ACCEPT_LOG_INTERVAL_MS), &emfile);
-        assert!(line.unwrap().contains("999 more failures"));
+        assert!(line.unwrap().contains("999 more since the last line"));
         p.succeeded();
         assert_eq!(p.failed(t0, &emfile).0, Duration::from_millis(ACCEPT_RETRY_MIN_MS));
     }

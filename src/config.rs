@@ -271,6 +271,16 @@ pub struct PeerLimits {
     /// Requests served at once per inbound peer connection (forwarded calls are
     /// multiplexed); reading pauses beyond it.
     pub calls_in_flight_max_per_connection: usize,
+    /// The cluster secret peers prove they know before any frame is read
+    /// (`crate::raft::peer_auth`); `None`: no handshake (a single node, or
+    /// `--insecure-peers`).
+    pub cluster_secret: Option<crate::raft::peer_auth::ClusterSecret>,
+    /// The peer handshake completes within this.
+    pub handshake_timeout_ms: u64,
+    /// An inbound peer connection that sends nothing for this long is closed (Raft
+    /// connections carry heartbeats every `heartbeat_interval_ms`; idle forwarding
+    /// links reconnect when next needed).
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for PeerLimits {
@@ -287,6 +297,9 @@ impl Default for PeerLimits {
             connections_max_per_core: 1_024,
             snapshot_index_max_bytes: 1 << 30,
             calls_in_flight_max_per_connection: 4_096,
+            cluster_secret: None,
+            handshake_timeout_ms: 5_000,
+            idle_timeout_ms: 60_000,
         }
     }
 }

@@ -115,6 +115,15 @@ struct ServeArgs {
     /// larger window is 413 window_too_large.
     #[arg(long, env = "FLEETLM_RESPONSE_MAX_BYTES", default_value_t = ServeLimits::default().response_max_bytes)]
     response_max_bytes: usize,
+    /// The secret every node of the cluster shares (at least 16 bytes): peers prove they
+    /// know it before any frame is read. Required with --peer-listen, unless
+    /// --insecure-peers.
+    #[arg(long, env = "FLEETLM_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// Accept peer connections without authentication (anyone who reaches the peer port
+    /// can then read, write and reconfigure the cluster). For isolated test networks.
+    #[arg(long, env = "FLEETLM_INSECURE_PEERS")]
+    insecure_peers: bool,
     /// A write to a client that makes no progress for this long closes its connection.
     #[arg(long, env = "FLEETLM_WRITE_TIMEOUT_MS", default_value_t = HttpLimits::default().write_timeout_ms)]
     write_timeout_ms: u64,
@@ -164,6 +173,25 @@ fn main() -> std::process::ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
     let cores = a.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // The peer port takes Raft RPCs, membership changes, snapshots and forwarded calls:
+    // it is never open to strangers by default.
+    let cluster_secret = match (&a.cluster_secret, a.insecure_peers, a.peer_listen) {
+        (Some(s), _, _) => match fleetlm::raft::peer_auth::ClusterSecret::new(s.as_bytes()) {
+            Ok(secret) => Some(secret),
+            Err(e) => {
+                eprintln!("fleetlm: --cluster-secret: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        (None, true, _) | (None, _, None) => None,
+        (None, false, Some(_)) => {
+            eprintln!(
+                "fleetlm: --peer-listen needs --cluster-secret (FLEETLM_CLUSTER_SECRET, the same on every node, at least \
+                 16 bytes), or --insecure-peers on an isolated network"
+            );
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let config = ServerConfig {
         listen: a.listen,
         data_dir: a.data_dir,
@@ -212,7 +240,7 @@ fn main() -> std::process::ExitCode {
             log_entries_kept_after_snapshot: a.log_keep_entries,
             ..RaftTimings::default()
         },
-        peer: PeerLimits::default(),
+        peer: PeerLimits { cluster_secret, ..PeerLimits::default() },
         latency_log: a.latency_log,
         latency_interval_ms: a.latency_interval,
     };

@@ -4,6 +4,7 @@
 pub mod bodies;
 pub mod log_store;
 pub mod network;
+pub mod peer_auth;
 pub mod runtime;
 pub mod shard;
 pub mod state_machine;

@@ -43,13 +43,16 @@ fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
 }
 
 /// Connects to core `core` of the peer at `addr` (its port + `core`), falling back to
-/// the base port (remembered in `use_base_port`) when nothing listens there.
+/// the base port (remembered in `use_base_port`) when nothing listens there, and proves
+/// (and checks) knowledge of the cluster secret when there is one
+/// (`super::peer_auth`). Every failure is `WireError::Connect`: nothing was sent.
 pub async fn connect_peer(
     addr: &str,
     core: usize,
     use_base_port: &mut bool,
-    timeout: Duration,
+    limits: &PeerLimits,
 ) -> Result<TcpStream, WireError> {
+    let timeout = Duration::from_millis(limits.connect_timeout_ms);
     let base = resolve(addr).map_err(WireError::Connect)?;
     let port_addr = if *use_base_port { base } else { core_port_addr(base, core) };
     let stream = match TcpStream::connect_timeout(port_addr, timeout).await {
@@ -64,6 +67,13 @@ pub async fn connect_peer(
         Err(e) => return Err(WireError::Connect(e.into())),
     };
     stream.set_nodelay(true).map_err(|e| WireError::Connect(std::io::Error::from(e)))?;
+    let mut stream = stream;
+    if let Some(secret) = &limits.cluster_secret {
+        let deadline = Duration::from_millis(limits.handshake_timeout_ms);
+        super::peer_auth::connect(&mut stream, secret, deadline)
+            .await
+            .map_err(|e| WireError::Connect(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e)))?;
+    }
     Ok(stream)
 }
 
@@ -157,8 +167,7 @@ impl PeerConn {
                     format!("{}: backing off after a failed connection", self.addr),
                 )));
             }
-            let timeout = Duration::from_millis(self.limits.connect_timeout_ms);
-            let stream = connect_peer(&self.addr, self.core, &mut self.use_base_port, timeout).await?;
+            let stream = connect_peer(&self.addr, self.core, &mut self.use_base_port, &self.limits).await?;
             self.stream = Some(BufReader::with_capacity(PEER_READ_BUFFER_BYTES, stream));
             self.backoff.succeeded();
         }

@@ -80,8 +80,7 @@ impl Link {
         self.connecting.set(true);
         let addr = self.addr.borrow().clone();
         let mut base = self.use_base_port.get();
-        let timeout = Duration::from_millis(self.limits.connect_timeout_ms);
-        let connected = connect_peer(&addr, self.core, &mut base, timeout).await;
+        let connected = connect_peer(&addr, self.core, &mut base, &self.limits).await;
         self.connecting.set(false);
         let stream = match connected {
             Ok(s) => s,

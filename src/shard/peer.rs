@@ -26,6 +26,9 @@ type C = FleetRaft;
 pub async fn serve_peers(ctx: Rc<CoreCtx>, listener: TcpListener) {
     let open = Rc::new(std::cell::Cell::new(0usize));
     let mut pacing = crate::accept::AcceptPacing::default();
+    // Failed handshakes and broken connections are logged at a bounded rate: anyone who
+    // can reach the peer port can cause them.
+    let errors = Rc::new(RefCell::new(crate::accept::RateLimitedLog::default()));
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -45,12 +48,14 @@ pub async fn serve_peers(ctx: Rc<CoreCtx>, listener: TcpListener) {
         }
         let _ = stream.set_nodelay(true);
         open.set(open.get() + 1);
-        let (ctx, open) = (ctx.clone(), open.clone());
+        let (ctx, open, errors) = (ctx.clone(), open.clone(), errors.clone());
         glommio::spawn_local(async move {
             if let Err(e) = serve_connection(&ctx, stream).await
                 && !matches!(&e, WireError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
+                && let Some(line) =
+                    errors.borrow_mut().line(std::time::Instant::now(), &format!("peer connection: {e}"))
             {
-                eprintln!("core {}: peer connection: {e}", ctx.core);
+                eprintln!("core {}: {line}", ctx.core);
             }
             open.set(open.get() - 1);
         })
@@ -104,6 +109,19 @@ async fn receive_snapshot(
 }
 
 async fn serve_connection(ctx: &Rc<CoreCtx>, stream: TcpStream) -> Result<(), WireError> {
+    let mut stream = stream;
+    let limits = &ctx.peer_limits;
+    // Nothing is decoded from a peer that has not proven it knows the cluster secret.
+    if let Some(secret) = &limits.cluster_secret {
+        let deadline = std::time::Duration::from_millis(limits.handshake_timeout_ms);
+        crate::raft::peer_auth::accept(&mut stream, secret, deadline)
+            .await
+            .map_err(|e| WireError::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e)))?;
+    }
+    // A connection that goes quiet is closed (no read may wait longer than this).
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_millis(limits.idle_timeout_ms.max(1))))
+        .map_err(|e| WireError::Io(e.into()))?;
     let frame_max = ctx.peer_limits.frame_max_bytes;
     let (reader, mut writer) = futures_lite::io::split(stream);
     let mut reader = BufReader::with_capacity(PEER_READ_BUFFER_BYTES, reader);

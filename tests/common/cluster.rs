@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use super::{Resp, free_ports, try_request, try_request_full};
 
+/// The cluster secret of every test cluster's nodes.
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789";
+
 pub struct Node {
     pub id: u64,
     /// Executors of this node.
@@ -97,6 +100,7 @@ impl Cluster {
             .args(["--listen", &format!("127.0.0.1:{}", node.http_port)])
             .args(["--peer-listen", &format!("127.0.0.1:{}", node.peer_port)])
             .args(["--peers", &self.peers])
+            .args(["--cluster-secret", CLUSTER_SECRET])
             .args(["--cores", &node.cores.to_string(), "--shards", "4"])
             .args(["--segment-size-bytes", "8388608", "--body-segment-size-bytes", "4194304"])
             .arg("--data-dir")

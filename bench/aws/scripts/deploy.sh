@@ -15,6 +15,8 @@ fi
 cores=$(ssh_to "${SERVERS[0]}" nproc)
 SHARDS=${SHARDS:-$((2 * cores))}
 PEERS=$(peers_arg)
+# One secret for the cluster's nodes (peers authenticate each other with it).
+SECRET=${FLEETLM_CLUSTER_SECRET:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 
 for i in "${!SERVERS[@]}"; do
   host=${SERVERS[$i]} id=$((i + 1)) ip=${PRIVATE[$i]}
@@ -31,6 +33,7 @@ After=network-online.target
 Wants=network-online.target
 
 [Service]
+Environment=FLEETLM_CLUSTER_SECRET=$SECRET
 ExecStart=/usr/local/bin/fleetlm serve --node-id $id --listen 0.0.0.0:$HTTP_PORT \\
   --peer-listen $ip:$PEER_PORT --peers $PEERS --shards $SHARDS --data-dir /var/lib/fleetlm \\
   --latency-log /var/lib/fleetlm/latency.hlog --latency-interval 10s ${EXTRA_ARGS:-}

@@ -1,0 +1,124 @@
+//! The peer port is closed to strangers: peers prove they know the cluster secret
+//! before any frame is decoded (HMAC challenge-response), and a node that listens for
+//! peers will not start without a secret unless told `--insecure-peers`.
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use fleetlm::raft::peer_auth::{AuthError, ClusterSecret, accept, connect};
+use fleetlm::raft::wire::{PeerRequest, encode, encode_frame};
+use fleetlm::shard::ShardCall;
+use fleetlm::store::Command;
+use glommio::LocalExecutorBuilder;
+use glommio::net::{TcpListener, TcpStream};
+
+fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+    LocalExecutorBuilder::default().io_memory(1 << 20).make().expect("executor").run(f());
+}
+
+/// Both halves of a handshake over loopback: (connector's result, acceptor's result).
+fn handshake(connector: &'static [u8], acceptor: &'static [u8]) -> (Result<(), String>, Result<(), String>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    run(move || async move {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let t = Duration::from_secs(5);
+        let server = glommio::spawn_local(async move {
+            let mut s = listener.accept().await.unwrap();
+            accept(&mut s, &ClusterSecret::new(acceptor).unwrap(), t).await.map_err(|e| e.to_string())
+        });
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let client = connect(&mut c, &ClusterSecret::new(connector).unwrap(), t).await.map_err(|e| e.to_string());
+        drop(c);
+        tx.send((client, server.await)).unwrap();
+    });
+    rx.recv().unwrap()
+}
+
+#[test]
+fn the_same_secret_passes_and_another_fails_on_both_sides() {
+    let (c, a) = handshake(b"0123456789abcdef-one", b"0123456789abcdef-one");
+    assert_eq!((c, a), (Ok(()), Ok(())));
+    let (c, a) = handshake(b"0123456789abcdef-one", b"0123456789abcdef-two");
+    assert!(c.unwrap_err().contains("does not know the cluster secret"));
+    assert!(a.is_err(), "the acceptor never sees a valid proof");
+    assert!(ClusterSecret::new(b"short").is_err());
+    assert_eq!(format!("{:?}", ClusterSecret::new(b"0123456789abcdef").unwrap()), "ClusterSecret(<redacted>)");
+}
+
+#[test]
+fn a_stranger_that_does_not_speak_the_handshake_is_refused() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    run(move || async move {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = glommio::spawn_local(async move {
+            let mut s = listener.accept().await.unwrap();
+            accept(&mut s, &ClusterSecret::new(b"0123456789abcdef").unwrap(), Duration::from_secs(5)).await
+        });
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        futures_lite::AsyncWriteExt::write_all(&mut c, &[0u8; 64]).await.unwrap();
+        tx.send(matches!(server.await, Err(AuthError::Protocol))).unwrap();
+    });
+    assert!(rx.recv().unwrap());
+}
+
+/// The attack that was possible: a hand-built forwarded call (delete a context) sent to
+/// the peer port of a node with an API key. Now the frame is never read.
+#[test]
+fn a_hand_built_forwarded_call_is_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer_port = common::free_ports(1);
+    let s = common::Server::start(
+        &dir.path().join("data"),
+        &[
+            "--api-key",
+            "sekret",
+            "--shards",
+            "1",
+            "--cores",
+            "1",
+            "--peer-listen",
+            &format!("127.0.0.1:{peer_port}"),
+            "--cluster-secret",
+            "0123456789abcdef-real",
+        ],
+    );
+    let auth = [("Authorization", "Bearer sekret")];
+    assert_eq!(s.req_h("PUT", "/v1/contexts/victim", &auth, r#"{"token_budget":10}"#).status, 201);
+
+    let call = ShardCall::Write(Command::Delete { id: "victim".into(), now: String::new() });
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, &PeerRequest::Call { id: 1, shard: 0, call: encode(&call).unwrap() }, 1 << 20).unwrap();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", peer_port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = c.write_all(&frame);
+    // The node reads the (wrong) handshake, refuses and closes: no answer frame.
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    assert!(answer.len() <= 64, "the node answered {} bytes", answer.len());
+    let r = s.req_h("GET", "/v1/contexts/victim", &auth, "");
+    assert_eq!(r.json()["status"], "active", "a stranger's frame deleted the context: {}", r.json());
+}
+
+#[test]
+fn a_node_that_listens_for_peers_needs_a_secret_or_says_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetlm"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env_remove("FLEETLM_CLUSTER_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--cluster-secret"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peer_port = common::free_ports(1);
+    let peer = format!("127.0.0.1:{peer_port}");
+    let s = common::Server::start(&dir.path().join("data2"), &["--peer-listen", &peer, "--insecure-peers"]);
+    assert_eq!(s.req("GET", "/health/ready", "").status, 200);
+}
