@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::GLOMMIO_IO_MEMORY_BYTES;
 pub use crate::config::ServerConfig;
 use crate::raft::network::core_port_addr;
-use crate::raft::{Shard, ShardPlacement};
+
 use crate::shard::core::{CoreCtx, MeshMsg, Readiness, serve_mesh};
 use crate::shard::placement::core_of;
 
@@ -205,6 +205,7 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
         opened: AtomicUsize::new(0),
         with_leader: (0..cores).map(|_| AtomicUsize::new(0)).collect(),
         stopped: (0..cores).map(|_| AtomicUsize::new(0)).collect(),
+        restarts: AtomicUsize::new(0),
     });
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut handles = Vec::new();
@@ -256,20 +257,10 @@ async fn run_core(
     } else {
         None
     };
-    let body_segment_size_bytes = config.body_segment_size_bytes.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES);
+    let opener = crate::shard::healing::ShardOpener::new(&config, cores);
     let mut shards = HashMap::new();
     for s in (0..shard_count).filter(|&s| core_of(s, cores) == core) {
-        let dir = config.data_dir.join("shards").join(s.to_string());
-        let placement = ShardPlacement {
-            shard: s,
-            node_id: config.node_id,
-            cores,
-            initial_members: initial_members.clone(),
-            body_segment_size_bytes,
-        };
-        let shard = Shard::open(&dir, placement, config.wal.clone(), config.store.clone(), &config.raft, &config.peer)
-            .await
-            .map_err(|e| format!("shard {s}: {e}"))?;
+        let shard = opener.open(s, initial_members.clone()).await.map_err(|e| format!("shard {s}: {e}"))?;
         ready.opened.fetch_add(1, Ordering::AcqRel);
         shards.insert(s, Rc::new(shard));
     }

@@ -123,6 +123,7 @@ async fn metrics(core: &CoreCtx) -> Response {
         node_id: core.node_id,
         ready: readiness.ready(),
         shards_stopped: readiness.stopped,
+        shard_restarts: readiness.restarts,
         disk_free_bytes: crate::files::free_bytes(&core.data_dir).ok(),
         disk_reserve_bytes: core.disk_reserve_bytes(),
     };
@@ -240,7 +241,7 @@ fn health_ready(core: &CoreCtx) -> Response {
         _ => "no_quorum",
     };
     let body = json!({"status": status, "shards_open": r.opened, "shards_with_leader": r.with_leader,
-                      "shards_stopped": r.stopped, "shards": r.total});
+                      "shards_stopped": r.stopped, "shard_restarts": r.restarts, "shards": r.total});
     Response::json(503, &body)
 }
 

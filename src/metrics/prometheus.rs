@@ -20,6 +20,8 @@ pub struct NodeState {
     pub ready: bool,
     /// Shards whose Raft core a fatal storage error stopped.
     pub shards_stopped: usize,
+    /// Shards re-opened after such a stop since the node started.
+    pub shard_restarts: usize,
     /// Free space of the data dir's filesystem (`None`: statvfs failed).
     pub disk_free_bytes: Option<u64>,
     /// Below this free space writes are refused (0: never).
@@ -94,10 +96,13 @@ pub fn render(node: &NodeState, counters: &Counters, hists: &Histograms, shards:
     let _ = writeln!(w, "fleetlm_ready {}", u8::from(node.ready));
     let _ = writeln!(
         w,
-        "# HELP fleetlm_shards_stopped Shards whose Raft core a fatal storage error stopped (restart the node)."
+        "# HELP fleetlm_shards_stopped Shards whose Raft core a fatal storage error stopped (re-opened in-process with backoff)."
     );
     let _ = writeln!(w, "# TYPE fleetlm_shards_stopped gauge");
     let _ = writeln!(w, "fleetlm_shards_stopped {}", node.shards_stopped);
+    let _ = writeln!(w, "# HELP fleetlm_shard_restarts_total Shards re-opened in-process after a fatal storage error.");
+    let _ = writeln!(w, "# TYPE fleetlm_shard_restarts_total counter");
+    let _ = writeln!(w, "fleetlm_shard_restarts_total {}", node.shard_restarts);
     if let Some(free) = node.disk_free_bytes {
         let _ = writeln!(w, "# HELP fleetlm_disk_free_bytes Free space of the data dir's filesystem.");
         let _ = writeln!(w, "# TYPE fleetlm_disk_free_bytes gauge");

@@ -18,6 +18,7 @@ use hdrhistogram::Histogram;
 use super::call::{InboundRpc, NotLeader, Reply, Served, ShardCall, encode_served};
 use super::disk::DiskGuard;
 use super::forward::Forwarder;
+use super::healing::{Healing, ShardOpener};
 use super::placement::{core_of, shard_of};
 use super::replica::attempt;
 use super::rpc::handle_raft_rpc;
@@ -58,6 +59,8 @@ pub struct Readiness {
     pub with_leader: Vec<AtomicUsize>,
     /// Per core: its shards whose Raft core a fatal storage error stopped.
     pub stopped: Vec<AtomicUsize>,
+    /// Shards re-opened after such a stop, since the node started.
+    pub restarts: AtomicUsize,
 }
 
 /// `CoreCtx::readiness`.
@@ -66,6 +69,7 @@ pub struct ReadinessCounts {
     pub opened: usize,
     pub with_leader: usize,
     pub stopped: usize,
+    pub restarts: usize,
     pub total: usize,
 }
 
@@ -81,7 +85,11 @@ pub struct CoreCtx {
     pub cores: usize,
     pub shard_count: u32,
     pub data_dir: PathBuf,
-    pub shards: HashMap<u32, Rc<Shard>>,
+    /// This core's shards; a slot's shard is replaced when it is re-opened (`healing`).
+    shards: HashMap<u32, RefCell<Rc<Shard>>>,
+    opener: ShardOpener,
+    /// Stopped shards waiting to be re-opened, with their schedule.
+    healing: RefCell<HashMap<u32, Healing>>,
     pub mesh: Option<Senders<MeshMsg>>,
     pub store_limits: StoreLimits,
     pub serve_limits: ServeLimits,
@@ -119,7 +127,9 @@ impl CoreCtx {
             cores: config.cores.max(1),
             shard_count,
             data_dir: config.data_dir.clone(),
-            shards,
+            shards: shards.into_iter().map(|(id, s)| (id, RefCell::new(s))).collect(),
+            opener: ShardOpener::new(config, config.cores.max(1)),
+            healing: RefCell::default(),
             mesh,
             store_limits: config.store.clone(),
             serve_limits: config.serve.clone(),
@@ -134,6 +144,55 @@ impl CoreCtx {
                 Duration::from_millis(crate::config::DISK_FREE_RECHECK_MS),
             ),
             wal_interval_marks: RefCell::default(),
+        }
+    }
+
+    /// This core's replica of shard `id` (now: a re-open replaces it).
+    pub fn shard(&self, id: u32) -> Option<Rc<Shard>> {
+        self.shards.get(&id).map(|slot| slot.borrow().clone())
+    }
+
+    /// This core's shards, by id.
+    pub fn shards(&self) -> Vec<(u32, Rc<Shard>)> {
+        let mut all: Vec<_> = self.shards.iter().map(|(&id, slot)| (id, slot.borrow().clone())).collect();
+        all.sort_unstable_by_key(|(id, _)| *id);
+        all
+    }
+
+    /// Re-opens the shards a fatal storage error stopped, each when its backoff is due
+    /// (called from the readiness loop). The stopped Raft is shut down first; calls
+    /// still holding it get 503 from it as before.
+    pub async fn heal_stopped_shards(&self) {
+        let now = Instant::now();
+        for (id, shard) in self.shards() {
+            if !shard.stopped.get() {
+                continue;
+            }
+            let due = self.healing.borrow_mut().entry(id).or_insert_with(|| Healing::new(now)).due(now);
+            if !due {
+                continue;
+            }
+            let _ = shard.raft.shutdown().await;
+            drop(shard);
+            match self.opener.open(id, None).await {
+                Ok(fresh) => {
+                    let failures = self.healing.borrow_mut().remove(&id).map_or(0, |h| h.failures);
+                    *self.shards[&id].borrow_mut() = Rc::new(fresh);
+                    self.ready.restarts.fetch_add(1, Ordering::AcqRel);
+                    eprintln!(
+                        "core {}: shard {id} re-opened after a storage failure ({failures} failed tries)",
+                        self.core
+                    );
+                }
+                Err(e) => {
+                    let mut healing = self.healing.borrow_mut();
+                    let h = healing.entry(id).or_insert_with(|| Healing::new(now));
+                    h.failed(Instant::now());
+                    if h.failures.is_power_of_two() {
+                        eprintln!("core {}: shard {id} could not be re-opened (try {}): {e}", self.core, h.failures);
+                    }
+                }
+            }
         }
     }
 
@@ -154,6 +213,7 @@ impl CoreCtx {
             opened: self.ready.opened.load(Ordering::Acquire),
             with_leader: sum(&self.ready.with_leader),
             stopped: sum(&self.ready.stopped),
+            restarts: self.ready.restarts.load(Ordering::Acquire),
             total: self.shard_count as usize,
         }
     }
@@ -187,17 +247,17 @@ impl CoreCtx {
     pub fn local_metrics(&self, interval: bool) -> crate::metrics::Snapshot {
         let mut snapshot = crate::metrics::snapshot(interval);
         let mut marks = self.wal_interval_marks.borrow_mut();
-        for (id, shard) in &self.shards {
+        for (id, shard) in self.shards() {
             let (mut latency, mut batch) =
                 shard.log.wal().with_stats(|s| (s.sync_latency_us.clone(), s.sync_batch_records.clone()));
             if interval {
                 let since_start = (latency.clone(), batch.clone());
-                if let Some((latency_mark, batch_mark)) = marks.get(id) {
+                if let Some((latency_mark, batch_mark)) = marks.get(&id) {
                     // Counts only grow, so the marks are below the current counts.
                     let _ = latency.subtract(latency_mark);
                     let _ = batch.subtract(batch_mark);
                 }
-                marks.insert(*id, since_start);
+                marks.insert(id, since_start);
             }
             crate::metrics::add_histogram(&mut snapshot.histograms, "wal.sync", &latency);
             crate::metrics::add_histogram(&mut snapshot.histograms, "wal.sync_batch_records", &batch);
@@ -242,11 +302,11 @@ impl CoreCtx {
     pub async fn dispatch_peer(&self, shard: u32, rpc: InboundRpc) -> PeerResponse {
         let owner = core_of(shard, self.cores);
         if owner == self.core {
-            return match (self.shards.get(&shard), rpc) {
+            return match (self.shard(shard), rpc) {
                 (_, InboundRpc::Call(call)) => {
                     call_reply(0, Box::pin(self.dispatch_call(shard, call, true, Instant::now())).await)
                 }
-                (Some(s), rpc) => handle_raft_rpc(s, rpc, self.node_id, &self.disk).await,
+                (Some(s), rpc) => handle_raft_rpc(&s, rpc, self.node_id, &self.disk).await,
                 (None, _) => PeerResponse::Refused(format!("shard {shard} is not open on node {}", self.node_id)),
             };
         }
@@ -282,7 +342,7 @@ impl CoreCtx {
         if matches!(call, ShardCall::Write(crate::store::Command::Append { .. })) {
             crate::metrics::record_since("append.queue_wait", received);
         }
-        let Some(shard) = self.shards.get(&shard_id).cloned() else {
+        let Some(shard) = self.shard(shard_id) else {
             return Ok(Reply::unavailable(&self.serve_limits, format!("shard {shard_id} is not open yet")));
         };
         // Every replica stores every entry: a node short of disk refuses the writes it

@@ -56,9 +56,10 @@ pub async fn watch_leaders(ctx: Rc<CoreCtx>) {
     let mut next_balance = Instant::now() + balance_every;
     loop {
         glommio::timer::sleep(Duration::from_millis(READINESS_POLL_MS)).await;
+        ctx.heal_stopped_shards().await;
         let (mut with_leader, mut stopped) = (0, 0);
-        for shard in ctx.shards.values() {
-            if !shard.stopped.get() && has_live_leader(shard, ctx.node_id, stale_after).await {
+        for (_, shard) in ctx.shards() {
+            if !shard.stopped.get() && has_live_leader(&shard, ctx.node_id, stale_after).await {
                 with_leader += 1;
                 // Local reads of a restarted replica wait for this (`Shard::caught_up`).
                 shard.note_live_leader();
@@ -74,7 +75,7 @@ pub async fn watch_leaders(ctx: Rc<CoreCtx>) {
         // A leader short of disk refuses every write of its shards (`crate::shard::disk`):
         // it hands them to another voter, whichever is preferred.
         let short_of_disk = ctx.disk_refusal().is_some();
-        for (&id, shard) in &ctx.shards {
+        for (id, shard) in ctx.shards() {
             let m = shard.raft.metrics().borrow_watched().clone();
             if m.state != ServerState::Leader || shard.stopped.get() {
                 continue;

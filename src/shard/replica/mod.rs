@@ -5,7 +5,8 @@
 //! this replica does not lead the shard and nothing was proposed.
 //!
 //! A replica whose Raft core a fatal storage error stopped answers 503 without asking
-//! openraft (which would refuse every call, logging an error each): `mark_stopped`.
+//! openraft (which would refuse every call, logging an error each): `mark_stopped`;
+//! the core re-opens it (`crate::shard::healing`).
 mod membership;
 mod propose;
 mod read;
@@ -43,8 +44,8 @@ fn mark_stopped(shard: &Shard, limits: &ServeLimits) -> Served {
 }
 
 fn stopped_reply(limits: &ServeLimits) -> Reply {
-    let why = "this node's replica of the shard stopped after a storage failure (see the node's log); \
-               restart the node once the cause is fixed";
+    let why = "this node's replica of the shard stopped after a storage failure (see the node's log); it is \
+               re-opened by itself once the cause is fixed";
     Reply::unavailable(limits, why)
 }
 
