@@ -183,6 +183,17 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     if let Some(base) = config.peer_listen {
         ports.extend((0..cores).map(|c| core_port_addr(base, c)));
     }
+    // The HTTP port among the peer ports (port + core) would share its connections with
+    // a peer listener (SO_REUSEPORT): every other client connection would be dropped.
+    let mut distinct = ports.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < ports.len() {
+        return Err(ServeError::Port(
+            config.listen,
+            "the HTTP port is one of the peer ports (--peer-listen + core)".into(),
+        ));
+    }
     // A bind probe cannot tell (connections in TIME_WAIT of our own previous run block
     // a plain bind); a live listener is found by connecting to it.
     for addr in ports {

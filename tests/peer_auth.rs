@@ -117,8 +117,28 @@ fn a_node_that_listens_for_peers_needs_a_secret_or_says_insecure() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let peer_port = common::free_ports(1);
+    // One peer port per core (2): both must be free.
+    let peer_port = common::free_ports(2);
     let peer = format!("127.0.0.1:{peer_port}");
-    let s = common::Server::start(&dir.path().join("data2"), &["--peer-listen", &peer, "--insecure-peers"]);
+    let s =
+        common::Server::start(&dir.path().join("data2"), &["--peer-listen", &peer, "--insecure-peers", "--cores", "2"]);
     assert_eq!(s.req("GET", "/health/ready", "").status, 200);
+}
+
+#[test]
+fn the_http_port_may_not_be_one_of_the_peer_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::free_ports(2);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetlm"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", base + 1), "--cores", "2", "--insecure-peers"])
+        .args(["--peer-listen", &format!("127.0.0.1:{base}"), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("one of the peer ports"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -129,3 +129,101 @@ fn a_patch_past_the_metadata_limit_changes_nothing_and_says_why() {
     let big = json!({"token_budget": 10, "metadata": {"k": "x".repeat(300)}});
     assert!(PutContext::from_json(&big, &limits()).unwrap_err().contains("over the limit of 200"));
 }
+
+/// The window as the policies define it, computed naively over a plain list (the
+/// model): on crossing `budget × ratio`, drop skip-kind messages (skip_parts), then the
+/// oldest until at most `limit` remain. The store keeps it incrementally; they must agree.
+#[derive(Debug, Clone)]
+enum WOp {
+    Append {
+        tokens: u64,
+        tool: bool,
+    },
+    Compact {
+        n: u8,
+        tool: bool,
+    },
+    Policy(u8),
+    /// Through a snapshot's encoding and back (the derived statistics are rebuilt).
+    Reload,
+}
+
+fn policy_json(p: u8) -> Value {
+    match p % 3 {
+        0 => json!({"strategy": "manual"}),
+        1 => json!({"strategy": "last_n", "config": {"limit": 4}}),
+        _ => json!({"strategy": "skip_parts", "config": {"limit": 4, "skip_kinds": ["tool"]}}),
+    }
+}
+
+proptest! {
+    #[test]
+    fn the_incremental_window_equals_the_naive_one(ops in proptest::collection::vec(prop_oneof![
+        6 => (0u64..30, any::<bool>()).prop_map(|(tokens, tool)| WOp::Append { tokens, tool }),
+        1 => (0u8..4, any::<bool>()).prop_map(|(n, tool)| WOp::Compact { n, tool }),
+        1 => any::<u8>().prop_map(WOp::Policy),
+        1 => Just(WOp::Reload),
+    ], 1..200)) {
+        let mut store = Store::new(StoreLimits::default());
+        let mut bodies = MemBodies::default();
+        let (budget, ratio) = (40u64, 0.5);
+        let put = |p: u8| {
+            let body = json!({"token_budget": budget, "trigger_ratio": ratio, "policy": policy_json(p)});
+            Command::Put { id: "w".into(), put: PutContext::from_json(&body, &StoreLimits::default()).unwrap(), now: NOW.into() }
+        };
+        store.apply(put(0), &mut bodies).unwrap().unwrap();
+        let mut policy = 0u8;
+        // The model: (seq or None for a summary message, tokens, tool) in window order.
+        let mut window: Vec<(Option<u64>, u64, bool)> = Vec::new();
+        let mut seq = 0u64;
+        for op in ops {
+            match op {
+                WOp::Append { tokens, tool } => {
+                    seq += 1;
+                    store.apply(Command::Append { id: "w".into(), message: msg_of(tokens, tool), if_version: None, idempotency_key: None, now: NOW.into() }, &mut bodies).unwrap().unwrap();
+                    window.push((Some(seq), tokens, tool));
+                    let total: u64 = window.iter().map(|m| m.1).sum();
+                    if total as f64 > budget as f64 * ratio && policy % 3 != 0 {
+                        if policy % 3 == 2 {
+                            window.retain(|m| !m.2);
+                        }
+                        while window.len() > 4 {
+                            window.remove(0);
+                        }
+                    }
+                }
+                WOp::Compact { n, tool } => {
+                    let replacement: Vec<NewMessage> = (0..n).map(|_| msg_of(3, tool)).collect();
+                    store.apply(Command::Compact { id: "w".into(), replacement, if_version: None, now: NOW.into() }, &mut bodies).unwrap().unwrap();
+                    window = (0..n).map(|_| (None, 3, tool)).collect();
+                }
+                WOp::Policy(p) => {
+                    policy = p;
+                    store.apply(put(p), &mut bodies).unwrap().unwrap();
+                }
+                WOp::Reload => {
+                    let bytes = postcard::to_stdvec(&store).unwrap();
+                    store = postcard::from_bytes::<Store>(&bytes).unwrap().with_limits(StoreLimits::default());
+                }
+            }
+            let ctx = store.get("w").unwrap();
+            let got: Value = serde_json::from_slice(&ctx.window_json(budget, &bodies).unwrap()).unwrap();
+            let got_msgs: Vec<(Option<u64>, u64)> = got["messages"].as_array().unwrap().iter()
+                .map(|m| (m["seq"].as_u64(), m["token_count"].as_u64().unwrap())).collect();
+            let want: Vec<(Option<u64>, u64)> = window.iter().map(|m| (m.0, m.1)).collect();
+            prop_assert_eq!(&got_msgs, &want);
+            prop_assert_eq!(got["token_count"].as_u64().unwrap(), window.iter().map(|m| m.1).sum::<u64>());
+            prop_assert_eq!(ctx.window_bytes(), got["messages"].as_array().unwrap().iter().map(|m| m.to_string().len()).sum::<usize>());
+        }
+    }
+}
+
+fn msg_of(tokens: u64, tool: bool) -> NewMessage {
+    let part = if tool { json!({"type": "tool_result", "x": 1}) } else { json!({"type": "text", "text": "t"}) };
+    NewMessage::from_json(
+        &json!({"role": "user", "parts": [part], "token_count": tokens}),
+        true,
+        &StoreLimits::default(),
+    )
+    .unwrap()
+}

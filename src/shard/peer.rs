@@ -78,6 +78,13 @@ async fn receive_snapshot(
     if index_len > limits.snapshot_index_max_bytes {
         return Err(WireError::TooLarge(index_len, limits.snapshot_index_max_bytes));
     }
+    // The bodies go to disk: a stream larger than the free space (less the write
+    // reserve) could only fill the disk. The sender retries later.
+    let free = crate::files::free_bytes(&ctx.data_dir).unwrap_or(u64::MAX);
+    let room = free.saturating_sub(ctx.disk_reserve_bytes());
+    if bodies_len > room {
+        return Err(WireError::TooLarge(bodies_len, room));
+    }
     let mut index = vec![0u8; index_len as usize];
     stream.read_exact(&mut index).await?;
     let n = STAGING_SEQ.fetch_add(1, Ordering::Relaxed);

@@ -19,12 +19,40 @@ use super::model::{ContextConfig, Message, NewMessage, Policy, PutContext, Statu
 /// it, then the live messages from `live_from` on, minus those a skip_parts policy
 /// dropped. Live messages are not listed one by one: a window as long as the history
 /// (the manual policy) costs nothing per message.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Window {
     summary: VecDeque<Box<Message>>,
     live_from: u64,
     skipped: std::collections::BTreeSet<u64>,
     tokens: u64,
+    /// Kept up to date by appends and policy trims so that both cost O(1) amortized;
+    /// derived from the fields above, so not in snapshots (the format is unchanged) and
+    /// rebuilt once, in one pass, when missing (after a load or a policy change).
+    #[serde(skip)]
+    stats: Option<WindowStats>,
+}
+
+/// What the window's fields imply, maintained incrementally.
+#[derive(Debug, Clone, Default)]
+struct WindowStats {
+    /// Live messages in the window (not skipped).
+    live_count: u64,
+    /// The exact sum of the window's token counts (`tokens` is it, saturated to u64).
+    tokens_exact: u128,
+    /// Bytes of the window's stored JSON.
+    bytes: u64,
+    /// Live seqs with a part of a skip kind, not yet dropped (skip_parts only).
+    pending_skip: VecDeque<u64>,
+    /// The summary holds no message of a skip kind any more (skip_parts only).
+    summary_clean: bool,
+}
+
+/// Equal windows hold the same messages; the derived statistics do not count.
+impl PartialEq for Window {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.summary, self.live_from, &self.skipped, self.tokens)
+            == (&other.summary, other.live_from, &other.skipped, other.tokens)
+    }
 }
 
 /// Where a replay starts, as the client said it.
@@ -87,6 +115,8 @@ impl Context {
     /// status only when given. The log and version stay.
     pub fn update(&mut self, put: PutContext, now: &str) {
         self.config = put.config;
+        // The policy may have changed: what is pending a skip is computed again.
+        self.window.stats = None;
         if let Some(m) = put.metadata {
             self.metadata = m;
         }
@@ -170,13 +200,27 @@ impl Context {
         let seq = self.last_seq() + 1;
         let tokens = msg.token_count;
         let message = Message::new(Some(seq), msg, Some(now.to_owned()), bodies)?;
+        // Built (if missing) before the message joins, which then counts once.
+        self.window_stats();
         self.messages.push(message);
         assert_eq!(self.messages[seq as usize - 1].seq, Some(seq), "seqs are contiguous from 1");
         self.version += 1;
         debug_assert_eq!(self.version, self.last_seq() + self.compactions);
-        // Saturating: a client's token_count may be near u64::MAX; the sum must have a
+        let skippable = match &self.config.policy {
+            Policy::SkipParts { skip_kinds, .. } => self.messages[seq as usize - 1].has_part_kind(skip_kinds),
+            _ => false,
+        };
+        let bytes = self.messages[seq as usize - 1].json_len_bytes() as u64;
+        let stats = self.window_stats();
+        stats.live_count += 1;
+        stats.tokens_exact += u128::from(tokens);
+        stats.bytes += bytes;
+        if skippable {
+            stats.pending_skip.push_back(seq);
+        }
+        // Saturated: a client's token_count may be near u64::MAX; the sum must have a
         // defined value on every replica (and never panic in a checked build).
-        self.window.tokens = self.window.tokens.saturating_add(tokens);
+        self.window.tokens = saturate(stats.tokens_exact);
         if self.window.tokens as f64 > self.config.threshold(self.config.token_budget) {
             self.apply_policy();
         }
@@ -199,38 +243,89 @@ impl Context {
         (self.window.live_from..=self.last_seq()).filter(|s| !self.window.skipped.contains(s))
     }
 
-    fn window_len(&self) -> usize {
-        self.window.summary.len() + self.live_seqs().count()
+    /// The window's statistics, rebuilt in one pass if missing.
+    fn window_stats(&mut self) -> &mut WindowStats {
+        if self.window.stats.is_none() {
+            let live: Vec<u64> = self.live_seqs().collect();
+            let message = |s: u64| &self.messages[s as usize - 1];
+            let summary = self.window.summary.iter().map(|m| &**m);
+            let all = || summary.clone().chain(live.iter().map(|&s| message(s)));
+            let pending_skip = match &self.config.policy {
+                Policy::SkipParts { skip_kinds, .. } => {
+                    live.iter().copied().filter(|&s| message(s).has_part_kind(skip_kinds)).collect()
+                }
+                _ => VecDeque::new(),
+            };
+            self.window.stats = Some(WindowStats {
+                live_count: live.len() as u64,
+                tokens_exact: all().map(|m| u128::from(m.token_count)).sum(),
+                bytes: all().map(|m| m.json_len_bytes() as u64).sum(),
+                pending_skip,
+                summary_clean: false,
+            });
+        }
+        self.window.stats.as_mut().expect("just built")
     }
 
     /// Trims the window per the policy. Never touches the raw log or the version.
+    /// O(1) amortized per append: every message is dropped (skipped or trimmed) once.
     fn apply_policy(&mut self) {
         let limit = match &self.config.policy {
             Policy::Manual => return,
-            Policy::LastN { limit } => *limit as usize,
-            Policy::SkipParts { limit, skip_kinds } => {
-                let kinds = skip_kinds.clone();
-                self.window.summary.retain(|m| !m.has_part_kind(&kinds));
-                let dropped: Vec<u64> =
-                    self.live_seqs().filter(|s| self.messages[*s as usize - 1].has_part_kind(&kinds)).collect();
-                self.window.skipped.extend(dropped);
-                *limit as usize
-            }
+            Policy::LastN { limit } => *limit as u64,
+            Policy::SkipParts { limit, .. } => *limit as u64,
         };
-        let mut len = self.window_len();
-        while len > limit {
-            if self.window.summary.pop_front().is_none() {
-                // Drop the oldest live message (and any skipped seqs before it).
-                while self.window.skipped.remove(&self.window.live_from) {
-                    self.window.live_from += 1;
-                }
-                self.window.live_from += 1;
+        if let Policy::SkipParts { skip_kinds, .. } = &self.config.policy {
+            let kinds = skip_kinds.clone();
+            self.window_stats();
+            let Context { window, messages, .. } = self;
+            let stats = window.stats.as_mut().expect("built above");
+            if !stats.summary_clean {
+                window.summary.retain(|m| {
+                    let keep = !m.has_part_kind(&kinds);
+                    if !keep {
+                        stats.tokens_exact -= u128::from(m.token_count);
+                        stats.bytes -= m.json_len_bytes() as u64;
+                    }
+                    keep
+                });
+                stats.summary_clean = true;
             }
-            len -= 1;
+            for seq in stats.pending_skip.drain(..) {
+                if seq >= window.live_from && window.skipped.insert(seq) {
+                    let m = &messages[seq as usize - 1];
+                    stats.live_count -= 1;
+                    stats.tokens_exact -= u128::from(m.token_count);
+                    stats.bytes -= m.json_len_bytes() as u64;
+                }
+            }
         }
-        let summary = saturating_sum(self.window.summary.iter().map(|m| m.token_count));
-        let live = saturating_sum(self.live_seqs().map(|s| self.messages[s as usize - 1].token_count));
-        self.window.tokens = summary.saturating_add(live);
+        self.window_stats();
+        let Context { window, messages, .. } = self;
+        let stats = window.stats.as_mut().expect("built above");
+        while window.summary.len() as u64 + stats.live_count > limit {
+            let dropped = match window.summary.pop_front() {
+                Some(m) => (m.token_count, m.json_len_bytes()),
+                None => {
+                    // Drop the oldest live message (after any skipped seqs before it).
+                    while window.skipped.remove(&window.live_from) {
+                        window.live_from += 1;
+                    }
+                    let m = &messages[window.live_from as usize - 1];
+                    window.live_from += 1;
+                    stats.live_count -= 1;
+                    (m.token_count, m.json_len_bytes())
+                }
+            };
+            stats.tokens_exact -= u128::from(dropped.0);
+            stats.bytes -= dropped.1 as u64;
+        }
+        // Skipped seqs at the front are behind the window now: forget them, so that a
+        // context whose messages are all skipped keeps no list of them.
+        while window.skipped.remove(&window.live_from) {
+            window.live_from += 1;
+        }
+        window.tokens = saturate(stats.tokens_exact);
     }
 
     /// Replaces the window with `replacement`. The raw log is untouched.
@@ -251,7 +346,8 @@ impl Context {
             summary.push_back(Box::new(Message::new(seq, m, inserted_at, bodies)?));
         }
         let tokens = saturating_sum(summary.iter().map(|m| m.token_count));
-        self.window = Window { summary, live_from: self.last_seq() + 1, skipped: Default::default(), tokens };
+        let live_from = self.last_seq() + 1;
+        self.window = Window { summary, live_from, skipped: Default::default(), tokens, stats: None };
         self.compactions += 1;
         self.version += 1;
         debug_assert_eq!(self.version, self.last_seq() + self.compactions);
@@ -307,6 +403,9 @@ impl Context {
 
     /// Bytes of the stored JSON of the window's messages (what a window read copies).
     pub fn window_bytes(&self) -> usize {
+        if let Some(stats) = &self.window.stats {
+            return usize::try_from(stats.bytes).unwrap_or(usize::MAX);
+        }
         let summary: usize = self.window.summary.iter().map(|m| m.json_len_bytes()).sum();
         let live: usize = self.live_seqs().map(|s| self.messages[s as usize - 1].json_len_bytes()).sum();
         summary.saturating_add(live)
@@ -362,6 +461,11 @@ impl Context {
         tail[0] = b',';
         super::model::messages_object(messages, bodies, &tail)
     }
+}
+
+/// An exact token sum as the u64 the API reports: `u64::MAX` when it does not fit.
+fn saturate(exact: u128) -> u64 {
+    u64::try_from(exact).unwrap_or(u64::MAX)
 }
 
 /// The sum of token counts, stopping at `u64::MAX` instead of wrapping.
