@@ -15,7 +15,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use futures_util::FutureExt;
 use glommio::net::TcpStream;
 
-use super::parse::{Parsed, Request, parse_request};
+use super::parse::{ParseState, Parsed, Request, parse_request_with};
 use super::response::Response;
 use crate::config::HttpLimits;
 
@@ -35,6 +35,8 @@ where
     let mut chunk = vec![0u8; 64 << 10];
     let mut out: Vec<u8> = Vec::with_capacity(8192);
     let mut request_started: Option<Instant> = None;
+    // What parsing the request being read has found so far (it only grows at its end).
+    let mut parse_state = ParseState::default();
     // A `100 Continue` was sent for the request being read (one per request).
     let mut continued = false;
     loop {
@@ -42,7 +44,7 @@ where
         let mut close = false;
         let mut answered = 0;
         while answered < limits.pipeline_max {
-            match parse_request(&buf, &limits) {
+            match parse_request_with(&buf, &limits, &mut parse_state) {
                 Ok(Parsed::Complete(req, used)) => {
                     buf.drain(..used);
                     request_started = None;

@@ -4,5 +4,7 @@ pub mod conn;
 pub mod parse;
 pub mod response;
 
-pub use parse::{ParseError, Parsed, Request, parse_query, parse_request, percent_decode};
+pub use parse::{
+    ParseError, ParseState, Parsed, Request, parse_query, parse_request, parse_request_with, percent_decode,
+};
 pub use response::Response;

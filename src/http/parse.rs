@@ -75,8 +75,75 @@ fn malformed(s: impl Into<String>) -> ParseError {
     ParseError::Malformed(s.into())
 }
 
+/// How the body of a request is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(usize),
+    Chunked,
+}
+
+/// A complete head: the request without its body, and what the body needs.
+#[derive(Debug)]
+struct Head {
+    request: Request,
+    len: usize,
+    framing: Framing,
+    /// HTTP/1.1 with `Expect: 100-continue`.
+    expect_continue: bool,
+}
+
+/// What an earlier, partial parse of the same buffer found, so that the next one goes
+/// on from there instead of from byte 0: the head once it is complete, and the chunks
+/// decoded so far. Without it a body arriving in small pieces cost a re-parse of
+/// everything buffered per read (one slow client held its core for seconds).
+#[derive(Debug, Default)]
+pub struct ParseState {
+    head: Option<Head>,
+    chunked: ChunkedState,
+}
+
 /// Parses one request from the front of `buf`.
 pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Parsed, ParseError> {
+    parse_request_with(buf, limits, &mut ParseState::default())
+}
+
+/// Parses one request from the front of `buf`, going on from `state`, which must come
+/// from earlier calls on the same buffer (grown only at its end since). After a complete
+/// request or an error the state is fresh again.
+pub fn parse_request_with(buf: &[u8], limits: &HttpLimits, state: &mut ParseState) -> Result<Parsed, ParseError> {
+    if state.head.is_none() {
+        match parse_head(buf, limits) {
+            Ok(Some(head)) => state.head = Some(head),
+            Ok(None) => return Ok(Parsed::Partial),
+            Err(e) => {
+                *state = ParseState::default();
+                return Err(e);
+            }
+        }
+    }
+    let head = state.head.as_ref().expect("parsed above");
+    let rest = &buf[head.len..];
+    // HTTP/1.1 clients that sent `Expect: 100-continue` wait for a 100 before the body.
+    let waiting = if head.expect_continue && rest.is_empty() { Parsed::ExpectsContinue } else { Parsed::Partial };
+    let (body, body_len) = match head.framing {
+        Framing::Length(n) if rest.len() < n => return Ok(waiting),
+        Framing::Length(n) => (rest[..n].to_vec(), n),
+        Framing::Chunked => match state.chunked.resume(rest, limits.body_max_bytes) {
+            Ok(Some(used)) => (std::mem::take(&mut state.chunked.body), used),
+            Ok(None) => return Ok(waiting),
+            Err(e) => {
+                *state = ParseState::default();
+                return Err(e);
+            }
+        },
+    };
+    let head = state.head.take().expect("parsed above");
+    *state = ParseState::default();
+    Ok(Parsed::Complete(Request { body, ..head.request }, head.len + body_len))
+}
+
+/// The head at the front of `buf`, if it is complete.
+fn parse_head(buf: &[u8], limits: &HttpLimits) -> Result<Option<Head>, ParseError> {
     // Uninitialised, on the stack: a zeroed `Vec` of `headers_max` headers per parse
     // (called again for every partial read) was ≈2 % of the server's CPU.
     let mut headers = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; HTTP_HEADERS_MAX_CAP];
@@ -88,7 +155,7 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Parsed, ParseErr
                 if buf.len() > limits.head_max_bytes {
                     return Err(ParseError::HeadTooLarge(limits.head_max_bytes));
                 }
-                return Ok(Parsed::Partial);
+                return Ok(None);
             }
             Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders(limits.headers_max)),
             Err(e) => return Err(malformed(e.to_string())),
@@ -144,27 +211,17 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Parsed, ParseErr
     if chunked && content_length.is_some() {
         return Err(malformed("both Content-Length and Transfer-Encoding"));
     }
-    let rest = &buf[head_len..];
-    // HTTP/1.1 clients that sent `Expect: 100-continue` wait for a 100 before the body.
-    let waiting =
-        if expect_continue && rest.is_empty() && version == 1 { Parsed::ExpectsContinue } else { Parsed::Partial };
-    let (body, body_len) = if chunked {
-        match decode_chunked(rest, limits.body_max_bytes)? {
-            Some(b) => b,
-            None => return Ok(waiting),
-        }
+    let framing = if chunked {
+        Framing::Chunked
     } else {
         let n = content_length.unwrap_or(0);
         if n > limits.body_max_bytes {
             return Err(ParseError::BodyTooLarge(limits.body_max_bytes));
         }
-        if rest.len() < n {
-            return Ok(waiting);
-        }
-        (rest[..n].to_vec(), n)
+        Framing::Length(n)
     };
-    let request = Request { method, path, query, headers: out_headers, body, close };
-    Ok(Parsed::Complete(request, head_len + body_len))
+    let request = Request { method, path, query, headers: out_headers, body: Vec::new(), close };
+    Ok(Some(Head { request, len: head_len, framing, expect_continue: expect_continue && version == 1 }))
 }
 
 /// Bytes of chunked framing (size lines with their extensions, CRLFs, trailers) one
@@ -172,56 +229,70 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Parsed, ParseErr
 /// would make a 1 MiB body a gigabyte on the wire, all of it buffered.
 pub const CHUNKED_FRAMING_MAX_BYTES: usize = 64 << 10;
 
-/// Decodes a chunked body from the front of `buf`: `Some((body, bytes used))`, or
-/// `None` when more bytes are needed. Trailers are read and ignored. Framing beyond
-/// `CHUNKED_FRAMING_MAX_BYTES` is refused (413).
-fn decode_chunked(buf: &[u8], max: usize) -> Result<Option<(Vec<u8>, usize)>, ParseError> {
-    let mut body = Vec::new();
-    let mut at = 0;
-    let framing_over = |at: usize, body: &Vec<u8>| at.saturating_sub(body.len()) > CHUNKED_FRAMING_MAX_BYTES;
-    loop {
-        if framing_over(at, &body) {
-            return Err(ParseError::BodyTooLarge(max));
-        }
-        let Some(line_end) = find_crlf(&buf[at..]) else {
-            if buf.len() - at > 1024 {
-                return Err(malformed("chunk size line too long"));
+/// Where decoding a chunked body stands: `at` is the offset (from the body's start) of
+/// the next chunk-size line, or trailer line, not yet consumed; `body` the data of the
+/// chunks before it.
+#[derive(Debug, Default)]
+struct ChunkedState {
+    at: usize,
+    body: Vec<u8>,
+    trailers: bool,
+}
+
+impl ChunkedState {
+    /// Goes on decoding the chunked body at the front of `buf` (the same body as in
+    /// earlier calls, grown at its end): `Some(bytes used)` once complete (the data is
+    /// in `body`), `None` when more bytes are needed. Each call reads only what
+    /// earlier calls did not consume (at most a partial line or chunk again). Trailers
+    /// are read and ignored. Framing beyond `CHUNKED_FRAMING_MAX_BYTES` is refused (413).
+    fn resume(&mut self, buf: &[u8], max: usize) -> Result<Option<usize>, ParseError> {
+        let framing_over = |at: usize, body: &Vec<u8>| at.saturating_sub(body.len()) > CHUNKED_FRAMING_MAX_BYTES;
+        loop {
+            if framing_over(self.at, &self.body) {
+                return Err(ParseError::BodyTooLarge(max));
             }
-            return Ok(None);
-        };
-        let line = std::str::from_utf8(&buf[at..at + line_end]).map_err(|_| malformed("bad chunk size"))?;
-        let size_hex = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16).map_err(|_| malformed("bad chunk size"))?;
-        at += line_end + 2;
-        if size == 0 {
-            // Trailers: lines until an empty one.
-            loop {
+            let at = self.at;
+            if self.trailers {
+                // Trailers: lines until an empty one.
                 let Some(end) = find_crlf(&buf[at..]) else {
                     if buf.len() - at > 8192 {
-                        return Err(malformed("trailers too long"));
+                        return Err(malformed("trailer line too long"));
                     }
                     return Ok(None);
                 };
-                at += end + 2;
+                self.at += end + 2;
                 if end == 0 {
-                    return Ok(Some((body, at)));
+                    return Ok(Some(self.at));
                 }
-                if framing_over(at, &body) {
-                    return Err(ParseError::BodyTooLarge(max));
-                }
+                continue;
             }
+            let Some(line_end) = find_crlf(&buf[at..]) else {
+                if buf.len() - at > 1024 {
+                    return Err(malformed("chunk size line too long"));
+                }
+                return Ok(None);
+            };
+            let line = std::str::from_utf8(&buf[at..at + line_end]).map_err(|_| malformed("bad chunk size"))?;
+            let size_hex = line.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size_hex, 16).map_err(|_| malformed("bad chunk size"))?;
+            let data = at + line_end + 2;
+            if size == 0 {
+                self.at = data;
+                self.trailers = true;
+                continue;
+            }
+            if self.body.len().saturating_add(size) > max {
+                return Err(ParseError::BodyTooLarge(max));
+            }
+            if buf.len() < data + size + 2 {
+                return Ok(None);
+            }
+            if &buf[data + size..data + size + 2] != b"\r\n" {
+                return Err(malformed("chunk not followed by CRLF"));
+            }
+            self.body.extend_from_slice(&buf[data..data + size]);
+            self.at = data + size + 2;
         }
-        if body.len().saturating_add(size) > max {
-            return Err(ParseError::BodyTooLarge(max));
-        }
-        if buf.len() < at + size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&buf[at..at + size]);
-        if &buf[at + size..at + size + 2] != b"\r\n" {
-            return Err(malformed("chunk not followed by CRLF"));
-        }
-        at += size + 2;
     }
 }
 
@@ -338,5 +409,54 @@ mod tests {
             parse_query("a=1&b=x%20y&c").unwrap(),
             vec![("a".into(), "1".into()), ("b".into(), "x y".into()), ("c".into(), "".into())]
         );
+    }
+
+    /// Feeds `wire` in pieces (cut at `cuts`), as reads would bring it, through one
+    /// `ParseState`; the first outcome that is not "need more".
+    fn parse_in_pieces(wire: &[u8], cuts: &[usize], limits: &HttpLimits) -> Result<Parsed, ParseError> {
+        let mut state = ParseState::default();
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        ends.push(wire.len());
+        ends.sort_unstable();
+        for end in ends {
+            match parse_request_with(&wire[..end], limits, &mut state) {
+                Ok(Parsed::Partial | Parsed::ExpectsContinue) if end < wire.len() => continue,
+                other => return other,
+            }
+        }
+        unreachable!("the last piece is the whole wire")
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes: never a panic; an error is a 4xx.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            if let Err(e) = parse_request(&bytes, &limits()) {
+                proptest::prop_assert!((400..500).contains(&e.status()));
+            }
+        }
+
+        /// A chunked request (random chunk sizes, extensions, trailers) parsed as it
+        /// arrives in random pieces gives what one parse of the whole gives.
+        #[test]
+        fn incremental_parsing_equals_one_parse(
+            chunks in proptest::collection::vec((1usize..9, 0usize..20), 0..6),
+            trailers in 0usize..3,
+            cuts in proptest::collection::vec(0usize..400, 0..12),
+        ) {
+            let mut wire = b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for (i, (size, ext)) in chunks.iter().enumerate() {
+                wire.extend_from_slice(format!("{size:x};{}\r\n", "e".repeat(*ext)).as_bytes());
+                wire.extend(std::iter::repeat_n(b'a' + i as u8, *size));
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n");
+            for t in 0..trailers {
+                wire.extend_from_slice(format!("X-T{t}: v\r\n").as_bytes());
+            }
+            wire.extend_from_slice(b"\r\nGET /next HTTP/1.1\r\n\r\n");
+            let whole = parse_request(&wire, &limits());
+            proptest::prop_assert_eq!(parse_in_pieces(&wire, &cuts, &limits()), whole);
+        }
     }
 }
