@@ -304,6 +304,12 @@ impl Default for PeerLimits {
     }
 }
 
+/// Request bodies at least this large are validated (parsed, checked, rendered) on the
+/// low-priority offload threads rather than on the executor (`crate::offload`).
+pub const VALIDATE_OFF_CORE_MIN_BYTES: usize = 64 << 10;
+/// Large bodies waiting for an offload thread, per core; beyond, 503 with Retry-After.
+pub const OFFLOAD_QUEUE_PER_CORE: usize = 16;
+
 /// Descriptors kept out of the client-connection cap (`crate::node`): for the process
 /// (listeners, io_uring, the blocking pool, logs) and for each shard (its WAL and
 /// body segment files, spares, snapshot files, io_uring handles of segments).

@@ -21,6 +21,7 @@
 //! - [`api`]: the route table, request validation into shard calls, replies into
 //!   responses;
 //! - [`node`]: node startup, wiring the layers together;
+//! - [`offload`]: low-priority threads for CPU-heavy pure work (large request bodies);
 //! - [`metrics`]: per-core latency histograms and counters, interval logs, Prometheus.
 pub mod accept;
 pub mod api;
@@ -29,6 +30,7 @@ pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod offload;
 pub mod raft;
 pub mod shard;
 pub mod store;

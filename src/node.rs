@@ -219,9 +219,11 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
         restarts: AtomicUsize::new(0),
     });
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let offload = crate::offload::Offload::start(cores, crate::config::OFFLOAD_QUEUE_PER_CORE * cores)
+        .map_err(|e| ServeError::Resources(format!("starting the offload threads: {e}")))?;
     let mut handles = Vec::new();
     for i in 0..cores {
-        let (config, mesh, ready) = (config.clone(), mesh.clone(), ready.clone());
+        let (config, mesh, ready, offload) = (config.clone(), mesh.clone(), ready.clone(), offload.clone());
         // Executor i on CPU first_cpu + i: several nodes on one machine (a local
         // cluster) must not all pin their first executor to CPU 0.
         let placement =
@@ -229,7 +231,7 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("fleetlm-core-{i}"))
             .io_memory(GLOMMIO_IO_MEMORY_BYTES)
-            .spawn(move || async move { run_core(config, cores, shard_count, mesh, ready).await })
+            .spawn(move || async move { run_core(config, cores, shard_count, mesh, ready, offload).await })
             .map_err(|e| ServeError::Executor(i, e.to_string()))?;
         handles.push(handle);
     }
@@ -249,6 +251,7 @@ async fn run_core(
     shard_count: u32,
     mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
     ready: Arc<Readiness>,
+    offload: Arc<crate::offload::Offload>,
 ) -> Result<(), String> {
     let (senders, receivers) = mesh.join().await.map_err(|_| "joining the cross-core mesh".to_owned())?;
     let core = senders.peer_id();
@@ -275,7 +278,7 @@ async fn run_core(
         ready.opened.fetch_add(1, Ordering::AcqRel);
         shards.insert(s, Rc::new(shard));
     }
-    let ctx = Rc::new(CoreCtx::new(&config, core, shard_count, shards, Some(senders), ready));
+    let ctx = Rc::new(CoreCtx::new(&config, core, shard_count, shards, Some(senders), ready, offload));
     serve_mesh(ctx.clone(), receivers);
     if let Some(listener) = peer_listener {
         glommio::spawn_local(crate::shard::peer::serve_peers(ctx.clone(), listener)).detach();

@@ -207,7 +207,30 @@ async fn route(req: &Request, segments: &[&str], resolved: Resolved<'_>, core: &
                 Err(resp) => return resp,
             };
             let started = std::time::Instant::now();
-            let resp = match build_call(op, id, req, &core.store_limits) {
+            let built = if req.body.len() >= crate::config::VALIDATE_OFF_CORE_MIN_BYTES {
+                // Parsing and rendering a large body takes milliseconds (a 1 MiB part of
+                // numbers: ≈30 ms); on the executor that stalls every other request of
+                // the core (`crate::offload`).
+                // The size check of the command goes along (it walks all of it).
+                let (req, limits, record_max) = (req.clone(), core.store_limits.clone(), core.record_payload_max_bytes);
+                let offloaded = core
+                    .offload
+                    .run(move || {
+                        let call = build_call(op, id, &req, &limits)?;
+                        match &call {
+                            ShardCall::Write(cmd) => match crate::shard::replica::command_too_large(cmd, record_max) {
+                                Some(refused) => Err(respond(refused)),
+                                None => Ok(call),
+                            },
+                            _ => Ok(call),
+                        }
+                    })
+                    .await;
+                offloaded.unwrap_or_else(|busy| Err(respond(Reply::unavailable(&core.serve_limits, busy))))
+            } else {
+                build_call(op, id, req, &core.store_limits)
+            };
+            let resp = match built {
                 Ok(call) => respond(core.route(call, started).await),
                 Err(resp) => resp,
             };

@@ -98,6 +98,10 @@ pub struct CoreCtx {
     pub ready: Arc<Readiness>,
     /// This node's message-body segment size (snapshots must match it).
     pub body_segment_size_bytes: u64,
+    /// Largest WAL record: one log entry, so one command (`replica::command_too_large`).
+    pub record_payload_max_bytes: usize,
+    /// The node's low-priority threads for CPU-heavy pure work.
+    pub offload: Arc<crate::offload::Offload>,
     /// Multiplexed connections for forwarding calls to leaders.
     forwarder: Forwarder,
     /// Refuses writes while the data disk is nearly full.
@@ -120,6 +124,7 @@ impl CoreCtx {
         shards: HashMap<u32, Rc<Shard>>,
         mesh: Option<Senders<MeshMsg>>,
         ready: Arc<Readiness>,
+        offload: Arc<crate::offload::Offload>,
     ) -> CoreCtx {
         CoreCtx {
             node_id: config.node_id,
@@ -137,6 +142,8 @@ impl CoreCtx {
             api_key: config.api_key.clone(),
             ready,
             body_segment_size_bytes: config.body_segment_size_bytes.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES),
+            record_payload_max_bytes: config.wal.record_payload_max_bytes as usize,
+            offload,
             forwarder: Forwarder::new(config.peer.clone()),
             disk: DiskGuard::new(
                 config.data_dir.clone(),

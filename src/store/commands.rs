@@ -169,6 +169,25 @@ impl Store {
         &self.limits
     }
 
+    /// A refusal that the current state already decides for `cmd`, found before it is
+    /// proposed (so that it costs no log entry): a PATCH past the metadata limit, a new
+    /// context past the contexts limit. Only a filter: `apply` decides, on the state
+    /// the command meets in the log.
+    pub fn precheck(&self, cmd: &Command) -> Result<(), StoreError> {
+        match cmd {
+            Command::PatchMetadata { id, patch, .. } => match self.get(id) {
+                Ok(ctx) => ctx.patched_metadata(patch, self.limits.metadata_max_bytes).map(|_| ()),
+                Err(_) => Ok(()),
+            },
+            Command::Put { id, .. }
+                if !self.contexts.contains_key(id) && self.contexts.len() >= self.limits.contexts_max_per_shard =>
+            {
+                Err(StoreError::TooManyContexts { max: self.limits.contexts_max_per_shard as u64 })
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn get(&self, id: &str) -> Result<&Context, StoreError> {
         self.contexts.get(id).map(|c| &**c).ok_or(StoreError::NotFound)
     }

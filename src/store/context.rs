@@ -130,12 +130,23 @@ impl Context {
     /// Merges `patch` into the metadata (a null removes a key), unless the result would
     /// be larger than `max_bytes` as compact JSON: then nothing changes.
     pub fn patch_metadata(&mut self, patch: Map<String, Value>, now: &str, max_bytes: usize) -> Result<(), StoreError> {
+        self.metadata = self.patched_metadata(&patch, max_bytes)?;
+        self.updated_at = now.to_owned();
+        Ok(())
+    }
+
+    /// The metadata `patch` would make, or why it is refused (pure).
+    pub fn patched_metadata(
+        &self,
+        patch: &Map<String, Value>,
+        max_bytes: usize,
+    ) -> Result<Map<String, Value>, StoreError> {
         let mut merged = self.metadata.clone();
         for (k, v) in patch {
             if v.is_null() {
-                merged.remove(&k);
+                merged.remove(k);
             } else {
-                merged.insert(k, v);
+                merged.insert(k.clone(), v.clone());
             }
         }
         // Writing a map of JSON values into a String cannot fail.
@@ -145,9 +156,7 @@ impl Context {
                 "the context's metadata would be {len} bytes, over the limit of {max_bytes}"
             )));
         }
-        self.metadata = merged;
-        self.updated_at = now.to_owned();
-        Ok(())
+        Ok(merged)
     }
 
     pub fn tombstone(&mut self, now: &str) {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::bodies::{Bodies, BodiesError, BodyRef};
-use super::tokens::estimate_tokens;
+use super::tokens::part_tokens_rendered;
 use crate::config::StoreLimits;
 
 /// A stored message, compact: where its API.md JSON lives in the body store (rendered
@@ -205,8 +205,25 @@ impl NewMessage {
             Some(m @ Value::Object(_)) => m.to_string(),
             Some(_) => return Err("metadata must be an object".into()),
         };
+        // Each part is rendered once: into the stored parts array, and (for a part that
+        // is not text) for its token estimate, which counts its compact JSON. The array
+        // is exactly what rendering `parts` whole writes.
+        let mut rendered = Vec::with_capacity(2 + parts.len() * 32);
+        rendered.push(b'[');
+        let mut estimate = 0u64;
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                rendered.push(b',');
+            }
+            let start = rendered.len();
+            serde_json::to_writer(&mut rendered, part).map_err(|e| format!("parts[{i}]: {e}"))?;
+            let compact = std::str::from_utf8(&rendered[start..]).map_err(|e| format!("parts[{i}]: {e}"))?;
+            estimate = estimate.saturating_add(part_tokens_rendered(part, compact));
+        }
+        rendered.push(b']');
+        let parts_json = String::from_utf8(rendered).map_err(|e| format!("parts: {e}"))?;
         let token_count = match obj.get("token_count") {
-            None | Some(Value::Null) => estimate_tokens(parts),
+            None | Some(Value::Null) => estimate,
             Some(v) => v.as_u64().ok_or("token_count must be an integer >= 0")?,
         };
         let (mut seq, mut inserted_at) = (None, None);
@@ -221,7 +238,6 @@ impl NewMessage {
                 Some(_) => return Err("inserted_at must be a string".into()),
             };
         }
-        let parts_json = serde_json::to_string(parts).expect("serializing JSON values into a String cannot fail");
         Ok(NewMessage { role, parts_json, metadata_json, token_count, seq, inserted_at })
     }
 }

@@ -16,12 +16,18 @@ fn per_text(s: &str) -> u64 {
 
 /// Estimated tokens of one part.
 pub fn part_tokens(part: &Value) -> u64 {
+    part_tokens_rendered(part, &part.to_string())
+}
+
+/// `part_tokens`, given the part's compact JSON already rendered (it is not rendered
+/// again: a part of many numbers costs milliseconds to render).
+pub fn part_tokens_rendered(part: &Value, compact_json: &str) -> u64 {
     if part.get("type").and_then(Value::as_str) == Some("text")
         && let Some(text) = part.get("text").and_then(Value::as_str)
     {
         return per_text(text);
     }
-    per_text(&part.to_string())
+    per_text(compact_json)
 }
 
 /// Estimated tokens of a message's parts.

@@ -19,7 +19,7 @@ use super::call::{Leader, NotLeader, Reply, Served, ShardCall};
 use crate::config::ServeLimits;
 use crate::raft::{FleetRaft, Shard};
 
-pub use propose::now_rfc3339;
+pub use propose::{command_too_large, now_rfc3339};
 
 /// Tries `call` on this replica of the shard (which this core owns), within `remaining`.
 pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, remaining: Duration) -> Served {

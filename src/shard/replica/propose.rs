@@ -28,9 +28,9 @@ fn set_now(cmd: &mut Command) {
     }
 }
 
-/// Room a Raft log entry takes around its command (log id, payload tag), bytes: well
-/// above postcard's actual ≤ 32.
-const ENTRY_OVERHEAD_MAX_BYTES: usize = 64;
+/// Room a Raft log entry takes around its command as checked (log id, payload tag, and
+/// the leader's timestamp, set after the check), bytes: well above the actual ≤ 64.
+const ENTRY_OVERHEAD_MAX_BYTES: usize = 128;
 
 /// A command whose log entry would not fit in one WAL record, found before it is
 /// proposed: proposed, the log store would fail to write it and openraft would stop
@@ -38,6 +38,12 @@ const ENTRY_OVERHEAD_MAX_BYTES: usize = 64;
 /// limit can grow: a part full of `9e15` numbers renders at ≈3.8× its size.)
 fn too_large(shard: &Shard, cmd: &Command) -> Option<Reply> {
     let record_max = shard.log.wal().with(|w| w.config().record_payload_max_bytes) as usize;
+    command_too_large(cmd, record_max)
+}
+
+/// The 413 for a command whose log entry would not fit a WAL record of
+/// `record_max_bytes` (pure; the API layer runs it off the executor for large bodies).
+pub fn command_too_large(cmd: &Command, record_max: usize) -> Option<Reply> {
     let size = postcard::experimental::serialized_size(cmd).unwrap_or(usize::MAX);
     (size.saturating_add(ENTRY_OVERHEAD_MAX_BYTES) > record_max).then(|| {
         let why = format!(
@@ -49,11 +55,14 @@ fn too_large(shard: &Shard, cmd: &Command) -> Option<Reply> {
 }
 
 pub(super) async fn write(shard: &Shard, cmd: &Command, limits: &ServeLimits, remaining: Duration) -> Served {
-    let mut cmd = cmd.clone();
-    set_now(&mut cmd);
-    if let Some(refused) = too_large(shard, &cmd) {
+    if let Some(refused) = too_large(shard, cmd) {
         return Ok(refused);
     }
+    if let Err(e) = shard.state.applied().borrow().store.precheck(cmd) {
+        return Ok(Reply::store_error(&e));
+    }
+    let mut cmd = cmd.clone();
+    set_now(&mut cmd);
     let proposed = std::time::Instant::now();
     match crate::raft::runtime::timeout(remaining, shard.raft.client_write(cmd)).await {
         Ok(Ok(resp)) => {

@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""Attacks on a live node, each bounded in time, with honest clients measured meanwhile.
+
+    bench/hardening.sh            # builds, runs every attack, writes bench/results/hardening.md
+    python3 bench/hardening.py BIN OUT.json [--secs 8]
+
+One release node on 127.0.0.1 (2 cores, a peer port with a cluster secret). Phases: a
+quiet baseline, then one attack at a time. During each phase 4 honest clients (one
+connection each, so that both cores carry some) alternate a durable append and a tail
+read; their p50/p99 are compared with the quiet phase. The node's RSS (VmRSS, max over
+the phase) and its readiness (/health/ready polled every 200 ms) are recorded, and what
+the attack got back (status counts). Loopback only; every phase stops by itself.
+"""
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HOST = "127.0.0.1"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind((HOST, 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def request(sock, method, path, body=b"", headers=()):
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+    for k, v in headers:
+        head += f"{k}: {v}\r\n"
+    sock.sendall(head.encode() + b"\r\n" + body)
+    return read_response(sock)
+
+
+def read_response(sock):
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    status = int(head.split(b" ")[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v.strip())
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        rest += chunk
+    return status, rest[:length]
+
+
+def once(port, method, path, body=b"", headers=(), timeout=10):
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        return request(s, method, path, body, headers)
+
+
+def msg(text, **extra):
+    m = {"role": "user", "parts": [{"type": "text", "text": text}]}
+    m.update(extra)
+    return json.dumps({"message": m}).encode()
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Honest(threading.Thread):
+    """Alternates an append and a tail on one connection, recording latencies (ms)."""
+
+    def __init__(self, port, ctx, stop):
+        super().__init__(daemon=True)
+        self.port, self.ctx, self.stop = port, ctx, stop
+        self.lat, self.errors = [], 0
+
+    def run(self):
+        sock = None
+        i = 0
+        while not self.stop.is_set():
+            try:
+                if sock is None:
+                    sock = socket.create_connection((HOST, self.port), timeout=10)
+                t0 = time.perf_counter()
+                if i % 2 == 0:
+                    st, _ = request(sock, "POST", f"/v1/contexts/{self.ctx}/messages", msg(f"h{i}"))
+                    ok = st == 201
+                else:
+                    st, _ = request(sock, "GET", f"/v1/contexts/{self.ctx}/tail?limit=20")
+                    ok = st == 200
+                self.lat.append((time.perf_counter() - t0) * 1000)
+                self.errors += 0 if ok else 1
+            except (OSError, ConnectionError):
+                self.errors += 1
+                sock = None
+                time.sleep(0.01)
+            i += 1
+
+
+def pct(xs, q):
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+# ---- attacks: each runs until `stop` is set, counting what it got back ----
+
+def attack_render_bomb(port, stop, out):
+    body = json.dumps({"message": {"role": "user", "parts": [{"type": "data", "n": "PLACEHOLDER"}]}})
+    body = body.replace('"PLACEHOLDER"', "[" + ",".join(["9e15"] * 200_000) + "]").encode()
+    while not stop.is_set():
+        try:
+            st, _ = once(port, "POST", "/v1/contexts/attack/messages", body)
+            out[st] = out.get(st, 0) + 1
+        except (OSError, ConnectionError):
+            out["conn_error"] = out.get("conn_error", 0) + 1
+
+
+def attack_slow_chunked(port, stop, out):
+    def one():
+        try:
+            s = socket.create_connection((HOST, port), timeout=30)
+            s.sendall(b"PUT /v1/contexts/slow HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            while not stop.is_set():
+                s.sendall(b"1;" + b"e" * 200 + b"\r\nx\r\n")
+                time.sleep(0.001)
+            out["gave_up"] = out.get("gave_up", 0) + 1
+        except (OSError, ConnectionError):
+            out["cut_off"] = out.get("cut_off", 0) + 1
+
+    while not stop.is_set():
+        threads = [threading.Thread(target=one, daemon=True) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+def attack_non_reader(port, stop, out):
+    socks = []
+    req = b"GET /v1/contexts/big/messages?limit=1000 HTTP/1.1\r\nHost: x\r\n\r\n"
+    for _ in range(10):
+        s = socket.create_connection((HOST, port), timeout=5)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            for _ in range(30):
+                s.sendall(req)
+        except OSError:
+            pass
+        socks.append(s)
+    stop.wait()
+    for s in socks:
+        try:
+            s.setblocking(False)
+            s.recv(1)
+            out["still_open"] = out.get("still_open", 0) + 1
+        except BlockingIOError:
+            out["still_open"] = out.get("still_open", 0) + 1
+        except OSError:
+            out["closed_by_server"] = out.get("closed_by_server", 0) + 1
+        s.close()
+
+
+def attack_idle_flood(port, stop, out):
+    socks = []
+    for _ in range(3000):
+        try:
+            socks.append(socket.create_connection((HOST, port), timeout=5))
+        except OSError:
+            out["refused"] = out.get("refused", 0) + 1
+    out["opened"] = len(socks)
+    stop.wait()
+    for s in socks:
+        s.close()
+
+
+def attack_peer_garbage(peer_port, stop, out):
+    rnd = random.Random(1)
+    while not stop.is_set():
+        try:
+            with socket.create_connection((HOST, peer_port), timeout=5) as s:
+                s.sendall(bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 4096))))
+                s.settimeout(6)
+                got = s.recv(65536)
+                out["answered" if got else "closed"] = out.get("answered" if got else "closed", 0) + 1
+        except (OSError, ConnectionError):
+            out["closed"] = out.get("closed", 0) + 1
+
+
+def attack_metadata(port, stop, out):
+    i = 0
+    while not stop.is_set():
+        body = json.dumps({"metadata": {f"k{i}": "m" * 60_000}}).encode()
+        try:
+            st, _ = once(port, "PATCH", "/v1/contexts/attack/metadata", body)
+            out[st] = out.get(st, 0) + 1
+        except (OSError, ConnectionError):
+            out["conn_error"] = out.get("conn_error", 0) + 1
+        i += 1
+
+
+def attack_token_overflow(port, stop, out):
+    body = msg("t", token_count=2**64 - 1)
+    while not stop.is_set():
+        try:
+            st, _ = once(port, "POST", "/v1/contexts/attack/messages", body)
+            out[st] = out.get(st, 0) + 1
+        except (OSError, ConnectionError):
+            out["conn_error"] = out.get("conn_error", 0) + 1
+
+
+def attack_huge_window(port, stop, out):
+    while not stop.is_set():
+        try:
+            st, _ = once(port, "GET", "/v1/contexts/big/context")
+            out[st] = out.get(st, 0) + 1
+        except (OSError, ConnectionError):
+            out["conn_error"] = out.get("conn_error", 0) + 1
+
+
+def main():
+    bin_path, out_path = sys.argv[1], sys.argv[2]
+    secs = float(sys.argv[sys.argv.index("--secs") + 1]) if "--secs" in sys.argv else 8.0
+    port, peer = free_port(), free_port()
+    while peer + 1 == port or peer == port:
+        peer = free_port()
+    data = tempfile.mkdtemp(prefix="fleetlm-hardening-")
+    log = open(os.path.join(data, "server.log"), "w")
+    srv = subprocess.Popen(
+        [bin_path, "serve", "--listen", f"{HOST}:{port}", "--data-dir", os.path.join(data, "d"), "--cores", "2",
+         "--peer-listen", f"{HOST}:{peer}", "--cluster-secret", "hardening-bench-secret-0123"],
+        stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        for _ in range(600):
+            try:
+                if once(port, "GET", "/health/ready")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        for ctx in ["attack", "big"] + [f"honest{i}" for i in range(4)]:
+            once(port, "PUT", f"/v1/contexts/{ctx}", b'{"token_budget":100000000000}')
+        # A ~20 MB manual window (over the 16 MiB answer limit) for the read attacks.
+        with socket.create_connection((HOST, port), timeout=30) as s:
+            for i in range(400):
+                request(s, "POST", "/v1/contexts/big/messages", msg(f"{i}" + "b" * 50_000))
+        phases = [("quiet", None), ("render-bomb", attack_render_bomb), ("slow-chunked", attack_slow_chunked),
+                  ("non-reader", attack_non_reader), ("idle-flood", attack_idle_flood),
+                  ("peer-garbage", attack_peer_garbage), ("metadata-growth", attack_metadata),
+                  ("token-overflow", attack_token_overflow), ("huge-window", attack_huge_window)]
+        results = []
+        for name, attack in phases:
+            stop = threading.Event()
+            honest = [Honest(port, f"honest{i}", stop) for i in range(4)]
+            got = {}
+            threads = honest[:]
+            if attack is not None:
+                target = peer if attack is attack_peer_garbage else port
+                threads.append(threading.Thread(target=attack, args=(target, stop, got), daemon=True))
+            for t in threads:
+                t.start()
+            t_end = time.time() + secs
+            rss, not_ready, polls = 0, 0, 0
+            while time.time() < t_end:
+                rss = max(rss, rss_kib(srv.pid))
+                try:
+                    ok = once(port, "GET", "/health/ready", timeout=2)[0] == 200
+                except (OSError, ConnectionError):
+                    ok = False
+                not_ready += 0 if ok else 1
+                polls += 1
+                time.sleep(0.2)
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+            lat = [x for h in honest for x in h.lat]
+            row = {"phase": name, "honest_requests": len(lat), "honest_errors": sum(h.errors for h in honest),
+                   "honest_p50_ms": pct(lat, 0.5), "honest_p99_ms": pct(lat, 0.99), "rss_max_mib": rss / 1024,
+                   "ready_polls": polls, "not_ready_polls": not_ready, "attack_got": {str(k): v for k, v in got.items()},
+                   "alive": srv.poll() is None}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+            time.sleep(1.0)
+        quiet = results[0]["honest_p99_ms"]
+        for r in results:
+            r["p99_vs_quiet"] = (r["honest_p99_ms"] / quiet) if (quiet and r["honest_p99_ms"]) else None
+        with open(out_path, "w") as f:
+            json.dump({"secs_per_phase": secs, "phases": results}, f, indent=1)
+    finally:
+        srv.kill()
+        srv.wait()
+        log.close()
+        subprocess.run(["rm", "-rf", data])
+
+
+if __name__ == "__main__":
+    main()
