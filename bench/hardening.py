@@ -7,8 +7,9 @@
 One release node on 127.0.0.1 (2 cores, a peer port with a cluster secret). Phases: a
 quiet baseline, then one attack at a time. During each phase 4 honest clients (one
 connection each, so that both cores carry some) alternate a durable append and a tail
-read; their p50/p99 are compared with the quiet phase. The node's RSS (VmRSS, max over
-the phase) and its readiness (/health/ready polled every 200 ms) are recorded, and what
+read, each at most 200 requests/s; their p50/p99 are compared with the quiet phase. The node's RSS (VmRSS, max over
+the phase), the CPU of the node and of this script (honest clients and attacker: they
+share the machine's 2 cores with the node) and its readiness (/health/ready polled every 200 ms) are recorded, and what
 the attack got back (status counts). Loopback only; every phase stops by itself.
 """
 import json
@@ -25,12 +26,24 @@ import time
 HOST = "127.0.0.1"
 
 
-def free_port():
-    s = socket.socket()
-    s.bind((HOST, 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+def free_ports(n):
+    """`n` consecutive ports that are free, below the kernel's ephemeral range (where
+    the attacks' thousands of client connections take their ports)."""
+    rnd = random.Random()
+    while True:
+        base = rnd.randrange(20000, 30000)
+        try:
+            held = []
+            for p in range(base, base + n):
+                s = socket.socket()
+                s.bind((HOST, p))
+                held.append(s)
+            for s in held:
+                s.close()
+            return base
+        except OSError:
+            for s in held:
+                s.close()
 
 
 def request(sock, method, path, body=b"", headers=()):
@@ -74,6 +87,12 @@ def msg(text, **extra):
     return json.dumps({"message": m}).encode()
 
 
+def cpu_secs(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -82,8 +101,13 @@ def rss_kib(pid):
     return 0
 
 
+HONEST_INTERVAL_S = 0.005  # each honest client: one request per 5 ms (200/s) at most
+
+
 class Honest(threading.Thread):
-    """Alternates an append and a tail on one connection, recording latencies (ms)."""
+    """Alternates an append and a tail on one connection at a steady pace (not flat out:
+    the machine's 2 cores would then be saturated by the honest load alone, and the
+    attack's effect lost in it), recording latencies (ms)."""
 
     def __init__(self, port, ctx, stop):
         super().__init__(daemon=True)
@@ -104,8 +128,10 @@ class Honest(threading.Thread):
                 else:
                     st, _ = request(sock, "GET", f"/v1/contexts/{self.ctx}/tail?limit=20")
                     ok = st == 200
-                self.lat.append((time.perf_counter() - t0) * 1000)
+                took = time.perf_counter() - t0
+                self.lat.append(took * 1000)
                 self.errors += 0 if ok else 1
+                time.sleep(max(0.0, HONEST_INTERVAL_S - took))
             except (OSError, ConnectionError):
                 self.errors += 1
                 sock = None
@@ -238,9 +264,8 @@ def attack_huge_window(port, stop, out):
 def main():
     bin_path, out_path = sys.argv[1], sys.argv[2]
     secs = float(sys.argv[sys.argv.index("--secs") + 1]) if "--secs" in sys.argv else 8.0
-    port, peer = free_port(), free_port()
-    while peer + 1 == port or peer == port:
-        peer = free_port()
+    port = free_ports(3)
+    peer = port + 1  # and port + 2, for core 1
     data = tempfile.mkdtemp(prefix="fleetlm-hardening-")
     log = open(os.path.join(data, "server.log"), "w")
     srv = subprocess.Popen(
@@ -276,7 +301,9 @@ def main():
                 threads.append(threading.Thread(target=attack, args=(target, stop, got), daemon=True))
             for t in threads:
                 t.start()
-            t_end = time.time() + secs
+            t_start = time.time()
+            t_end = t_start + secs
+            cpu0, own0 = cpu_secs(srv.pid), sum(os.times()[:2])
             rss, not_ready, polls = 0, 0, 0
             while time.time() < t_end:
                 rss = max(rss, rss_kib(srv.pid))
@@ -287,12 +314,16 @@ def main():
                 not_ready += 0 if ok else 1
                 polls += 1
                 time.sleep(0.2)
+            elapsed = time.time() - t_start
+            server_cpu = (cpu_secs(srv.pid) - cpu0) / elapsed * 100
+            bench_cpu = (sum(os.times()[:2]) - own0) / elapsed * 100
             stop.set()
             for t in threads:
                 t.join(timeout=30)
             lat = [x for h in honest for x in h.lat]
             row = {"phase": name, "honest_requests": len(lat), "honest_errors": sum(h.errors for h in honest),
                    "honest_p50_ms": pct(lat, 0.5), "honest_p99_ms": pct(lat, 0.99), "rss_max_mib": rss / 1024,
+                   "server_cpu_pct": server_cpu, "clients_cpu_pct": bench_cpu,
                    "ready_polls": polls, "not_ready_polls": not_ready, "attack_got": {str(k): v for k, v in got.items()},
                    "alive": srv.poll() is None}
             results.append(row)

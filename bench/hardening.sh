@@ -16,7 +16,7 @@ for r in d["phases"]:
     got = ", ".join(f"{k}: {v}" for k, v in sorted(r["attack_got"].items())) or "—"
     ratio = f"{r['p99_vs_quiet']:.2f}×" if r["p99_vs_quiet"] else "—"
     rows.append(f"| {r['phase']} | {got} | {r['honest_requests']} | {r['honest_errors']} | {r['honest_p50_ms']:.2f} | "
-                f"{r['honest_p99_ms']:.2f} | {ratio} | {r['rss_max_mib']:.0f} | {r['not_ready_polls']}/{r['ready_polls']} | "
+                f"{r['honest_p99_ms']:.2f} | {ratio} | {r['rss_max_mib']:.0f} | {r['server_cpu_pct']:.0f} % | {r['clients_cpu_pct']:.0f} % | {r['not_ready_polls']}/{r['ready_polls']} | "
                 f"{'yes' if r['alive'] else 'NO'} |")
 print("\n".join(rows))
 open("target/hardening-rows.md", "w").write("\n".join(rows) + "\n")

@@ -222,7 +222,11 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let offload = crate::offload::Offload::start(cores, crate::config::OFFLOAD_QUEUE_PER_CORE * cores)
         .map_err(|e| ServeError::Resources(format!("starting the offload threads: {e}")))?;
     let mut handles = Vec::new();
+    // The first core to stop (say, its peer port is taken) stops the node: half a node,
+    // with some shards served and others not, must not look alive.
+    let (stopped_tx, stopped_rx) = std::sync::mpsc::channel::<(usize, Result<(), String>)>();
     for i in 0..cores {
+        let stopped_tx = stopped_tx.clone();
         let (config, mesh, ready, offload) = (config.clone(), mesh.clone(), ready.clone(), offload.clone());
         // Executor i on CPU first_cpu + i: several nodes on one machine (a local
         // cluster) must not all pin their first executor to CPU 0.
@@ -231,18 +235,50 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("fleetlm-core-{i}"))
             .io_memory(GLOMMIO_IO_MEMORY_BYTES)
-            .spawn(move || async move { run_core(config, cores, shard_count, mesh, ready, offload).await })
+            .spawn(move || async move {
+                let mut report = CoreStopped { core: i, tx: Some(stopped_tx) };
+                let result = run_core(config, cores, shard_count, mesh, ready, offload).await;
+                report.send(result.clone());
+                result
+            })
             .map_err(|e| ServeError::Executor(i, e.to_string()))?;
         handles.push(handle);
     }
+    drop(stopped_tx);
+    for _ in 0..cores {
+        match stopped_rx.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((i, Err(e))) => return Err(ServeError::Core(i, e)),
+            Err(_) => break,
+        }
+    }
     for (i, h) in handles.into_iter().enumerate() {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(ServeError::Core(i, e)),
-            Err(e) => return Err(ServeError::Core(i, e.to_string())),
+        if let Err(e) = h.join() {
+            return Err(ServeError::Core(i, e.to_string()));
         }
     }
     Ok(())
+}
+
+/// Tells `serve` that a core stopped: with its result, or (dropped while a panic
+/// unwinds the executor) as a failure.
+struct CoreStopped {
+    core: usize,
+    tx: Option<std::sync::mpsc::Sender<(usize, Result<(), String>)>>,
+}
+
+impl CoreStopped {
+    fn send(&mut self, result: Result<(), String>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send((self.core, result));
+        }
+    }
+}
+
+impl Drop for CoreStopped {
+    fn drop(&mut self) {
+        self.send(Err("the executor panicked".into()));
+    }
 }
 
 async fn run_core(
