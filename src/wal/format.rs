@@ -225,7 +225,7 @@ pub fn encode_record(dst: &mut [u8], kind: RecordKind, index: u64, durable_next:
 /// Decodes the slot at `offset` of a segment's bytes. `payload_max` bounds the length
 /// field so that garbage cannot make us checksum megabytes.
 pub fn decode_slot(segment: &[u8], offset: usize, payload_max: u32) -> Slot {
-    let Some(header) = segment.get(offset..offset + RECORD_HEADER_BYTES) else {
+    let Some(header) = offset.checked_add(RECORD_HEADER_BYTES).and_then(|end| segment.get(offset..end)) else {
         return Slot::Invalid(InvalidReason::HeaderPastEnd);
     };
     if header.iter().all(|&b| b == 0) {
@@ -233,6 +233,7 @@ pub fn decode_slot(segment: &[u8], offset: usize, payload_max: u32) -> Slot {
     }
     let len_and_kind = u32_at(header, 4);
     let payload_len = len_and_kind & RECORD_PAYLOAD_LIMIT_BYTES;
+    // `offset + RECORD_HEADER_BYTES` is within `segment` (checked above): no overflow.
     let end = offset + RECORD_HEADER_BYTES + payload_len as usize;
     if payload_len > payload_max || end > segment.len() {
         return Slot::Invalid(InvalidReason::LengthOutOfBounds);
@@ -257,7 +258,7 @@ pub fn payload_at(segment: &[u8], offset: usize, payload_len: u32) -> &[u8] {
 /// Cheap pre-check for the forward search of recovery: `(index, durable_next)` read
 /// without validating anything.
 pub fn peek_index_fields(segment: &[u8], offset: usize) -> Option<(u64, u64)> {
-    let b = segment.get(offset + 8..offset + 24)?;
+    let b = segment.get(offset.checked_add(8)?..offset.checked_add(24)?)?;
     Some((u64_at(b, 0), u64_at(b, 8)))
 }
 
