@@ -148,15 +148,20 @@ def pct(xs, q):
 
 # ---- attacks: each runs until `stop` is set, counting what it got back ----
 
-def attack_render_bomb(port, stop, out):
-    body = json.dumps({"message": {"role": "user", "parts": [{"type": "data", "n": "PLACEHOLDER"}]}})
-    body = body.replace('"PLACEHOLDER"', "[" + ",".join(["9e15"] * 200_000) + "]").encode()
+def hammer(port, stop, out, method, path, body=b""):
+    """The same request on a fresh connection, again and again, counting the answers."""
     while not stop.is_set():
         try:
-            st, _ = once(port, "POST", "/v1/contexts/attack/messages", body)
+            st, _ = once(port, method, path, body)
             out[st] = out.get(st, 0) + 1
         except (OSError, ConnectionError):
             out["conn_error"] = out.get("conn_error", 0) + 1
+
+
+def attack_render_bomb(port, stop, out):
+    body = json.dumps({"message": {"role": "user", "parts": [{"type": "data", "n": "PLACEHOLDER"}]}})
+    body = body.replace('"PLACEHOLDER"', "[" + ",".join(["9e15"] * 200_000) + "]").encode()
+    hammer(port, stop, out, "POST", "/v1/contexts/attack/messages", body)
 
 
 def attack_slow_chunked(port, stop, out):
@@ -243,22 +248,11 @@ def attack_metadata(port, stop, out):
 
 
 def attack_token_overflow(port, stop, out):
-    body = msg("t", token_count=2**64 - 1)
-    while not stop.is_set():
-        try:
-            st, _ = once(port, "POST", "/v1/contexts/attack/messages", body)
-            out[st] = out.get(st, 0) + 1
-        except (OSError, ConnectionError):
-            out["conn_error"] = out.get("conn_error", 0) + 1
+    hammer(port, stop, out, "POST", "/v1/contexts/attack/messages", msg("t", token_count=2**64 - 1))
 
 
 def attack_huge_window(port, stop, out):
-    while not stop.is_set():
-        try:
-            st, _ = once(port, "GET", "/v1/contexts/big/context")
-            out[st] = out.get(st, 0) + 1
-        except (OSError, ConnectionError):
-            out["conn_error"] = out.get("conn_error", 0) + 1
+    hammer(port, stop, out, "GET", "/v1/contexts/big/context")
 
 
 def main():

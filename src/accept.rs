@@ -62,6 +62,30 @@ impl AcceptPacing {
     }
 }
 
+/// Accepts the next connection on `listener`. A failed accept waits (paced, as above)
+/// and is logged (rate-limited), prefixed with `what`, and the loop goes on.
+pub async fn next_connection(
+    listener: &glommio::net::TcpListener,
+    pacing: &mut AcceptPacing,
+    what: &str,
+) -> glommio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                pacing.succeeded();
+                return stream;
+            }
+            Err(e) => {
+                let (wait, line) = pacing.failed(Instant::now(), &std::io::Error::from(e));
+                if let Some(line) = line {
+                    eprintln!("{what}: {line}");
+                }
+                glommio::timer::sleep(wait).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -346,19 +346,9 @@ async fn run_core(
     let http = Rc::new(config.http.clone());
     let open = Rc::new(std::cell::Cell::new(0usize));
     let mut pacing = crate::accept::AcceptPacing::default();
+    let what = format!("core {core}");
     loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                let (wait, line) = pacing.failed(std::time::Instant::now(), &std::io::Error::from(e));
-                if let Some(line) = line {
-                    eprintln!("core {core}: {line}");
-                }
-                glommio::timer::sleep(wait).await;
-                continue;
-            }
-        };
-        pacing.succeeded();
+        let stream = crate::accept::next_connection(&listener, &mut pacing, &what).await;
         if open.get() >= http.connections_max_per_core {
             drop(stream); // over the limit: refuse by closing
             continue;

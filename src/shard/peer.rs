@@ -29,19 +29,9 @@ pub async fn serve_peers(ctx: Rc<CoreCtx>, listener: TcpListener) {
     // Failed handshakes and broken connections are logged at a bounded rate: anyone who
     // can reach the peer port can cause them.
     let errors = Rc::new(RefCell::new(crate::accept::RateLimitedLog::default()));
+    let what = format!("core {}: peer", ctx.core);
     loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                let (wait, line) = pacing.failed(std::time::Instant::now(), &std::io::Error::from(e));
-                if let Some(line) = line {
-                    eprintln!("core {}: peer {line}", ctx.core);
-                }
-                glommio::timer::sleep(wait).await;
-                continue;
-            }
-        };
-        pacing.succeeded();
+        let stream = crate::accept::next_connection(&listener, &mut pacing, &what).await;
         if open.get() >= ctx.peer_limits.connections_max_per_core {
             drop(stream);
             continue;
