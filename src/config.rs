@@ -274,7 +274,7 @@ pub struct PeerLimits {
     /// The cluster secret peers prove they know before any frame is read
     /// (`crate::raft::peer_auth`); `None`: no handshake (a single node, or
     /// `--insecure-peers`).
-    pub cluster_secret: Option<crate::raft::peer_auth::ClusterSecret>,
+    pub cluster_secret: Option<ClusterSecret>,
     /// The peer handshake completes within this.
     pub handshake_timeout_ms: u64,
     /// An inbound peer connection that sends nothing for this long is closed (Raft
@@ -315,6 +315,31 @@ pub const OFFLOAD_QUEUE_PER_CORE: usize = 16;
 /// body segment files, spares, snapshot files, io_uring handles of segments).
 pub const FD_RESERVE_BASE: u64 = 256;
 pub const FD_RESERVE_PER_SHARD: u64 = 32;
+
+/// The shared secret of a cluster's nodes (`crate::raft::peer_auth` proves it). Its
+/// `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret(std::sync::Arc<[u8]>);
+
+impl ClusterSecret {
+    /// At least 16 bytes, so that it is not guessed over the network.
+    pub fn new(secret: &[u8]) -> Result<ClusterSecret, String> {
+        if secret.len() < 16 {
+            return Err(format!("the cluster secret must be at least 16 bytes (it is {})", secret.len()));
+        }
+        Ok(ClusterSecret(secret.into()))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(<redacted>)")
+    }
+}
 
 /// Latency histograms record 1 µs … this (larger values are clamped to it).
 pub const LATENCY_HISTOGRAM_MAX_US: u64 = 60_000_000;

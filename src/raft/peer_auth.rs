@@ -26,32 +26,15 @@ const VERSION: u8 = 1;
 const NONCE_BYTES: usize = 32;
 const TAG_BYTES: usize = 32;
 
-/// The shared secret of a cluster's nodes. Its `Debug` does not show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClusterSecret(std::sync::Arc<[u8]>);
+pub use crate::config::ClusterSecret;
 
-impl ClusterSecret {
-    /// At least 16 bytes, so that it is not guessed over the network.
-    pub fn new(secret: &[u8]) -> Result<ClusterSecret, String> {
-        if secret.len() < 16 {
-            return Err(format!("the cluster secret must be at least 16 bytes (it is {})", secret.len()));
-        }
-        Ok(ClusterSecret(secret.into()))
-    }
-
-    fn tag(&self, label: &[u8], first: &[u8], second: &[u8]) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
-        mac.update(label);
-        mac.update(first);
-        mac.update(second);
-        mac
-    }
-}
-
-impl std::fmt::Debug for ClusterSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClusterSecret(<redacted>)")
-    }
+/// The MAC over `label ‖ first ‖ second` with the cluster secret.
+fn tag(secret: &ClusterSecret, label: &[u8], first: &[u8], second: &[u8]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.bytes()).expect("HMAC takes a key of any length");
+    mac.update(label);
+    mac.update(first);
+    mac.update(second);
+    mac
 }
 
 /// Why a handshake failed.
@@ -95,8 +78,8 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         let mut answer = [0u8; NONCE_BYTES + TAG_BYTES];
         stream.read_exact(&mut answer).await?;
         let (theirs, proof) = answer.split_at(NONCE_BYTES);
-        secret.tag(b"fleetlm-accept", &mine, theirs).verify_slice(proof).map_err(|_| AuthError::BadProof)?;
-        let mine_proof = secret.tag(b"fleetlm-connect", theirs, &mine).finalize().into_bytes();
+        tag(secret, b"fleetlm-accept", &mine, theirs).verify_slice(proof).map_err(|_| AuthError::BadProof)?;
+        let mine_proof = tag(secret, b"fleetlm-connect", theirs, &mine).finalize().into_bytes();
         stream.write_all(&mine_proof).await?;
         stream.flush().await?;
         Ok(())
@@ -120,12 +103,12 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         let mine = nonce();
         let mut answer = Vec::with_capacity(NONCE_BYTES + TAG_BYTES);
         answer.extend_from_slice(&mine);
-        answer.extend_from_slice(&secret.tag(b"fleetlm-accept", theirs, &mine).finalize().into_bytes());
+        answer.extend_from_slice(&tag(secret, b"fleetlm-accept", theirs, &mine).finalize().into_bytes());
         stream.write_all(&answer).await?;
         stream.flush().await?;
         let mut proof = [0u8; TAG_BYTES];
         stream.read_exact(&mut proof).await?;
-        secret.tag(b"fleetlm-connect", &mine, theirs).verify_slice(&proof).map_err(|_| AuthError::BadProof)
+        tag(secret, b"fleetlm-connect", &mine, theirs).verify_slice(&proof).map_err(|_| AuthError::BadProof)
     })
     .await
 }
