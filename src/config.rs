@@ -224,7 +224,14 @@ pub struct ServeLimits {
     /// return fewer messages (the client pages on), a larger window is 413
     /// `window_too_large`.
     pub response_max_bytes: usize,
+    /// Bytes of large answers (`BUDGETED_ANSWER_MIN_BYTES` and up) rendered and not yet
+    /// written to their clients, node-wide; a read that would go past it gets 503
+    /// (`crate::budget`): slow readers pin at most this much memory in all.
+    pub response_buffer_max_bytes: usize,
 }
+
+/// Answers of at least this many bytes count against `response_buffer_max_bytes`.
+pub const BUDGETED_ANSWER_MIN_BYTES: usize = 64 << 10;
 
 /// How long a free-space reading of the data dir is trusted, ms.
 pub const DISK_FREE_RECHECK_MS: u64 = 100;
@@ -242,6 +249,7 @@ impl Default for ServeLimits {
             leader_stale_after_ms: 1_000,
             disk_reserve_bytes: None,
             response_max_bytes: 16 << 20,
+            response_buffer_max_bytes: 256 << 20,
         }
     }
 }

@@ -7,6 +7,7 @@
 //!
 //! Modules:
 //! - [`accept`]: pacing of the accept loops (HTTP and peer) when accepts fail;
+//! - [`budget`]: the node-wide budget of answers rendered but not yet written;
 //! - [`config`]: every limit and default;
 //! - [`files`]: file-system helpers (preallocation, durable replace, directory fsync,
 //!   free space, page release);
@@ -25,6 +26,7 @@
 //! - [`metrics`]: per-core latency histograms and counters, interval logs, Prometheus.
 pub mod accept;
 pub mod api;
+pub mod budget;
 pub mod config;
 pub mod files;
 pub mod http;

@@ -124,6 +124,10 @@ struct ServeArgs {
     /// can then read, write and reconfigure the cluster). For isolated test networks.
     #[arg(long, env = "FLEETLM_INSECURE_PEERS")]
     insecure_peers: bool,
+    /// Bytes of large answers rendered and not yet read by their clients, node-wide; a
+    /// read that would go past it gets 503 until clients catch up.
+    #[arg(long, env = "FLEETLM_RESPONSE_BUFFER_MAX_BYTES", default_value_t = ServeLimits::default().response_buffer_max_bytes)]
+    response_buffer_max_bytes: usize,
     /// A write to a client that makes no progress for this long closes its connection.
     #[arg(long, env = "FLEETLM_WRITE_TIMEOUT_MS", default_value_t = HttpLimits::default().write_timeout_ms)]
     write_timeout_ms: u64,
@@ -221,6 +225,7 @@ fn main() -> std::process::ExitCode {
             membership_deadline_ms: a.membership_deadline_ms,
             disk_reserve_bytes: a.disk_reserve_bytes,
             response_max_bytes: a.response_max_bytes,
+            response_buffer_max_bytes: a.response_buffer_max_bytes,
             ..ServeLimits::default()
         },
         // A WAL record holds one Raft entry: a command with a message of at most one

@@ -19,7 +19,7 @@ use crate::config::GLOMMIO_IO_MEMORY_BYTES;
 pub use crate::config::ServerConfig;
 use crate::raft::network::core_port_addr;
 
-use crate::shard::core::{CoreCtx, MeshMsg, Readiness, serve_mesh};
+use crate::shard::core::{CoreCtx, MeshMsg, NodeShared, Readiness, serve_mesh};
 use crate::shard::placement::core_of;
 
 /// How long a port may keep answering at startup before we call it taken.
@@ -221,13 +221,15 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let offload = crate::offload::Offload::start(cores, crate::config::OFFLOAD_QUEUE_PER_CORE * cores)
         .map_err(|e| ServeError::Resources(format!("starting the offload threads: {e}")))?;
+    let answers = crate::budget::Budget::new(config.serve.response_buffer_max_bytes);
+    let shared = NodeShared { ready, offload, answers };
     let mut handles = Vec::new();
     // The first core to stop (say, its peer port is taken) stops the node: half a node,
     // with some shards served and others not, must not look alive.
     let (stopped_tx, stopped_rx) = std::sync::mpsc::channel::<(usize, Result<(), String>)>();
     for i in 0..cores {
         let stopped_tx = stopped_tx.clone();
-        let (config, mesh, ready, offload) = (config.clone(), mesh.clone(), ready.clone(), offload.clone());
+        let (config, mesh, shared) = (config.clone(), mesh.clone(), shared.clone());
         // Executor i on CPU first_cpu + i: several nodes on one machine (a local
         // cluster) must not all pin their first executor to CPU 0.
         let placement =
@@ -237,7 +239,7 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
             .io_memory(GLOMMIO_IO_MEMORY_BYTES)
             .spawn(move || async move {
                 let mut report = CoreStopped { core: i, tx: Some(stopped_tx) };
-                let result = run_core(config, cores, shard_count, mesh, ready, offload).await;
+                let result = run_core(config, cores, shard_count, mesh, shared).await;
                 report.send(result.clone());
                 result
             })
@@ -286,8 +288,7 @@ async fn run_core(
     cores: usize,
     shard_count: u32,
     mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
-    ready: Arc<Readiness>,
-    offload: Arc<crate::offload::Offload>,
+    shared: NodeShared,
 ) -> Result<(), String> {
     let (senders, receivers) = mesh.join().await.map_err(|_| "joining the cross-core mesh".to_owned())?;
     let core = senders.peer_id();
@@ -311,10 +312,10 @@ async fn run_core(
     let mut shards = HashMap::new();
     for s in (0..shard_count).filter(|&s| core_of(s, cores) == core) {
         let shard = opener.open(s, initial_members.clone()).await.map_err(|e| format!("shard {s}: {e}"))?;
-        ready.opened.fetch_add(1, Ordering::AcqRel);
+        shared.ready.opened.fetch_add(1, Ordering::AcqRel);
         shards.insert(s, Rc::new(shard));
     }
-    let ctx = Rc::new(CoreCtx::new(&config, core, shard_count, shards, Some(senders), ready, offload));
+    let ctx = Rc::new(CoreCtx::new(&config, core, shard_count, shards, Some(senders), shared));
     serve_mesh(ctx.clone(), receivers);
     if let Some(listener) = peer_listener {
         glommio::spawn_local(crate::shard::peer::serve_peers(ctx.clone(), listener)).detach();

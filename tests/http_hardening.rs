@@ -213,3 +213,47 @@ fn a_client_that_never_reads_its_answers_is_cut_off() {
     assert!(complete < 40, "all {complete} answers arrived: the connection was not cut off");
     assert_eq!(s.req("GET", "/health/ready", "").status, 200, "the node is fine");
 }
+
+#[test]
+fn answers_nobody_reads_are_bounded_node_wide() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--response-buffer-max-bytes", "5000000"]);
+    put(&s, "big", r#"{"token_budget":100000000}"#);
+    for i in 0..100 {
+        let r = s.req("POST", "/v1/contexts/big/messages", &msg_body(&format!("{i}{}", "y".repeat(20_000))));
+        assert_eq!(r.status, 201);
+    }
+    // Three clients pipeline ≈2 MB replays and never read: each keeps one answer held.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect(s.port);
+        for _ in 0..10 {
+            c.write_all(&common::raw_request("GET", "/v1/contexts/big/messages?limit=1000", &[], b"")).unwrap();
+        }
+        idle.push(c);
+    }
+    let busy = |s: &Server| {
+        let r = s.req("GET", "/v1/contexts/big/messages?limit=1000", "");
+        r.status == 503 && r.json()["message"].as_str().unwrap().contains("have not read yet")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !busy(&s) {
+        assert!(std::time::Instant::now() < deadline, "the budget never filled");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Small answers are not held back, and the node is ready.
+    assert_eq!(s.req("GET", "/v1/contexts/big/tail?limit=1", "").status, 200);
+    assert_eq!(s.req("GET", "/health/ready", "").status, 200);
+    // The slow readers go: their answers are dropped and the budget comes back.
+    drop(idle);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = s.req("GET", "/v1/contexts/big/messages?limit=1000", "");
+        if r.status == 200 {
+            assert_eq!(r.json()["messages"].as_array().unwrap().len(), 100);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the budget was not given back: {}", r.status);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -27,6 +27,7 @@ fn respond(reply: Reply) -> Response {
     if let Some(v) = reply.retry_after {
         r = r.with_header("Retry-After", v);
     }
+    r.hold = reply.hold;
     r
 }
 

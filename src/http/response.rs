@@ -1,32 +1,41 @@
 //! Responses and their wire form.
 use serde_json::Value;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
     /// Extra headers (Content-Length, Content-Type and Connection are added on write).
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
     pub content_type: &'static str,
+    /// Held on the node's budget of unwritten answers until this is dropped (written,
+    /// or its connection gone): `crate::budget`.
+    pub hold: Option<crate::budget::Hold>,
 }
 
 impl Response {
     pub fn json(status: u16, body: &Value) -> Response {
-        Response { status, headers: Vec::new(), body: body.to_string().into_bytes(), content_type: "application/json" }
+        Response {
+            status,
+            headers: Vec::new(),
+            body: body.to_string().into_bytes(),
+            content_type: "application/json",
+            hold: None,
+        }
     }
 
     /// A JSON body that is already serialized.
     pub fn raw_json(status: u16, body: Vec<u8>) -> Response {
-        Response { status, headers: Vec::new(), body, content_type: "application/json" }
+        Response { status, headers: Vec::new(), body, content_type: "application/json", hold: None }
     }
 
     /// A body of another type (e.g. Prometheus text).
     pub fn text(status: u16, body: String, content_type: &'static str) -> Response {
-        Response { status, headers: Vec::new(), body: body.into_bytes(), content_type }
+        Response { status, headers: Vec::new(), body: body.into_bytes(), content_type, hold: None }
     }
 
     pub fn empty(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: Vec::new(), content_type: "" }
+        Response { status, headers: Vec::new(), body: Vec::new(), content_type: "", hold: None }
     }
 
     /// The API.md error shape.

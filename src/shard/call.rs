@@ -93,13 +93,17 @@ impl ShardCall {
 /// A shard's answer to a call: an HTTP status, a JSON body (or none) and the
 /// `Retry-After` of a 503. Storage-free, so it crosses cores and nodes; the API layer
 /// turns it into the HTTP response. The field order is its peer-protocol encoding.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     pub status: u16,
     pub retry_after: Option<String>,
     /// The body is JSON (else there is none: a 204).
     pub json: bool,
     pub body: Vec<u8>,
+    /// The bytes of a large answer held on the node's budget until it is written
+    /// (`crate::budget`); not sent to other nodes.
+    #[serde(skip)]
+    pub hold: Option<crate::budget::Hold>,
 }
 
 impl Reply {
@@ -109,11 +113,11 @@ impl Reply {
 
     /// A JSON body that is already serialized.
     pub fn raw_json(status: u16, body: Vec<u8>) -> Reply {
-        Reply { status, retry_after: None, json: true, body }
+        Reply { status, retry_after: None, json: true, body, hold: None }
     }
 
     pub fn empty(status: u16) -> Reply {
-        Reply { status, retry_after: None, json: false, body: Vec::new() }
+        Reply { status, retry_after: None, json: false, body: Vec::new(), hold: None }
     }
 
     /// The API error shape: `{"error": code, "message": …}`.
@@ -196,10 +200,11 @@ mod tests {
     fn a_reply_keeps_its_peer_encoding() {
         // Bytes of `CallReply::Done(WireResponse { 503, Some("1"), true, b"{}" })` and
         // `CallReply::NotLeader` as written before these types moved (postcard).
-        let done = Reply { status: 503, retry_after: Some("1".into()), json: true, body: b"{}".to_vec() };
-        assert_eq!(encode_served(Ok(done.clone())).unwrap(), [1, 0xf7, 3, 1, 1, b'1', 1, 2, b'{', b'}']);
+        let done =
+            || Reply { status: 503, retry_after: Some("1".into()), json: true, body: b"{}".to_vec(), hold: None };
+        assert_eq!(encode_served(Ok(done())).unwrap(), [1, 0xf7, 3, 1, 1, b'1', 1, 2, b'{', b'}']);
         assert_eq!(encode_served(Err(NotLeader::default())).unwrap(), [0]);
-        assert_eq!(decode_served(&[1, 0xf7, 3, 1, 1, b'1', 1, 2, b'{', b'}']).unwrap(), Ok(done));
+        assert_eq!(decode_served(&[1, 0xf7, 3, 1, 1, b'1', 1, 2, b'{', b'}']).unwrap(), Ok(done()));
         assert_eq!(decode_served(&[0]).unwrap(), Err(NotLeader::default()));
     }
 }

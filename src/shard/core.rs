@@ -63,6 +63,16 @@ pub struct Readiness {
     pub restarts: AtomicUsize,
 }
 
+/// What every core of a node shares.
+#[derive(Clone)]
+pub struct NodeShared {
+    pub ready: Arc<Readiness>,
+    /// Low-priority threads for CPU-heavy pure work (`crate::offload`).
+    pub offload: Arc<crate::offload::Offload>,
+    /// Large answers rendered and not yet written (`crate::budget`).
+    pub answers: Arc<crate::budget::Budget>,
+}
+
 /// `CoreCtx::readiness`.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadinessCounts {
@@ -102,6 +112,8 @@ pub struct CoreCtx {
     pub record_payload_max_bytes: usize,
     /// The node's low-priority threads for CPU-heavy pure work.
     pub offload: Arc<crate::offload::Offload>,
+    /// The node's budget of large answers rendered and not yet written.
+    pub answers: Arc<crate::budget::Budget>,
     /// Multiplexed connections for forwarding calls to leaders.
     forwarder: Forwarder,
     /// Refuses writes while the data disk is nearly full.
@@ -123,9 +135,9 @@ impl CoreCtx {
         shard_count: u32,
         shards: HashMap<u32, Rc<Shard>>,
         mesh: Option<Senders<MeshMsg>>,
-        ready: Arc<Readiness>,
-        offload: Arc<crate::offload::Offload>,
+        node: NodeShared,
     ) -> CoreCtx {
+        let NodeShared { ready, offload, answers } = node;
         CoreCtx {
             node_id: config.node_id,
             core,
@@ -144,6 +156,7 @@ impl CoreCtx {
             body_segment_size_bytes: config.body_segment_size_bytes.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES),
             record_payload_max_bytes: config.wal.record_payload_max_bytes as usize,
             offload,
+            answers,
             forwarder: Forwarder::new(config.peer.clone()),
             disk: DiskGuard::new(
                 config.data_dir.clone(),
@@ -372,7 +385,7 @@ impl CoreCtx {
             if remaining.is_zero() {
                 return Ok(Reply::unavailable(&self.serve_limits, "no leader with a quorum within the deadline"));
             }
-            match attempt(&shard, &call, &self.serve_limits, remaining).await {
+            match attempt(&shard, &call, &self.serve_limits, &self.answers, remaining).await {
                 Ok(reply) => return Ok(reply),
                 Err(not_leader) if forwarded => return Err(not_leader),
                 Err(NotLeader { leader: Some(leader) }) if leader.node_id != self.node_id => {

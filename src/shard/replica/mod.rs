@@ -11,18 +11,27 @@ mod membership;
 mod propose;
 mod read;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::ForwardToLeader;
 
 use super::call::{Leader, NotLeader, Reply, Served, ShardCall};
+use crate::budget::Budget;
 use crate::config::ServeLimits;
 use crate::raft::{FleetRaft, Shard};
 
 pub use propose::{command_too_large, now_rfc3339};
 
 /// Tries `call` on this replica of the shard (which this core owns), within `remaining`.
-pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, remaining: Duration) -> Served {
+/// `answers`: the node's budget of large answers not yet written (`crate::budget`).
+pub async fn attempt(
+    shard: &Shard,
+    call: &ShardCall,
+    limits: &ServeLimits,
+    answers: &Arc<Budget>,
+    remaining: Duration,
+) -> Served {
     match call {
         ShardCall::ShardStatus { shard: s } => Ok(Reply::json(200, &read::shard_status(shard, *s))),
         _ if shard.stopped.get() => Ok(stopped_reply(limits)),
@@ -30,7 +39,7 @@ pub async fn attempt(shard: &Shard, call: &ShardCall, limits: &ServeLimits, rema
         ShardCall::AddMember { node_id, addr, .. } => membership::add(shard, *node_id, addr, limits, remaining).await,
         ShardCall::RemoveMember { node_id, .. } => membership::remove(shard, *node_id, limits, remaining).await,
         ShardCall::Get { .. } | ShardCall::Tail { .. } | ShardCall::Replay { .. } | ShardCall::Window { .. } => {
-            read::read(shard, call, limits, remaining).await
+            read::read(shard, call, limits, answers, remaining).await
         }
     }
 }

@@ -9,12 +9,21 @@ use openraft_rt::WatchReceiver;
 use serde_json::json;
 
 use super::{mark_stopped, not_leader, timed_out};
-use crate::config::ServeLimits;
+use std::sync::Arc;
+
+use crate::budget::{Budget, Hold};
+use crate::config::{BUDGETED_ANSWER_MIN_BYTES, ServeLimits};
 use crate::raft::Shard;
 use crate::shard::call::{Reply, Served, ShardCall};
 use crate::store::StoreError;
 
-pub(super) async fn read(shard: &Shard, call: &ShardCall, limits: &ServeLimits, remaining: Duration) -> Served {
+pub(super) async fn read(
+    shard: &Shard,
+    call: &ShardCall,
+    limits: &ServeLimits,
+    answers: &Arc<Budget>,
+    remaining: Duration,
+) -> Served {
     if call.is_local() && !shard.caught_up() {
         let why = "this replica restarted and has not yet applied what was committed before: retry, or read \
                    without consistency=local";
@@ -32,12 +41,35 @@ pub(super) async fn read(shard: &Shard, call: &ShardCall, limits: &ServeLimits, 
             Err(_) => return timed_out(limits),
         }
     }
-    Ok(applied_state(shard, call, limits.response_max_bytes))
+    Ok(applied_state(shard, call, limits, answers))
+}
+
+/// Holds the bytes of a large answer on the node's budget before it is rendered, or
+/// the 503 to send instead.
+fn hold(answers: &Arc<Budget>, bytes: usize, limits: &ServeLimits) -> Result<Option<Hold>, Reply> {
+    if bytes < BUDGETED_ANSWER_MIN_BYTES {
+        return Ok(None);
+    }
+    answers.try_hold(bytes).map(Some).ok_or_else(|| {
+        let why = format!(
+            "this node holds {} MiB of answers that their clients have not read yet (limit {} MiB): retry shortly",
+            answers.used_bytes() >> 20,
+            answers.max_bytes() >> 20
+        );
+        Reply::unavailable(limits, why)
+    })
+}
+
+/// Bytes of the stored JSON of `messages`, with a separator each.
+fn page_bytes(messages: &[crate::store::Message]) -> usize {
+    messages.iter().map(|m| m.json_len_bytes() + 1).sum()
 }
 
 /// Answers a read from this replica's applied state, its body at most about
-/// `max_bytes` (tail and replay pages are cut shorter; a larger window is refused).
-fn applied_state(shard: &Shard, call: &ShardCall, max_bytes: usize) -> Reply {
+/// `response_max_bytes` (tail and replay pages are cut shorter; a larger window is
+/// refused), a large one held on the node's budget of unwritten answers.
+fn applied_state(shard: &Shard, call: &ShardCall, limits: &ServeLimits, answers: &Arc<Budget>) -> Reply {
+    let max_bytes = limits.response_max_bytes;
     let applied = shard.state.applied().borrow();
     let store = &applied.store;
     let bodies = &applied.bodies;
@@ -45,16 +77,26 @@ fn applied_state(shard: &Shard, call: &ShardCall, max_bytes: usize) -> Reply {
         Ok(c) => c,
         Err(e) => return Reply::store_error(&e),
     };
-    let rendered = match call {
+    let held = |bytes| hold(answers, bytes, limits);
+    let (rendered, held) = match call {
         ShardCall::Get { .. } => return Reply::json(200, &ctx.summary_json()),
         ShardCall::Tail { offset, limit, .. } => {
-            crate::store::messages_object(ctx.tail_within(*offset, *limit, max_bytes).iter(), bodies, b"}")
+            let page = ctx.tail_within(*offset, *limit, max_bytes);
+            let held = match held(page_bytes(page)) {
+                Ok(h) => h,
+                Err(busy) => return busy,
+            };
+            (crate::store::messages_object(page.iter(), bodies, b"}"), held)
         }
         ShardCall::Replay { from, limit, .. } => {
             let start = ctx.replay_start(*from);
             let (page, next) = ctx.replay_within(start, *limit, max_bytes);
+            let held = match held(page_bytes(page)) {
+                Ok(h) => h,
+                Err(busy) => return busy,
+            };
             let tail = format!(",\"last_seq\":{},\"next_seq\":{next}}}", ctx.last_seq());
-            crate::store::messages_object(page.iter(), bodies, tail.as_bytes())
+            (crate::store::messages_object(page.iter(), bodies, tail.as_bytes()), held)
         }
         ShardCall::Window { budget, if_version, .. } => {
             if let Some(expected) = *if_version
@@ -70,12 +112,16 @@ fn applied_state(shard: &Shard, call: &ShardCall, max_bytes: usize) -> Reply {
                 );
                 return Reply::error(413, "window_too_large", why);
             }
-            ctx.window_json(budget.unwrap_or(ctx.config.token_budget), bodies)
+            let held = match held(bytes) {
+                Ok(h) => h,
+                Err(busy) => return busy,
+            };
+            (ctx.window_json(budget.unwrap_or(ctx.config.token_budget), bodies), held)
         }
         _ => return Reply::error(500, "internal", "not a read"),
     };
     match rendered {
-        Ok(body) => Reply::raw_json(200, body),
+        Ok(body) => Reply { hold: held, ..Reply::raw_json(200, body) },
         // A message whose body is not in the body store: the shard's data is damaged.
         Err(e) => Reply::error(500, "internal", format!("corruption in shard data: {e}")),
     }
