@@ -214,20 +214,27 @@ async fn route(req: &Request, segments: &[&str], resolved: Resolved<'_>, core: &
                 // the core (`crate::offload`).
                 // The size check of the command goes along (it walks all of it).
                 let (req, limits, record_max) = (req.clone(), core.store_limits.clone(), core.record_payload_max_bytes);
-                let offloaded = core
-                    .offload
-                    .run(move || {
-                        let call = build_call(op, id, &req, &limits)?;
-                        match &call {
-                            ShardCall::Write(cmd) => match crate::shard::replica::command_too_large(cmd, record_max) {
-                                Some(refused) => Err(respond(refused)),
-                                None => Ok(call),
-                            },
-                            _ => Ok(call),
-                        }
-                    })
-                    .await;
-                offloaded.unwrap_or_else(|busy| Err(respond(Reply::unavailable(&core.serve_limits, busy))))
+                let job = core.offload.run(move || {
+                    let call = build_call(op, id, &req, &limits)?;
+                    match &call {
+                        ShardCall::Write(cmd) => match crate::shard::replica::command_too_large(cmd, record_max) {
+                            Some(refused) => Err(respond(refused)),
+                            None => Ok(call),
+                        },
+                        _ => Ok(call),
+                    }
+                });
+                // The offload threads run on idle CPU only: under a long full load a job
+                // could wait indefinitely; the client gets a 503 after the deadline.
+                let deadline = std::time::Duration::from_millis(core.serve_limits.write_deadline_ms);
+                match crate::raft::runtime::timeout(deadline, job).await {
+                    Ok(Ok(built)) => built,
+                    Ok(Err(busy)) => Err(respond(Reply::unavailable(&core.serve_limits, busy))),
+                    Err(_) => Err(respond(Reply::unavailable(
+                        &core.serve_limits,
+                        "validating the request took longer than the deadline (the node is busy): retry shortly",
+                    ))),
+                }
             } else {
                 build_call(op, id, req, &core.store_limits)
             };
