@@ -209,32 +209,7 @@ async fn route(req: &Request, segments: &[&str], resolved: Resolved<'_>, core: &
             };
             let started = std::time::Instant::now();
             let built = if req.body.len() >= crate::config::VALIDATE_OFF_CORE_MIN_BYTES {
-                // Parsing and rendering a large body takes milliseconds (a 1 MiB part of
-                // numbers: ≈30 ms); on the executor that stalls every other request of
-                // the core (`crate::offload`).
-                // The size check of the command goes along (it walks all of it).
-                let (req, limits, record_max) = (req.clone(), core.store_limits.clone(), core.record_payload_max_bytes);
-                let job = core.offload.run(move || {
-                    let call = build_call(op, id, &req, &limits)?;
-                    match &call {
-                        ShardCall::Write(cmd) => match crate::shard::replica::command_too_large(cmd, record_max) {
-                            Some(refused) => Err(respond(refused)),
-                            None => Ok(call),
-                        },
-                        _ => Ok(call),
-                    }
-                });
-                // The offload threads run on idle CPU only: under a long full load a job
-                // could wait indefinitely; the client gets a 503 after the deadline.
-                let deadline = std::time::Duration::from_millis(core.serve_limits.write_deadline_ms);
-                match crate::raft::runtime::timeout(deadline, job).await {
-                    Ok(Ok(built)) => built,
-                    Ok(Err(busy)) => Err(respond(Reply::unavailable(&core.serve_limits, busy))),
-                    Err(_) => Err(respond(Reply::unavailable(
-                        &core.serve_limits,
-                        "validating the request took longer than the deadline (the node is busy): retry shortly",
-                    ))),
-                }
+                build_call_off_core(core, op, id, req).await
             } else {
                 build_call(op, id, req, &core.store_limits)
             };
@@ -245,6 +220,34 @@ async fn route(req: &Request, segments: &[&str], resolved: Resolved<'_>, core: &
             crate::metrics::record_since(histogram, started);
             resp
         }
+    }
+}
+
+/// `build_call` for a large body, with the command's size check, on the offload
+/// threads: parsing and rendering a large body takes milliseconds (a 1 MiB part of
+/// numbers: ≈30 ms), which on the executor would stall every other request of the core
+/// (`crate::offload`). They run on idle CPU only, so the wait is bounded by the write
+/// deadline (then 503).
+async fn build_call_off_core(core: &CoreCtx, op: Op, id: String, req: &Request) -> Result<ShardCall, Response> {
+    let (req, limits, record_max) = (req.clone(), core.store_limits.clone(), core.record_payload_max_bytes);
+    let job = core.offload.run(move || {
+        let call = build_call(op, id, &req, &limits)?;
+        match &call {
+            ShardCall::Write(cmd) => match crate::shard::replica::command_too_large(cmd, record_max) {
+                Some(refused) => Err(respond(refused)),
+                None => Ok(call),
+            },
+            _ => Ok(call),
+        }
+    });
+    let deadline = std::time::Duration::from_millis(core.serve_limits.write_deadline_ms);
+    match crate::raft::runtime::timeout(deadline, job).await {
+        Ok(Ok(built)) => built,
+        Ok(Err(busy)) => Err(respond(Reply::unavailable(&core.serve_limits, busy))),
+        Err(_) => Err(respond(Reply::unavailable(
+            &core.serve_limits,
+            "validating the request took longer than the deadline (the node is busy): retry shortly",
+        ))),
     }
 }
 
