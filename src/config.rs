@@ -285,10 +285,10 @@ pub struct PeerLimits {
     pub cluster_secret: Option<ClusterSecret>,
     /// The peer handshake completes within this.
     pub handshake_timeout_ms: u64,
-    /// An inbound peer connection that sends nothing for this long is closed (Raft
-    /// connections carry heartbeats every `heartbeat_interval_ms`; idle forwarding
-    /// links reconnect when next needed).
-    pub idle_timeout_ms: u64,
+    /// Once the first byte of a peer frame (or of a snapshot chunk) has arrived, the
+    /// rest must arrive within this, or the connection is closed. Between frames an
+    /// authenticated peer may stay quiet (a long call may be in flight on the link).
+    pub frame_read_timeout_ms: u64,
 }
 
 impl Default for PeerLimits {
@@ -307,7 +307,7 @@ impl Default for PeerLimits {
             calls_in_flight_max_per_connection: 4_096,
             cluster_secret: None,
             handshake_timeout_ms: 5_000,
-            idle_timeout_ms: 60_000,
+            frame_read_timeout_ms: 60_000,
         }
     }
 }

@@ -53,6 +53,18 @@ pub async fn serve_peers(ctx: Rc<CoreCtx>, listener: TcpListener) {
     }
 }
 
+/// `read`, failed with a timeout if it does not finish within the peer read deadline.
+async fn within_read_deadline<T>(
+    ctx: &CoreCtx,
+    read: impl std::future::Future<Output = Result<T, WireError>>,
+) -> Result<T, WireError> {
+    let deadline = std::time::Duration::from_millis(ctx.peer_limits.frame_read_timeout_ms);
+    crate::raft::runtime::timeout(deadline, read).await.unwrap_or_else(|_| {
+        let why = "a peer frame did not arrive whole within the read deadline";
+        Err(WireError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, why)))
+    })
+}
+
 static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Reads one snapshot's bytes off the stream: the index into memory, the bodies into
@@ -76,7 +88,7 @@ async fn receive_snapshot(
         return Err(WireError::TooLarge(bodies_len, room));
     }
     let mut index = vec![0u8; index_len as usize];
-    stream.read_exact(&mut index).await?;
+    within_read_deadline(ctx, async { Ok(stream.read_exact(&mut index).await?) }).await?;
     let n = STAGING_SEQ.fetch_add(1, Ordering::Relaxed);
     let staging = ctx.data_dir.join("shards").join(shard.to_string()).join(format!("incoming-{}-{n}", ctx.core));
     // File work (fallocate of each segment, writes, fdatasync) runs on the blocking
@@ -90,7 +102,7 @@ async fn receive_snapshot(
     let mut left = bodies_len;
     while left > 0 {
         let take = (left as usize).min(buf.len());
-        stream.read_exact(&mut buf[..take]).await?;
+        within_read_deadline(ctx, async { Ok(stream.read_exact(&mut buf[..take]).await?) }).await?;
         let (r, b, written) = blocking
             .spawn_blocking(move || {
                 let written = receiver.write(&buf[..take]);
@@ -115,10 +127,6 @@ async fn serve_connection(ctx: &Rc<CoreCtx>, stream: TcpStream) -> Result<(), Wi
             .await
             .map_err(|e| WireError::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e)))?;
     }
-    // A connection that goes quiet is closed (no read may wait longer than this).
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_millis(limits.idle_timeout_ms.max(1))))
-        .map_err(|e| WireError::Io(e.into()))?;
     let frame_max = ctx.peer_limits.frame_max_bytes;
     let (reader, mut writer) = futures_lite::io::split(stream);
     let mut reader = BufReader::with_capacity(PEER_READ_BUFFER_BYTES, reader);
@@ -148,7 +156,12 @@ async fn serve_connection(ctx: &Rc<CoreCtx>, stream: TcpStream) -> Result<(), Wi
     };
     let result = async {
         loop {
-            let req: PeerRequest = read_frame(&mut reader, frame_max).await?;
+            // Quiet between frames is fine (a long call may be in flight); a frame that
+            // has begun must arrive whole within the read deadline.
+            if futures_lite::io::AsyncBufReadExt::fill_buf(&mut reader).await?.is_empty() {
+                return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            let req: PeerRequest = within_read_deadline(ctx, read_frame(&mut reader, frame_max)).await?;
             let shard = req.shard();
             let permit = in_flight.clone().acquire_owned().await.map_err(|e| WireError::Decode(e.to_string()))?;
             let (id, rpc) = match req {
