@@ -57,8 +57,12 @@ start_node() {
   mkdir -p "$DIR/node$i"
   local latency=""
   if [ -n "${LATENCY_DIR:-}" ]; then latency="--latency-log $LATENCY_DIR/node$i.hlog"; fi
+  # Made here, not in the backgrounded command below: its expansions run in the
+  # background job, and nodes started together would each make a different secret.
+  local secret
+  secret=$(cluster_secret)
   # shellcheck disable=SC2086
-  FLEETLM_CLUSTER_SECRET=$(cluster_secret) nohup "$BIN" serve --node-id "$i" --listen "127.0.0.1:$(http_port "$i")" \
+  FLEETLM_CLUSTER_SECRET=$secret nohup "$BIN" serve --node-id "$i" --listen "127.0.0.1:$(http_port "$i")" \
     --peer-listen "127.0.0.1:$(peer_port "$i")" --peers "$(peers_arg "$n")" \
     --data-dir "$DIR/node$i" --cores "$CORES" ${SHARDS:+--shards "$SHARDS"} --first-cpu $(((i - 1) * CORES % $(nproc))) \
     $latency $EXTRA_ARGS \
