@@ -192,7 +192,9 @@ impl CoreCtx {
             if !due {
                 continue;
             }
-            let _ = shard.raft.shutdown().await;
+            // Bounded: this runs in the readiness loop, which also serves every other
+            // shard's readiness and leader balancing; a shutdown that hangs must not stop it.
+            let _ = crate::raft::runtime::timeout(Duration::from_secs(5), shard.raft.shutdown()).await;
             drop(shard);
             match self.opener.open(id, None).await {
                 Ok(fresh) => {
