@@ -33,6 +33,7 @@ pub struct ServerConfig {
     pub wal: WalConfig,
     pub raft: RaftTimings,
     pub peer: PeerLimits,
+    pub stream: StreamLimits,
     /// Write an HdrHistogram interval log of the latency histograms here.
     pub latency_log: Option<PathBuf>,
     pub latency_interval_ms: u64,
@@ -230,6 +231,47 @@ pub struct ServeLimits {
     pub response_buffer_max_bytes: usize,
 }
 
+/// Live streams (`GET /v1/contexts/:id/stream`, `crate::shard::stream`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Streams served by one core (each is also an HTTP connection of the core that
+    /// accepted it, within `connections_max_per_core`); more → 429 `too_many_streams`.
+    pub subscribers_max_per_core: usize,
+    /// Streams of one context on one node; more → 429 `too_many_streams`.
+    pub subscribers_max_per_context: usize,
+    /// Events queued for one stream that its client has not taken yet; a stream that
+    /// falls further behind gets `gap` and is closed (apply never waits for it).
+    pub buffer_events_max: usize,
+    /// Bytes of those queued events.
+    pub buffer_max_bytes: usize,
+    /// Bytes of history rendered at once while a stream replays from its cursor (at
+    /// least one event), and events per such page.
+    pub replay_page_max_bytes: usize,
+    pub replay_page_events_max: usize,
+    /// A `ping` after this long without an event.
+    pub ping_interval_ms: u64,
+    /// A WebSocket client silent for this long (no pong, no message) is closed.
+    pub silence_timeout_ms: u64,
+    /// Largest WebSocket message or frame a client may send (clients send pongs).
+    pub client_message_max_bytes: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            subscribers_max_per_core: 10_000,
+            subscribers_max_per_context: 1_000,
+            buffer_events_max: 1_024,
+            buffer_max_bytes: 8 << 20,
+            replay_page_max_bytes: 256 << 10,
+            replay_page_events_max: 512,
+            ping_interval_ms: 30_000,
+            silence_timeout_ms: 90_000,
+            client_message_max_bytes: 64 << 10,
+        }
+    }
+}
+
 /// Answers of at least this many bytes count against `response_buffer_max_bytes`.
 pub const BUDGETED_ANSWER_MIN_BYTES: usize = 64 << 10;
 
@@ -358,3 +400,8 @@ pub const BODY_SEGMENT_SIZE_BYTES: u64 = 64 << 20;
 /// A state-machine apply of at least this many entries (a log replay after restart, a
 /// follower catching up) ends by returning freed heap to the kernel (`malloc_trim`).
 pub const HEAP_TRIM_AFTER_APPLIED_ENTRIES: usize = 1024;
+
+/// Compactions each context records for streams (`crate::store::history`); a stream
+/// whose cursor is older than the oldest one kept gets `gap`. Part of the replicated
+/// state, so a constant (the same on every node), not a flag.
+pub const STREAM_COMPACTIONS_KEPT_PER_CONTEXT: usize = 1024;

@@ -2,7 +2,7 @@
 //!
 //! Architecture: thread-per-core glommio executors, each owning a disjoint set of
 //! shards; each shard is a Raft group whose log is a segmented, memory-mapped WAL with
-//! group commit. Dependencies point one way: `node → api → shard → raft → wal → files`,
+//! group commit. Dependencies point one way: `node → api → stream → shard → raft → wal → files`,
 //! `raft → store` (pure); `http` knows no storage; `config` holds everyone's limits.
 //!
 //! Modules:
@@ -21,6 +21,7 @@
 //! - [`http`]: HTTP/1.1 framing and the connection loop;
 //! - [`api`]: the route table, request validation into shard calls, replies into
 //!   responses;
+//! - [`stream`]: live streams of a context (SSE, WebSocket) from this node's replica;
 //! - [`node`]: node startup, wiring the layers together;
 //! - [`offload`]: low-priority threads for CPU-heavy pure work (large request bodies);
 //! - [`metrics`]: per-core latency histograms and counters, interval logs, Prometheus.
@@ -36,4 +37,5 @@ pub mod offload;
 pub mod raft;
 pub mod shard;
 pub mod store;
+pub mod stream;
 pub mod wal;

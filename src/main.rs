@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use fleetlm::config::{HttpLimits, PeerLimits, RaftTimings, ServeLimits, StoreLimits, WalConfig};
+use fleetlm::config::{HttpLimits, PeerLimits, RaftTimings, ServeLimits, StoreLimits, StreamLimits, WalConfig};
 use fleetlm::node::{ServerConfig, serve};
 
 #[derive(Parser)]
@@ -128,6 +128,24 @@ struct ServeArgs {
     /// read that would go past it gets 503 until clients catch up.
     #[arg(long, env = "FLEETLM_RESPONSE_BUFFER_MAX_BYTES", default_value_t = ServeLimits::default().response_buffer_max_bytes)]
     response_buffer_max_bytes: usize,
+    /// Live streams one core serves (more → 429 too_many_streams).
+    #[arg(long, env = "FLEETLM_STREAMS_MAX_PER_CORE", default_value_t = StreamLimits::default().subscribers_max_per_core)]
+    streams_max_per_core: usize,
+    /// Live streams of one context on this node (more → 429 too_many_streams).
+    #[arg(long, env = "FLEETLM_STREAMS_MAX_PER_CONTEXT", default_value_t = StreamLimits::default().subscribers_max_per_context)]
+    streams_max_per_context: usize,
+    /// Events queued for one stream's client; a client further behind gets `gap` and is closed.
+    #[arg(long, env = "FLEETLM_STREAM_BUFFER_EVENTS", default_value_t = StreamLimits::default().buffer_events_max)]
+    stream_buffer_events: usize,
+    /// Bytes of events queued for one stream's client (as above).
+    #[arg(long, env = "FLEETLM_STREAM_BUFFER_MAX_BYTES", default_value_t = StreamLimits::default().buffer_max_bytes)]
+    stream_buffer_max_bytes: usize,
+    /// A stream with no event for this long gets a ping (10s, 500ms, …).
+    #[arg(long, env = "FLEETLM_STREAM_PING_INTERVAL", value_parser = parse_duration_ms, default_value = "30s")]
+    stream_ping_interval: u64,
+    /// A WebSocket client that sends nothing (no pong) for this long is closed.
+    #[arg(long, env = "FLEETLM_STREAM_SILENCE_TIMEOUT", value_parser = parse_duration_ms, default_value = "90s")]
+    stream_silence_timeout: u64,
     /// A write to a client that makes no progress for this long closes its connection.
     #[arg(long, env = "FLEETLM_WRITE_TIMEOUT_MS", default_value_t = HttpLimits::default().write_timeout_ms)]
     write_timeout_ms: u64,
@@ -246,6 +264,15 @@ fn main() -> std::process::ExitCode {
             ..RaftTimings::default()
         },
         peer: PeerLimits { cluster_secret, ..PeerLimits::default() },
+        stream: StreamLimits {
+            subscribers_max_per_core: a.streams_max_per_core,
+            subscribers_max_per_context: a.streams_max_per_context,
+            buffer_events_max: a.stream_buffer_events.max(1),
+            buffer_max_bytes: a.stream_buffer_max_bytes,
+            ping_interval_ms: a.stream_ping_interval,
+            silence_timeout_ms: a.stream_silence_timeout,
+            ..StreamLimits::default()
+        },
         latency_log: a.latency_log,
         latency_interval_ms: a.latency_interval,
     };

@@ -8,6 +8,7 @@ use crate::config::StoreLimits;
 use crate::http::{Request, Response, parse_query};
 use crate::shard::ShardCall;
 use crate::store::{Command, NewMessage, PutContext, ReplayFrom};
+use crate::stream::{StreamOpen, Transport};
 
 fn bad(code: &str, message: impl std::fmt::Display) -> Response {
     Response::error(400, code, message)
@@ -152,4 +153,55 @@ pub fn build_call(op: Op, id: String, req: &Request, limits: &StoreLimits) -> Re
         }
         _ => Err(Response::error(500, "internal", format!("{op:?} is not a context operation"))),
     }
+}
+
+/// Validates a stream request (`GET /v1/contexts/:id/stream`): the cursor (`cursor=`,
+/// else `Last-Event-ID`), and the transport: a WebSocket upgrade (RFC 6455 §4.2.1), or
+/// SSE when the client accepts `text/event-stream`.
+pub fn build_stream(id: String, req: &Request) -> Result<StreamOpen, Response> {
+    let q = Query(parse_query(&req.query).ok_or_else(|| bad("invalid_query", "malformed query string"))?);
+    if !q.local()? && q.get("consistency").is_some() {
+        return Err(bad("invalid_query", "a stream is served from this node's replica: consistency=local only"));
+    }
+    let cursor =
+        match (q.non_negative("cursor")?, req.header("last-event-id")) {
+            (Some(c), _) => Some(c),
+            (None, None) => None,
+            (None, Some(v)) => Some(v.trim().parse::<u64>().map_err(|_| {
+                bad("invalid_query", "Last-Event-ID must be a version the stream sent (an integer >= 0)")
+            })?),
+        };
+    let has_token = |header: &str, token: &str| {
+        req.header(header).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    let transport = if has_token("upgrade", "websocket") {
+        if !has_token("connection", "upgrade") {
+            return Err(bad("invalid_stream_request", "a WebSocket upgrade needs Connection: Upgrade"));
+        }
+        if req.header("sec-websocket-version").map(str::trim) != Some("13") {
+            return Err(Response::error(426, "upgrade_required", "only WebSocket version 13 is spoken")
+                .with_header("Sec-WebSocket-Version", "13"));
+        }
+        let key = req.header("sec-websocket-key").map(str::trim).unwrap_or("");
+        if !is_websocket_key(key) {
+            return Err(bad("invalid_stream_request", "Sec-WebSocket-Key must be 16 bytes in base64"));
+        }
+        let accept_key = async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        Transport::WebSocket { accept_key }
+    } else if req.header("accept").is_some_and(|a| a.to_ascii_lowercase().contains("text/event-stream")) {
+        Transport::Sse
+    } else {
+        return Err(Response::error(
+            406,
+            "not_acceptable",
+            "a stream is sent as server-sent events (Accept: text/event-stream) or over a WebSocket (Upgrade: websocket)",
+        ));
+    };
+    Ok(StreamOpen { context_id: id, cursor, transport })
+}
+
+/// 16 bytes in base64: 22 characters of the alphabet and `==`.
+fn is_websocket_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24 && b.ends_with(b"==") && b[..22].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }

@@ -4,6 +4,8 @@
 pub mod build;
 pub mod routes;
 
+use std::rc::Rc;
+
 use serde_json::json;
 
 use crate::http::{Request, Response, percent_decode};
@@ -133,7 +135,7 @@ async fn metrics(core: &CoreCtx) -> Response {
 }
 
 /// Answers one request, and counts it by route and status.
-pub async fn handle(req: Request, core: &CoreCtx) -> Response {
+pub async fn handle(req: Request, core: &Rc<CoreCtx>) -> Response {
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     let resolved = resolve(&segments, req.method.as_str());
     let resp = route(&req, &segments, resolved, core).await;
@@ -162,7 +164,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn route(req: &Request, segments: &[&str], resolved: Resolved<'_>, core: &CoreCtx) -> Response {
+async fn route(req: &Request, segments: &[&str], resolved: Resolved<'_>, core: &Rc<CoreCtx>) -> Response {
     let method = req.method.as_str();
     let (op, param) = match resolved {
         Resolved::NotFound { needs_auth, .. } => {
@@ -201,6 +203,7 @@ async fn route(req: &Request, segments: &[&str], resolved: Resolved<'_>, core: &
         Op::ClusterStatus => cluster(core).await,
         Op::AddMember => add_member(core, req).await,
         Op::RemoveMember => remove_member(core, param.unwrap_or_default()).await,
+        Op::Stream => stream(core, req, param.unwrap_or_default()),
         _ => {
             let Some(histogram) = op.histogram() else { return not_found() };
             let id = match context_id(param.unwrap_or_default()) {
@@ -231,10 +234,12 @@ async fn route(req: &Request, segments: &[&str], resolved: Resolved<'_>, core: &
 async fn build_call_off_core(core: &CoreCtx, op: Op, id: String, req: &Request) -> Result<ShardCall, Response> {
     let (req, limits, record_max) = (req.clone(), core.store_limits.clone(), core.record_payload_max_bytes);
     let job = core.offload.run(move || {
-        let call = build_call(op, id, &req, &limits)?;
+        // A refusal crosses back as its parts (a `Response` may hold a connection
+        // hand-over, which stays on its core; these never do).
+        let call = build_call(op, id, &req, &limits).map_err(|r| (r.status, r.headers, r.body, r.content_type))?;
         match &call {
             ShardCall::Write(cmd) => match crate::shard::replica::command_too_large(cmd, record_max) {
-                Some(refused) => Err(respond(refused)),
+                Some(refused) => Err((refused.status, Vec::new(), refused.body, "application/json")),
                 None => Ok(call),
             },
             _ => Ok(call),
@@ -242,13 +247,30 @@ async fn build_call_off_core(core: &CoreCtx, op: Op, id: String, req: &Request) 
     });
     let deadline = std::time::Duration::from_millis(core.serve_limits.write_deadline_ms);
     match crate::raft::runtime::timeout(deadline, job).await {
-        Ok(Ok(built)) => built,
+        Ok(Ok(built)) => built.map_err(|(status, headers, body, content_type)| Response {
+            headers,
+            body,
+            content_type,
+            ..Response::empty(status)
+        }),
         Ok(Err(busy)) => Err(respond(Reply::unavailable(&core.serve_limits, busy))),
         Err(_) => Err(respond(Reply::unavailable(
             &core.serve_limits,
             "validating the request took longer than the deadline (the node is busy): retry shortly",
         ))),
     }
+}
+
+/// `GET /v1/contexts/:id/stream`: validated here; the connection is then handed to
+/// the stream (`crate::stream`), which answers on it (the context may still be missing:
+/// that is known where its replica is).
+fn stream(core: &Rc<CoreCtx>, req: &Request, raw_id: &str) -> Response {
+    let open = match context_id(raw_id).and_then(|id| build::build_stream(id, req)) {
+        Ok(open) => open,
+        Err(refusal) => return refusal,
+    };
+    let core = core.clone();
+    Response::take_over(move |socket, read_ahead| crate::stream::open(core, socket, read_ahead, open))
 }
 
 /// The context id of a path, decoded and validated.

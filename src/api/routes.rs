@@ -21,6 +21,7 @@ pub enum Op {
     Tail,
     Window,
     Compact,
+    Stream,
 }
 
 impl Op {
@@ -42,6 +43,8 @@ impl Op {
             Op::Tail => ("tail", Some("http.tail")),
             Op::Window => ("window", Some("http.window")),
             Op::Compact => ("compact", Some("http.compact")),
+            // A stream is not one latency: it is counted when it starts or is refused.
+            Op::Stream => ("stream", None),
         }
     }
 
@@ -118,6 +121,8 @@ pub fn resolve<'a>(segments: &[&'a str], method: &str) -> Resolved<'a> {
         ["v1", "contexts", id, "tail"] => (get.then_some(Tail), Tail, Some(*id)),
         ["v1", "contexts", id, "context"] => (get.then_some(Window), Window, Some(*id)),
         ["v1", "contexts", id, "compact"] => ((method == "POST").then_some(Compact), Compact, Some(*id)),
+        // GET only: HEAD would ask for a stream without its body.
+        ["v1", "contexts", id, "stream"] => ((method == "GET").then_some(Stream), Stream, Some(*id)),
         ["v1", ..] => return Resolved::NotFound { label: "unknown", needs_auth: true },
         _ => return Resolved::NotFound { label: "unknown", needs_auth: false },
     };
@@ -164,12 +169,13 @@ mod tests {
             ("/v1/contexts/a/tail", "GET", Op::Tail, "tail"),
             ("/v1/contexts/a/context", "GET", Op::Window, "window"),
             ("/v1/contexts/a/compact", "POST", Op::Compact, "compact"),
+            ("/v1/contexts/a/stream", "GET", Op::Stream, "stream"),
         ];
         for (path, method, op, label) in cases {
             let r = at(path, method);
             assert!(matches!(r, Resolved::Found { op: o, .. } if o == op), "{method} {path}: {r:?}");
             assert_eq!(r.label(), label, "{method} {path}");
-            let timed = path.starts_with("/v1/contexts/");
+            let timed = path.starts_with("/v1/contexts/") && op != Op::Stream;
             assert_eq!(op.histogram(), timed.then(|| format!("http.{label}")).as_deref(), "{method} {path}");
         }
     }
@@ -184,5 +190,6 @@ mod tests {
         assert_eq!(allowed_methods(&["v1", "contexts", "a"]), "GET, HEAD, PUT, DELETE");
         assert_eq!(allowed_methods(&["v1", "contexts", "a", "messages"]), "GET, HEAD, POST");
         assert_eq!(allowed_methods(&["v1", "cluster", "members"]), "POST");
+        assert_eq!(allowed_methods(&["v1", "contexts", "a", "stream"]), "GET");
     }
 }

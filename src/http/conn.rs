@@ -52,9 +52,18 @@ where
                     let head_only = req.method == "HEAD";
                     close = req.close;
                     // A bug must cost one request a 500, not the executor and its shards.
-                    let resp = AssertUnwindSafe(handler(req)).catch_unwind().await.unwrap_or_else(|_| {
+                    let mut resp = AssertUnwindSafe(handler(req)).catch_unwind().await.unwrap_or_else(|_| {
                         Response::error(500, "internal", "internal error (a bug); see the server log")
                     });
+                    if let Some(takeover) = resp.takeover.take() {
+                        // Answers to the requests before it go first; what the client
+                        // sent after it belongs to the new owner.
+                        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+                            return;
+                        }
+                        takeover.run(stream, std::mem::take(&mut buf)).await;
+                        return;
+                    }
                     if head_only || resp.body.len() <= limits.response_coalesce_max_bytes {
                         resp.write_to(&mut out, head_only, close);
                     } else {

@@ -11,7 +11,39 @@ pub struct Response {
     /// Held on the node's budget of unwritten answers until this is dropped (written,
     /// or its connection gone): `crate::budget`.
     pub hold: Option<crate::budget::Hold>,
+    /// The connection is handed over instead (a stream): nothing of this response is
+    /// written by the connection loop.
+    pub takeover: Option<Takeover>,
 }
+
+/// What takes a connection over after its request (`Response::take_over`).
+type TakeoverFn = Box<dyn FnOnce(glommio::net::TcpStream, Vec<u8>) -> LocalFuture>;
+type LocalFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// A connection hand-over: gets the socket and the bytes the client sent after the
+/// request (already read), and owns the connection from then on.
+pub struct Takeover(TakeoverFn);
+
+impl Takeover {
+    pub async fn run(self, stream: glommio::net::TcpStream, read_ahead: Vec<u8>) {
+        (self.0)(stream, read_ahead).await
+    }
+}
+
+impl std::fmt::Debug for Takeover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Takeover")
+    }
+}
+
+/// Two hand-overs are never the same one.
+impl PartialEq for Takeover {
+    fn eq(&self, _: &Self) -> bool {
+        false
+    }
+}
+
+impl Eq for Takeover {}
 
 impl Response {
     pub fn json(status: u16, body: &Value) -> Response {
@@ -21,26 +53,37 @@ impl Response {
             body: body.to_string().into_bytes(),
             content_type: "application/json",
             hold: None,
+            takeover: None,
         }
     }
 
     /// A JSON body that is already serialized.
     pub fn raw_json(status: u16, body: Vec<u8>) -> Response {
-        Response { status, headers: Vec::new(), body, content_type: "application/json", hold: None }
+        Response { status, headers: Vec::new(), body, content_type: "application/json", hold: None, takeover: None }
     }
 
     /// A body of another type (e.g. Prometheus text).
     pub fn text(status: u16, body: String, content_type: &'static str) -> Response {
-        Response { status, headers: Vec::new(), body: body.into_bytes(), content_type, hold: None }
+        Response { status, headers: Vec::new(), body: body.into_bytes(), content_type, hold: None, takeover: None }
     }
 
     pub fn empty(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: Vec::new(), content_type: "", hold: None }
+        Response { status, headers: Vec::new(), body: Vec::new(), content_type: "", hold: None, takeover: None }
     }
 
     /// The API.md error shape.
     pub fn error(status: u16, code: &str, message: impl std::fmt::Display) -> Response {
         Response::json(status, &serde_json::json!({"error": code, "message": message.to_string()}))
+    }
+
+    /// A response that hands the connection to `f` (see `Takeover`).
+    pub fn take_over<F, Fut>(f: F) -> Response
+    where
+        F: FnOnce(glommio::net::TcpStream, Vec<u8>) -> Fut + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let takeover = Takeover(Box::new(move |stream, read_ahead| Box::pin(f(stream, read_ahead))));
+        Response { takeover: Some(takeover), ..Response::empty(101) }
     }
 
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
@@ -76,14 +119,17 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         201 => "Created",
+        101 => "Switching Protocols",
         204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
         408 => "Request Timeout",
         409 => "Conflict",
         413 => "Payload Too Large",
+        426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",

@@ -29,6 +29,20 @@ struct Recorder {
     interval: BTreeMap<&'static str, Histogram<u64>>,
     requests: BTreeMap<(&'static str, u16), u64>,
     connections_open: i64,
+    streams: StreamCounters,
+}
+
+/// Live streams (`crate::shard::stream`) of one core (or, merged, of a node).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StreamCounters {
+    pub open: i64,
+    /// Events written to stream clients (replayed and live; pings not counted).
+    pub events_sent: u64,
+    /// Streams closed with `gap` (a client too far behind, or a cursor older than the
+    /// history kept).
+    pub gaps: u64,
+    /// Streams refused with 429 (over a subscriber limit).
+    pub refused: u64,
 }
 
 /// Counts of one core (or, merged, of a node).
@@ -37,6 +51,7 @@ pub struct Counters {
     /// Requests answered, by route label and status.
     pub requests: BTreeMap<(String, u16), u64>,
     pub connections_open: i64,
+    pub streams: StreamCounters,
 }
 
 /// Counts one answered request.
@@ -49,12 +64,20 @@ pub fn connections_delta(delta: i64) {
     RECORDER.with(|r| r.borrow_mut().connections_open += delta);
 }
 
+/// Changes this core's stream counters.
+pub fn streams(change: impl FnOnce(&mut StreamCounters)) {
+    RECORDER.with(|r| change(&mut r.borrow_mut().streams));
+}
+
 /// Adds `from` into `into`.
 fn merge_counters(into: &mut Counters, from: Counters) {
     for (k, n) in from.requests {
         *into.requests.entry(k).or_insert(0) += n;
     }
     into.connections_open += from.connections_open;
+    let (a, b) = (&mut into.streams, from.streams);
+    (a.open, a.events_sent, a.gaps, a.refused) =
+        (a.open + b.open, a.events_sent + b.events_sent, a.gaps + b.gaps, a.refused + b.refused);
 }
 
 thread_local! {
@@ -110,6 +133,7 @@ pub fn snapshot(interval: bool) -> Snapshot {
         let counters = Counters {
             requests: r.requests.iter().map(|((route, status), n)| (((*route).to_owned(), *status), *n)).collect(),
             connections_open: r.connections_open,
+            streams: r.streams,
         };
         Snapshot { counters, histograms }
     })

@@ -41,6 +41,17 @@ pub fn render(node: &NodeState, counters: &Counters, hists: &Histograms, shards:
     let _ = writeln!(w, "# HELP fleetlm_http_connections_open Open HTTP connections.");
     let _ = writeln!(w, "# TYPE fleetlm_http_connections_open gauge");
     let _ = writeln!(w, "fleetlm_http_connections_open {}", counters.connections_open);
+    let st = &counters.streams;
+    for (name, kind, help, value) in [
+        ("fleetlm_streams_open", "gauge", "Live streams being served.", st.open as f64),
+        ("fleetlm_stream_events_sent_total", "counter", "Events written to stream clients.", st.events_sent as f64),
+        ("fleetlm_stream_gaps_total", "counter", "Streams closed with a gap event.", st.gaps as f64),
+        ("fleetlm_streams_refused_total", "counter", "Streams refused over a subscriber limit.", st.refused as f64),
+    ] {
+        let _ = writeln!(w, "# HELP {name} {help}");
+        let _ = writeln!(w, "# TYPE {name} {kind}");
+        let _ = writeln!(w, "{name} {value}");
+    }
 
     let _ = writeln!(
         w,

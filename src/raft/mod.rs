@@ -2,6 +2,7 @@
 //! the state machine on the context store, the node-to-node network and its wire protocol,
 //! and opening a shard.
 pub mod bodies;
+pub mod feed;
 pub mod log_store;
 pub mod network;
 pub mod peer_auth;

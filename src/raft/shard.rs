@@ -17,9 +17,8 @@ use crate::wal::{GroupCommitWal, Wal};
 /// A running shard: the Raft handle and the state it applies to.
 pub struct Shard {
     pub raft: ShardRaft,
-    /// Set once openraft has stopped this replica's Raft core after a fatal storage
-    /// error (it never restarts in-process): calls are answered without asking it,
-    /// and readiness reports it.
+    /// Set (`mark_stopped`) once openraft has stopped this replica's Raft core after a
+    /// fatal storage error.
     pub stopped: Cell<bool>,
     /// Since it opened, this replica has applied everything that was committed when
     /// it first heard from a live leader (`note_live_leader`). Until then it may hold an
@@ -111,6 +110,15 @@ impl Shard {
             state,
             log,
         })
+    }
+
+    /// Records that openraft stopped this replica's Raft core after a fatal storage
+    /// error (it never restarts in-process): calls are answered without asking it,
+    /// readiness reports it, and the streams it served end (they resume elsewhere or
+    /// once it is re-opened).
+    pub fn mark_stopped(&self) {
+        self.stopped.set(true);
+        self.state.feed().end_all(super::feed::EndReason::ShardStopped);
     }
 
     /// See `caught_up`.

@@ -22,6 +22,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::bodies::{BodiesSource, FileBodies};
+use super::feed::{EndReason, Feed};
 use super::types::FleetRaft;
 use crate::store::Store;
 
@@ -54,8 +55,34 @@ fn generation_of(name: &str) -> Option<u64> {
     }
 }
 
+/// The first bytes of a snapshot index in format 3: `SnapshotIndex` (postcard), then
+/// the contexts' compaction histories (postcard, `Store::histories`). Format 2, written
+/// before streams, is the bare `SnapshotIndex`; its first byte is an `Option` tag (0 or
+/// 1), never `F`, so the two cannot be mistaken for each other, and an older build
+/// refuses a format-3 index instead of misreading it.
+const INDEX_MAGIC_V3: &[u8; 8] = b"FLMIDX03";
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {e}"))
+}
+
+fn encode_index(index: &SnapshotIndex, hint_bytes: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(hint_bytes);
+    out.extend_from_slice(INDEX_MAGIC_V3);
+    let out = postcard::to_extend(index, out).map_err(io::Error::other)?;
+    postcard::to_extend(&index.store.histories(), out).map_err(io::Error::other)
+}
+
 fn decode_index(bytes: &[u8]) -> io::Result<SnapshotIndex> {
-    postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {e}")))
+    let Some(v3) = bytes.strip_prefix(INDEX_MAGIC_V3) else {
+        let mut index: SnapshotIndex = postcard::from_bytes(bytes).map_err(invalid)?;
+        index.store.restore_histories(None);
+        return Ok(index);
+    };
+    let (mut index, rest) = postcard::take_from_bytes::<SnapshotIndex>(v3).map_err(invalid)?;
+    let histories: Vec<(String, crate::store::CompactionHistory)> = postcard::from_bytes(rest).map_err(invalid)?;
+    index.store.restore_histories(Some(histories));
+    Ok(index)
 }
 
 /// What the state machine holds.
@@ -115,6 +142,8 @@ pub struct ShardStateMachine {
     generation: Rc<std::cell::Cell<u64>>,
     /// Size of the last index built, to size the next one's buffer.
     last_index_len_bytes: Rc<std::cell::Cell<usize>>,
+    /// The streams watching this replica's contexts.
+    feed: Rc<Feed>,
 }
 
 impl ShardStateMachine {
@@ -163,12 +192,18 @@ impl ShardStateMachine {
             dir: dir.to_owned(),
             generation: Rc::new(std::cell::Cell::new(current)),
             last_index_len_bytes: Rc::new(std::cell::Cell::new(0)),
+            feed: Rc::default(),
         })
     }
 
     /// The applied state, for reads on this executor. Do not hold across an await.
     pub fn applied(&self) -> &Rc<RefCell<Applied>> {
         &self.applied
+    }
+
+    /// What applies change, for streams.
+    pub fn feed(&self) -> &Rc<Feed> {
+        &self.feed
     }
 
     /// Writes the snapshot file durably on glommio's blocking pool: a snapshot of a
@@ -213,7 +248,7 @@ impl RaftSnapshotBuilder<C> for ShardStateMachine {
                 // Bodies first: the index on disk must never name bytes that are not durable.
                 bodies_synced.run().map_err(bodies_err)?;
                 let started = std::time::Instant::now();
-                let bytes = postcard::to_extend(&index, Vec::with_capacity(hint_bytes)).map_err(io::Error::other)?;
+                let bytes = encode_index(&index, hint_bytes)?;
                 // Dropping the captured contexts here, not on the executor.
                 drop(index);
                 Ok::<_, io::Error>((bytes, started.elapsed()))
@@ -261,7 +296,17 @@ impl RaftStateMachine<C> for ShardStateMachine {
                     EntryPayload::Blank => None,
                     // A body-store failure stops applying (openraft treats it as fatal):
                     // every replica must apply the same commands.
-                    EntryPayload::Normal(cmd) => Some(a.store.apply(cmd, &mut a.bodies).map_err(bodies_err)?),
+                    EntryPayload::Normal(cmd) => {
+                        // What a watched context looked like before, to publish the change.
+                        let watched = self.feed.watches(cmd.context_id()).then(|| cmd.context_id().to_owned());
+                        let before =
+                            watched.as_ref().and_then(|id| a.store.get(id).ok().map(|c| (c.version, c.status)));
+                        let outcome = a.store.apply(cmd, &mut a.bodies).map_err(bodies_err)?;
+                        if let Some(ctx) = watched.and_then(|id| a.store.get(&id).ok()) {
+                            self.feed.publish(ctx, before, &a.bodies);
+                        }
+                        Some(outcome)
+                    }
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembershipOf::<C>::new(Some(entry.log_id), m);
                         None
@@ -313,6 +358,9 @@ impl RaftStateMachine<C> for ShardStateMachine {
             a.bodies = bodies;
         }
         self.generation.set(new);
+        // The state jumped: streams cannot be told what changed event by event, so they
+        // end, and resume from their cursor on the new state.
+        self.feed.end_all(EndReason::SnapshotInstalled);
         self.write_snapshot(new, snapshot.index).await?;
         let (old_index, old_bodies) = (self.dir.join(snapshot_file(old)), self.dir.join(bodies_dir(old)));
         let removed = glommio::executor()

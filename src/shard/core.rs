@@ -22,7 +22,7 @@ use super::healing::{Healing, ShardOpener};
 use super::placement::{core_of, shard_of};
 use super::replica::attempt;
 use super::rpc::handle_raft_rpc;
-use crate::config::{PeerLimits, ServeLimits, StoreLimits};
+use crate::config::{PeerLimits, ServeLimits, StoreLimits, StreamLimits};
 use crate::raft::Shard;
 use crate::raft::wire::{PeerResponse, WireError, encode};
 
@@ -43,7 +43,16 @@ pub enum MeshWork {
         rpc: InboundRpc,
         reply: tokio::sync::oneshot::Sender<PeerResponse>,
     },
+    /// Work that must run where the shard lives (a stream, handed its connection):
+    /// `done` is sent when it ends.
+    OnCore {
+        job: CoreJob,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
 }
+
+/// A task to run on another core, with that core's context.
+pub type CoreJob = Box<dyn FnOnce(Rc<CoreCtx>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
 
 pub struct MeshMsg {
     pub shard: u32,
@@ -104,6 +113,9 @@ pub struct CoreCtx {
     pub store_limits: StoreLimits,
     pub serve_limits: ServeLimits,
     pub peer_limits: PeerLimits,
+    pub stream_limits: StreamLimits,
+    /// A write to a client that makes no progress for this long fails (HTTP and streams).
+    pub client_write_timeout_ms: u64,
     pub api_key: Option<String>,
     pub ready: Arc<Readiness>,
     /// This node's message-body segment size (snapshots must match it).
@@ -151,6 +163,8 @@ impl CoreCtx {
             store_limits: config.store.clone(),
             serve_limits: config.serve.clone(),
             peer_limits: config.peer.clone(),
+            stream_limits: config.stream.clone(),
+            client_write_timeout_ms: config.http.write_timeout_ms,
             api_key: config.api_key.clone(),
             ready,
             body_segment_size_bytes: config.body_segment_size_bytes.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES),
@@ -342,6 +356,20 @@ impl CoreCtx {
         answer.await.unwrap_or_else(|_| PeerResponse::Refused(format!("core {owner} dropped the request")))
     }
 
+    /// Runs `job` on core `core` (this one included) and waits until it ends; `Err`
+    /// when that core takes no work (the job is dropped).
+    pub async fn run_on_core(self: &Rc<Self>, core: usize, shard: u32, job: CoreJob) -> Result<(), ()> {
+        if core == self.core {
+            job(self.clone()).await;
+            return Ok(());
+        }
+        let Some(mesh) = &self.mesh else { return Err(()) };
+        let (done, ended) = tokio::sync::oneshot::channel();
+        mesh.send_to(core, MeshMsg { shard, work: MeshWork::OnCore { job, done } }).await.map_err(|_| ())?;
+        let _ = ended.await;
+        Ok(())
+    }
+
     fn deadline_of(&self, call: &ShardCall) -> Duration {
         match call {
             ShardCall::AddMember { .. } | ShardCall::RemoveMember { .. } => {
@@ -457,6 +485,10 @@ pub fn serve_mesh(ctx: Rc<CoreCtx>, mut receivers: Receivers<MeshMsg>) {
                         }
                         MeshWork::Peer { rpc, reply } => {
                             let _ = reply.send(ctx.dispatch_peer(msg.shard, rpc).await);
+                        }
+                        MeshWork::OnCore { job, done } => {
+                            job(ctx).await;
+                            let _ = done.send(());
                         }
                     }
                 })

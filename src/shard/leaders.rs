@@ -34,7 +34,7 @@ async fn has_live_leader(shard: &crate::raft::Shard, me: u64, stale_after: Durat
     let vote_modified = match shard.raft.with_raft_state(|st| st.vote_last_modified()).await {
         Ok(t) => t,
         Err(_) => {
-            shard.stopped.set(true);
+            shard.mark_stopped();
             return false;
         }
     };

@@ -169,6 +169,31 @@ impl Store {
         &self.limits
     }
 
+    /// The compaction histories of the contexts that have one (a snapshot's section).
+    pub fn histories(&self) -> Vec<(&str, &super::history::CompactionHistory)> {
+        let mut all: Vec<_> = self
+            .contexts
+            .iter()
+            .filter(|(_, c)| !c.history().is_empty())
+            .map(|(id, c)| (id.as_str(), c.history()))
+            .collect();
+        all.sort_unstable_by_key(|(id, _)| *id);
+        all
+    }
+
+    /// Gives every context its history from a snapshot's section (`None`: a snapshot
+    /// without one; see `Context::restore_history`).
+    pub fn restore_histories(&mut self, histories: Option<Vec<(String, super::history::CompactionHistory)>>) {
+        let mut by_id: HashMap<String, super::history::CompactionHistory> = HashMap::new();
+        let known = histories.is_some();
+        by_id.extend(histories.unwrap_or_default());
+        for (id, ctx) in &mut self.contexts {
+            let history = by_id.remove(id);
+            let history = if known { Some(history.unwrap_or_default()) } else { None };
+            Arc::make_mut(ctx).restore_history(history);
+        }
+    }
+
     /// A refusal that the current state already decides for `cmd`, found before it is
     /// proposed (so that it costs no log entry): a PATCH past the metadata limit, a new
     /// context past the contexts limit. Only a filter: `apply` decides, on the state

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::bodies::{Bodies, BodiesError};
 use super::error::StoreError;
+use super::history::{CompactionHistory, CompactionMark, HistoryEvent, HistoryGap};
 
 use super::model::{ContextConfig, Message, NewMessage, Policy, PutContext, Status};
 
@@ -87,6 +88,10 @@ pub struct Context {
     /// Append outcomes by idempotency key, oldest first for eviction.
     idempotency: HashMap<String, Result<Appended, StoreError>>,
     idempotency_order: VecDeque<String>,
+    /// The compactions, for streams (`super::history`). Not in the format-2 encoding of
+    /// a context: snapshots carry it in a section of their own (`Store::histories`).
+    #[serde(skip)]
+    history: CompactionHistory,
 }
 
 impl Context {
@@ -104,6 +109,7 @@ impl Context {
             compactions: 0,
             idempotency: HashMap::new(),
             idempotency_order: VecDeque::new(),
+            history: CompactionHistory::default(),
         }
     }
 
@@ -360,8 +366,69 @@ impl Context {
         self.compactions += 1;
         self.version += 1;
         debug_assert_eq!(self.version, self.last_seq() + self.compactions);
+        let mark = CompactionMark { version: self.version, after_seq: self.last_seq(), token_count: tokens };
+        self.history.record(mark, crate::config::STREAM_COMPACTIONS_KEPT_PER_CONTEXT);
         self.updated_at = now.to_owned();
         Ok(Ok(self.version))
+    }
+
+    /// The events after version `cursor` (a stream's replay), at most `max_events`,
+    /// stopping once their JSON reaches about `max_bytes` (at least one).
+    pub fn history_after(
+        &self,
+        cursor: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<HistoryEvent>, HistoryGap> {
+        let size = |e: &HistoryEvent| match e {
+            HistoryEvent::Message { seq, .. } => self.messages[*seq as usize - 1].json_len_bytes() + 64,
+            HistoryEvent::Compaction(_) => 64,
+        };
+        super::history::events_after(
+            &self.history,
+            self.last_seq(),
+            self.compactions,
+            cursor,
+            max_events,
+            max_bytes,
+            size,
+        )
+    }
+
+    /// One event of a stream as its JSON (API.md): a message as a read returns it, or a
+    /// compaction with the tokens of the window it made.
+    pub fn event_json(&self, event: &HistoryEvent, bodies: &dyn Bodies) -> Result<Vec<u8>, BodiesError> {
+        match event {
+            HistoryEvent::Message { version, seq } => {
+                let message = self.messages[*seq as usize - 1].json_bytes(bodies)?;
+                let head = format!("{{\"type\":\"message\",\"version\":{version},\"seq\":{seq},\"message\":");
+                let mut out = Vec::with_capacity(head.len() + message.len() + 1);
+                out.extend_from_slice(head.as_bytes());
+                out.extend_from_slice(message);
+                out.push(b'}');
+                Ok(out)
+            }
+            HistoryEvent::Compaction(m) => {
+                Ok(format!("{{\"type\":\"compaction\",\"version\":{},\"token_count\":{}}}", m.version, m.token_count)
+                    .into_bytes())
+            }
+        }
+    }
+
+    /// The context's compaction history (for the snapshot).
+    pub fn history(&self) -> &CompactionHistory {
+        &self.history
+    }
+
+    /// Puts back the history a snapshot carried; `None`: the snapshot had none (it was
+    /// written before histories were kept), so only a context never compacted knows
+    /// its whole history.
+    pub fn restore_history(&mut self, history: Option<CompactionHistory>) {
+        self.history = match history {
+            Some(h) => h,
+            None if self.compactions == 0 => CompactionHistory::default(),
+            None => CompactionHistory::unknown_up_to(self.version),
+        };
     }
 
     /// The summary object of API.md.

@@ -48,7 +48,7 @@ pub async fn attempt(
 /// in-process): from now on calls are answered without asking it, and readiness
 /// reports the shard as stopped.
 fn mark_stopped(shard: &Shard, limits: &ServeLimits) -> Served {
-    shard.stopped.set(true);
+    shard.mark_stopped();
     Ok(stopped_reply(limits))
 }
 
