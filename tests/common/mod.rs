@@ -197,3 +197,4 @@ pub fn try_request_full(port: u16, method: &str, path: &str, headers: &[(&str, &
 }
 
 pub mod cluster;
+pub mod stream;
