@@ -1,0 +1,367 @@
+//! stream-bench: fan-out of live streams (`GET /v1/contexts/:id/stream`, SSE).
+//!
+//! `--subscribers` S streams over `--contexts` C contexts (subscriber i watches context
+//! i mod C, on node i mod nodes) while appends run open-loop at `--rate` per second,
+//! spread over the contexts and nodes. Records, in hdrhistograms (µs):
+//! - `append`: an append's latency (sent → acknowledged);
+//! - `delivery`: append acknowledged → the event received by a subscriber, per
+//!   subscriber (0 when the event arrived before the acknowledgement did);
+//! - `end_to_end`: append sent → event received.
+//!
+//! With `--idle`, no appends: S subscribers connect and stay, and the server's memory is
+//! read from /proc (`--server-pid`, several for a cluster) before and after, for the
+//! memory per idle subscriber. Prints one JSON summary on stdout.
+//!
+//!   stream-bench --addr 127.0.0.1:4000 --subscribers 1000 --contexts 100 --rate 1000 --secs 20
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::LocalExecutorBuilder;
+use glommio::net::TcpStream;
+use hdrhistogram::Histogram;
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// Node addresses (comma-separated); subscribers and appends go round-robin over them.
+    #[arg(long, default_value = "127.0.0.1:4000", value_delimiter = ',')]
+    addr: Vec<SocketAddr>,
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    #[arg(long, default_value_t = 100)]
+    contexts: usize,
+    /// Appends per second, in all.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Connections the appends are sent on.
+    #[arg(long, default_value_t = 32)]
+    append_connections: usize,
+    /// Measured seconds (after --warmup-secs).
+    #[arg(long, default_value_t = 20)]
+    secs: u64,
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// Text bytes per appended message.
+    #[arg(long, default_value_t = 200)]
+    message_bytes: usize,
+    /// Only hold the subscribers (no appends) and report the server's memory.
+    #[arg(long)]
+    idle: bool,
+    /// Server processes whose memory (/proc/PID/status) is reported.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Context ids are PREFIX-0 … PREFIX-(C−1).
+    #[arg(long, default_value = "fanout")]
+    prefix: String,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// Shared by every task of the (single) executor.
+struct Shared {
+    /// When each (context, version) was acknowledged.
+    acked: RefCell<HashMap<(usize, u64), Instant>>,
+    /// When each (context, version) was sent.
+    sent: RefCell<HashMap<(usize, u64), Instant>>,
+    append: RefCell<Histogram<u64>>,
+    delivery: RefCell<Histogram<u64>>,
+    end_to_end: RefCell<Histogram<u64>>,
+    events: Cell<u64>,
+    gaps: Cell<u64>,
+    append_errors: Cell<u64>,
+    connected: Cell<usize>,
+    /// Measuring (after the warmup).
+    measuring: Cell<bool>,
+    stop: Cell<bool>,
+}
+
+/// Resident memory of `pid`: (VmRSS, RssAnon), KiB.
+fn rss_kib(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc/PID/status")?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("RssAnon:")))
+}
+
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+/// One request/response on a keep-alive connection; returns the status and the body.
+async fn exchange(conn: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> Result<(u16, Vec<u8>)> {
+    conn.write_all(req).await?;
+    buf.clear();
+    let mut chunk = [0u8; 16384];
+    loop {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("connection closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(head) = resp.parse(buf)? {
+            let len = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+                .unwrap_or(0);
+            let status = resp.code.unwrap_or(0);
+            while buf.len() < head + len {
+                let n = conn.read(&mut chunk).await?;
+                if n == 0 {
+                    bail!("connection closed mid-body");
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok((status, buf[head..head + len].to_vec()));
+        }
+    }
+}
+
+fn request(method: &str, path: &str, body: &str) -> Vec<u8> {
+    format!("{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+/// The first `"version":N` of an event's JSON (events start `{"type":…,"version":N`).
+fn version_of(data: &[u8]) -> Option<u64> {
+    let key = b"\"version\":";
+    let at = data.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits: Vec<u8> = data[at..].iter().copied().take_while(u8::is_ascii_digit).collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// One SSE subscriber of context `ctx` on `addr`, until `stop`.
+async fn subscribe(addr: SocketAddr, prefix: String, ctx: usize, shared: Rc<Shared>) -> Result<()> {
+    let mut conn = TcpStream::connect(addr).await?;
+    let req =
+        format!("GET /v1/contexts/{prefix}-{ctx}/stream HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n");
+    conn.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(8192);
+    let mut chunk = vec![0u8; 16384];
+    let mut head_done = false;
+    while !shared.stop.get() {
+        conn.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let n = match conn.read(&mut chunk).await {
+            Ok(0) => bail!("stream closed by the server"),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+            Err(e) => return Err(e.into()),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if !head_done {
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            if !buf.starts_with(b"HTTP/1.1 200") {
+                bail!("not a stream: {}", String::from_utf8_lossy(&buf[..end]));
+            }
+            buf.drain(..end + 4);
+            head_done = true;
+            shared.connected.set(shared.connected.get() + 1);
+        }
+        let now = Instant::now();
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = buf.drain(..end + 2).collect();
+            let Some(data) = block.split(|&b| b == b'\n').find_map(|l| l.strip_prefix(b"data: ")) else { continue };
+            if data.starts_with(b"{\"type\":\"gap\"") {
+                shared.gaps.set(shared.gaps.get() + 1);
+                bail!("gap");
+            }
+            let Some(version) = version_of(data) else { continue };
+            if !shared.measuring.get() {
+                continue;
+            }
+            shared.events.set(shared.events.get() + 1);
+            let key = (ctx, version);
+            let delivery = shared.acked.borrow().get(&key).map_or(0, |t| now.saturating_duration_since(*t).as_micros());
+            let _ = shared.delivery.borrow_mut().record((delivery as u64).max(1));
+            if let Some(t) = shared.sent.borrow().get(&key) {
+                let _ = shared.end_to_end.borrow_mut().record(now.duration_since(*t).as_micros().max(1) as u64);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Appends open-loop: connection `k` of `n` sends every `n / rate` seconds.
+async fn appender(args: Rc<Args>, k: usize, shared: Rc<Shared>) -> Result<()> {
+    let addr = args.addr[k % args.addr.len()];
+    let mut conn = TcpStream::connect(addr).await?;
+    let mut buf = Vec::new();
+    let every = Duration::from_secs_f64(args.append_connections as f64 / args.rate.max(1) as f64);
+    let started = Instant::now() + every.mul_f64(k as f64 / args.append_connections as f64);
+    let text = "x".repeat(args.message_bytes);
+    let body = serde_json::json!({"message": {"role": "user", "parts": [{"type": "text", "text": text}]}}).to_string();
+    let mut i: u64 = 0;
+    while !shared.stop.get() {
+        let due = started + every.mul_f64(i as f64);
+        let wait = due.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            glommio::timer::sleep(wait).await;
+        }
+        let ctx = (k + i as usize * args.append_connections) % args.contexts;
+        i += 1;
+        let sent = Instant::now();
+        let (status, body) = exchange(
+            &mut conn,
+            &request("POST", &format!("/v1/contexts/{}-{ctx}/messages", args.prefix), &body),
+            &mut buf,
+        )
+        .await?;
+        let acked = Instant::now();
+        if status != 201 {
+            shared.append_errors.set(shared.append_errors.get() + 1);
+            continue;
+        }
+        let version = serde_json::from_slice::<serde_json::Value>(&body)?["version"].as_u64().unwrap_or(0);
+        shared.sent.borrow_mut().insert((ctx, version), sent);
+        shared.acked.borrow_mut().insert((ctx, version), acked);
+        if shared.measuring.get() {
+            let _ = shared.append.borrow_mut().record(acked.duration_since(sent).as_micros().max(1) as u64);
+        }
+    }
+    Ok(())
+}
+
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    serde_json::json!({
+        "count": h.len(),
+        "p50_us": h.value_at_quantile(0.5),
+        "p99_us": h.value_at_quantile(0.99),
+        "p999_us": h.value_at_quantile(0.999),
+        "max_us": h.max(),
+    })
+}
+
+fn main() -> Result<()> {
+    raise_nofile();
+    let args = Args::parse();
+    let ex = LocalExecutorBuilder::default()
+        .io_memory(1 << 20)
+        .make()
+        .map_err(|e| anyhow::anyhow!("glommio executor: {e}"))?;
+    ex.run(async move { run(args).await })
+}
+
+async fn run(args: Args) -> Result<()> {
+    let args = Rc::new(args);
+    let mut buf = Vec::new();
+    let mut conn = TcpStream::connect(args.addr[0]).await?;
+    for c in 0..args.contexts {
+        let (status, _) = exchange(
+            &mut conn,
+            &request("PUT", &format!("/v1/contexts/{}-{c}", args.prefix), r#"{"token_budget":1000000000}"#),
+            &mut buf,
+        )
+        .await?;
+        if status != 200 && status != 201 {
+            bail!("PUT context {c}: {status}");
+        }
+    }
+    let memory_before: Vec<(u64, u64)> = args.server_pid.iter().map(|&p| rss_kib(p)).collect::<Result<_>>()?;
+    let shared = Rc::new(Shared {
+        acked: RefCell::default(),
+        sent: RefCell::default(),
+        append: RefCell::new(histogram()),
+        delivery: RefCell::new(histogram()),
+        end_to_end: RefCell::new(histogram()),
+        events: Cell::new(0),
+        gaps: Cell::new(0),
+        append_errors: Cell::new(0),
+        connected: Cell::new(0),
+        measuring: Cell::new(false),
+        stop: Cell::new(false),
+    });
+    let failures = Rc::new(Cell::new(0u64));
+    let mut tasks = Vec::new();
+    for i in 0..args.subscribers {
+        let (addr, shared, prefix, failures) =
+            (args.addr[i % args.addr.len()], shared.clone(), args.prefix.clone(), failures.clone());
+        tasks.push(glommio::spawn_local(async move {
+            if let Err(e) = subscribe(addr, prefix, i % args.contexts.max(1), shared).await {
+                if failures.get() < 5 {
+                    eprintln!("subscriber {i}: {e}");
+                }
+                failures.set(failures.get() + 1);
+            }
+        }));
+    }
+    let connecting = Instant::now();
+    while shared.connected.get() + (failures.get() as usize) < args.subscribers {
+        if connecting.elapsed() > Duration::from_secs(120) {
+            bail!("only {} of {} subscribers connected", shared.connected.get(), args.subscribers);
+        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    let connect_secs = connecting.elapsed().as_secs_f64();
+    if !args.idle {
+        for k in 0..args.append_connections {
+            let (args, shared) = (args.clone(), shared.clone());
+            tasks.push(glommio::spawn_local(async move {
+                if let Err(e) = appender(args, k, shared.clone()).await {
+                    eprintln!("appender {k}: {e}");
+                    shared.append_errors.set(shared.append_errors.get() + 1);
+                }
+            }));
+        }
+    }
+    glommio::timer::sleep(Duration::from_secs(args.warmup_secs)).await;
+    shared.measuring.set(true);
+    let measured = Instant::now();
+    glommio::timer::sleep(Duration::from_secs(args.secs)).await;
+    let memory_after: Vec<(u64, u64)> = args.server_pid.iter().map(|&p| rss_kib(p)).collect::<Result<_>>()?;
+    shared.measuring.set(false);
+    let secs = measured.elapsed().as_secs_f64();
+    shared.stop.set(true);
+    for t in tasks {
+        t.await;
+    }
+    let appended = shared.append.borrow().len();
+    let rss_delta_kib: i64 = memory_after.iter().zip(&memory_before).map(|(a, b)| a.0 as i64 - b.0 as i64).sum::<i64>();
+    let anon_delta_kib: i64 =
+        memory_after.iter().zip(&memory_before).map(|(a, b)| a.1 as i64 - b.1 as i64).sum::<i64>();
+    let summary = serde_json::json!({
+        "subscribers": args.subscribers,
+        "contexts": args.contexts,
+        "nodes": args.addr.len(),
+        "rate_target": if args.idle { 0 } else { args.rate },
+        "secs": secs,
+        "subscribers_connected": shared.connected.get(),
+        "subscriber_failures": failures.get(),
+        "connect_secs": connect_secs,
+        "appends": appended,
+        "appends_per_sec": appended as f64 / secs,
+        "append_errors": shared.append_errors.get(),
+        "events_received": shared.events.get(),
+        "gaps": shared.gaps.get(),
+        "append": percentiles(&shared.append.borrow()),
+        "delivery": percentiles(&shared.delivery.borrow()),
+        "end_to_end": percentiles(&shared.end_to_end.borrow()),
+        "server_rss_kib_before": memory_before.iter().map(|m| m.0).collect::<Vec<_>>(),
+        "server_rss_kib_after": memory_after.iter().map(|m| m.0).collect::<Vec<_>>(),
+        "server_rss_delta_kib": rss_delta_kib,
+        "server_anon_delta_kib": anon_delta_kib,
+        "server_kib_per_subscriber": if args.subscribers > 0 { rss_delta_kib as f64 / args.subscribers as f64 } else { 0.0 },
+    });
+    println!("{summary}");
+    Ok(())
+}
