@@ -153,7 +153,7 @@ fn version_of(data: &[u8]) -> Option<u64> {
 
 /// One SSE subscriber of context `ctx` on `addr`, until `stop`.
 async fn subscribe(addr: SocketAddr, prefix: String, ctx: usize, shared: Rc<Shared>) -> Result<()> {
-    let mut conn = TcpStream::connect(addr).await?;
+    let mut conn = TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("connect {addr}: {e}"))?;
     let req =
         format!("GET /v1/contexts/{prefix}-{ctx}/stream HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n");
     conn.write_all(req.as_bytes()).await?;
@@ -161,7 +161,7 @@ async fn subscribe(addr: SocketAddr, prefix: String, ctx: usize, shared: Rc<Shar
     let mut chunk = vec![0u8; 16384];
     let mut head_done = false;
     while !shared.stop.get() {
-        conn.set_read_timeout(Some(Duration::from_millis(500)))?;
+        conn.set_read_timeout(Some(Duration::from_millis(500))).map_err(|e| anyhow::anyhow!("{e}"))?;
         let n = match conn.read(&mut chunk).await {
             Ok(0) => bail!("stream closed by the server"),
             Ok(n) => n,
@@ -205,7 +205,7 @@ async fn subscribe(addr: SocketAddr, prefix: String, ctx: usize, shared: Rc<Shar
 /// Appends open-loop: connection `k` of `n` sends every `n / rate` seconds.
 async fn appender(args: Rc<Args>, k: usize, shared: Rc<Shared>) -> Result<()> {
     let addr = args.addr[k % args.addr.len()];
-    let mut conn = TcpStream::connect(addr).await?;
+    let mut conn = TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("connect {addr}: {e}"))?;
     let mut buf = Vec::new();
     let every = Duration::from_secs_f64(args.append_connections as f64 / args.rate.max(1) as f64);
     let started = Instant::now() + every.mul_f64(k as f64 / args.append_connections as f64);
@@ -265,7 +265,7 @@ fn main() -> Result<()> {
 async fn run(args: Args) -> Result<()> {
     let args = Rc::new(args);
     let mut buf = Vec::new();
-    let mut conn = TcpStream::connect(args.addr[0]).await?;
+    let mut conn = TcpStream::connect(args.addr[0]).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?;
     for c in 0..args.contexts {
         let (status, _) = exchange(
             &mut conn,
@@ -296,8 +296,9 @@ async fn run(args: Args) -> Result<()> {
     for i in 0..args.subscribers {
         let (addr, shared, prefix, failures) =
             (args.addr[i % args.addr.len()], shared.clone(), args.prefix.clone(), failures.clone());
+        let ctx = i % args.contexts.max(1);
         tasks.push(glommio::spawn_local(async move {
-            if let Err(e) = subscribe(addr, prefix, i % args.contexts.max(1), shared).await {
+            if let Err(e) = subscribe(addr, prefix, ctx, shared).await {
                 if failures.get() < 5 {
                     eprintln!("subscriber {i}: {e}");
                 }
