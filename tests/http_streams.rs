@@ -265,3 +265,16 @@ fn compaction_history_survives_a_restart_and_snapshots() {
         events.iter().map(|e| (e.data["type"].as_str().unwrap(), e.data["version"].as_u64().unwrap())).collect();
     assert_eq!(got, expected);
 }
+
+#[test]
+fn a_quiet_websocket_client_outlives_the_http_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // One core: the stream runs on the very socket the HTTP loop read with its deadlines.
+    let s = Server::start(&dir.path().join("data"), &["--cores", "1", "--idle-timeout-ms", "300"]);
+    put(&s, "q");
+    let mut ws = ws_open(s.port, &stream_path("q", ""));
+    std::thread::sleep(Duration::from_millis(1500));
+    append(&s, "q", "still listening");
+    let e = ws_next(&mut ws).expect("the stream is still open");
+    assert_eq!(e["message"]["parts"][0]["text"], "still listening");
+}

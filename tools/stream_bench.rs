@@ -4,9 +4,11 @@
 //! i mod C, on node i mod nodes) while appends run open-loop at `--rate` per second,
 //! spread over the contexts and nodes. Records, in hdrhistograms (µs):
 //! - `append`: an append's latency (sent → acknowledged);
-//! - `delivery`: append acknowledged → the event received by a subscriber, per
-//!   subscriber (0 when the event arrived before the acknowledgement did);
-//! - `end_to_end`: append sent → event received.
+//! - `end_to_end`: append sent → the event received by a subscriber, per subscriber
+//!   (the send time travels in the message text): commit plus delivery;
+//! - `delivery`: append acknowledged → event received, per subscriber, 0 (recorded as
+//!   1 µs) when the event was read before the acknowledgement (one client thread reads
+//!   both, so this is a lower bound: use `end_to_end − append` as the upper one).
 //!
 //! With `--idle`, no appends: S subscribers connect and stay, and the server's memory is
 //! read from /proc (`--server-pid`, several for a cluster) before and after, for the
@@ -68,8 +70,8 @@ fn histogram() -> Histogram<u64> {
 struct Shared {
     /// When each (context, version) was acknowledged.
     acked: RefCell<HashMap<(usize, u64), Instant>>,
-    /// When each (context, version) was sent.
-    sent: RefCell<HashMap<(usize, u64), Instant>>,
+    /// Send times in messages are µs since this.
+    epoch: Instant,
     append: RefCell<Histogram<u64>>,
     delivery: RefCell<Histogram<u64>>,
     end_to_end: RefCell<Histogram<u64>>,
@@ -151,6 +153,14 @@ fn version_of(data: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
+/// The send time (µs since the epoch of this process's `Shared`) in a message's text.
+fn sent_micros(data: &[u8]) -> Option<u64> {
+    let key = b"\"text\":\"t";
+    let at = data.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits: Vec<u8> = data[at..].iter().copied().take_while(u8::is_ascii_digit).collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
 /// One SSE subscriber of context `ctx` on `addr`, until `stop`.
 async fn subscribe(addr: SocketAddr, prefix: String, ctx: usize, shared: Rc<Shared>) -> Result<()> {
     let mut conn = TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("connect {addr}: {e}"))?;
@@ -194,8 +204,9 @@ async fn subscribe(addr: SocketAddr, prefix: String, ctx: usize, shared: Rc<Shar
             let key = (ctx, version);
             let delivery = shared.acked.borrow().get(&key).map_or(0, |t| now.saturating_duration_since(*t).as_micros());
             let _ = shared.delivery.borrow_mut().record((delivery as u64).max(1));
-            if let Some(t) = shared.sent.borrow().get(&key) {
-                let _ = shared.end_to_end.borrow_mut().record(now.duration_since(*t).as_micros().max(1) as u64);
+            if let Some(sent_us) = sent_micros(data) {
+                let sent = shared.epoch + Duration::from_micros(sent_us);
+                let _ = shared.end_to_end.borrow_mut().record(now.duration_since(sent).as_micros().max(1) as u64);
             }
         }
     }
@@ -209,8 +220,7 @@ async fn appender(args: Rc<Args>, k: usize, shared: Rc<Shared>) -> Result<()> {
     let mut buf = Vec::new();
     let every = Duration::from_secs_f64(args.append_connections as f64 / args.rate.max(1) as f64);
     let started = Instant::now() + every.mul_f64(k as f64 / args.append_connections as f64);
-    let text = "x".repeat(args.message_bytes);
-    let body = serde_json::json!({"message": {"role": "user", "parts": [{"type": "text", "text": text}]}}).to_string();
+    let padding = "x".repeat(args.message_bytes.saturating_sub(24));
     let mut i: u64 = 0;
     while !shared.stop.get() {
         let due = started + every.mul_f64(i as f64);
@@ -221,6 +231,11 @@ async fn appender(args: Rc<Args>, k: usize, shared: Rc<Shared>) -> Result<()> {
         let ctx = (k + i as usize * args.append_connections) % args.contexts;
         i += 1;
         let sent = Instant::now();
+        // The send time travels in the message, so a subscriber measures from it
+        // whether or not this task has seen the acknowledgement yet.
+        let text = format!("t{}-{padding}", sent.duration_since(shared.epoch).as_micros());
+        let body =
+            serde_json::json!({"message": {"role": "user", "parts": [{"type": "text", "text": text}]}}).to_string();
         let (status, body) = exchange(
             &mut conn,
             &request("POST", &format!("/v1/contexts/{}-{ctx}/messages", args.prefix), &body),
@@ -233,7 +248,6 @@ async fn appender(args: Rc<Args>, k: usize, shared: Rc<Shared>) -> Result<()> {
             continue;
         }
         let version = serde_json::from_slice::<serde_json::Value>(&body)?["version"].as_u64().unwrap_or(0);
-        shared.sent.borrow_mut().insert((ctx, version), sent);
         shared.acked.borrow_mut().insert((ctx, version), acked);
         if shared.measuring.get() {
             let _ = shared.append.borrow_mut().record(acked.duration_since(sent).as_micros().max(1) as u64);
@@ -280,7 +294,7 @@ async fn run(args: Args) -> Result<()> {
     let memory_before: Vec<(u64, u64)> = args.server_pid.iter().map(|&p| rss_kib(p)).collect::<Result<_>>()?;
     let shared = Rc::new(Shared {
         acked: RefCell::default(),
-        sent: RefCell::default(),
+        epoch: Instant::now(),
         append: RefCell::new(histogram()),
         delivery: RefCell::new(histogram()),
         end_to_end: RefCell::new(histogram()),

@@ -61,6 +61,9 @@ where
                         if !out.is_empty() && stream.write_all(&out).await.is_err() {
                             return;
                         }
+                        // This loop's buffers go before the new owner runs (a stream
+                        // can live for hours; ten thousand idle ones must stay small).
+                        drop((std::mem::take(&mut chunk), std::mem::take(&mut out)));
                         takeover.run(stream, std::mem::take(&mut buf)).await;
                         return;
                     }

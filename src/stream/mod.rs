@@ -122,7 +122,9 @@ impl Drop for Served {
 /// On the shard's core: admits the stream, then runs it on its transport.
 async fn serve(core: Rc<CoreCtx>, shard: u32, socket: TcpStream, read_ahead: Vec<u8>, open: StreamOpen) {
     let write_timeout = Duration::from_millis(core.client_write_timeout_ms.max(1));
-    if socket.set_write_timeout(Some(write_timeout)).is_err() {
+    // No read deadline: the connection loop's (idle, request) do not apply to a stream;
+    // a WebSocket client's silence has its own timer (`ws`).
+    if socket.set_write_timeout(Some(write_timeout)).is_err() || socket.set_read_timeout(None).is_err() {
         return;
     }
     let (session, _served) = match Session::admit(&core, shard, &open)

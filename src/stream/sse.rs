@@ -18,7 +18,8 @@ pub async fn run(mut socket: TcpStream, mut session: Session, limits: &StreamLim
         return;
     }
     let ping = Duration::from_millis(limits.ping_interval_ms.max(1));
-    let mut out = Vec::with_capacity(16 << 10);
+    // Grows to the largest batch sent; small while idle.
+    let mut out = Vec::new();
     loop {
         out.clear();
         let mut last = None;

@@ -32,7 +32,11 @@ pub async fn run(
     if socket.write_all(head.as_bytes()).await.is_err() {
         return;
     }
+    // Small buffers: clients send pongs, and an idle stream should cost little (the
+    // defaults are 128 KiB each way).
     let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
         .max_message_size(Some(limits.client_message_max_bytes))
         .max_frame_size(Some(limits.client_message_max_bytes));
     let ws = WebSocketStream::from_partially_read(socket, read_ahead, Role::Server, Some(config)).await;
