@@ -7,7 +7,8 @@
 # alternating:
 #   baseline  appends at 1000/s over 100 contexts, no subscribers
 #   fanout    the same appends with 1000 SSE subscribers (10 per context)
-# then 10,000 idle subscribers over 100 contexts (server memory per subscriber), then
+# then 10,000 idle subscribers over 100 contexts (server memory per subscriber; connecting
+# one at a time, then all at once), then
 # (unless --no-cluster) one baseline/fanout pair on a 3-node cluster (bench/cluster.sh,
 # subscribers and appends spread over the nodes). Each run prints one JSON line
 # (tools/stream_bench.rs); all of them, with the machine and commit, go to
@@ -55,9 +56,18 @@ for r in $(seq 1 "$rounds"); do
   run "single baseline $r" --addr 127.0.0.1:4000 --subscribers 0 --contexts 100 --rate 1000 --secs "$secs" --prefix "s$r"
   run "single fanout $r" --addr 127.0.0.1:4000 --subscribers 1000 --contexts 100 --rate 1000 --secs "$secs" --prefix "s$r"
 done
-run "single idle 10000" --addr 127.0.0.1:4000 --subscribers 10000 --contexts 100 --idle --secs 5 \
-  --server-pid "$FL_PID" --prefix idle
 kill -9 "$FL_PID"; FL_PID=""
+# Idle subscribers, each on a fresh node: one at a time (the cost of holding one), then
+# all at once (a reconnect storm: the heap's high-water mark).
+for concurrency in 1 0; do
+  rm -rf "$out/data-idle"
+  ./target/release/fleetlm serve --listen 127.0.0.1:4000 --data-dir "$out/data-idle" >"$out/node-idle.log" 2>&1 &
+  FL_PID=$!
+  for _ in $(seq 1 300); do curl -sf http://127.0.0.1:4000/health/ready >/dev/null && break; sleep 0.1; done
+  run "single idle 10000 connecting ${concurrency/#0/all} at once" --addr 127.0.0.1:4000 --subscribers 10000 \
+    --contexts 100 --idle --secs 5 --server-pid "$FL_PID" --connect-concurrency "$concurrency" --prefix idle
+  kill -9 "$FL_PID"; FL_PID=""
+done
 
 if [ "$cluster" = 1 ]; then
   bench/cluster.sh clean >/dev/null 2>&1 || true

@@ -57,6 +57,11 @@ struct Args {
     /// Server processes whose memory (/proc/PID/status) is reported.
     #[arg(long, value_delimiter = ',')]
     server_pid: Vec<u32>,
+    /// Subscribers connecting at once (0: all together). All at once is a reconnect
+    /// storm, and the server's heap keeps its high-water mark; one at a time measures
+    /// what a subscriber costs while it is held.
+    #[arg(long, default_value_t = 0)]
+    connect_concurrency: usize,
     /// Context ids are PREFIX-0 … PREFIX-(C−1).
     #[arg(long, default_value = "fanout")]
     prefix: String,
@@ -79,6 +84,7 @@ struct Shared {
     gaps: Cell<u64>,
     append_errors: Cell<u64>,
     connected: Cell<usize>,
+    connecting: Cell<usize>,
     /// Measuring (after the warmup).
     measuring: Cell<bool>,
     stop: Cell<bool>,
@@ -161,8 +167,13 @@ fn sent_micros(data: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
-/// One SSE subscriber of context `ctx` on `addr`, until `stop`.
-async fn subscribe(addr: SocketAddr, prefix: String, ctx: usize, shared: Rc<Shared>) -> Result<()> {
+/// One SSE subscriber of context `ctx` on `addr`, until `stop`; at most
+/// `concurrency` (0: any number) of them connect at once.
+async fn subscribe(addr: SocketAddr, prefix: String, ctx: usize, concurrency: usize, shared: Rc<Shared>) -> Result<()> {
+    while concurrency > 0 && shared.connecting.get() >= concurrency {
+        glommio::timer::sleep(Duration::from_micros(200)).await;
+    }
+    shared.connecting.set(shared.connecting.get() + 1);
     let mut conn = TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("connect {addr}: {e}"))?;
     let req =
         format!("GET /v1/contexts/{prefix}-{ctx}/stream HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n");
@@ -187,6 +198,7 @@ async fn subscribe(addr: SocketAddr, prefix: String, ctx: usize, shared: Rc<Shar
             buf.drain(..end + 4);
             head_done = true;
             shared.connected.set(shared.connected.get() + 1);
+            shared.connecting.set(shared.connecting.get() - 1);
         }
         let now = Instant::now();
         while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
@@ -302,6 +314,7 @@ async fn run(args: Args) -> Result<()> {
         gaps: Cell::new(0),
         append_errors: Cell::new(0),
         connected: Cell::new(0),
+        connecting: Cell::new(0),
         measuring: Cell::new(false),
         stop: Cell::new(false),
     });
@@ -310,9 +323,9 @@ async fn run(args: Args) -> Result<()> {
     for i in 0..args.subscribers {
         let (addr, shared, prefix, failures) =
             (args.addr[i % args.addr.len()], shared.clone(), args.prefix.clone(), failures.clone());
-        let ctx = i % args.contexts.max(1);
+        let (ctx, concurrency) = (i % args.contexts.max(1), args.connect_concurrency);
         tasks.push(glommio::spawn_local(async move {
-            if let Err(e) = subscribe(addr, prefix, ctx, shared).await {
+            if let Err(e) = subscribe(addr, prefix, ctx, concurrency, shared).await {
                 if failures.get() < 5 {
                     eprintln!("subscriber {i}: {e}");
                 }
@@ -356,6 +369,7 @@ async fn run(args: Args) -> Result<()> {
         memory_after.iter().zip(&memory_before).map(|(a, b)| a.1 as i64 - b.1 as i64).sum::<i64>();
     let summary = serde_json::json!({
         "subscribers": args.subscribers,
+        "connect_concurrency": args.connect_concurrency,
         "contexts": args.contexts,
         "nodes": args.addr.len(),
         "rate_target": if args.idle { 0 } else { args.rate },

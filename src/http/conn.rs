@@ -52,7 +52,10 @@ where
                     let head_only = req.method == "HEAD";
                     close = req.close;
                     // A bug must cost one request a 500, not the executor and its shards.
-                    let mut resp = AssertUnwindSafe(handler(req)).catch_unwind().await.unwrap_or_else(|_| {
+                    // Boxed: the handler's future (every route, down to a Raft proposal)
+                    // is many KiB, and inline it would stay in this connection's task
+                    // while the connection idles — or streams for hours.
+                    let mut resp = AssertUnwindSafe(Box::pin(handler(req))).catch_unwind().await.unwrap_or_else(|_| {
                         Response::error(500, "internal", "internal error (a bug); see the server log")
                     });
                     if let Some(takeover) = resp.takeover.take() {

@@ -134,7 +134,10 @@ async fn serve(core: Rc<CoreCtx>, shard: u32, socket: TcpStream, read_ahead: Vec
         Err(refusal) => return refuse(socket, refusal).await,
     };
     match open.transport {
-        Transport::Sse => sse::run(socket, session, &core.stream_limits).await,
+        Transport::Sse => {
+            drop(read_ahead); // an SSE client sends nothing more
+            sse::run(socket, session, &core.stream_limits).await
+        }
         Transport::WebSocket { accept_key } => {
             ws::run(socket, read_ahead, &accept_key, session, &core.stream_limits).await
         }
