@@ -15,7 +15,7 @@
 # target/bench-streams/results.jsonl. bench/results/streams.md holds a recorded run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs=15; rounds=2; cluster=1
+secs=15; rounds=3; cluster=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --secs) secs=$2; shift 2 ;;

@@ -19,6 +19,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -71,23 +73,27 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
-/// Shared by every task of the (single) executor.
+/// Shared by the two executors (subscribers, appenders) and the main thread.
 struct Shared {
-    /// When each (context, version) was acknowledged.
-    acked: RefCell<HashMap<(usize, u64), Instant>>,
     /// Send times in messages are µs since this.
     epoch: Instant,
-    append: RefCell<Histogram<u64>>,
+    /// When each (context, version) was acknowledged.
+    acked: Mutex<HashMap<(usize, u64), Instant>>,
+    append_errors: AtomicU64,
+    connected: AtomicUsize,
+    /// Measuring (after the warmup).
+    measuring: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// What the subscribers' executor counted.
+struct SubscriberStats {
     delivery: RefCell<Histogram<u64>>,
     end_to_end: RefCell<Histogram<u64>>,
     events: Cell<u64>,
     gaps: Cell<u64>,
-    append_errors: Cell<u64>,
-    connected: Cell<usize>,
+    failures: Cell<u64>,
     connecting: Cell<usize>,
-    /// Measuring (after the warmup).
-    measuring: Cell<bool>,
-    stop: Cell<bool>,
 }
 
 /// Resident memory of `pid`: (VmRSS, RssAnon), KiB.
@@ -169,19 +175,25 @@ fn sent_micros(data: &[u8]) -> Option<u64> {
 
 /// One SSE subscriber of context `ctx` on `addr`, until `stop`; at most
 /// `concurrency` (0: any number) of them connect at once.
-async fn subscribe(addr: SocketAddr, prefix: String, ctx: usize, concurrency: usize, shared: Rc<Shared>) -> Result<()> {
-    while concurrency > 0 && shared.connecting.get() >= concurrency {
+async fn subscribe(
+    addr: SocketAddr,
+    path: String,
+    ctx: usize,
+    concurrency: usize,
+    shared: Arc<Shared>,
+    stats: Rc<SubscriberStats>,
+) -> Result<()> {
+    while concurrency > 0 && stats.connecting.get() >= concurrency {
         glommio::timer::sleep(Duration::from_micros(200)).await;
     }
-    shared.connecting.set(shared.connecting.get() + 1);
+    stats.connecting.set(stats.connecting.get() + 1);
     let mut conn = TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("connect {addr}: {e}"))?;
-    let req =
-        format!("GET /v1/contexts/{prefix}-{ctx}/stream HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n");
     conn.write_all(req.as_bytes()).await?;
     let mut buf = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 16384];
     let mut head_done = false;
-    while !shared.stop.get() {
+    while !shared.stop.load(Relaxed) {
         conn.set_read_timeout(Some(Duration::from_millis(500))).map_err(|e| anyhow::anyhow!("{e}"))?;
         let n = match conn.read(&mut chunk).await {
             Ok(0) => bail!("stream closed by the server"),
@@ -197,28 +209,28 @@ async fn subscribe(addr: SocketAddr, prefix: String, ctx: usize, concurrency: us
             }
             buf.drain(..end + 4);
             head_done = true;
-            shared.connected.set(shared.connected.get() + 1);
-            shared.connecting.set(shared.connecting.get() - 1);
+            shared.connected.fetch_add(1, Relaxed);
+            stats.connecting.set(stats.connecting.get() - 1);
         }
         let now = Instant::now();
         while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
             let block: Vec<u8> = buf.drain(..end + 2).collect();
             let Some(data) = block.split(|&b| b == b'\n').find_map(|l| l.strip_prefix(b"data: ")) else { continue };
             if data.starts_with(b"{\"type\":\"gap\"") {
-                shared.gaps.set(shared.gaps.get() + 1);
+                stats.gaps.set(stats.gaps.get() + 1);
                 bail!("gap");
             }
             let Some(version) = version_of(data) else { continue };
-            if !shared.measuring.get() {
+            if !shared.measuring.load(Relaxed) {
                 continue;
             }
-            shared.events.set(shared.events.get() + 1);
-            let key = (ctx, version);
-            let delivery = shared.acked.borrow().get(&key).map_or(0, |t| now.saturating_duration_since(*t).as_micros());
-            let _ = shared.delivery.borrow_mut().record((delivery as u64).max(1));
+            stats.events.set(stats.events.get() + 1);
+            let acked = shared.acked.lock().unwrap().get(&(ctx, version)).copied();
+            let delivery = acked.map_or(0, |t| now.saturating_duration_since(t).as_micros());
+            let _ = stats.delivery.borrow_mut().record((delivery as u64).max(1));
             if let Some(sent_us) = sent_micros(data) {
                 let sent = shared.epoch + Duration::from_micros(sent_us);
-                let _ = shared.end_to_end.borrow_mut().record(now.duration_since(sent).as_micros().max(1) as u64);
+                let _ = stats.end_to_end.borrow_mut().record(now.duration_since(sent).as_micros().max(1) as u64);
             }
         }
     }
@@ -226,7 +238,7 @@ async fn subscribe(addr: SocketAddr, prefix: String, ctx: usize, concurrency: us
 }
 
 /// Appends open-loop: connection `k` of `n` sends every `n / rate` seconds.
-async fn appender(args: Rc<Args>, k: usize, shared: Rc<Shared>) -> Result<()> {
+async fn appender(args: Arc<Args>, k: usize, shared: Arc<Shared>, hist: Rc<RefCell<Histogram<u64>>>) -> Result<()> {
     let addr = args.addr[k % args.addr.len()];
     let mut conn = TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("connect {addr}: {e}"))?;
     let mut buf = Vec::new();
@@ -234,7 +246,7 @@ async fn appender(args: Rc<Args>, k: usize, shared: Rc<Shared>) -> Result<()> {
     let started = Instant::now() + every.mul_f64(k as f64 / args.append_connections as f64);
     let padding = "x".repeat(args.message_bytes.saturating_sub(24));
     let mut i: u64 = 0;
-    while !shared.stop.get() {
+    while !shared.stop.load(Relaxed) {
         let due = started + every.mul_f64(i as f64);
         let wait = due.saturating_duration_since(Instant::now());
         if !wait.is_zero() {
@@ -256,13 +268,13 @@ async fn appender(args: Rc<Args>, k: usize, shared: Rc<Shared>) -> Result<()> {
         .await?;
         let acked = Instant::now();
         if status != 201 {
-            shared.append_errors.set(shared.append_errors.get() + 1);
+            shared.append_errors.fetch_add(1, Relaxed);
             continue;
         }
         let version = serde_json::from_slice::<serde_json::Value>(&body)?["version"].as_u64().unwrap_or(0);
-        shared.acked.borrow_mut().insert((ctx, version), acked);
-        if shared.measuring.get() {
-            let _ = shared.append.borrow_mut().record(acked.duration_since(sent).as_micros().max(1) as u64);
+        shared.acked.lock().unwrap().insert((ctx, version), acked);
+        if shared.measuring.load(Relaxed) {
+            let _ = hist.borrow_mut().record(acked.duration_since(sent).as_micros().max(1) as u64);
         }
     }
     Ok(())
@@ -278,119 +290,180 @@ fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
-fn main() -> Result<()> {
-    raise_nofile();
-    let args = Args::parse();
-    let ex = LocalExecutorBuilder::default()
+fn executor(name: &str) -> Result<glommio::LocalExecutor> {
+    LocalExecutorBuilder::default()
+        .name(name)
         .io_memory(1 << 20)
         .make()
-        .map_err(|e| anyhow::anyhow!("glommio executor: {e}"))?;
-    ex.run(async move { run(args).await })
+        .map_err(|e| anyhow::anyhow!("glommio executor: {e}"))
 }
 
-async fn run(args: Args) -> Result<()> {
-    let args = Rc::new(args);
-    let mut buf = Vec::new();
-    let mut conn = TcpStream::connect(args.addr[0]).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?;
+/// Creates the contexts (on a plain socket: before the executors start).
+fn create_contexts(args: &Args) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(args.addr[0])?;
     for c in 0..args.contexts {
-        let (status, _) = exchange(
-            &mut conn,
-            &request("PUT", &format!("/v1/contexts/{}-{c}", args.prefix), r#"{"token_budget":1000000000}"#),
-            &mut buf,
-        )
-        .await?;
-        if status != 200 && status != 201 {
-            bail!("PUT context {c}: {status}");
-        }
-    }
-    let memory_before: Vec<(u64, u64)> = args.server_pid.iter().map(|&p| rss_kib(p)).collect::<Result<_>>()?;
-    let shared = Rc::new(Shared {
-        acked: RefCell::default(),
-        epoch: Instant::now(),
-        append: RefCell::new(histogram()),
-        delivery: RefCell::new(histogram()),
-        end_to_end: RefCell::new(histogram()),
-        events: Cell::new(0),
-        gaps: Cell::new(0),
-        append_errors: Cell::new(0),
-        connected: Cell::new(0),
-        connecting: Cell::new(0),
-        measuring: Cell::new(false),
-        stop: Cell::new(false),
-    });
-    let failures = Rc::new(Cell::new(0u64));
-    let mut tasks = Vec::new();
-    for i in 0..args.subscribers {
-        let (addr, shared, prefix, failures) =
-            (args.addr[i % args.addr.len()], shared.clone(), args.prefix.clone(), failures.clone());
-        let (ctx, concurrency) = (i % args.contexts.max(1), args.connect_concurrency);
-        tasks.push(glommio::spawn_local(async move {
-            if let Err(e) = subscribe(addr, prefix, ctx, concurrency, shared).await {
-                if failures.get() < 5 {
-                    eprintln!("subscriber {i}: {e}");
-                }
-                failures.set(failures.get() + 1);
+        let body = r#"{"token_budget":1000000000}"#;
+        conn.write_all(&request("PUT", &format!("/v1/contexts/{}-{c}", args.prefix), body))?;
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut byte)?;
+            if n == 0 {
+                bail!("closed while creating contexts");
             }
-        }));
-    }
-    let connecting = Instant::now();
-    while shared.connected.get() + (failures.get() as usize) < args.subscribers {
-        if connecting.elapsed() > Duration::from_secs(120) {
-            bail!("only {} of {} subscribers connected", shared.connected.get(), args.subscribers);
+            buf.extend_from_slice(&byte[..n]);
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head) = resp.parse(&buf)? {
+                let len = resp
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buf.len() < head + len {
+                    continue;
+                }
+                let status = resp.code.unwrap_or(0);
+                if status != 200 && status != 201 {
+                    bail!("PUT context {c}: {status}");
+                }
+                break;
+            }
         }
-        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    raise_nofile();
+    let args = Arc::new(Args::parse());
+    create_contexts(&args)?;
+    let shared = Arc::new(Shared {
+        epoch: Instant::now(),
+        acked: Mutex::default(),
+        append_errors: AtomicU64::new(0),
+        connected: AtomicUsize::new(0),
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+    });
+    let memory_before: Vec<(u64, u64)> = args.server_pid.iter().map(|&p| rss_kib(p)).collect::<Result<_>>()?;
+    // Subscribers and appenders on executors (threads) of their own: the time the
+    // client spends reading events must not show up as append latency.
+    let subscribers = {
+        let (args, shared) = (args.clone(), shared.clone());
+        std::thread::spawn(move || -> Result<serde_json::Value> {
+            executor("subscribers")?.run(async move { run_subscribers(args, shared).await })
+        })
+    };
+    let connecting = Instant::now();
+    while shared.connected.load(Relaxed) < args.subscribers {
+        if subscribers.is_finished() || connecting.elapsed() > Duration::from_secs(120) {
+            shared.stop.store(true, Relaxed);
+            bail!("only {} of {} subscribers connected", shared.connected.load(Relaxed), args.subscribers);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     let connect_secs = connecting.elapsed().as_secs_f64();
-    if !args.idle {
-        for k in 0..args.append_connections {
-            let (args, shared) = (args.clone(), shared.clone());
-            tasks.push(glommio::spawn_local(async move {
-                if let Err(e) = appender(args, k, shared.clone()).await {
-                    eprintln!("appender {k}: {e}");
-                    shared.append_errors.set(shared.append_errors.get() + 1);
-                }
-            }));
-        }
-    }
-    glommio::timer::sleep(Duration::from_secs(args.warmup_secs)).await;
-    shared.measuring.set(true);
+    let appenders = (!args.idle).then(|| {
+        let (args, shared) = (args.clone(), shared.clone());
+        std::thread::spawn(move || -> Result<Histogram<u64>> {
+            executor("appenders")?.run(async move { run_appenders(args, shared).await })
+        })
+    });
+    std::thread::sleep(Duration::from_secs(args.warmup_secs));
+    shared.measuring.store(true, Relaxed);
     let measured = Instant::now();
-    glommio::timer::sleep(Duration::from_secs(args.secs)).await;
+    std::thread::sleep(Duration::from_secs(args.secs));
     let memory_after: Vec<(u64, u64)> = args.server_pid.iter().map(|&p| rss_kib(p)).collect::<Result<_>>()?;
-    shared.measuring.set(false);
+    shared.measuring.store(false, Relaxed);
     let secs = measured.elapsed().as_secs_f64();
-    shared.stop.set(true);
-    for t in tasks {
-        t.await;
-    }
-    let appended = shared.append.borrow().len();
-    let rss_delta_kib: i64 = memory_after.iter().zip(&memory_before).map(|(a, b)| a.0 as i64 - b.0 as i64).sum::<i64>();
-    let anon_delta_kib: i64 =
-        memory_after.iter().zip(&memory_before).map(|(a, b)| a.1 as i64 - b.1 as i64).sum::<i64>();
-    let summary = serde_json::json!({
+    shared.stop.store(true, Relaxed);
+    let append = match appenders {
+        Some(t) => t.join().map_err(|_| anyhow::anyhow!("appenders panicked"))??,
+        None => histogram(),
+    };
+    let subs = subscribers.join().map_err(|_| anyhow::anyhow!("subscribers panicked"))??;
+    let rss_delta_kib: i64 = memory_after.iter().zip(&memory_before).map(|(a, b)| a.0 as i64 - b.0 as i64).sum();
+    let anon_delta_kib: i64 = memory_after.iter().zip(&memory_before).map(|(a, b)| a.1 as i64 - b.1 as i64).sum();
+    let mut summary = serde_json::json!({
         "subscribers": args.subscribers,
         "connect_concurrency": args.connect_concurrency,
         "contexts": args.contexts,
         "nodes": args.addr.len(),
         "rate_target": if args.idle { 0 } else { args.rate },
         "secs": secs,
-        "subscribers_connected": shared.connected.get(),
-        "subscriber_failures": failures.get(),
+        "subscribers_connected": shared.connected.load(Relaxed),
         "connect_secs": connect_secs,
-        "appends": appended,
-        "appends_per_sec": appended as f64 / secs,
-        "append_errors": shared.append_errors.get(),
-        "events_received": shared.events.get(),
-        "gaps": shared.gaps.get(),
-        "append": percentiles(&shared.append.borrow()),
-        "delivery": percentiles(&shared.delivery.borrow()),
-        "end_to_end": percentiles(&shared.end_to_end.borrow()),
+        "appends": append.len(),
+        "appends_per_sec": append.len() as f64 / secs,
+        "append_errors": shared.append_errors.load(Relaxed),
+        "append": percentiles(&append),
         "server_rss_kib_before": memory_before.iter().map(|m| m.0).collect::<Vec<_>>(),
         "server_rss_kib_after": memory_after.iter().map(|m| m.0).collect::<Vec<_>>(),
         "server_rss_delta_kib": rss_delta_kib,
         "server_anon_delta_kib": anon_delta_kib,
         "server_kib_per_subscriber": if args.subscribers > 0 { rss_delta_kib as f64 / args.subscribers as f64 } else { 0.0 },
     });
+    if let (Some(out), Some(subs)) = (summary.as_object_mut(), subs.as_object()) {
+        out.extend(subs.clone());
+    }
     println!("{summary}");
     Ok(())
+}
+
+async fn run_subscribers(args: Arc<Args>, shared: Arc<Shared>) -> Result<serde_json::Value> {
+    let stats = Rc::new(SubscriberStats {
+        delivery: RefCell::new(histogram()),
+        end_to_end: RefCell::new(histogram()),
+        events: Cell::new(0),
+        gaps: Cell::new(0),
+        failures: Cell::new(0),
+        connecting: Cell::new(0),
+    });
+    let mut tasks = Vec::new();
+    for i in 0..args.subscribers {
+        let ctx = i % args.contexts.max(1);
+        let path = format!("/v1/contexts/{}-{ctx}/stream", args.prefix);
+        let (addr, shared, stats) = (args.addr[i % args.addr.len()], shared.clone(), stats.clone());
+        let concurrency = args.connect_concurrency;
+        tasks.push(glommio::spawn_local(async move {
+            if let Err(e) = subscribe(addr, path, ctx, concurrency, shared, stats.clone()).await {
+                if stats.failures.get() < 5 {
+                    eprintln!("subscriber {i}: {e}");
+                }
+                stats.failures.set(stats.failures.get() + 1);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+    Ok(serde_json::json!({
+        "subscriber_failures": stats.failures.get(),
+        "events_received": stats.events.get(),
+        "gaps": stats.gaps.get(),
+        "delivery": percentiles(&stats.delivery.borrow()),
+        "end_to_end": percentiles(&stats.end_to_end.borrow()),
+    }))
+}
+
+async fn run_appenders(args: Arc<Args>, shared: Arc<Shared>) -> Result<Histogram<u64>> {
+    let hist = Rc::new(RefCell::new(histogram()));
+    let mut tasks = Vec::new();
+    for k in 0..args.append_connections {
+        let (args, shared, hist) = (args.clone(), shared.clone(), hist.clone());
+        tasks.push(glommio::spawn_local(async move {
+            if let Err(e) = appender(args, k, shared.clone(), hist).await {
+                eprintln!("appender {k}: {e}");
+                shared.append_errors.fetch_add(1, Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await;
+    }
+    let merged = hist.borrow().clone();
+    Ok(merged)
 }

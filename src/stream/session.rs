@@ -139,6 +139,10 @@ impl Session {
             return Some(finish(Vec::new(), end(EndReason::Internal), Final::End));
         };
         if position >= ctx.version {
+            if self.shard.stopped.get() {
+                // Its feed has ended already and would never deliver (`Shard::mark_stopped`).
+                return Some(finish(Vec::new(), end(EndReason::ShardStopped), Final::End));
+            }
             if ctx.status == Status::Tombstoned {
                 let json = format!("{{\"type\":\"tombstoned\",\"version\":{}}}", ctx.version).into_bytes();
                 let event = Event { id: Some(ctx.version), json: Json::Owned(json) };
