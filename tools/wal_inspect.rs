@@ -70,6 +70,11 @@ fn main() -> Result<()> {
         Ok(r) => {
             let next = r.first_index + r.live.len() as u64;
             println!("opening would find: indexes {}..{next} ({} records)", r.first_index, r.live.len());
+            // Where the valid records end (a torn tail, if any, starts here).
+            if let Some((_, path)) = files.get(r.end_segment) {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                println!("valid end: segment {name} offset {}", r.end_offset);
+            }
             if r.torn {
                 let seq = views.get(r.end_segment).map_or(0, |v| v.0);
                 println!("  and cut a torn tail at segment {seq} offset {} (unsynced writes of a crash)", r.end_offset);

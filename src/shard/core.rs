@@ -420,7 +420,22 @@ impl CoreCtx {
                 Err(not_leader) if forwarded => return Err(not_leader),
                 Err(NotLeader { leader: Some(leader) }) if leader.node_id != self.node_id => {
                     let node = leader.node_id;
-                    match self.forward(node, &leader.addr, shard_id, &call, remaining).await {
+                    // A leader cut off from the cluster answers nothing until the deadline;
+                    // once this replica hears of another leader, waiting on is pointless.
+                    let forwarded = std::pin::pin!(self.forward(node, &leader.addr, shard_id, &call, remaining));
+                    let moved = std::pin::pin!(leader_moved_from(&shard, node));
+                    let answer = match futures_util::future::select(forwarded, moved).await {
+                        futures_util::future::Either::Left((answer, _)) => answer,
+                        futures_util::future::Either::Right(((), _)) if !is_write => continue,
+                        futures_util::future::Either::Right(((), _)) => {
+                            let why = format!(
+                                "node {node} lost the shard's leadership while the write was in flight; its outcome is \
+                                 unknown (it may still be applied): retry with the same Idempotency-Key"
+                            );
+                            return Ok(Reply::unavailable(&self.serve_limits, why));
+                        }
+                    };
+                    match answer {
                         Ok(Ok(reply)) => return Ok(reply),
                         Ok(Err(NotLeader { .. })) | Err(WireError::Connect(_)) => {}
                         Err(_) if !is_write => {}
@@ -447,6 +462,23 @@ impl CoreCtx {
     ) -> Result<Served, WireError> {
         let core = core_of(shard, self.cores);
         self.forwarder.call(node, addr, core, shard, encode(call)?, remaining).await
+    }
+}
+
+/// Returns once this replica knows a leader of the shard other than `node` (a new term
+/// elected one): a call forwarded to `node` will not be answered by the shard's leader.
+async fn leader_moved_from(shard: &Shard, node: u64) {
+    use openraft_rt::WatchReceiver;
+    let mut metrics = shard.raft.metrics();
+    loop {
+        let leader = metrics.borrow_watched().current_leader;
+        if leader.is_some_and(|l| l != node) {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            // The Raft core stopped: no leader will be learned here.
+            return std::future::pending().await;
+        }
     }
 }
 

@@ -81,15 +81,25 @@ pub async fn watch_leaders(ctx: Rc<CoreCtx>) {
                 continue;
             }
             let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-            // Only to a node that is close behind (under load nobody is ever exactly
-            // caught up): the target waits until it holds the leader's last entry, then
-            // wins the election at once.
+            // Only to a node that answers now and is close behind (under load nobody is
+            // ever exactly caught up): the target waits until it holds the leader's last
+            // entry, then wins the election at once. A node that stopped answering (cut
+            // off, paused) may still be close behind by count: handing it the shard
+            // would leave the shard without a leader until an election (found by
+            // bench/faults.sh: a partitioned node took its shards back every 2 s).
             let lag_max = ctx.serve_limits.leader_transfer_lag_max_entries;
-            let caught_up = |node: u64| {
-                m.replication.as_ref().and_then(|r| r.get(&node)).is_some_and(|matched| {
-                    let matched = matched.as_ref().map_or(0, |l| l.index + 1);
-                    m.last_log_index.map_or(0, |i| i + 1).saturating_sub(matched) <= lag_max
+            let answers = |node: u64| {
+                m.heartbeat.as_ref().and_then(|h| h.get(&node)).and_then(|t| t.as_ref()).is_some_and(|t| {
+                    let acked: Instant = **t;
+                    acked.elapsed() < stale_after
                 })
+            };
+            let caught_up = |node: u64| {
+                answers(node)
+                    && m.replication.as_ref().and_then(|r| r.get(&node)).is_some_and(|matched| {
+                        let matched = matched.as_ref().map_or(0, |l| l.index + 1);
+                        m.last_log_index.map_or(0, |i| i + 1).saturating_sub(matched) <= lag_max
+                    })
             };
             let target = if short_of_disk {
                 let others: Vec<u64> = voters.iter().copied().filter(|&v| v != ctx.node_id).collect();
