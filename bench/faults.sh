@@ -5,7 +5,7 @@
 #
 #   bench/faults.sh [--seed N] [--seconds S] [--nodes 3] [--faults kill,pause,…] [--out FILE]
 #
-# Needs root (one network namespace per node on a bridge of its own, 10.77.0.0/24; a
+# Needs root (one network namespace per node on a bridge of its own, 10.77.N.0/24; a
 # tmpfs for the full-disk node). Same seed → same schedule of faults (kinds, targets,
 # durations). Prints the seed first, the report (JSON) at the end; exits 1 if an
 # acknowledged append was lost, duplicated, reordered, or any other check failed.

@@ -543,3 +543,46 @@ fn a_restarted_follower_never_reads_backwards() {
         }
     }
 }
+
+/// Found by bench/faults.sh: the leader balancer handed a shard back to its preferred
+/// node while that node answered nothing (cut off or paused, yet close behind by entry
+/// count), and the shard had no leader until the next election, every balance interval.
+#[test]
+fn a_node_that_answers_nothing_is_not_handed_leadership() {
+    let dir = tmp("paused-preferred");
+    let c = Cluster::start(dir.path(), 3, 1, &[]);
+    // Wait until leaders are spread (each shard on its preferred node), then pause the
+    // leader of the shard of context "p".
+    let shard = fleetlm::shard::placement::shard_of("p", 4) as usize;
+    put(&c, 0, "p");
+    let mut leader = None;
+    c.eventually(30, "shard leaders balanced", || {
+        let l = leaders(&c, 0);
+        leader = l[shard];
+        l.iter().filter_map(|x| *x).collect::<std::collections::BTreeSet<_>>().len() == 3
+    });
+    let paused = leader.unwrap() as usize - 1;
+    let others: Vec<usize> = (0..3).filter(|&i| i != paused).collect();
+    c.signal(paused, true);
+    // Failover: the first append through the others that is acknowledged.
+    assert!(append_acked(&c, &others, "p", "after failover", 30).is_some(), "no failover");
+    // Then, for more than two balance intervals (2 s each), every append succeeds at once.
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut failures = Vec::new();
+    let mut n = 0;
+    while Instant::now() < until {
+        n += 1;
+        let node = others[n % 2];
+        match c.req(node, "POST", "/v1/contexts/p/messages", &msg_body(&format!("m{n}"))) {
+            Some(r) if r.status == 201 => {}
+            other => failures.push(other.map(|r| (r.status, String::from_utf8_lossy(&r.body).into_owned()))),
+        }
+    }
+    c.signal(paused, false);
+    assert!(
+        failures.is_empty(),
+        "{} of {n} appends failed while node {} was paused: {failures:?}",
+        failures.len(),
+        paused + 1
+    );
+}

@@ -6,7 +6,8 @@ every replica holds at the end).
 
 Run by bench/faults.sh (which builds the binaries); needs root (network namespaces, a
 tmpfs mount). Everything it makes is its own: one network namespace per node on a bridge
-of its own (10.77.0.0/24), the nodes' data under --dir, a tmpfs for the full-disk node.
+of its own (10.77.N.0/24, N from the process id), the nodes' data under --dir, a tmpfs
+for the full-disk node.
 It removes them all at the end, and stops by itself after --seconds.
 
 Faults (each injected, held, then healed; the schedule of kinds, targets and durations
@@ -45,8 +46,11 @@ import time
 
 KINDS = ["kill", "kill2", "kill_leader", "pause", "partition", "disk", "torn"]
 WEIGHTS = {"kill": 3, "kill2": 1, "kill_leader": 3, "pause": 3, "partition": 3, "disk": 1, "torn": 2}
-BRIDGE = "flfaultbr0"
-SUBNET = "10.77.0"
+# Names and addresses of this run's network, unique per process so that two runs can
+# share a machine (set by `set_net`).
+NET_ID = os.getpid() % 200 + 20
+BRIDGE = f"flf{NET_ID}br"
+SUBNET = f"10.77.{NET_ID}"
 HTTP_PORT = 4000
 PEER_PORT = 5000
 
@@ -58,8 +62,8 @@ def sh(*args, check=True):
 class Node:
     def __init__(self, i, args, secret, peers):
         self.i = i
-        self.ns = f"flfault{i}"
-        self.veth = f"flfv{i}"
+        self.ns = f"flf{NET_ID}n{i}"
+        self.veth = f"flf{NET_ID}v{i}"
         self.ip = f"{SUBNET}.{i}"
         self.dir = os.path.join(args.dir, f"node{i}")
         self.log = os.path.join(args.dir, f"node{i}.log")
@@ -253,8 +257,9 @@ def read_all(node, ctx, local):
     out, frm = [], 1
     q = "&consistency=local" if local else ""
     while True:
-        status, body, _ = request(node.ip, "GET", f"/v1/contexts/{ctx}/messages?from_seq={frm}&limit=1000{q}", timeout=30)
+        status, body, err = request(node.ip, "GET", f"/v1/contexts/{ctx}/messages?from_seq={frm}&limit=1000{q}", timeout=30)
         if status != 200:
+            read_all.last_error = (node.i, status, err, (body or {}).get("message"))
             return None
         page = body["messages"]
         if not page:
@@ -276,7 +281,13 @@ def check(history, nodes, contexts, faults, log):
                 time.sleep(0.5)
         if truth is None:
             c["unreadable"] += 1
-            log(f"  {ctx}: no linearizable read")
+            log(f"  {ctx}: no linearizable read from node 1 in 60 s; the last answer: {getattr(read_all, 'last_error', None)}")
+            for n in nodes:
+                st, b, _ = request(n.ip, "GET", "/v1/cluster", timeout=5)
+                shards = [(s["leader"], s["term"], s["state"][:4], s["commit_index"], s["applied_index"]) for s in b["shards"]] if st == 200 else st
+                other = read_all(n, ctx, local=False)
+                log(f"    node {n.i}: shards {shards}; its linearizable read: "
+                    f"{'ok' if other is not None else getattr(read_all, 'last_error', None)}")
             continue
         # Every replica, once it has applied as much as the leader's view.
         for n in nodes:
@@ -413,7 +424,7 @@ def main():
         setup_network(nodes)
         if "disk" in kinds:
             os.makedirs(disk_node.dir, exist_ok=True)
-            sh("mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", disk_node.dir)
+            sh("mount", "-t", "tmpfs", "-o", "size=3g", "tmpfs", disk_node.dir)
             mounted = True
         for n in nodes:
             n.start()

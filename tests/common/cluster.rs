@@ -137,6 +137,16 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOP (`pause`) or SIGCONT node `i`: a node that holds its connections and
+    /// answers nothing, like one cut off from the network.
+    pub fn signal(&self, i: usize, pause: bool) {
+        if let Some(c) = &self.nodes[i].child {
+            let sig = if pause { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
     pub fn req(&self, i: usize, method: &str, path: &str, body: &str) -> Option<Resp> {
         try_request_full(self.nodes[i].http_port, method, path, &[], body.as_bytes())
     }
