@@ -498,7 +498,14 @@ def main():
                 path = os.path.join(n.dir, "fill")
                 f["injected"] = time.time()
                 with open(path, "wb") as fh:
-                    os.posix_fallocate(fh.fileno(), 0, fill) if fill else None
+                    # The node writes meanwhile: take what is left if the first size no
+                    # longer fits.
+                    while fill > 0:
+                        try:
+                            os.posix_fallocate(fh.fileno(), 0, fill)
+                            break
+                        except OSError:
+                            fill -= 1 << 20
                 time.sleep(hold)
                 os.unlink(path); f["node"] = n.i
             f["healed"] = time.time()
