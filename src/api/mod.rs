@@ -2,6 +2,7 @@
 //! (`routes`), input validation into calls (`build`), and `handle`, which the HTTP
 //! connection loop calls for every request; the calls run in `crate::shard`.
 pub mod build;
+pub mod openapi;
 pub mod routes;
 
 use std::rc::Rc;
@@ -194,6 +195,7 @@ async fn route(req: &Request, segments: &[&str], resolved: Resolved<'_>, core: &
         Op::HealthLive => Response::json(200, &json!({"status": "ok"})),
         Op::HealthReady => health_ready(core),
         Op::Metrics => metrics(core).await,
+        Op::OpenApi => Response::raw_json(200, openapi::DOCUMENT.as_bytes().to_vec()),
         Op::AdminLatency => {
             let hists = core.collect_metrics(false).await.histograms;
             let body =

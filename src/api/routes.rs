@@ -22,6 +22,7 @@ pub enum Op {
     Window,
     Compact,
     Stream,
+    OpenApi,
 }
 
 impl Op {
@@ -31,6 +32,7 @@ impl Op {
         match self {
             Op::HealthLive | Op::HealthReady => ("health", None),
             Op::Metrics => ("metrics", None),
+            Op::OpenApi => ("openapi", None),
             Op::AdminLatency => ("admin", None),
             Op::ClusterStatus => ("cluster", None),
             Op::AddMember | Op::RemoveMember => ("cluster_members", None),
@@ -59,7 +61,7 @@ impl Op {
 
     /// Needs the API key (when the node has one): every `/v1` route.
     pub fn needs_auth(self) -> bool {
-        !matches!(self, Op::HealthLive | Op::HealthReady | Op::Metrics)
+        !matches!(self, Op::HealthLive | Op::HealthReady | Op::Metrics | Op::OpenApi)
     }
 }
 
@@ -94,6 +96,7 @@ pub fn resolve<'a>(segments: &[&'a str], method: &str) -> Resolved<'a> {
         ["health", "ready"] => (get.then_some(HealthReady), HealthReady, None),
         ["health", ..] => return Resolved::NotFound { label: "health", needs_auth: false },
         ["metrics"] => (get.then_some(Metrics), Metrics, None),
+        ["v1", "openapi.json"] => (get.then_some(OpenApi), OpenApi, None),
         ["v1", "admin", "latency"] => (get.then_some(AdminLatency), AdminLatency, None),
         ["v1", "admin", ..] => return Resolved::NotFound { label: "admin", needs_auth: true },
         ["v1", "cluster"] => (get.then_some(ClusterStatus), ClusterStatus, None),
@@ -132,6 +135,27 @@ pub fn resolve<'a>(segments: &[&'a str], method: &str) -> Resolved<'a> {
     }
 }
 
+/// Every route as OpenAPI writes it (path template, methods; `HEAD` goes with `GET`,
+/// except on `/stream`). `resolve` is the table; this list is checked against it and
+/// against docs/openapi.yaml (tests below), so that neither can drift.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/health/live", &["GET"]),
+    ("/health/ready", &["GET"]),
+    ("/metrics", &["GET"]),
+    ("/v1/openapi.json", &["GET"]),
+    ("/v1/admin/latency", &["GET"]),
+    ("/v1/cluster", &["GET"]),
+    ("/v1/cluster/members", &["POST"]),
+    ("/v1/cluster/members/{node_id}", &["DELETE"]),
+    ("/v1/contexts/{id}", &["GET", "PUT", "DELETE"]),
+    ("/v1/contexts/{id}/metadata", &["PATCH"]),
+    ("/v1/contexts/{id}/messages", &["GET", "POST"]),
+    ("/v1/contexts/{id}/tail", &["GET"]),
+    ("/v1/contexts/{id}/context", &["GET"]),
+    ("/v1/contexts/{id}/compact", &["POST"]),
+    ("/v1/contexts/{id}/stream", &["GET"]),
+];
+
 /// The methods a path serves, for the `Allow` header of a 405 (`HEAD` with `GET`).
 pub fn allowed_methods(segments: &[&str]) -> String {
     const METHODS: [&str; 6] = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"];
@@ -156,6 +180,7 @@ mod tests {
             ("/health/live", "GET", Op::HealthLive, "health"),
             ("/health/ready", "HEAD", Op::HealthReady, "health"),
             ("/metrics", "GET", Op::Metrics, "metrics"),
+            ("/v1/openapi.json", "GET", Op::OpenApi, "openapi"),
             ("/v1/admin/latency", "GET", Op::AdminLatency, "admin"),
             ("/v1/cluster", "GET", Op::ClusterStatus, "cluster"),
             ("/v1/cluster/members", "POST", Op::AddMember, "cluster_members"),
@@ -177,6 +202,25 @@ mod tests {
             assert_eq!(r.label(), label, "{method} {path}");
             let timed = path.starts_with("/v1/contexts/") && op != Op::Stream;
             assert_eq!(op.histogram(), timed.then(|| format!("http.{label}")).as_deref(), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn the_route_list_is_the_route_table() {
+        const METHODS: [&str; 5] = ["GET", "PUT", "POST", "PATCH", "DELETE"];
+        for (template, methods) in ROUTES {
+            let path = template.replace("{id}", "a").replace("{node_id}", "4");
+            for m in METHODS {
+                let found = matches!(at(&path, m), Resolved::Found { .. });
+                assert_eq!(found, methods.contains(&m), "{m} {template}");
+            }
+        }
+        // And nothing else resolves: every path of the table is in the list.
+        let listed: Vec<String> =
+            ROUTES.iter().map(|(t, _)| t.replace("{id}", "a").replace("{node_id}", "4")).collect();
+        for probe in ["/v1/contexts/a/other", "/v1/other", "/v1/cluster/other", "/health/other", "/v1/admin/other"] {
+            assert!(!listed.iter().any(|l| l == probe));
+            assert!(matches!(at(probe, "GET"), Resolved::NotFound { .. }), "{probe}");
         }
     }
 
