@@ -86,6 +86,17 @@ async fn change(
             )))) if remaining > pause => {
                 glommio::timer::sleep(pause).await;
             }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                // Refused before anything was proposed (found by schemathesis: removing
+                // the only voter answered 503 "outcome unknown").
+                return Err(Ok(match e {
+                    ChangeMembershipError::InProgress(_) => Reply::unavailable(
+                        limits,
+                        format!("another membership change is still being committed: retry ({e})"),
+                    ),
+                    e => Reply::error(409, "conflict", format!("the membership change was refused: {e}")),
+                }));
+            }
             Ok(Err(e)) => return Err(write_failed(limits, e)),
             Err(_) => return Err(timed_out(limits)),
         }
