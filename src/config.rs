@@ -79,7 +79,7 @@ pub struct StoreLimits {
     pub policy_limit_max: u32,
     /// Most `skip_kinds` of the skip_parts policy.
     pub skip_kinds_max: usize,
-    /// Idempotency keys remembered per context (API.md: at least 10,000).
+    /// Idempotency keys remembered per context (docs/api.md: at least 10,000).
     pub idempotency_keys_per_context: usize,
     /// Longest `Idempotency-Key` header.
     pub idempotency_key_max_bytes: usize,
@@ -150,9 +150,9 @@ pub const HTTP_HEADERS_MAX_CAP: usize = 256;
 /// Limits of the HTTP layer (`crate::http`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpLimits {
-    /// Request line + headers (API.md: 16 KiB → 431).
+    /// Request line + headers (docs/api.md: 16 KiB → 431).
     pub head_max_bytes: usize,
-    /// Request body (API.md: 1 MiB → 413).
+    /// Request body (docs/api.md: 1 MiB → 413).
     pub body_max_bytes: usize,
     /// Most headers in one request (at most `HTTP_HEADERS_MAX_CAP`).
     pub headers_max: usize,

@@ -1,4 +1,4 @@
-//! The real binary over HTTP: every endpoint and error code of API.md (but /stream and
+//! The real binary over HTTP: every endpoint and error code of docs/api.md (but /stream and
 //! /v1/cluster*, which tests/cluster.rs covers), framing edge cases, concurrency,
 //! idempotency, and the Prometheus text of /metrics.
 mod common;

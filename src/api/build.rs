@@ -14,7 +14,7 @@ fn bad(code: &str, message: impl std::fmt::Display) -> Response {
     Response::error(400, code, message)
 }
 
-/// Validates a context id (API.md): 1..256 bytes of UTF-8, no control characters, no `/`.
+/// Validates a context id (docs/api.md): 1..256 bytes of UTF-8, no control characters, no `/`.
 pub fn validate_id(id: &str) -> Result<(), Response> {
     if id.is_empty() || id.len() > 256 {
         return Err(bad("invalid_id", "context id must be 1 to 256 bytes"));

@@ -71,7 +71,7 @@ impl Response {
         Response { status, headers: Vec::new(), body: Vec::new(), content_type: "", hold: None, takeover: None }
     }
 
-    /// The API.md error shape.
+    /// The error shape of docs/api.md.
     pub fn error(status: u16, code: &str, message: impl std::fmt::Display) -> Response {
         Response::json(status, &serde_json::json!({"error": code, "message": message.to_string()}))
     }

@@ -395,7 +395,7 @@ impl Context {
         )
     }
 
-    /// One event of a stream as its JSON (API.md): a message as a read returns it, or a
+    /// One event of a stream as its JSON (docs/api.md): a message as a read returns it, or a
     /// compaction with the tokens of the window it made.
     pub fn event_json(&self, event: &HistoryEvent, bodies: &dyn Bodies) -> Result<Vec<u8>, BodiesError> {
         match event {
@@ -431,7 +431,7 @@ impl Context {
         };
     }
 
-    /// The summary object of API.md.
+    /// The summary object of docs/api.md.
     pub fn summary_json(&self) -> Value {
         serde_json::json!({
             "id": self.id,
@@ -498,7 +498,7 @@ impl Context {
         Value::Object(out)
     }
 
-    /// Resolves a replay start (API.md): `from_seq` ≥ 1 as is, 0 → 1, −K → the newest K;
+    /// Resolves a replay start (docs/api.md): `from_seq` ≥ 1 as is, 0 → 1, −K → the newest K;
     /// `after_seq` N → N + 1.
     pub fn replay_start(&self, from: ReplayFrom) -> u64 {
         match from {

@@ -24,7 +24,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The API.md error code.
+    /// The docs/api.md error code.
     pub fn code(&self) -> &'static str {
         match self {
             StoreError::NotFound => "context_not_found",

@@ -2,7 +2,7 @@
 //!
 //! Validation happens here, before a command is proposed to Raft: what reaches the
 //! replicated state machine is already known to be well-formed, so apply never has a
-//! reason to fail on input (API.md "(fix)": an invalid policy is rejected by PUT).
+//! reason to fail on input (docs/api.md: an invalid policy is rejected by PUT).
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -10,7 +10,7 @@ use super::bodies::{Bodies, BodiesError, BodyRef};
 use super::tokens::part_tokens_rendered;
 use crate::config::StoreLimits;
 
-/// A stored message, compact: where its API.md JSON lives in the body store (rendered
+/// A stored message, compact: where its API JSON lives in the body store (rendered
 /// once, returned as is by every read), plus the fields the store computes with. No
 /// JSON is kept in memory: a message costs a few words.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +38,7 @@ impl Message {
         Ok(Message { seq, token_count: msg.token_count, kinds, body })
     }
 
-    /// The API.md JSON of the message (checked UTF-8).
+    /// The API JSON of the message (checked UTF-8).
     pub fn json<'a>(&self, bodies: &'a dyn Bodies) -> Result<&'a str, BodiesError> {
         std::str::from_utf8(self.json_bytes(bodies)?).map_err(|e| BodiesError(format!("message body: {e}")))
     }

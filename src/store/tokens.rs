@@ -1,4 +1,4 @@
-//! The token estimate of API.md, used when a message carries no valid `token_count`.
+//! The token estimate of docs/api.md, used when a message carries no valid `token_count`.
 //!
 //! Per part: `{"type":"text","text":S}` counts `max(1, ceil(graphemes(S) / 4))`; any other
 //! part counts the same formula over the graphemes of its compact JSON encoding. A

@@ -119,7 +119,7 @@ impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
-    /// Asserts the API.md error shape with `code`.
+    /// Asserts the docs/api.md error shape with `code`.
     pub fn assert_error(&self, status: u16, code: &str) {
         assert_eq!(self.status, status, "body: {:?}", String::from_utf8_lossy(&self.body));
         let j = self.json();

@@ -11,7 +11,7 @@ use crate::raft::{FleetRaft, Shard};
 use crate::shard::call::{Reply, Served};
 use crate::store::{Command, Outcome, StoreError};
 
-/// RFC 3339, UTC, microseconds, `Z` (API.md).
+/// RFC 3339, UTC, microseconds, `Z` (docs/api.md).
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
