@@ -586,3 +586,40 @@ fn a_node_that_answers_nothing_is_not_handed_leadership() {
         paused + 1
     );
 }
+
+/// Found by bench/faults.sh: a write forwarded to a leader that stopped answering
+/// waited for the whole deadline, then said "did not answer", although this node had
+/// long heard of the new leader. It now answers as soon as it does (503, outcome
+/// unknown: the old leader may have logged the entry), and the retry goes to the new one.
+#[test]
+fn a_write_forwarded_to_a_silent_leader_is_answered_once_another_leads() {
+    let dir = tmp("silent-leader");
+    let c = Cluster::start(dir.path(), 3, 1, &[]);
+    let shard = fleetlm::shard::placement::shard_of("s", 4) as usize;
+    put(&c, 0, "s");
+    let mut leader = None;
+    c.eventually(30, "shard leaders balanced", || {
+        let l = leaders(&c, 0);
+        leader = l[shard];
+        l.iter().filter_map(|x| *x).collect::<std::collections::BTreeSet<_>>().len() == 3
+    });
+    let silent = leader.unwrap() as usize - 1;
+    let via = (silent + 1) % 3;
+    c.signal(silent, true);
+    // Sent at once: this node still takes the paused node for the leader and forwards.
+    let r = c
+        .req_h(via, "POST", "/v1/contexts/s/messages", &[("Idempotency-Key", "k-silent")], &msg_body("k-silent"))
+        .expect("an answer");
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    c.signal(silent, false);
+    match r.status {
+        // The election was faster than the forward (the paused node had not been asked yet).
+        201 => {}
+        503 => assert!(body.contains("lost the shard's leadership"), "{body}"),
+        other => panic!("{other}: {body}"),
+    }
+    // The retry with the same key is acknowledged once, whatever the first outcome was.
+    assert!(append_acked(&c, &[via], "s", "k-silent", 30).is_some());
+    let all = messages(&c, via, "s", false).expect("readable");
+    assert_eq!(texts(&all), vec!["k-silent".to_owned()], "appended exactly once");
+}
