@@ -544,6 +544,19 @@ fn a_restarted_follower_never_reads_backwards() {
     }
 }
 
+/// Waits until the shards' leaders are spread over all three nodes, then returns the
+/// index of the node leading the shard of context `id` (the tests' clusters have 4 shards).
+fn balanced_leader_of(c: &Cluster, id: &str) -> usize {
+    let shard = fleetlm::shard::placement::shard_of(id, 4) as usize;
+    let mut leader = None;
+    c.eventually(30, "shard leaders balanced", || {
+        let l = leaders(c, 0);
+        leader = l[shard];
+        l.iter().filter_map(|x| *x).collect::<std::collections::BTreeSet<_>>().len() == 3
+    });
+    leader.expect("a leader") as usize - 1
+}
+
 /// Found by bench/faults.sh: the leader balancer handed a shard back to its preferred
 /// node while that node answered nothing (cut off or paused, yet close behind by entry
 /// count), and the shard had no leader until the next election, every balance interval.
@@ -553,15 +566,8 @@ fn a_node_that_answers_nothing_is_not_handed_leadership() {
     let c = Cluster::start(dir.path(), 3, 1, &[]);
     // Wait until leaders are spread (each shard on its preferred node), then pause the
     // leader of the shard of context "p".
-    let shard = fleetlm::shard::placement::shard_of("p", 4) as usize;
     put(&c, 0, "p");
-    let mut leader = None;
-    c.eventually(30, "shard leaders balanced", || {
-        let l = leaders(&c, 0);
-        leader = l[shard];
-        l.iter().filter_map(|x| *x).collect::<std::collections::BTreeSet<_>>().len() == 3
-    });
-    let paused = leader.unwrap() as usize - 1;
+    let paused = balanced_leader_of(&c, "p");
     let others: Vec<usize> = (0..3).filter(|&i| i != paused).collect();
     c.signal(paused, true);
     // Failover: the first append through the others that is acknowledged.
@@ -595,15 +601,8 @@ fn a_node_that_answers_nothing_is_not_handed_leadership() {
 fn a_write_forwarded_to_a_silent_leader_is_answered_once_another_leads() {
     let dir = tmp("silent-leader");
     let c = Cluster::start(dir.path(), 3, 1, &[]);
-    let shard = fleetlm::shard::placement::shard_of("s", 4) as usize;
     put(&c, 0, "s");
-    let mut leader = None;
-    c.eventually(30, "shard leaders balanced", || {
-        let l = leaders(&c, 0);
-        leader = l[shard];
-        l.iter().filter_map(|x| *x).collect::<std::collections::BTreeSet<_>>().len() == 3
-    });
-    let silent = leader.unwrap() as usize - 1;
+    let silent = balanced_leader_of(&c, "s");
     let via = (silent + 1) % 3;
     c.signal(silent, true);
     // Sent at once: this node still takes the paused node for the leader and forwards.

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::LocalExecutorBuilder;
 use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
@@ -106,41 +105,12 @@ fn parse_mix(mix: &str) -> Result<Vec<(&'static str, u32)>> {
     Ok(out)
 }
 
+#[path = "http_client.rs"]
+mod http_client;
+
 /// One request/response on a keep-alive connection; returns the status.
 async fn exchange(conn: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> Result<u16> {
-    conn.write_all(req).await?;
-    buf.clear();
-    let mut chunk = [0u8; 16384];
-    loop {
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("connection closed");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let httparse::Status::Complete(head) = resp.parse(buf)? {
-            let len = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
-                .unwrap_or(0);
-            let status = resp.code.unwrap_or(0);
-            // The rest of the body is read straight into place: the client shares the
-            // machine with the server, and a replay answer is ~300 KiB.
-            let mut filled = buf.len();
-            buf.resize(filled.max(head + len), 0);
-            while filled < head + len {
-                let n = conn.read(&mut buf[filled..]).await?;
-                if n == 0 {
-                    bail!("connection closed mid-body");
-                }
-                filled += n;
-            }
-            return Ok(status);
-        }
-    }
+    Ok(http_client::exchange(conn, req, buf).await?.0)
 }
 
 fn request(method: &str, path: &str, body: &str) -> Vec<u8> {

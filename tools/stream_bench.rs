@@ -120,37 +120,13 @@ fn raise_nofile() {
     }
 }
 
+#[path = "http_client.rs"]
+mod http_client;
+
 /// One request/response on a keep-alive connection; returns the status and the body.
 async fn exchange(conn: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> Result<(u16, Vec<u8>)> {
-    conn.write_all(req).await?;
-    buf.clear();
-    let mut chunk = [0u8; 16384];
-    loop {
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("connection closed");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let httparse::Status::Complete(head) = resp.parse(buf)? {
-            let len = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
-                .unwrap_or(0);
-            let status = resp.code.unwrap_or(0);
-            while buf.len() < head + len {
-                let n = conn.read(&mut chunk).await?;
-                if n == 0 {
-                    bail!("connection closed mid-body");
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Ok((status, buf[head..head + len].to_vec()));
-        }
-    }
+    let (status, body_at) = http_client::exchange(conn, req, buf).await?;
+    Ok((status, buf[body_at..].to_vec()))
 }
 
 fn request(method: &str, path: &str, body: &str) -> Vec<u8> {
@@ -316,12 +292,7 @@ fn create_contexts(args: &Args) -> Result<()> {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut resp = httparse::Response::new(&mut headers);
             if let httparse::Status::Complete(head) = resp.parse(&buf)? {
-                let len = resp
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
-                    .unwrap_or(0);
+                let len = http_client::content_length(resp.headers);
                 if buf.len() < head + len {
                     continue;
                 }
