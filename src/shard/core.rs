@@ -465,14 +465,20 @@ impl CoreCtx {
     }
 }
 
-/// Returns once this replica knows a leader of the shard other than `node` (a new term
-/// elected one): a call forwarded to `node` will not be answered by the shard's leader.
+/// Returns once this replica knows that a later term elected a leader other than
+/// `node`: a call forwarded to `node` will not be answered by the shard's leader. (A
+/// later term, not just another name: this replica's published view can lag the one
+/// that chose `node`, and a lag must not cut a forward short.)
 async fn leader_moved_from(shard: &Shard, node: u64) {
     use openraft_rt::WatchReceiver;
     let mut metrics = shard.raft.metrics();
+    let term_at_start = metrics.borrow_watched().current_term;
     loop {
-        let leader = metrics.borrow_watched().current_leader;
-        if leader.is_some_and(|l| l != node) {
+        let (term, leader) = {
+            let m = metrics.borrow_watched();
+            (m.current_term, m.current_leader)
+        };
+        if term > term_at_start && leader.is_some_and(|l| l != node) {
             return;
         }
         if metrics.changed().await.is_err() {
