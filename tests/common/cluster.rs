@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Resp, free_ports, try_request, try_request_full};
+use serde_json::Value;
+
+use super::{Resp, free_ports, msg_body, try_request, try_request_full};
 
 /// The cluster secret of every test cluster's nodes.
 pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789";
@@ -176,4 +178,86 @@ impl Drop for Cluster {
             self.kill9(i);
         }
     }
+}
+
+// Helpers of the cluster tests (tests/cluster*.rs).
+
+/// A fresh directory, removed when the test ends; kept when it fails, for its logs.
+/// (Declared before the cluster, so the nodes are killed before it goes.)
+pub struct TestDir(Option<tempfile::TempDir>);
+
+impl TestDir {
+    pub fn path(&self) -> &std::path::Path {
+        self.0.as_ref().expect("present until drop").path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take()
+            && std::thread::panicking()
+        {
+            eprintln!("test data kept in {}", dir.keep().display());
+        }
+    }
+}
+
+pub fn tmp(name: &str) -> TestDir {
+    TestDir(Some(tempfile::Builder::new().prefix(&format!("fleetlm-cluster-{name}-")).tempdir().unwrap()))
+}
+
+pub fn put(c: &Cluster, node: usize, id: &str) {
+    let r = c.req(node, "PUT", &format!("/v1/contexts/{id}"), r#"{"token_budget":100000}"#).expect("answer");
+    assert!(r.status == 201 || r.status == 200, "PUT {id}: {} {:?}", r.status, String::from_utf8_lossy(&r.body));
+}
+
+/// All messages of `id` as node `node` sees them (`local`: its own replica).
+pub fn messages(c: &Cluster, node: usize, id: &str, local: bool) -> Option<Vec<Value>> {
+    let q = if local { "&consistency=local" } else { "" };
+    let mut out = Vec::new();
+    let mut from = 1;
+    loop {
+        let r = c.req(node, "GET", &format!("/v1/contexts/{id}/messages?from_seq={from}&limit=1000{q}"), "")?;
+        if r.status != 200 {
+            return None;
+        }
+        let j = r.json();
+        let page = j["messages"].as_array().unwrap().clone();
+        if page.is_empty() {
+            return Some(out);
+        }
+        from = j["next_seq"].as_u64().unwrap();
+        out.extend(page);
+    }
+}
+
+pub fn texts(msgs: &[Value]) -> Vec<String> {
+    msgs.iter().map(|m| m["parts"][0]["text"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Shard → leader id, as node `node` sees it.
+pub fn leaders(c: &Cluster, node: usize) -> Vec<Option<u64>> {
+    c.view(node)["shards"].as_array().unwrap().iter().map(|s| s["leader"].as_u64()).collect()
+}
+
+/// Appends with an Idempotency-Key, retrying on 503 and dead connections (through
+/// `nodes` in turn) until acknowledged or `secs` pass. Returns the seq.
+pub fn append_acked(c: &Cluster, nodes: &[usize], id: &str, text: &str, secs: u64) -> Option<u64> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let body = msg_body(text);
+    let mut turn = 0;
+    while Instant::now() < deadline {
+        let node = nodes[turn % nodes.len()];
+        turn += 1;
+        let port = c.nodes[node].http_port;
+        let path = format!("/v1/contexts/{id}/messages");
+        match try_request_full(port, "POST", &path, &[("Idempotency-Key", text)], body.as_bytes()) {
+            Some(r) if r.status == 201 => return r.json()["seq"].as_u64(),
+            Some(r) if r.status == 503 => assert!(r.header("retry-after").is_some(), "503 without Retry-After"),
+            Some(r) => panic!("append {text}: {} {:?}", r.status, String::from_utf8_lossy(&r.body)),
+            None => {}
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
 }
