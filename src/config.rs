@@ -57,12 +57,17 @@ pub const WAL_SEGMENT_SIZE_BYTES_DEFAULT: u64 = 64 << 20;
 pub const WAL_RECORD_PAYLOAD_MAX_BYTES_DEFAULT: u32 = 4 << 20;
 /// Default cap on records per append call.
 pub const WAL_APPEND_BATCH_MAX_DEFAULT: usize = 4096;
+/// Default segments per core's log before reclamation copies live entries forward:
+/// 8 × 64 MiB = 512 MiB of log per core, the same order as four shards' logs each
+/// holding a couple of segments before one log per core (issue #14).
+pub const WAL_SEGMENTS_SOFT_MAX_DEFAULT: usize = 8;
 impl Default for WalConfig {
     fn default() -> Self {
         WalConfig {
             segment_size_bytes: WAL_SEGMENT_SIZE_BYTES_DEFAULT,
             record_payload_max_bytes: WAL_RECORD_PAYLOAD_MAX_BYTES_DEFAULT,
             append_batch_max: WAL_APPEND_BATCH_MAX_DEFAULT,
+            segments_soft_max: WAL_SEGMENTS_SOFT_MAX_DEFAULT,
         }
     }
 }

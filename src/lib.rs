@@ -29,6 +29,7 @@ pub mod accept;
 pub mod api;
 pub mod budget;
 pub mod config;
+pub mod datadir;
 pub mod files;
 pub mod http;
 pub mod metrics;

@@ -5,7 +5,7 @@
 //! which runs calls through `shard`.
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use openraft::BasicNode;
-use serde::{Deserialize, Serialize};
 
 use crate::config::GLOMMIO_IO_MEMORY_BYTES;
 pub use crate::config::ServerConfig;
@@ -24,22 +23,6 @@ use crate::shard::placement::core_of;
 
 /// How long a port may keep answering at startup before we call it taken.
 const PORT_PROBE_MS: u64 = 3_000;
-
-/// The on-disk format of a data dir (1: JSON Raft log entries; 2: postcard).
-const DATA_FORMAT: u32 = 2;
-
-/// Fixed at first start and kept in the data dir.
-#[derive(Debug, Serialize, Deserialize)]
-struct Layout {
-    format: u32,
-    shards: u32,
-    /// The node this data dir belongs to (a data dir never changes identity).
-    #[serde(default)]
-    node_id: Option<u64>,
-    /// Message-body segment size (absent: the default of the time, 64 MiB).
-    #[serde(default)]
-    body_segment_size_bytes: Option<u64>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -53,59 +36,6 @@ pub enum ServeError {
     Resources(String),
     #[error("core {0} stopped: {1}")]
     Core(usize, String),
-}
-
-/// What a data dir fixes at its creation.
-struct Fixed {
-    shards: u32,
-    body_segment_size_bytes: u64,
-}
-
-fn load_layout(
-    dir: &Path,
-    wanted: Option<u32>,
-    wanted_body_segment: Option<u64>,
-    cores: usize,
-    node_id: u64,
-) -> Result<Fixed, ServeError> {
-    let err = |e: String| ServeError::DataDir(dir.to_owned(), e);
-    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    let path = dir.join("fleetlm.json");
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let layout: Layout = serde_json::from_slice(&bytes).map_err(|e| err(format!("fleetlm.json: {e}")))?;
-            if layout.format != DATA_FORMAT {
-                return Err(err(format!(
-                    "holds data format {} and this FleetLM reads format {DATA_FORMAT} (format 2: postcard Raft log \
-                     entries); start it on an empty data dir",
-                    layout.format
-                )));
-            }
-            if let Some(w) = wanted.filter(|&w| w != layout.shards) {
-                return Err(err(format!("was created with {} shards; --shards {w} cannot change that", layout.shards)));
-            }
-            if let Some(n) = layout.node_id.filter(|&n| n != node_id) {
-                return Err(err(format!("belongs to node {n}; it cannot start as node {node_id}")));
-            }
-            let body = layout.body_segment_size_bytes.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES);
-            if let Some(w) = wanted_body_segment.filter(|&w| w != body) {
-                return Err(err(format!(
-                    "was created with {body}-byte body segments; --body-segment-size-bytes {w} cannot change that"
-                )));
-            }
-            Ok(Fixed { shards: layout.shards, body_segment_size_bytes: body })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let shards = wanted.unwrap_or((2 * cores) as u32).max(1);
-            let body = wanted_body_segment.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES);
-            let layout =
-                Layout { format: DATA_FORMAT, shards, node_id: Some(node_id), body_segment_size_bytes: Some(body) };
-            let bytes = serde_json::to_vec(&layout).map_err(|e| err(e.to_string()))?;
-            crate::files::replace_durably(&path, &bytes).map_err(|e| err(e.to_string()))?;
-            Ok(Fixed { shards, body_segment_size_bytes: body })
-        }
-        Err(e) => Err(err(e.to_string())),
-    }
 }
 
 /// Raises this process's soft limit of open files to its hard limit; the new soft limit.
@@ -141,7 +71,15 @@ fn connection_cap_per_core(nofile: u64, config: &ServerConfig, cores: usize, sha
 /// Runs the node until a core fails. Returns only on error.
 pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let cores = config.cores.max(1);
-    let fixed = load_layout(&config.data_dir, config.shards, config.body_segment_size_bytes, cores, config.node_id)?;
+    let fixed = crate::datadir::load(
+        &config.data_dir,
+        config.shards,
+        config.body_segment_size_bytes,
+        cores,
+        config.node_id,
+        &config.wal,
+    )
+    .map_err(|e| ServeError::DataDir(e.dir, e.why))?;
     let shard_count = fixed.shards;
     // From here on the data dir's value.
     let mut config = config;
@@ -308,14 +246,14 @@ async fn run_core(
     } else {
         None
     };
-    let opener = crate::shard::healing::ShardOpener::new(&config, cores);
+    let opener = crate::shard::healing::ShardOpener::new(&config, cores, core);
     let mut shards = HashMap::new();
     for s in (0..shard_count).filter(|&s| core_of(s, cores) == core) {
         let shard = opener.open(s, initial_members.clone()).await.map_err(|e| format!("shard {s}: {e}"))?;
         shared.ready.opened.fetch_add(1, Ordering::AcqRel);
         shards.insert(s, Rc::new(shard));
     }
-    let ctx = Rc::new(CoreCtx::new(&config, core, shard_count, shards, Some(senders), shared));
+    let ctx = Rc::new(CoreCtx::new(&config, core, shard_count, shards, opener, Some(senders), shared));
     serve_mesh(ctx.clone(), receivers);
     if let Some(listener) = peer_listener {
         glommio::spawn_local(crate::shard::peer::serve_peers(ctx.clone(), listener)).detach();

@@ -1,7 +1,9 @@
 //! A data dir written by an earlier build opens in this one and answers exactly as that
-//! build did: the on-disk formats (WAL records, Raft metadata, snapshot, message bodies)
-//! did not change under us. The fixtures come from `tests/fixtures/make-datadir.sh`
-//! run with the earlier binary (the commit is in their names).
+//! build did: format 2 (one WAL per shard) is converted once to format 3 (one WAL per
+//! core), and Raft metadata, snapshots and message bodies did not change under us. A
+//! data dir started with another number of cores has its logs re-split, and answers the
+//! same. The fixtures come from `tests/fixtures/make-datadir.sh` run with the earlier
+//! binary (the commit is in their names).
 mod common;
 
 use common::{Server, msg_body};
@@ -19,12 +21,32 @@ fn opens_and_answers_as_written(name: &str) {
     assert!(status.success(), "tar failed: {status}");
     let answers: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixtures.join(format!("{name}.answers.json"))).unwrap()).unwrap();
-    let s = Server::start(&tmp.path().join("data"), &[]);
-    for (path, expected) in answers.as_object().unwrap() {
-        let r = s.req("GET", path, "");
-        assert_eq!(u64::from(r.status), expected["status"], "GET {path}");
-        assert_eq!(r.json(), expected["body"], "GET {path}");
-    }
+    let data = tmp.path().join("data");
+    let layout =
+        || -> serde_json::Value { serde_json::from_slice(&std::fs::read(data.join("fleetlm.json")).unwrap()).unwrap() };
+    assert_eq!(layout()["format"], 2, "the fixture is a format-2 data dir");
+    let s = Server::start(&data, &["--cores", "2"]);
+    assert_eq!(layout()["format"], 3, "converted at open");
+    assert_eq!(layout()["wal_logs"], 2);
+    assert!(data.join("wal-2/0").is_dir() && data.join("wal-2/1").is_dir());
+    assert!(!data.join("shards/0/wal").exists(), "the per-shard logs are gone once converted");
+    let check = |s: &Server| {
+        for (path, expected) in answers.as_object().unwrap() {
+            let r = s.req("GET", path, "");
+            assert_eq!(u64::from(r.status), expected["status"], "GET {path}");
+            assert_eq!(r.json(), expected["body"], "GET {path}");
+        }
+    };
+    check(&s);
+    drop(s);
+    // One core: the two logs are merged into one, and the answers stay.
+    let s = Server::start(&data, &["--cores", "1"]);
+    assert_eq!(layout()["wal_logs"], 1);
+    assert!(data.join("wal-1/0").is_dir() && !data.join("wal-2").exists());
+    check(&s);
+    drop(s);
+    let s = Server::start(&data, &["--cores", "2"]);
+    check(&s);
     // And it goes on from there: the next append gets the next seq, after a restart too.
     let r = s.req("POST", "/v1/contexts/a/messages", &msg_body("after the upgrade"));
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));

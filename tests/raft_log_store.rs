@@ -114,8 +114,16 @@ impl StoreBuilder<C, WalLogStore<C>, TestSm, tempfile::TempDir> for Builder {
         let dir = tempfile::tempdir().map_err(|e| err(&e))?;
         let config =
             WalConfig { segment_size_bytes: 1 << 20, record_payload_max_bytes: 64 << 10, ..WalConfig::default() };
-        let (wal, _) = Wal::open(&dir.path().join("wal"), config, 0).map_err(|e| err(&e))?;
-        let store = WalLogStore::open(dir.path(), GroupCommitWal::new(wal)).map_err(|e| err(&e))?;
+        let (mut wal, _) = Wal::open(&dir.path().join("wal"), config).map_err(|e| err(&e))?;
+        // The group under test shares the log with others, which hold records before,
+        // at and after the indexes the suite uses (one log per core, many groups).
+        for other in [0u32, 2] {
+            let payloads: Vec<Vec<u8>> = (0..50).map(|i| format!("group {other} entry {i}").into_bytes()).collect();
+            wal.append(other, &payloads).map_err(|e| err(&e))?;
+        }
+        wal.truncate_from(2, 20).map_err(|e| err(&e))?;
+        wal.purge_before(0, 10).map_err(|e| err(&e))?;
+        let store = WalLogStore::open(dir.path(), GroupCommitWal::new(wal), 1).map_err(|e| err(&e))?;
         Ok((dir, store, TestSm::default()))
     }
 }

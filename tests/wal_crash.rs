@@ -1,22 +1,40 @@
 //! Crash safety of the WAL, simulated at the byte level.
 //!
-//! A random workload runs against a real WAL. After every sync that returns, the
+//! A random workload on several interleaved groups runs against a real WAL (small
+//! segments and a small `segments_soft_max`, so that rolls and the forward copies of
+//! reclamation happen between syncs). After every sync that returns, the
 //! segment files are copied: that is what the disk is known to hold. Just before every
 //! sync, a crash is simulated by building disk images from the last synced copy and
 //! the current files (the page cache): unsynced bytes dropped, kept, torn at a random
 //! byte, garbled, or written back page by page in random order. Each image is opened:
 //! the recovered log must be the state after some prefix of the operations issued
-//! since the last returned sync, so it holds every synced record and never a record
-//! that was not written (or was truncated away before a sync).
+//! since the last returned sync, for every group at once, so it holds every synced
+//! record and never a record that was not written (or was truncated away before a
+//! sync).
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use fleetlm::config::WalConfig;
 use fleetlm::wal::format::{self, Slot};
-use fleetlm::wal::{Wal, WalError};
+use fleetlm::wal::{GroupId, Wal, WalError};
 
 fn small() -> WalConfig {
-    WalConfig { segment_size_bytes: 8192, record_payload_max_bytes: 2048, append_batch_max: 64 }
+    WalConfig { segment_size_bytes: 8192, record_payload_max_bytes: 2048, append_batch_max: 64, segments_soft_max: 3 }
+}
+
+const GROUPS: GroupId = 3;
+
+/// The group of the single-group tests below.
+const G: GroupId = 0;
+
+/// Opens the log with group `G` starting at index 1 if it is new.
+fn open1(dir: &Path) -> Result<Wal, WalError> {
+    let (mut wal, report) = Wal::open(dir, small())?;
+    if !report.groups.contains_key(&G) {
+        wal.purge_before(G, 1)?;
+        wal.sync()?;
+    }
+    Ok(wal)
 }
 
 /// splitmix64: deterministic, dependency-free randomness for reproducible workloads.
@@ -69,22 +87,29 @@ impl Model {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Append(Vec<u8>),
-    Truncate(u64),
+    Append(GroupId, Vec<u8>),
+    Truncate(GroupId, u64),
 }
 
-fn apply(m: &mut Model, op: &Op) {
+fn apply(models: &mut [Model], op: &Op) {
     match op {
-        Op::Append(p) => m.recs.push(p.clone()),
-        Op::Truncate(cut) => m.recs.truncate((cut - m.first) as usize),
+        Op::Append(g, p) => models[*g as usize].recs.push(p.clone()),
+        Op::Truncate(g, cut) => {
+            let m = &mut models[*g as usize];
+            m.recs.truncate((cut - m.first) as usize)
+        }
     }
 }
 
-/// Does the recovered WAL equal `c` (purge may leave extra records below `c.first`)?
-fn matches(wal: &Wal, c: &Model) -> bool {
-    wal.first_index() <= c.first
-        && wal.next_index() == c.next()
-        && c.recs.iter().enumerate().all(|(k, p)| wal.get(c.first + k as u64).is_ok_and(|got| got == &p[..]))
+/// Does every group of the recovered WAL equal `c` (purge may leave extra records
+/// below a group's `first`)?
+fn matches(wal: &Wal, c: &[Model]) -> bool {
+    c.iter().enumerate().all(|(g, c)| {
+        let g = g as GroupId;
+        wal.first_index(g) <= c.first
+            && wal.next_index(g) == c.next()
+            && c.recs.iter().enumerate().all(|(k, p)| wal.get(g, c.first + k as u64).is_ok_and(|got| got == &p[..]))
+    })
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -143,19 +168,24 @@ fn crash_image(synced: &Image, current: &Image, how: Crash, rng: &mut Rng) -> Im
     out
 }
 
-fn run_workload(seed: u64, steps: usize) -> usize {
+/// Runs the workload; the number of crashes simulated and of forward copies written.
+fn run_workload(seed: u64, steps: usize) -> (usize, usize) {
     let mut rng = Rng(seed);
     let root = tempfile::tempdir().unwrap();
     let live_dir = root.path().join("live");
-    let (mut wal, _) = Wal::open(&live_dir, small(), 1).unwrap();
-    let mut model = Model { first: 1, recs: vec![] };
+    let (mut wal, _) = Wal::open(&live_dir, small()).unwrap();
+    let mut model: Vec<Model> = (0..GROUPS).map(|_| Model { first: 0, recs: vec![] }).collect();
     let mut synced_image = read_image(&live_dir);
     let mut synced_model = model.clone();
     let mut since_sync: Vec<Op> = vec![];
     let mut unique = 0u64;
     let mut crashes = 0usize;
+    let mut copies = 0usize;
     for step in 0..steps {
         let roll = rng.below(100);
+        // Group 0 writes most; the others go idle and get copied forward.
+        let g = if rng.chance(60) { 0 } else { rng.below(u64::from(GROUPS)) as GroupId };
+        let m = &model[g as usize];
         if roll < 60 {
             let n = 1 + rng.below(4) as usize;
             let batch: Vec<Vec<u8>> = (0..n)
@@ -166,30 +196,32 @@ fn run_workload(seed: u64, steps: usize) -> usize {
                     p
                 })
                 .collect();
-            wal.append(&batch).unwrap();
+            wal.append(g, &batch).unwrap();
             for p in batch {
-                let op = Op::Append(p);
+                let op = Op::Append(g, p);
                 apply(&mut model, &op);
                 since_sync.push(op);
             }
-        } else if roll < 68 && model.next() > model.first {
-            let last_kept = model.first - 1 + rng.below(model.recs.len() as u64 + 1);
-            wal.truncate_after(last_kept).unwrap();
-            let op = Op::Truncate(last_kept + 1);
+        } else if roll < 68 && m.next() > m.first {
+            let cut = m.first + rng.below(m.recs.len() as u64 + 1);
+            wal.truncate_from(g, cut).unwrap();
+            let op = Op::Truncate(g, cut);
             apply(&mut model, &op);
             since_sync.push(op);
         } else if roll < 72 {
-            // Purge is durable when it returns; sync right after so that the crash
-            // images below never straddle one.
-            let upto = model.first + rng.below(model.recs.len() as u64 + 3);
-            wal.purge_before(upto).unwrap();
-            if upto > model.next() {
-                model = Model { first: upto, recs: vec![] };
+            // A purge (Raft records its point in its metadata first), then a sync and a
+            // reclamation, so that the crash images below never straddle one.
+            let upto = m.first + rng.below(m.recs.len() as u64 + 3);
+            wal.purge_before(g, upto).unwrap();
+            let m = &mut model[g as usize];
+            if upto > m.next() {
+                *m = Model { first: upto, recs: vec![] };
             } else {
-                model.recs.drain(..(upto - model.first) as usize);
-                model.first = upto;
+                m.recs.drain(..(upto - m.first) as usize);
+                m.first = upto;
             }
             wal.sync().unwrap();
+            wal.reclaim_blocking().unwrap();
             synced_image = read_image(&live_dir);
             synced_model = model.clone();
             since_sync.clear();
@@ -200,11 +232,16 @@ fn run_workload(seed: u64, steps: usize) -> usize {
                 let img = crash_image(&synced_image, &current, how, &mut rng);
                 let dir = root.path().join(format!("crash-{step}-{how:?}"));
                 write_image(&img, &dir);
-                let recovered = Wal::open(&dir, small(), 1);
+                let recovered = Wal::open(&dir, small());
                 let (mut rwal, _) = match recovered {
                     Ok(w) => w,
                     Err(e) => panic!("seed {seed} step {step} {how:?}: recovery failed: {e}"),
                 };
+                // What the Raft log store does at open: purge again to its last purged
+                // point (the log does not record purges).
+                for (g, m) in synced_model.iter().enumerate() {
+                    rwal.purge_before(g as GroupId, m.first).unwrap();
+                }
                 let mut candidate = synced_model.clone();
                 let mut ok = matches(&rwal, &candidate);
                 for op in &since_sync {
@@ -217,60 +254,60 @@ fn run_workload(seed: u64, steps: usize) -> usize {
                         since_sync
                             .iter()
                             .map(|o| match o {
-                                Op::Append(p) => format!("A{}", String::from_utf8_lossy(&p[..p.len().min(16)])),
-                                Op::Truncate(c) => format!("T{c}"),
+                                Op::Append(g, p) => format!("{g}A{}", String::from_utf8_lossy(&p[..p.len().min(16)])),
+                                Op::Truncate(g, c) => format!("{g}T{c}"),
                             })
                             .collect::<Vec<_>>()
                     );
-                    for i in rwal.first_index()..rwal.next_index() {
-                        let g = rwal.get(i).unwrap();
-                        eprintln!("  rec {i}: {}", String::from_utf8_lossy(&g[..g.len().min(16)]));
-                    }
-                    for (i, p) in synced_model.recs.iter().enumerate() {
-                        eprintln!("  synced {}: {}", i + 1, String::from_utf8_lossy(&p[..p.len().min(16)]));
-                    }
                 }
+                let ranges = |w: &Wal| (0..GROUPS).map(|g| (w.first_index(g), w.next_index(g))).collect::<Vec<_>>();
+                let model_ranges = |m: &[Model]| m.iter().map(|m| (m.first, m.next())).collect::<Vec<_>>();
                 assert!(
                     ok,
-                    "seed {seed} step {step} {how:?}: recovered [{}, {}) is not a prefix state; synced [{}, {}), now [{}, {})",
-                    rwal.first_index(),
-                    rwal.next_index(),
-                    synced_model.first,
-                    synced_model.next(),
-                    model.first,
-                    model.next()
+                    "seed {seed} step {step} {how:?}: recovered {:?} is not a prefix state; synced {:?}, now {:?}",
+                    ranges(&rwal),
+                    model_ranges(&synced_model),
+                    model_ranges(&model),
                 );
                 // The recovered log takes new writes, and a second recovery agrees.
-                let next = rwal.next_index();
-                rwal.append(&[b"after-crash"]).unwrap();
+                let next = rwal.next_index(1);
+                rwal.append(1, &[b"after-crash"]).unwrap();
                 rwal.sync().unwrap();
                 drop(rwal);
-                let (again, report) = Wal::open(&dir, small(), 1).unwrap();
+                let (again, report) = Wal::open(&dir, small()).unwrap();
                 assert!(!report.torn_tail, "seed {seed} step {step} {how:?}: second recovery found a torn tail");
-                assert_eq!(again.next_index(), next + 1);
-                assert_eq!(again.get(next).unwrap(), b"after-crash");
+                assert_eq!(again.next_index(1), next + 1);
+                assert_eq!(again.get(1, next).unwrap(), b"after-crash");
                 drop(again);
                 std::fs::remove_dir_all(&dir).unwrap();
                 crashes += 1;
             }
             wal.sync().unwrap();
             synced_image = read_image(&live_dir);
+            copies += synced_image
+                .values()
+                .flat_map(|b| record_offsets(b))
+                .filter(|(_, m)| m.kind == format::RecordKind::Copy)
+                .count();
             synced_model = model.clone();
             since_sync.clear();
         }
     }
-    crashes
+    (crashes, copies)
 }
 
 #[test]
 fn crash_at_every_sync_point_recovers_a_prefix_with_every_synced_record() {
     // WAL_CRASH_SEEDS=N widens the search (a soak); CI runs the default.
     let seeds: u64 = std::env::var("WAL_CRASH_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
-    let mut crashes = 0;
+    let (mut crashes, mut copies) = (0, 0);
     for seed in 1..=seeds {
-        crashes += run_workload(seed, 250);
+        let (c, k) = run_workload(seed, 250);
+        crashes += c;
+        copies += k;
     }
     assert!(crashes > 1000, "the workload simulated only {crashes} crashes");
+    assert!(copies > 100, "reclamation copied only {copies} records forward");
 }
 
 /// Offsets of the intact records of a segment file.
@@ -288,10 +325,10 @@ fn record_offsets(bytes: &[u8]) -> Vec<(usize, format::RecordMeta)> {
 fn bit_flips_in_synced_records_are_reported_as_corruption() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("wal");
-    let (mut wal, _) = Wal::open(&dir, small(), 1).unwrap();
+    let mut wal = open1(&dir).unwrap();
     // Sync after every batch, so that each record is attested by a later one.
     for i in 1..=60u64 {
-        wal.append(&[format!("message {i} ").repeat(1 + (i as usize % 9))]).unwrap();
+        wal.append(G, &[format!("message {i} ").repeat(1 + (i as usize % 9))]).unwrap();
         wal.sync().unwrap();
     }
     drop(wal);
@@ -300,7 +337,7 @@ fn bit_flips_in_synced_records_are_reported_as_corruption() {
     let mut checked = 0;
     for (name, bytes) in &image {
         for (off, meta) in record_offsets(bytes) {
-            if meta.index >= 60 {
+            if meta.index >= 60 || meta.kind != format::RecordKind::Data {
                 continue; // The last record has no later record to attest it.
             }
             let covered = format::RECORD_HEADER_BYTES + meta.payload_len as usize;
@@ -309,14 +346,14 @@ fn bit_flips_in_synced_records_are_reported_as_corruption() {
             damaged.get_mut(name).unwrap()[off + bit / 8] ^= 1 << (bit % 8);
             let ddir = root.path().join(format!("flip-{}", meta.index));
             write_image(&damaged, &ddir);
-            match Wal::open(&ddir, small(), 1) {
+            match Wal::open(&ddir, small()) {
                 Err(WalError::Corruption { segment, offset, detail }) => {
                     assert!(segment.ends_with(name), "names the segment: {segment:?} vs {name}");
                     assert_eq!(offset, off as u64, "names the offset of record {}: {detail}", meta.index);
                 }
                 Err(other) => panic!("record {}: expected corruption, got {other}", meta.index),
                 Ok((w, _)) => {
-                    panic!("record {}: flip of bit {bit} not detected; recovered up to {}", meta.index, w.next_index())
+                    panic!("record {}: flip of bit {bit} not detected; recovered up to {}", meta.index, w.next_index(G))
                 }
             }
             std::fs::remove_dir_all(&ddir).unwrap();
@@ -330,15 +367,15 @@ fn bit_flips_in_synced_records_are_reported_as_corruption() {
 fn a_missing_middle_segment_is_corruption() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("wal");
-    let (mut wal, _) = Wal::open(&dir, small(), 1).unwrap();
+    let mut wal = open1(&dir).unwrap();
     for i in 1..=40u64 {
-        wal.append(&[vec![i as u8; 990]]).unwrap();
+        wal.append(G, &[vec![i as u8; 990]]).unwrap();
         wal.sync().unwrap();
     }
     drop(wal);
     let mut names: Vec<_> = read_image(&dir).into_keys().collect();
     names.sort();
     std::fs::remove_file(dir.join(&names[2])).unwrap();
-    let err = Wal::open(&dir, small(), 1).err().expect("a gap must not open");
+    let err = open1(&dir).err().expect("a gap must not open");
     assert!(matches!(err, WalError::Corruption { .. }), "{err}");
 }

@@ -63,7 +63,7 @@ async fn run_one(args: &Args, record_bytes: usize, appenders: usize) -> Result<(
     let dir = args.dir.join(format!("wal-{record_bytes}-{appenders}"));
     let _ = std::fs::remove_dir_all(&dir);
     let config = WalConfig { segment_size_bytes: args.segment_size_bytes, ..WalConfig::default() };
-    let (wal, _) = Wal::open(&dir, config, 1)?;
+    let (wal, _) = Wal::open(&dir, config)?;
     let wal = GroupCommitWal::new(wal);
     let latency_us = Rc::new(RefCell::new(Histogram::<u64>::new(3)?));
     // Time inside `append` alone (copy into the mapping, page faults included).
@@ -82,9 +82,9 @@ async fn run_one(args: &Args, record_bytes: usize, appenders: usize) -> Result<(
                 if start >= end {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let range = wal.append(&[&payload])?;
+                wal.append(0, &[&payload])?;
                 let copied_us = start.elapsed().as_micros() as u64;
-                wal.wait_durable(range.start).await?;
+                wal.sync().await?;
                 if start >= warmup_end {
                     copy_us.borrow_mut().record(copied_us)?;
                     latency_us.borrow_mut().record(start.elapsed().as_micros() as u64)?;

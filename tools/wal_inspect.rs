@@ -1,11 +1,11 @@
-//! wal-inspect: read-only look at a WAL directory (a shard's `wal/`).
+//! wal-inspect: read-only look at a WAL directory (a core's log, `wal-<L>/<log>/`).
 //!
 //! Lists the segments and their headers, then runs the same recovery scan as
 //! `Wal::open` on copies of the bytes — without repairing anything — and says what
-//! opening would find: the live index range, a torn tail that would be cut, or the
-//! corruption (segment, offset, why) that would stop the shard.
+//! opening would find: each group's live index range, a torn tail that would be cut, or
+//! the corruption (segment, offset, why) that would stop the core's shards.
 //!
-//!   wal-inspect data/shards/0/wal [--records]
+//!   wal-inspect data/wal-2/0 [--records]
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -35,13 +35,7 @@ fn main() -> Result<()> {
     for (seq, path) in &files {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         match format::decode_segment_header(&bytes) {
-            Ok(h) => println!(
-                "segment {seq}: {} bytes, first_index {}, flags {:#x}, prev_end_offset {}",
-                bytes.len(),
-                h.first_index,
-                h.flags,
-                h.prev_end_offset
-            ),
+            Ok(h) => println!("segment {seq}: {} bytes, prev_end_offset {}", bytes.len(), h.prev_end_offset),
             Err(e) => println!("segment {seq}: {} bytes, header unreadable: {e}", bytes.len()),
         }
         if args.records {
@@ -50,8 +44,13 @@ fn main() -> Result<()> {
                 match format::decode_slot(&bytes, off, format::RECORD_PAYLOAD_LIMIT_BYTES) {
                     Slot::Record(m) => {
                         println!(
-                            "  @{off}: {:?} index {} len {} durable_next {}",
-                            m.kind, m.index, m.payload_len, m.durable_next
+                            "  @{off}: group {} {:?} index {} len {} durable_pos {}:{}",
+                            m.group,
+                            m.kind,
+                            m.index,
+                            m.payload_len,
+                            m.durable_pos >> 32,
+                            m.durable_pos & 0xffff_ffff
                         );
                         off += m.stored_bytes();
                     }
@@ -68,8 +67,11 @@ fn main() -> Result<()> {
     let views: Vec<(u64, &[u8])> = contents.iter().map(|(s, b)| (*s, &b[..])).collect();
     match recovery::scan(&views, format::RECORD_PAYLOAD_LIMIT_BYTES) {
         Ok(r) => {
-            let next = r.first_index + r.live.len() as u64;
-            println!("opening would find: indexes {}..{next} ({} records)", r.first_index, r.live.len());
+            println!("opening would find {} groups", r.groups.len());
+            for (g, log) in &r.groups {
+                let next = log.first_index + log.live.len() as u64;
+                println!("  group {g}: indexes {}..{next} ({} records)", log.first_index, log.live.len());
+            }
             // Where the valid records end (a torn tail, if any, starts here).
             if let Some((_, path)) = files.get(r.end_segment) {
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -1,19 +1,21 @@
-//! `WalLogStore`: openraft's log storage on the WAL, one per shard.
+//! `WalLogStore`: openraft's log storage on the WAL: one per shard, a view of its group
+//! in the core's shared log.
 //!
-//! - Raft log index = WAL index; entries are postcard-encoded WAL records (commands carry
+//! - Raft log index = the group's WAL index; entries are postcard-encoded WAL records (commands carry
 //!   client JSON as text, `crate::store::json_text`, so a compact non-self-describing
 //!   codec round-trips them; it costs a fraction of JSON's CPU per append and per read
 //!   for replication).
 //! - `append` copies entries into the WAL and returns at once; the openraft callback
 //!   fires when the group-commit sync covering them has returned (so concurrent
-//!   appends share one fdatasync).
+//!   appends of every shard on the core share one fdatasync).
 //! - `truncate_after` appends a WAL truncation marker; it becomes durable with the
 //!   next sync, before anything appended after it can be.
 //! - Vote, committed log id and last purged log id live in a small metadata file
 //!   (`raft-meta.json`), replaced atomically (write, fsync, rename, fsync dir). The vote
 //!   is durable before `save_vote` returns, as Raft requires.
-//! - `purge` records the purged log id first, then lets the WAL delete whole segments;
-//!   reads never return entries at or below it, even when a segment still holds them.
+//! - `purge` records the purged log id first, then drops the entries from the group's
+//!   index (the WAL deletes a segment once no group needs it); reads never return
+//!   entries at or below it, even when a segment still holds them.
 //!
 //! Cloning shares the store; a clone is the `LogReader` that replication tasks use.
 use std::cell::RefCell;
@@ -31,7 +33,7 @@ use openraft::{OptionalSend, RaftLogReader, RaftTypeConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::wal::{GroupCommitWal, WalError};
+use crate::wal::{GroupCommitWal, GroupId, WalError};
 
 /// What Raft must keep besides the log.
 #[derive(Serialize, Deserialize)]
@@ -56,6 +58,7 @@ impl<C: RaftTypeConfig> Clone for Meta<C> {
 
 struct Shared<C: RaftTypeConfig> {
     wal: GroupCommitWal,
+    group: GroupId,
     meta: RefCell<Meta<C>>,
     meta_path: PathBuf,
 }
@@ -87,8 +90,9 @@ where
     C: RaftTypeConfig,
     C::Entry: Serialize + DeserializeOwned,
 {
-    /// Opens the store whose WAL is `wal` and whose metadata file lives in `dir`.
-    pub fn open(dir: &Path, wal: GroupCommitWal) -> io::Result<Self> {
+    /// Opens the store of group `group` in the shared `wal`; its metadata file lives in
+    /// `dir`.
+    pub fn open(dir: &Path, wal: GroupCommitWal, group: GroupId) -> io::Result<Self> {
         let meta_path = dir.join(META_FILE);
         let meta = match std::fs::read(&meta_path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -96,12 +100,23 @@ where
             Err(e) if e.kind() == io::ErrorKind::NotFound => Meta::default(),
             Err(e) => return Err(e),
         };
-        Ok(WalLogStore { shared: Rc::new(Shared { wal, meta: RefCell::new(meta), meta_path }), _c: PhantomData })
+        // The log does not record purges: records purged before a restart come back
+        // with recovery and would pin their segments until the next snapshot. Purge them
+        // again (index only; past the end it restarts the group there, as before).
+        if let Some(purged) = &meta.last_purged {
+            wal.with(|w| w.purge_before(group, purged.index() + 1)).map_err(to_io)?;
+        }
+        Ok(WalLogStore { shared: Rc::new(Shared { wal, group, meta: RefCell::new(meta), meta_path }), _c: PhantomData })
     }
 
     /// The WAL underneath (for metrics and tests).
     pub fn wal(&self) -> &GroupCommitWal {
         &self.shared.wal
+    }
+
+    /// This store's group in the WAL.
+    pub fn group(&self) -> GroupId {
+        self.shared.group
     }
 
     /// Replaces the metadata file atomically and durably: a write and two fsyncs.
@@ -137,7 +152,8 @@ where
     /// First index a reader may see: past the purge point, and present in the WAL.
     fn first_readable(&self) -> u64 {
         let purged_next = self.shared.meta.borrow().last_purged.as_ref().map_or(0, |l| l.index() + 1);
-        self.shared.wal.with(|w| w.first_index()).max(purged_next)
+        let g = self.shared.group;
+        self.shared.wal.with(|w| w.first_index(g)).max(purged_next)
     }
 }
 
@@ -161,9 +177,10 @@ where
             Bound::Unbounded => u64::MAX,
         };
         let start = start.max(self.first_readable());
+        let g = self.shared.group;
         self.shared.wal.with(|w| {
-            let end = end.min(w.next_index());
-            (start..end).map(|i| w.get(i).map_err(to_io).and_then(|b| Self::decode(i, b))).collect()
+            let end = end.min(w.next_index(g));
+            (start..end).map(|i| w.get(g, i).map_err(to_io).and_then(|b| Self::decode(i, b))).collect()
         })
     }
 
@@ -182,10 +199,11 @@ where
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         let last_purged = self.shared.meta.borrow().last_purged.clone();
         let first = self.first_readable();
+        let g = self.shared.group;
         let last = self.shared.wal.with(|w| {
-            let next = w.next_index();
+            let next = w.next_index(g);
             if next > first {
-                w.get(next - 1).map_err(to_io).and_then(|b| Self::decode(next - 1, b)).map(|e| Some(e.log_id()))
+                w.get(g, next - 1).map_err(to_io).and_then(|b| Self::decode(next - 1, b)).map(|e| Some(e.log_id()))
             } else {
                 Ok(None)
             }
@@ -220,7 +238,8 @@ where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut next = self.shared.wal.with(|w| w.next_index());
+        let g = self.shared.group;
+        let mut next = self.shared.wal.with(|w| w.next_index(g));
         let empty = next <= self.first_readable();
         let mut encoded = Vec::new();
         for entry in entries {
@@ -228,7 +247,7 @@ where
             // any later index: restart the WAL there.
             if encoded.is_empty() && empty && entry.index() > next {
                 next = entry.index();
-                self.shared.wal.with(|w| w.purge_before(next)).map_err(to_io)?;
+                self.shared.wal.with(|w| w.purge_before(g, next)).map_err(to_io)?;
             }
             // The WAL assigns contiguous indexes; Raft's must match them exactly.
             if entry.index() != next {
@@ -242,7 +261,7 @@ where
         }
         let batch_max = self.shared.wal.with(|w| w.config().append_batch_max);
         for chunk in encoded.chunks(batch_max) {
-            self.shared.wal.append(chunk).map_err(to_io)?;
+            self.shared.wal.append(g, chunk).map_err(to_io)?;
         }
         let end = self.shared.wal.with(|w| w.end_position());
         let wal = self.shared.wal.clone();
@@ -256,7 +275,8 @@ where
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         let cut = last_log_id.as_ref().map_or(0, |l| l.index() + 1);
-        self.shared.wal.with(|w| w.truncate_from(cut.max(w.first_index()))).map_err(to_io)
+        let g = self.shared.group;
+        self.shared.wal.with(|w| w.truncate_from(g, cut.max(w.first_index(g)))).map_err(to_io)
     }
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
@@ -267,11 +287,11 @@ where
         let upto = log_id.index() + 1;
         meta.last_purged = Some(log_id);
         self.persist_meta(&meta, true).await?;
-        // Sync through io_uring first, so that the sync `purge_before` must make before
-        // deleting anything finds nothing left to do instead of blocking the core.
-        self.shared.wal.sync().await.map_err(to_io)?;
+        // Only the group's index changes here; the flusher deletes segments that no
+        // group needs any more after its next sync.
+        let g = self.shared.group;
         let started = std::time::Instant::now();
-        let purged = self.shared.wal.with(|w| w.purge_before(upto)).map_err(to_io);
+        let purged = self.shared.wal.with(|w| w.purge_before(g, upto)).map_err(to_io);
         crate::metrics::record_since("wal.purge", started);
         purged
     }

@@ -79,19 +79,19 @@ pub struct ShardPlacement {
 }
 
 impl Shard {
-    /// Opens (or creates) the shard in `dir`, initializing its group the first time
-    /// (never again: a group with any log or vote is left as it is).
+    /// Opens (or creates) the shard in `dir`, its Raft log being group
+    /// `placement.shard` of `wal` (its core's log), initializing its group the first
+    /// time (never again: a group with any log or vote is left as it is).
     pub async fn open(
         dir: &Path,
         placement: ShardPlacement,
-        wal_config: WalConfig,
+        wal: GroupCommitWal,
         limits: StoreLimits,
         timings: &RaftTimings,
         peer: &PeerLimits,
     ) -> Result<Shard, ShardError> {
         std::fs::create_dir_all(dir)?;
-        let (wal, _report) = Wal::open(&dir.join("wal"), wal_config, 0)?;
-        let log = WalLogStore::<FleetRaft>::open(dir, GroupCommitWal::new(wal))?;
+        let log = WalLogStore::<FleetRaft>::open(dir, wal, placement.shard)?;
         let state = ShardStateMachine::open(dir, Store::new(limits), placement.body_segment_size_bytes)?;
         let network = PeerNetwork { shard: placement.shard, local_cores: placement.cores, limits: peer.clone() };
         let raft =
@@ -148,7 +148,8 @@ impl Shard {
         done
     }
 
-    /// Opens the shard in `dir` as a single-member group of node `node_id`.
+    /// Opens the shard in `dir` as a single-member group of node `node_id`, with a log
+    /// of its own in `dir/wal` (for tests and tools).
     pub async fn open_single(
         dir: &Path,
         node_id: u64,
@@ -163,6 +164,8 @@ impl Shard {
             initial_members: Some(BTreeMap::from([(node_id, BasicNode::default())])),
             body_segment_size_bytes: crate::config::BODY_SEGMENT_SIZE_BYTES,
         };
-        Shard::open(dir, placement, wal_config, limits, timings, &PeerLimits::default()).await
+        std::fs::create_dir_all(dir)?;
+        let (wal, _report) = Wal::open(&dir.join("wal"), wal_config)?;
+        Shard::open(dir, placement, GroupCommitWal::new(wal), limits, timings, &PeerLimits::default()).await
     }
 }

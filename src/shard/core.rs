@@ -106,7 +106,7 @@ pub struct CoreCtx {
     pub data_dir: PathBuf,
     /// This core's shards; a slot's shard is replaced when it is re-opened (`healing`).
     shards: HashMap<u32, RefCell<Rc<Shard>>>,
-    opener: ShardOpener,
+    opener: Rc<ShardOpener>,
     /// Stopped shards waiting to be re-opened, with their schedule.
     healing: RefCell<HashMap<u32, Healing>>,
     pub mesh: Option<Senders<MeshMsg>>,
@@ -130,9 +130,9 @@ pub struct CoreCtx {
     forwarder: Forwarder,
     /// Refuses writes while the data disk is nearly full.
     disk: DiskGuard,
-    /// Per shard, its WAL's sync histograms as of the last interval collection (the
-    /// WAL keeps its own statistics since it opened; the interval log wants deltas).
-    wal_interval_marks: RefCell<HashMap<u32, WalSyncHistograms>>,
+    /// The core log's sync histograms as of the last interval collection (the log
+    /// keeps its own statistics since it opened; the interval log wants deltas).
+    wal_interval_mark: RefCell<Option<WalSyncHistograms>>,
 }
 
 /// A WAL's sync latency (µs) and records per sync.
@@ -146,6 +146,7 @@ impl CoreCtx {
         core: usize,
         shard_count: u32,
         shards: HashMap<u32, Rc<Shard>>,
+        opener: Rc<ShardOpener>,
         mesh: Option<Senders<MeshMsg>>,
         node: NodeShared,
     ) -> CoreCtx {
@@ -157,7 +158,7 @@ impl CoreCtx {
             shard_count,
             data_dir: config.data_dir.clone(),
             shards: shards.into_iter().map(|(id, s)| (id, RefCell::new(s))).collect(),
-            opener: ShardOpener::new(config, config.cores.max(1)),
+            opener,
             healing: RefCell::default(),
             mesh,
             store_limits: config.store.clone(),
@@ -177,7 +178,7 @@ impl CoreCtx {
                 disk_reserve_bytes(config, shard_count),
                 Duration::from_millis(crate::config::DISK_FREE_RECHECK_MS),
             ),
-            wal_interval_marks: RefCell::default(),
+            wal_interval_mark: RefCell::default(),
         }
     }
 
@@ -198,6 +199,15 @@ impl CoreCtx {
     /// still holding it get 503 from it as before.
     pub async fn heal_stopped_shards(&self) {
         let now = Instant::now();
+        // A poisoned log stops every shard on it: none may keep a handle that writes
+        // while the log is re-opened from disk.
+        if self.opener.log_poisoned() {
+            for (_, shard) in self.shards() {
+                if !shard.stopped.get() {
+                    shard.mark_stopped();
+                }
+            }
+        }
         for (id, shard) in self.shards() {
             if !shard.stopped.get() {
                 continue;
@@ -278,26 +288,24 @@ impl CoreCtx {
     }
 
     /// This core's counters and histograms (`interval`: the interval set, taken and
-    /// reset), with the group-commit syncs of its shards' WALs as `wal.sync` and
+    /// reset), with the group-commit syncs of the core's log as `wal.sync` and
     /// `wal.sync_batch_records`.
     pub fn local_metrics(&self, interval: bool) -> crate::metrics::Snapshot {
         let mut snapshot = crate::metrics::snapshot(interval);
-        let mut marks = self.wal_interval_marks.borrow_mut();
-        for (id, shard) in self.shards() {
-            let (mut latency, mut batch) =
-                shard.log.wal().with_stats(|s| (s.sync_latency_us.clone(), s.sync_batch_records.clone()));
-            if interval {
-                let since_start = (latency.clone(), batch.clone());
-                if let Some((latency_mark, batch_mark)) = marks.get(&id) {
-                    // Counts only grow, so the marks are below the current counts.
-                    let _ = latency.subtract(latency_mark);
-                    let _ = batch.subtract(batch_mark);
-                }
-                marks.insert(id, since_start);
+        let Some(log) = self.opener.current_log() else { return snapshot };
+        let (mut latency, mut batch) = log.with_stats(|s| (s.sync_latency_us.clone(), s.sync_batch_records.clone()));
+        if interval {
+            let mut mark = self.wal_interval_mark.borrow_mut();
+            let since_start = (latency.clone(), batch.clone());
+            // A re-opened log starts its statistics again: then the mark is stale.
+            if let Some((latency_mark, batch_mark)) = mark.as_ref().filter(|(l, _)| l.len() <= latency.len()) {
+                let _ = latency.subtract(latency_mark);
+                let _ = batch.subtract(batch_mark);
             }
-            crate::metrics::add_histogram(&mut snapshot.histograms, "wal.sync", &latency);
-            crate::metrics::add_histogram(&mut snapshot.histograms, "wal.sync_batch_records", &batch);
+            *mark = Some(since_start);
         }
+        crate::metrics::add_histogram(&mut snapshot.histograms, "wal.sync", &latency);
+        crate::metrics::add_histogram(&mut snapshot.histograms, "wal.sync_batch_records", &batch);
         snapshot
     }
 

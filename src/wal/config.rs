@@ -14,6 +14,12 @@ pub struct WalConfig {
     pub record_payload_max_bytes: u32,
     /// Most records accepted by one `append` call.
     pub append_batch_max: usize,
+    /// Segments the log may hold before reclamation copies the live entries of the
+    /// groups pinning the oldest one forward (checked at each roll). The log's disk use
+    /// stays within about `segments_soft_max + 1` segments plus the live entries of the
+    /// groups that pinned the oldest segment at the last roll (each group's live
+    /// entries are bounded by its snapshot policy).
+    pub segments_soft_max: usize,
 }
 
 impl WalConfig {
@@ -37,6 +43,9 @@ impl WalConfig {
         }
         if self.segment_size_bytes % format::RECORD_ALIGN_BYTES as u64 != 0 {
             return Err("segment_size_bytes must be a multiple of 8".into());
+        }
+        if self.segments_soft_max < 2 {
+            return Err("segments_soft_max must be at least 2".into());
         }
         if self.append_batch_max == 0 {
             return Err("append_batch_max must be at least 1".into());

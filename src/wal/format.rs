@@ -1,6 +1,8 @@
-//! On-disk byte layout of WAL segments and records. Pure functions, no I/O.
+//! On-disk byte layout of WAL segments and records (format 2: one log per executor
+//! core, shared by every Raft group the core owns). Pure functions, no I/O.
 //!
-//! All integers are little-endian and fixed-width.
+//! All integers are little-endian and fixed-width. Format 1 (one log per shard; records
+//! without a group) is read only to convert old data dirs: `super::v1`.
 //!
 //! # Segment file `<seq:020>.wal`
 //! Segments are numbered by a sequence that grows by one per new segment. A segment is
@@ -10,17 +12,16 @@
 //! ```text
 //! offset size field
 //!      0    8 magic               b"FLEETWAL"
-//!      8    4 format_version      u32 = 1
+//!      8    4 format_version      u32 = 2
 //!     12    4 header_crc          crc32 of bytes 0..12 ++ 16..64
 //!     16    8 seq                 u64, equals the file name
-//!     24    8 first_index         u64, index the first data record here will have
+//!     24    8 reserved, zero      (format 1: first_index)
 //!     32    8 segment_size_bytes  u64, size the file was created with
-//!     40    4 flags               u32; bit 0 RESET: the log restarts at first_index
-//!                                 (written when a snapshot purges past the log's end)
+//!     40    4 reserved, zero      (format 1: flags)
 //!     44    8 prev_end_offset     u64, where the records of segment seq-1 ended when
 //!                                 this one was created; recovery accepts this segment
 //!                                 as the continuation only if its scan of seq-1 ended
-//!                                 exactly there (0 for the first or a RESET segment)
+//!                                 exactly there (0 for the first segment)
 //!     52   12 reserved, zero
 //! ```
 //!
@@ -28,40 +29,61 @@
 //!
 //! ```text
 //! offset size field
-//!      0    4 crc                 crc32 of bytes 4..24 ++ payload
+//!      0    4 crc                 crc32 of bytes 4..32 ++ payload
 //!      4    3 payload_len         u24 (low three bytes of a u32)
-//!      7    1 kind                1 = data, 2 = truncate marker
-//!      8    8 index               u64: data: the record's log index;
-//!                                 marker: the first index it removes
-//!     16    8 durable_next        u64: every live index < durable_next was durable
-//!                                 (covered by a returned sync) when this was written
-//!     24    n payload             (empty for a marker)
-//!   24+n    p zero padding to the next multiple of 8 (not covered by the crc)
+//!      7    1 kind                1 data, 2 truncate, 3 reset, 4 copy (below)
+//!      8    8 index               u64, a log index of the record's group
+//!     16    8 durable_pos         u64, (seq << 32) | offset: every record written before
+//!                                 this position had been covered by a returned sync
+//!                                 when this record was written
+//!     24    4 group               u32, the Raft group (shard) the record belongs to
+//!     28    4 reserved, zero
+//!     32    n payload             (empty except for data and copy)
+//!   32+n    p zero padding to the next multiple of 8 (not covered by the crc)
 //! ```
 //!
-//! A slot whose 24 header bytes are all zero is *empty*: the end of the written part of
+//! Kinds, per group, replayed in log order:
+//! - data `i`: the entry at index `i`; `i` is the group's next index (or any index when
+//!   nothing of the group precedes it in the surviving segments);
+//! - truncate `i`: removes the group's entries from `i` on;
+//! - reset `i`: removes all of the group's entries; it goes on at `i` (a purge past the
+//!   end, after a snapshot install);
+//! - copy `i`: the same entry as the group's live entry `i`, rewritten forward so that
+//!   older segments can be deleted (reclamation). A group's copies are written as one
+//!   ascending run of all its live entries; the old segments go only once the whole run
+//!   is durable, so recovery either finds every original or the whole run.
+//!
+//! A slot whose 32 header bytes are all zero is *empty*: the end of the written part of
 //! a segment. A real record never has an all-zero header (its kind byte is non-zero).
 //!
 //! Durable bytes are never rewritten: truncation appends a marker instead of zeroing,
 //! so a crash during a truncation cannot leave a half-erased durable record behind.
-//! Together with `durable_next` this lets recovery tell a torn tail from corruption: if
-//! a damaged record at expected index `i` is followed by an intact record that says
-//! `durable_next > i`, then `i` had been synced and its loss is corruption.
+//! Together with `durable_pos` this lets recovery tell a torn tail from corruption: if
+//! a damaged slot at position `p` is followed by an intact record that says
+//! `durable_pos > p`, then whatever was at `p` had been synced and its loss is
+//! corruption.
 
 /// Bytes of the segment header.
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 /// Bytes of a record header.
-pub const RECORD_HEADER_BYTES: usize = 24;
+pub const RECORD_HEADER_BYTES: usize = 32;
 /// Records start at multiples of this.
 pub const RECORD_ALIGN_BYTES: usize = 8;
 /// Segment magic.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"FLEETWAL";
 /// Version of this layout.
-pub const FORMAT_VERSION: u32 = 1;
-/// Segment flag: the log restarts at this segment's first index.
-pub const SEGMENT_FLAG_RESET: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Largest payload the 24-bit length field can describe.
 pub const RECORD_PAYLOAD_LIMIT_BYTES: u32 = (1 << 24) - 1;
+
+/// A Raft group's id in the log (its shard number).
+pub type GroupId = u32;
+
+/// A byte position in the log, `(seq << 32) | offset`: grows with every record.
+pub fn pack_position(seq: u64, offset: usize) -> u64 {
+    debug_assert!(offset <= u32::MAX as usize && seq < (1 << 32));
+    (seq << 32) | offset as u64
+}
 
 /// What a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +92,10 @@ pub enum RecordKind {
     Data,
     /// Removes every live index >= `index`.
     Truncate,
+    /// Removes every live index; the group goes on at `index`.
+    Reset,
+    /// A forward copy of the live entry at `index`.
+    Copy,
 }
 
 impl RecordKind {
@@ -77,12 +103,16 @@ impl RecordKind {
         match self {
             RecordKind::Data => 1,
             RecordKind::Truncate => 2,
+            RecordKind::Reset => 3,
+            RecordKind::Copy => 4,
         }
     }
     fn from_byte(b: u8) -> Option<Self> {
         match b {
             1 => Some(RecordKind::Data),
             2 => Some(RecordKind::Truncate),
+            3 => Some(RecordKind::Reset),
+            4 => Some(RecordKind::Copy),
             _ => None,
         }
     }
@@ -92,9 +122,7 @@ impl RecordKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
     pub seq: u64,
-    pub first_index: u64,
     pub segment_size_bytes: u64,
-    pub flags: u32,
     pub prev_end_offset: u64,
 }
 
@@ -113,8 +141,9 @@ pub enum Slot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordMeta {
     pub kind: RecordKind,
+    pub group: GroupId,
     pub index: u64,
-    pub durable_next: u64,
+    pub durable_pos: u64,
     pub payload_len: u32,
 }
 
@@ -165,9 +194,7 @@ pub fn encode_segment_header(h: SegmentHeader) -> [u8; SEGMENT_HEADER_BYTES] {
     b[0..8].copy_from_slice(&SEGMENT_MAGIC);
     b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     b[16..24].copy_from_slice(&h.seq.to_le_bytes());
-    b[24..32].copy_from_slice(&h.first_index.to_le_bytes());
     b[32..40].copy_from_slice(&h.segment_size_bytes.to_le_bytes());
-    b[40..44].copy_from_slice(&h.flags.to_le_bytes());
     b[44..52].copy_from_slice(&h.prev_end_offset.to_le_bytes());
     let crc = segment_header_crc(&b);
     b[12..16].copy_from_slice(&crc.to_le_bytes());
@@ -188,30 +215,37 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, &'static str
     if b[0..8] != SEGMENT_MAGIC {
         return Err("bad segment magic");
     }
-    if u32_at(b, 8) != FORMAT_VERSION {
-        return Err("unknown segment format version");
+    match u32_at(b, 8) {
+        FORMAT_VERSION => {}
+        1 => return Err("segment of format 1 (one log per shard): convert the data dir by starting this build on it"),
+        _ => return Err("unknown segment format version"),
     }
     if u32_at(b, 12) != segment_header_crc(b) {
         return Err("segment header crc mismatch");
     }
-    Ok(SegmentHeader {
-        seq: u64_at(b, 16),
-        first_index: u64_at(b, 24),
-        segment_size_bytes: u64_at(b, 32),
-        flags: u32_at(b, 40),
-        prev_end_offset: u64_at(b, 44),
-    })
+    Ok(SegmentHeader { seq: u64_at(b, 16), segment_size_bytes: u64_at(b, 32), prev_end_offset: u64_at(b, 44) })
 }
 
 /// Writes one record (header, payload and zero padding) into `dst`, which must be
 /// exactly `record_stored_bytes(payload.len())` long. Returns the record's crc.
-pub fn encode_record(dst: &mut [u8], kind: RecordKind, index: u64, durable_next: u64, payload: &[u8]) -> u32 {
+/// What a record says besides its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHead {
+    pub kind: RecordKind,
+    pub group: GroupId,
+    pub index: u64,
+    pub durable_pos: u64,
+}
+
+pub fn encode_record(dst: &mut [u8], head: RecordHead, payload: &[u8]) -> u32 {
     assert_eq!(dst.len(), record_stored_bytes(payload.len()), "record slot size");
     assert!(payload.len() <= RECORD_PAYLOAD_LIMIT_BYTES as usize, "payload length checked by the caller");
-    let len_and_kind = payload.len() as u32 | (u32::from(kind.to_byte()) << 24);
+    let len_and_kind = payload.len() as u32 | (u32::from(head.kind.to_byte()) << 24);
     dst[4..8].copy_from_slice(&len_and_kind.to_le_bytes());
-    dst[8..16].copy_from_slice(&index.to_le_bytes());
-    dst[16..24].copy_from_slice(&durable_next.to_le_bytes());
+    dst[8..16].copy_from_slice(&head.index.to_le_bytes());
+    dst[16..24].copy_from_slice(&head.durable_pos.to_le_bytes());
+    dst[24..28].copy_from_slice(&head.group.to_le_bytes());
+    dst[28..32].fill(0);
     let end = RECORD_HEADER_BYTES + payload.len();
     dst[RECORD_HEADER_BYTES..end].copy_from_slice(payload);
     dst[end..].fill(0);
@@ -246,7 +280,13 @@ pub fn decode_slot(segment: &[u8], offset: usize, payload_max: u32) -> Slot {
     let Some(kind) = RecordKind::from_byte((len_and_kind >> 24) as u8) else {
         return Slot::Invalid(InvalidReason::UnknownKind);
     };
-    Slot::Record(RecordMeta { kind, index: u64_at(header, 8), durable_next: u64_at(header, 16), payload_len })
+    Slot::Record(RecordMeta {
+        kind,
+        group: u32_at(header, 24),
+        index: u64_at(header, 8),
+        durable_pos: u64_at(header, 16),
+        payload_len,
+    })
 }
 
 /// The payload of an intact record at `offset` (already validated by `decode_slot`).
@@ -255,11 +295,11 @@ pub fn payload_at(segment: &[u8], offset: usize, payload_len: u32) -> &[u8] {
     &segment[start..start + payload_len as usize]
 }
 
-/// Cheap pre-check for the forward search of recovery: `(index, durable_next)` read
-/// without validating anything.
-pub fn peek_index_fields(segment: &[u8], offset: usize) -> Option<(u64, u64)> {
-    let b = segment.get(offset.checked_add(8)?..offset.checked_add(24)?)?;
-    Some((u64_at(b, 0), u64_at(b, 8)))
+/// Cheap pre-check for the forward search of recovery: `durable_pos` read without
+/// validating anything.
+pub fn peek_durable_pos(segment: &[u8], offset: usize) -> Option<u64> {
+    let b = segment.get(offset.checked_add(16)?..offset.checked_add(24)?)?;
+    Some(u64_at(b, 0))
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -283,7 +323,7 @@ mod tests {
         assert_eq!(decode_slot(&zeros, 0, 1024), Slot::Empty);
         // The smallest possible record: index 0, nothing durable, empty payload.
         let mut slot = vec![0u8; record_stored_bytes(0)];
-        encode_record(&mut slot, RecordKind::Data, 0, 0, b"");
+        encode_record(&mut slot, RecordHead { kind: RecordKind::Data, group: 0, index: 0, durable_pos: 0 }, b"");
         assert_ne!(
             slot[..RECORD_HEADER_BYTES],
             [0u8; RECORD_HEADER_BYTES],
@@ -294,13 +334,7 @@ mod tests {
 
     #[test]
     fn segment_header_round_trip_and_damage() {
-        let h = SegmentHeader {
-            seq: 3,
-            first_index: 77,
-            segment_size_bytes: 1 << 20,
-            flags: SEGMENT_FLAG_RESET,
-            prev_end_offset: 4096,
-        };
+        let h = SegmentHeader { seq: 3, segment_size_bytes: 1 << 20, prev_end_offset: 4096 };
         let mut b = encode_segment_header(h);
         assert_eq!(decode_segment_header(&b), Ok(h));
         b[20] ^= 1;
@@ -309,14 +343,15 @@ mod tests {
 
     proptest! {
         #[test]
-        fn record_round_trip(index: u64, durable_next: u64, payload in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fn record_round_trip(group: u32, index: u64, durable_pos: u64, kind in 0usize..4, payload in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let kind = [RecordKind::Data, RecordKind::Truncate, RecordKind::Reset, RecordKind::Copy][kind];
             let mut seg = vec![0u8; record_stored_bytes(payload.len()) + 16];
             let n = record_stored_bytes(payload.len());
-            encode_record(&mut seg[..n], RecordKind::Data, index, durable_next, &payload);
+            encode_record(&mut seg[..n], RecordHead { kind, group, index, durable_pos }, &payload);
             prop_assert_eq!(n % RECORD_ALIGN_BYTES, 0);
             match decode_slot(&seg, 0, 1024) {
                 Slot::Record(m) => {
-                    prop_assert_eq!(m, RecordMeta { kind: RecordKind::Data, index, durable_next, payload_len: payload.len() as u32 });
+                    prop_assert_eq!(m, RecordMeta { kind, group, index, durable_pos, payload_len: payload.len() as u32 });
                     prop_assert_eq!(payload_at(&seg, 0, m.payload_len), &payload[..]);
                 }
                 other => prop_assert!(false, "decoded {:?}", other),
@@ -327,7 +362,7 @@ mod tests {
         fn any_single_bit_flip_is_detected(payload in proptest::collection::vec(any::<u8>(), 0..100), bit in 0usize..1000) {
             let n = record_stored_bytes(payload.len());
             let mut seg = vec![0u8; n];
-            encode_record(&mut seg, RecordKind::Truncate, 5, 3, &payload);
+            encode_record(&mut seg, RecordHead { kind: RecordKind::Truncate, group: 7, index: 5, durable_pos: 3 }, &payload);
             // Flip a bit among the crc-covered bytes (header + payload, not padding).
             let covered = RECORD_HEADER_BYTES + payload.len();
             let bit = bit % (covered * 8);

@@ -1,12 +1,14 @@
-//! `GroupCommitWal`: the WAL as a glommio executor uses it.
+//! `GroupCommitWal`: the WAL as a glommio executor uses it (one per core, shared by
+//! the core's Raft groups).
 //!
 //! Appends are written into the page cache at once (one pwrite per call); durability
 //! comes from one background *flusher* task per WAL that syncs in a loop: it takes
-//! everything appended so far, issues one fdatasync per dirty segment through
-//! io_uring, and then publishes the new `durable_next`. Appends that arrive while a
-//! sync is in flight are covered by the next one (group commit). A caller learns that
-//! its record is durable only from a published `durable_next`, which is set after the
-//! covering sync returned.
+//! everything appended so far (by every group), issues one fdatasync per dirty segment
+//! through io_uring, and then publishes the new durable position. Appends that arrive
+//! while a sync is in flight are covered by the next one (group commit). A caller
+//! learns that its record is durable only from a published position, which is set
+//! after the covering sync returned. After a sync, segments that no group needs any
+//! more are deleted on the blocking pool.
 //!
 //! Which sync primitive: measured with `tools/sync_probe.rs` on this machine (2 cores,
 //! ext4 on virtio, 4 KiB written then synced, 2000 syncs per primitive, two rounds):
@@ -44,30 +46,20 @@ use hdrhistogram::Histogram;
 use tokio::sync::Notify;
 
 use super::error::{Result, WalError};
-use super::log::{Position, SyncJob, Wal};
+use super::format::GroupId;
+use super::log::{Position, SyncJob, Wal, delete_segments};
 
-/// What the flusher publishes after every sync.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Durability {
-    durable_next: u64,
-    durable: Position,
-}
+/// What the flusher publishes after every sync: everything written before this
+/// position is durable.
+type Durability = Position;
 
-/// What a waiter waits for.
+/// What a waiter waits for: everything written before this position is durable.
 #[derive(Debug, Clone, Copy)]
-enum Until {
-    /// Everything written before this position is durable.
-    Position(Position),
-    /// Every index up to and including this one is durable.
-    Index(u64),
-}
+struct Until(Position);
 
 impl Until {
     fn met(self, d: Durability) -> bool {
-        match self {
-            Until::Position(p) => d.durable >= p,
-            Until::Index(i) => d.durable_next > i,
-        }
+        d >= self.0
     }
 }
 
@@ -91,6 +83,8 @@ pub struct SyncStats {
     /// Syncs started and completed (successfully) so far.
     pub syncs_started_total: u64,
     pub syncs_completed_total: u64,
+    /// Segments deleted by reclamation.
+    pub segments_reclaimed_total: u64,
 }
 
 struct Inner {
@@ -100,6 +94,8 @@ struct Inner {
     uring_files: RefCell<Vec<(u64, Rc<BufferedFile>)>>,
     /// A spare segment is being created on the blocking pool.
     spare_in_flight: Cell<bool>,
+    /// Reclaimed segments are being deleted on the blocking pool.
+    reclaim_in_flight: Cell<bool>,
     published: Cell<Durability>,
     failed: RefCell<Option<String>>,
     waiters: RefCell<Vec<Rc<Waiter>>>,
@@ -123,19 +119,21 @@ pub struct GroupCommitWal {
 impl GroupCommitWal {
     /// Wraps an opened WAL and spawns its flusher on the current glommio executor.
     pub fn new(wal: Wal) -> GroupCommitWal {
-        let published = Cell::new(Durability { durable_next: wal.durable_next(), durable: wal.durable_position() });
+        let published = Cell::new(wal.durable_position());
         let failed = RefCell::new(wal.poisoned().map(str::to_owned));
         let stats = SyncStats {
             sync_latency_us: Histogram::new(3).expect("3 significant figures is valid"),
             sync_batch_records: Histogram::new(3).expect("3 significant figures is valid"),
             syncs_started_total: 0,
             syncs_completed_total: 0,
+            segments_reclaimed_total: 0,
         };
         let wake = Rc::new(Notify::new());
         let inner = Rc::new(Inner {
             wal: RefCell::new(wal),
             uring_files: RefCell::new(Vec::new()),
             spare_in_flight: Cell::new(false),
+            reclaim_in_flight: Cell::new(false),
             published,
             failed,
             waiters: RefCell::new(Vec::new()),
@@ -152,17 +150,17 @@ impl GroupCommitWal {
     pub fn with<R>(&self, f: impl FnOnce(&mut Wal) -> R) -> R {
         let mut wal = self.inner.wal.borrow_mut();
         let out = f(&mut wal);
-        let (durable_next, durable) = (wal.durable_next(), wal.durable_position());
+        let durable = wal.durable_position();
         drop(wal);
-        if self.inner.published.get().durable < durable {
-            publish(&self.inner, Durability { durable_next, durable });
+        if self.inner.published.get() < durable {
+            publish(&self.inner, durable);
         }
         out
     }
 
-    /// Appends records (not yet durable) and wakes the flusher.
-    pub fn append<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<std::ops::Range<u64>> {
-        let range = self.inner.wal.borrow_mut().append(payloads)?;
+    /// Appends records to group `g` (not yet durable) and wakes the flusher.
+    pub fn append<P: AsRef<[u8]>>(&self, g: GroupId, payloads: &[P]) -> Result<std::ops::Range<u64>> {
+        let range = self.inner.wal.borrow_mut().append(g, payloads)?;
         self.inner.wake.notify_one();
         self.prepare_spare_if_wanted();
         Ok(range)
@@ -195,19 +193,17 @@ impl GroupCommitWal {
         .detach();
     }
 
-    /// Appends records and returns once a sync covering them has returned.
-    pub async fn append_durable<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<std::ops::Range<u64>> {
-        let range = self.append(payloads)?;
-        if let Some(last) = range.end.checked_sub(1) {
-            self.wait_durable(last).await?;
-        }
+    /// Appends records to group `g` and returns once a sync covering them has returned.
+    pub async fn append_durable<P: AsRef<[u8]>>(&self, g: GroupId, payloads: &[P]) -> Result<std::ops::Range<u64>> {
+        let range = self.append(g, payloads)?;
+        self.sync().await?;
         Ok(range)
     }
 
-    /// Truncates after `last_kept` (see `Wal::truncate_after`) and waits until the
-    /// truncation is durable.
-    pub async fn truncate_after(&self, last_kept: u64) -> Result<()> {
-        self.inner.wal.borrow_mut().truncate_after(last_kept)?;
+    /// Truncates group `g` after `last_kept` (see `Wal::truncate_after`) and waits until
+    /// the truncation is durable.
+    pub async fn truncate_after(&self, g: GroupId, last_kept: u64) -> Result<()> {
+        self.inner.wal.borrow_mut().truncate_after(g, last_kept)?;
         self.sync().await
     }
 
@@ -221,13 +217,7 @@ impl GroupCommitWal {
     /// Waits until everything written before `end` (a `Wal::end_position`) is durable.
     pub async fn wait_durable_position(&self, end: Position) -> Result<()> {
         self.inner.wake.notify_one();
-        self.wait_until(Until::Position(end)).await
-    }
-
-    /// Waits until index `index` is durable. After a truncation this means the record
-    /// now at `index`.
-    pub async fn wait_durable(&self, index: u64) -> Result<()> {
-        self.wait_until(Until::Index(index)).await
+        self.wait_until(Until(end)).await
     }
 
     async fn wait_until(&self, until: Until) -> Result<()> {
@@ -255,9 +245,14 @@ impl GroupCommitWal {
         }
     }
 
-    /// Index below which everything is durable.
-    pub fn durable_next(&self) -> u64 {
-        self.inner.published.get().durable_next
+    /// Position before which everything is durable.
+    pub fn durable_position(&self) -> Position {
+        self.inner.published.get()
+    }
+
+    /// Whether the log refuses writes after a failed sync (it must be reopened).
+    pub fn poisoned(&self) -> bool {
+        self.inner.failed.borrow().is_some()
     }
 
     /// Runs `f` on the sync statistics.
@@ -269,6 +264,11 @@ impl GroupCommitWal {
 /// The background task: one sync at a time, each covering everything appended before
 /// it started.
 async fn flusher(inner: Weak<Inner>, wake: Rc<Notify>) {
+    let mut synced_records = match inner.upgrade() {
+        Some(inner) => inner.wal.borrow().records_written(),
+        None => return,
+    };
+    let synced_records = &mut synced_records;
     loop {
         let job = {
             let Some(inner) = inner.upgrade() else { return };
@@ -300,24 +300,53 @@ async fn flusher(inner: Weak<Inner>, wake: Rc<Notify>) {
             Err(e) => Err(e),
         };
         let Some(inner) = inner.upgrade() else { return };
-        let before = inner.wal.borrow().durable_next();
+        let records = job.records_written.saturating_sub(*synced_records);
+        *synced_records = job.records_written;
         let done = inner.wal.borrow_mut().complete_sync(job, outcome);
         if let Err(e) = done {
             publish_failure(&inner, &e);
             return;
         }
-        let (durable_next, durable) = {
-            let wal = inner.wal.borrow();
-            (wal.durable_next(), wal.durable_position())
-        };
+        let durable = inner.wal.borrow().durable_position();
         {
             let mut stats = inner.stats.borrow_mut();
             let _ = stats.sync_latency_us.record(started_at.elapsed().as_micros() as u64);
-            let _ = stats.sync_batch_records.record(durable_next.saturating_sub(before));
+            let _ = stats.sync_batch_records.record(records);
             stats.syncs_completed_total += 1;
         }
-        publish(&inner, Durability { durable_next, durable });
+        publish(&inner, durable);
+        reclaim(&inner);
     }
+}
+
+/// Deletes the segments that no group needs any more, on the blocking pool (unlinks of
+/// preallocated files and a directory fsync take milliseconds). One batch at a time.
+fn reclaim(inner: &Rc<Inner>) {
+    if inner.reclaim_in_flight.get() {
+        return;
+    }
+    let gone = inner.wal.borrow_mut().take_reclaimable();
+    if gone.is_empty() {
+        return;
+    }
+    inner.reclaim_in_flight.set(true);
+    let front = inner.wal.borrow().front_seq();
+    inner.uring_files.borrow_mut().retain(|(seq, _)| *seq >= front);
+    let dir = inner.wal.borrow().dir().to_owned();
+    let weak = Rc::downgrade(inner);
+    glommio::spawn_local(async move {
+        let n = gone.len() as u64;
+        let deleted = glommio::executor().spawn_blocking(move || delete_segments(&dir, &gone)).await;
+        let Some(inner) = weak.upgrade() else { return };
+        inner.reclaim_in_flight.set(false);
+        match deleted {
+            Ok(()) => inner.stats.borrow_mut().segments_reclaimed_total += n,
+            // The files stay behind; recovery replays them harmlessly. Not a reason to
+            // stop every group on the core, but worth a line in the log.
+            Err(e) => eprintln!("fleetlm: wal reclamation: {e}"),
+        }
+    })
+    .detach();
 }
 
 /// Records the new durable point and wakes every waiter it satisfies.

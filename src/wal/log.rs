@@ -1,25 +1,41 @@
-//! `Wal`: the log of one shard. Synchronous core; `group_commit` makes it async.
+//! `Wal`: the log of one executor core, shared by every Raft group (shard) the core
+//! owns. Synchronous core; `group_commit` makes it async.
+//!
+//! Each group sees its own log of contiguous indexes; records of all groups go to one
+//! sequence of segments, so one fdatasync covers every group's appends (one sync
+//! stream per core, whatever the number of shards). A per-group index (log index →
+//! position) lives in memory and is rebuilt by recovery.
+//!
+//! Reclamation: a segment is deleted once no group has a live entry in it (and every
+//! segment before it is gone). A group that keeps old entries alive (an idle shard
+//! that never snapshots) would pin every later segment, so when a roll leaves more than
+//! `segments_soft_max` segments, the live entries of the groups pinning the oldest
+//! segment are copied forward to the tail (`RecordKind::Copy`); the old segment goes
+//! once the copies are durable. Disk use is bounded by `segments_soft_max` segments plus
+//! the live entries of the groups (see `WalConfig::segments_soft_max`).
 //!
 //! Invariants (asserted where they are decided):
-//! - live indexes are contiguous: `first_index .. next_index()`;
-//! - live records sit at strictly increasing positions `(segment seq, offset)`;
-//! - `durable_next <= next_index()`, and every live index below it is covered by a
-//!   sync that has returned; nothing is reported durable before that.
-use std::collections::VecDeque;
+//! - each group's live indexes are contiguous: `first_index(g) .. next_index(g)`, at
+//!   strictly increasing positions `(segment seq, offset)`;
+//! - positions only grow, and nothing is reported durable before a sync covering its
+//!   position has returned.
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::config::WalConfig;
 use super::error::{Result, WalError};
-use super::format::{self, RecordKind, SegmentHeader, Slot};
+use super::format::{self, GroupId, RecordHead, RecordKind, SegmentHeader, Slot};
 use super::recovery;
 use super::segment::{self, Segment, Spare, SpareRequest};
 
-/// Where a live record sits.
+/// Where a live record sits, and the bytes it takes there (in the padding a
+/// `(u64, u32)` pair has anyway).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Loc {
     seq: u64,
     offset: u32,
+    stored_bytes: u32,
 }
 
 /// A write position in the log: `(segment seq, byte offset)`. Positions only grow
@@ -31,11 +47,17 @@ pub struct Position {
     offset: usize,
 }
 
+impl Position {
+    fn packed(self) -> u64 {
+        format::pack_position(self.seq, self.offset)
+    }
+}
+
 /// What `Wal::open` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
-    pub first_index: u64,
-    pub next_index: u64,
+    /// Groups with anything in the log, and their `first_index .. next_index`.
+    pub groups: BTreeMap<GroupId, std::ops::Range<u64>>,
     pub segments: usize,
     /// A torn tail was cut off (unsynced writes of a crash).
     pub torn_tail: bool,
@@ -49,18 +71,65 @@ pub struct SyncJob {
     pub segments: Vec<u64>,
     pub dir: bool,
     target: Position,
+    /// Records written before the job started (`Wal::records_written`).
+    pub records_written: u64,
+}
+
+/// One group's live log.
+#[derive(Debug, Default)]
+struct Group {
+    first_index: u64,
+    live: VecDeque<Loc>,
+    /// Bytes the live records take in the log.
+    live_bytes: u64,
+}
+
+impl Group {
+    fn next_index(&self) -> u64 {
+        self.first_index + self.live.len() as u64
+    }
+
+    fn push(&mut self, loc: Loc) {
+        debug_assert!(self.live.back().is_none_or(|l| *l < loc), "positions grow");
+        self.push_recovered(loc);
+    }
+
+    /// As `push`, for recovery, where a copy run cut by a crash leaves positions out of
+    /// order until `recover` copies the group again.
+    fn push_recovered(&mut self, loc: Loc) {
+        self.live_bytes += u64::from(loc.stored_bytes);
+        self.live.push_back(loc);
+    }
+
+    /// Keeps the first `n` live records.
+    fn keep_first(&mut self, n: usize) {
+        let dropped: u64 = self.live.iter().skip(n).map(|l| u64::from(l.stored_bytes)).sum();
+        self.live_bytes -= dropped;
+        self.live.truncate(n);
+    }
+
+    /// Drops the first `n` live records.
+    fn drop_first(&mut self, n: usize) {
+        let dropped: u64 = self.live.drain(..n).map(|l| u64::from(l.stored_bytes)).sum();
+        self.live_bytes -= dropped;
+        self.first_index += n as u64;
+    }
+
+    fn restart_at(&mut self, index: u64) {
+        self.live.clear();
+        self.live_bytes = 0;
+        self.first_index = index;
+    }
 }
 
 pub struct Wal {
     dir: PathBuf,
     config: WalConfig,
     segments: VecDeque<Segment>,
-    first_index: u64,
-    live: VecDeque<Loc>,
+    groups: BTreeMap<GroupId, Group>,
     durable: Position,
     /// The target of the latest sync started: beyond `durable`, a sync is in flight.
     sync_started_to: Position,
-    durable_next: u64,
     poisoned: Option<String>,
     /// The next segment, preallocated ahead of need.
     spare: Option<Spare>,
@@ -70,13 +139,19 @@ pub struct Wal {
     dir_dirty: bool,
     /// Pages before this position have been unmapped (`Segment::release_pages`).
     released_up_to: Position,
+    /// End of the latest copies written by reclamation: the segments they free are
+    /// deleted only once this is durable.
+    copies_end: Position,
+    /// A segment was added since the last reclamation check.
+    rolled: bool,
+    /// Records (of every kind) written since open.
+    records_written: u64,
 }
 
 impl Wal {
-    /// Opens the log in `dir` (created if missing, starting at index `first_index`),
-    /// recovers it, zeroes any torn tail, and fsyncs, so that everything recovered is
-    /// durable before the first new append.
-    pub fn open(dir: &Path, config: WalConfig, first_index: u64) -> Result<(Wal, RecoveryReport)> {
+    /// Opens the log in `dir` (created if missing), recovers it, zeroes any torn tail,
+    /// and fsyncs, so that everything recovered is durable before the first new append.
+    pub fn open(dir: &Path, config: WalConfig) -> Result<(Wal, RecoveryReport)> {
         config.validate().map_err(WalError::Config)?;
         std::fs::create_dir_all(dir).map_err(|e| WalError::io("create wal dir", dir, e))?;
         let mut seqs = Vec::new();
@@ -106,24 +181,26 @@ impl Wal {
         for seq in &seqs {
             segments.push_back(Segment::open(&dir.join(segment::file_name(*seq)), *seq)?);
         }
+        let zero = Position { seq: 0, offset: 0 };
         let mut wal = Wal {
             dir: dir.to_owned(),
             config,
             segments,
-            first_index,
-            live: VecDeque::new(),
-            durable: Position { seq: 0, offset: 0 },
-            sync_started_to: Position { seq: 0, offset: 0 },
-            durable_next: first_index,
+            groups: BTreeMap::new(),
+            durable: zero,
+            sync_started_to: zero,
             poisoned: None,
             spare: None,
             spares_requested: 0,
             dir_dirty: false,
-            released_up_to: Position { seq: 0, offset: 0 },
+            released_up_to: zero,
+            copies_end: zero,
+            rolled: false,
+            records_written: 0,
         };
         let mut torn_tail = false;
         if wal.segments.is_empty() {
-            wal.create_segment(first_index, 0, 0, 0)?;
+            wal.create_segment(0, 0)?;
             wal.dir_dirty = true;
         } else {
             torn_tail = wal.recover()?;
@@ -135,8 +212,7 @@ impl Wal {
         }
         wal.released_up_to = wal.end_position();
         let report = RecoveryReport {
-            first_index: wal.first_index,
-            next_index: wal.next_index(),
+            groups: wal.groups.iter().map(|(g, l)| (*g, l.first_index..l.next_index())).collect(),
             segments: wal.segments.len(),
             torn_tail,
         };
@@ -150,9 +226,34 @@ impl Wal {
             offset: d.offset,
             detail: d.detail,
         })?;
-        self.first_index = found.first_index;
-        self.durable_next = found.first_index;
-        self.live = found.live.iter().map(|l| Loc { seq: self.segments[l.segment].seq(), offset: l.offset }).collect();
+        let seq_of = |l: &recovery::Loc| self.segments[l.segment].seq();
+        self.groups = found
+            .groups
+            .iter()
+            .map(|(g, log)| {
+                let mut group = Group { first_index: log.first_index, ..Group::default() };
+                for l in &log.live {
+                    let seg = &self.segments[l.segment];
+                    let stored =
+                        match format::decode_slot(seg.bytes(), l.offset as usize, format::RECORD_PAYLOAD_LIMIT_BYTES) {
+                            format::Slot::Record(m) => m.stored_bytes() as u32,
+                            other => unreachable!("recovery found a record at {}:{}: {other:?}", seg.seq(), l.offset),
+                        };
+                    group.push_recovered(Loc { seq: seq_of(l), offset: l.offset, stored_bytes: stored });
+                }
+                (*g, group)
+            })
+            .collect();
+        // A copy run cut by the crash leaves a group with some entries at their copies
+        // and the rest at their originals: positions no longer grow with the index,
+        // and the oldest one is not the first. Copying the group again restores the
+        // order that reclamation relies on (below, once the tail is ready).
+        let unordered: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, l)| l.live.iter().zip(l.live.iter().skip(1)).any(|(a, b)| a >= b))
+            .map(|(g, _)| *g)
+            .collect();
         // Segments after the end hold only unsynced writes of the crash.
         let dropped: Vec<Segment> = self.segments.drain(found.end_segment + 1..).collect();
         for s in &dropped {
@@ -161,6 +262,9 @@ impl Wal {
         let zeroed = self.tail_mut().reset_tail(found.end_offset)?;
         if !dropped.is_empty() {
             self.sync_dir()?;
+        }
+        for g in unordered {
+            self.copy_forward(g)?;
         }
         Ok(found.torn || zeroed || !dropped.is_empty())
     }
@@ -171,20 +275,25 @@ impl Wal {
     pub fn config(&self) -> &WalConfig {
         &self.config
     }
-    /// Lowest readable index (may be below the last purge point: purge is by segment).
-    pub fn first_index(&self) -> u64 {
-        self.first_index
+    /// Groups that have anything in the log (entries, or a position after a purge).
+    pub fn groups(&self) -> impl Iterator<Item = GroupId> + '_ {
+        self.groups.keys().copied()
     }
-    /// The index the next appended record gets.
-    pub fn next_index(&self) -> u64 {
-        self.first_index + self.live.len() as u64
+    /// Lowest readable index of group `g` (may be below its last purge point: segments
+    /// are deleted whole); 0 for a group with nothing in the log.
+    pub fn first_index(&self, g: GroupId) -> u64 {
+        self.groups.get(&g).map_or(0, |l| l.first_index)
     }
-    /// Every index below this is durable.
-    pub fn durable_next(&self) -> u64 {
-        self.durable_next
+    /// The index the next record appended to group `g` gets.
+    pub fn next_index(&self, g: GroupId) -> u64 {
+        self.groups.get(&g).map_or(0, Group::next_index)
     }
     pub fn segment_count(&self) -> usize {
         self.segments.len()
+    }
+    /// Records (of every kind) written since open.
+    pub fn records_written(&self) -> u64 {
+        self.records_written
     }
     /// Whether writes are refused after a failed sync.
     pub fn poisoned(&self) -> Option<&str> {
@@ -211,9 +320,9 @@ impl Wal {
         &self.segments[(seq - front) as usize]
     }
 
-    /// Appends records with contiguous indexes; returns the index range. Nothing is
-    /// durable until a sync covering it returns.
-    pub fn append<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> Result<std::ops::Range<u64>> {
+    /// Appends records to group `g` with contiguous indexes; returns the index range.
+    /// Nothing is durable until a sync covering it returns.
+    pub fn append<P: AsRef<[u8]>>(&mut self, g: GroupId, payloads: &[P]) -> Result<std::ops::Range<u64>> {
         self.check_writable()?;
         if payloads.len() > self.config.append_batch_max {
             return Err(WalError::BatchTooLarge { len: payloads.len(), max: self.config.append_batch_max });
@@ -222,18 +331,20 @@ impl Wal {
         if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > max as usize) {
             return Err(WalError::RecordTooLarge { len: p.as_ref().len(), max });
         }
-        let start = self.next_index();
+        let start = self.next_index(g);
         for p in payloads {
-            let index = self.next_index();
-            let offset = self.write_record(RecordKind::Data, index, p.as_ref())?;
-            self.live.push_back(offset);
+            let index = self.next_index(g);
+            let loc = self.write_record(RecordKind::Data, g, index, p.as_ref())?;
+            let group = self.groups.entry(g).or_insert_with(|| Group { first_index: index, ..Group::default() });
+            group.push(loc);
         }
         self.flush_tail()?;
-        Ok(start..self.next_index())
+        self.reclaim_if_rolled()?;
+        Ok(start..self.next_index(g))
     }
 
-    /// Writes the tail's pending records to the file. `live` already names them, so a
-    /// failed write poisons the log: those indexes cannot be read back.
+    /// Writes the tail's pending records to the file. The group index already names
+    /// them, so a failed write poisons the log: those indexes cannot be read back.
     fn flush_tail(&mut self) -> Result<()> {
         let outcome = self.tail_mut().flush();
         if let Err(e) = &outcome {
@@ -242,24 +353,28 @@ impl Wal {
         outcome
     }
 
-    fn write_record(&mut self, kind: RecordKind, index: u64, payload: &[u8]) -> Result<Loc> {
+    fn write_record(&mut self, kind: RecordKind, group: GroupId, index: u64, payload: &[u8]) -> Result<Loc> {
         if !self.tail().fits(payload.len()) {
             let (seq, prev_end) = (self.tail().seq() + 1, self.tail().write_offset() as u64);
-            self.create_segment(self.next_index(), seq, 0, prev_end)?;
+            self.create_segment(seq, prev_end)?;
         }
-        let durable_next = self.durable_next;
-        debug_assert!(durable_next <= index, "a record is never durable when written");
+        let durable_pos = self.durable.packed();
         let tail = self.tail_mut();
-        let offset = tail.append(kind, index, durable_next, payload);
-        let loc = Loc { seq: tail.seq(), offset };
-        debug_assert!(self.live.back().is_none_or(|l| *l < loc), "positions grow");
-        Ok(loc)
+        debug_assert!(
+            durable_pos <= format::pack_position(tail.seq(), tail.write_offset()),
+            "never durable when written"
+        );
+        let offset = tail.append(RecordHead { kind, group, index, durable_pos }, payload);
+        let seq = tail.seq();
+        self.records_written += 1;
+        let stored_bytes = format::record_stored_bytes(payload.len()) as u32;
+        Ok(Loc { seq, offset, stored_bytes })
     }
 
     /// Activates a spare (making one now if none was prepared) as segment `seq`. The
     /// directory is marked dirty: the sync that makes records here durable also
     /// fsyncs the directory, so no sync happens on this path.
-    fn create_segment(&mut self, first_index: u64, seq: u64, flags: u32, prev_end_offset: u64) -> Result<()> {
+    fn create_segment(&mut self, seq: u64, prev_end_offset: u64) -> Result<()> {
         if !self.segments.is_empty() {
             self.flush_tail()?;
         }
@@ -268,10 +383,75 @@ impl Wal {
             None => self.spare_request().create_blocking()?,
         };
         let segment_size_bytes = self.config.segment_size_bytes;
-        let header = SegmentHeader { seq, first_index, segment_size_bytes, flags, prev_end_offset };
+        let header = SegmentHeader { seq, segment_size_bytes, prev_end_offset };
         let s = Segment::activate(&self.dir, spare, header)?;
         self.segments.push_back(s);
         self.dir_dirty = true;
+        self.rolled = true;
+        Ok(())
+    }
+
+    /// After a roll that leaves more than `segments_soft_max` segments: copies the live
+    /// entries of every *small* group (live records within half a segment) whose
+    /// oldest record lies before the newest `segments_soft_max` segments to the tail,
+    /// so that the old segments can go once the copies are durable
+    /// (`take_reclaimable`). A large group is not copied: its live records are a
+    /// Raft log that its next snapshot purges, and copying it on every roll would
+    /// multiply the writes. Checked once per roll.
+    fn reclaim_if_rolled(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.rolled) || self.segments.len() <= self.config.segments_soft_max {
+            return Ok(());
+        }
+        let window_start = (self.tail().seq() + 1).saturating_sub(self.config.segments_soft_max as u64);
+        let small = self.config.segment_size_bytes / 2;
+        let pinning: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, l)| l.live_bytes <= small && l.live.front().is_some_and(|f| f.seq < window_start))
+            .map(|(g, _)| *g)
+            .collect();
+        for g in pinning {
+            self.copy_forward(g)?;
+        }
+        self.rolled = false;
+        Ok(())
+    }
+
+    /// Rewrites all of group `g`'s live entries at the tail, as one ascending run of
+    /// copy records (recovery joins them to whatever originals survive). Reads go
+    /// through the mapping, which sees only what was flushed: the payloads are read in
+    /// chunks of `COPY_CHUNK_BYTES`, and the tail is flushed before the next chunk.
+    fn copy_forward(&mut self, g: GroupId) -> Result<()> {
+        /// Payload bytes read before they are written back (a memory-reuse bound).
+        const COPY_CHUNK_BYTES: usize = 1 << 20;
+        let Some(group) = self.groups.get(&g) else { return Ok(()) };
+        let first = group.first_index;
+        let n = group.live.len();
+        let mut arena: Vec<u8> = Vec::new();
+        let mut lens: Vec<usize> = Vec::new();
+        let mut k = 0;
+        while k < n {
+            arena.clear();
+            lens.clear();
+            let from = k;
+            while k < n && (arena.is_empty() || arena.len() < COPY_CHUNK_BYTES) {
+                let payload = self.get(g, first + k as u64)?;
+                arena.extend_from_slice(payload);
+                lens.push(payload.len());
+                k += 1;
+            }
+            let mut at = 0;
+            for (j, len) in lens.iter().enumerate() {
+                let index = first + (from + j) as u64;
+                let loc = self.write_record(RecordKind::Copy, g, index, &arena[at..at + len])?;
+                at += len;
+                self.groups.get_mut(&g).expect("present above").live[from + j] = loc;
+            }
+            self.flush_tail()?;
+        }
+        self.copies_end = self.end_position();
+        let group = &self.groups[&g];
+        assert!(group.live.iter().zip(group.live.iter().skip(1)).all(|(a, b)| a < b), "copied positions grow");
         Ok(())
     }
 
@@ -302,107 +482,116 @@ impl Wal {
         crate::files::sync_dir(&self.dir).map_err(|e| WalError::io("fsync wal dir", &self.dir, e))
     }
 
-    /// Reads the payload of `index`: a slice of the mapping, crc-checked.
-    pub fn get(&self, index: u64) -> Result<&[u8]> {
-        let loc = self.loc(index)?;
+    /// Reads the payload of group `g`'s entry `index`: a slice of the mapping,
+    /// crc-checked.
+    pub fn get(&self, g: GroupId, index: u64) -> Result<&[u8]> {
+        let loc = self.loc(g, index)?;
         let seg = self.segment(loc.seq);
         match format::decode_slot(seg.bytes(), loc.offset as usize, self.config.record_payload_max_bytes) {
-            Slot::Record(m) if m.index == index && m.kind == RecordKind::Data => {
+            Slot::Record(m)
+                if m.index == index && m.group == g && matches!(m.kind, RecordKind::Data | RecordKind::Copy) =>
+            {
                 Ok(format::payload_at(seg.bytes(), loc.offset as usize, m.payload_len))
             }
             other => Err(WalError::Corruption {
                 segment: seg.path().to_owned(),
                 offset: u64::from(loc.offset),
-                detail: format!("reading index {index}: found {other:?}"),
+                detail: format!("reading index {index} of group {g}: found {other:?}"),
             }),
         }
     }
 
-    fn loc(&self, index: u64) -> Result<Loc> {
-        let out = || WalError::OutOfRange { index, first: self.first_index, next: self.next_index() };
-        let i = index.checked_sub(self.first_index).ok_or_else(out)?;
-        self.live.get(i as usize).copied().ok_or_else(out)
+    fn loc(&self, g: GroupId, index: u64) -> Result<Loc> {
+        let out = || WalError::OutOfRange { index, first: self.first_index(g), next: self.next_index(g) };
+        let group = self.groups.get(&g).ok_or_else(out)?;
+        let i = index.checked_sub(group.first_index).ok_or_else(out)?;
+        group.live.get(i as usize).copied().ok_or_else(out)
     }
 
-    /// Iterates `(index, payload)` from `from` (clamped to `first_index`) to the end.
-    pub fn iter_from(&self, from: u64) -> impl Iterator<Item = Result<(u64, &[u8])>> + '_ {
-        (from.max(self.first_index)..self.next_index()).map(move |i| self.get(i).map(|p| (i, p)))
+    /// Iterates `(index, payload)` of group `g` from `from` (clamped to its first
+    /// index) to its end.
+    pub fn iter_from(&self, g: GroupId, from: u64) -> impl Iterator<Item = Result<(u64, &[u8])>> + '_ {
+        (from.max(self.first_index(g))..self.next_index(g)).map(move |i| self.get(g, i).map(|p| (i, p)))
     }
 
-    /// Removes every index after `last_kept` (see `truncate_from`).
-    pub fn truncate_after(&mut self, last_kept: u64) -> Result<()> {
+    /// Removes every index of group `g` after `last_kept` (see `truncate_from`).
+    pub fn truncate_after(&mut self, g: GroupId, last_kept: u64) -> Result<()> {
         let cut = last_kept.checked_add(1).ok_or(WalError::OutOfRange {
             index: last_kept,
-            first: self.first_index,
-            next: self.next_index(),
+            first: self.first_index(g),
+            next: self.next_index(g),
         })?;
-        self.truncate_from(cut)
+        self.truncate_from(g, cut)
     }
 
-    /// Removes every index from `cut` on by appending a truncation marker. Durable
-    /// once a sync covers it; until then a crash may bring the removed records back,
-    /// exactly as if the truncation had not been called.
-    pub fn truncate_from(&mut self, cut: u64) -> Result<()> {
+    /// Removes every index of group `g` from `cut` on by appending a truncation marker.
+    /// Durable once a sync covers it; until then a crash may bring the removed records
+    /// back, exactly as if the truncation had not been called.
+    pub fn truncate_from(&mut self, g: GroupId, cut: u64) -> Result<()> {
         self.check_writable()?;
-        if cut >= self.next_index() {
+        let (first, next) = (self.first_index(g), self.next_index(g));
+        if cut >= next {
             return Ok(());
         }
-        if cut < self.first_index {
-            return Err(WalError::OutOfRange { index: cut, first: self.first_index, next: self.next_index() });
+        if cut < first {
+            return Err(WalError::OutOfRange { index: cut, first, next });
         }
-        self.durable_next = self.durable_next.min(cut);
-        // Write the marker before cutting `live`: if it rolls into a new segment, that
-        // segment's header must name the index recovery expects there, which is the
-        // one before the marker takes effect.
-        self.write_record(RecordKind::Truncate, cut, &[])?;
+        self.write_record(RecordKind::Truncate, g, cut, &[])?;
         self.flush_tail()?;
-        self.live.truncate((cut - self.first_index) as usize);
+        let group = self.groups.get_mut(&g).expect("a group with entries exists");
+        group.keep_first((cut - first) as usize);
+        self.reclaim_if_rolled()
+    }
+
+    /// Forgets every index of group `g` below `index` (after a snapshot covers them).
+    /// Segments that no group needs any more are deleted by `take_reclaimable`; until
+    /// then, and after a reopen of a log whose segments were not deleted, indexes
+    /// below `index` may stay readable. Purging past the end restarts the group at
+    /// `index` (a reset marker records that).
+    pub fn purge_before(&mut self, g: GroupId, index: u64) -> Result<()> {
+        self.check_writable()?;
+        if index <= self.first_index(g) && self.groups.contains_key(&g) {
+            return Ok(());
+        }
+        if index > self.next_index(g) || !self.groups.contains_key(&g) {
+            self.write_record(RecordKind::Reset, g, index, &[])?;
+            self.flush_tail()?;
+            self.groups.entry(g).or_default().restart_at(index);
+            return self.reclaim_if_rolled();
+        }
+        let group = self.groups.get_mut(&g).expect("checked");
+        let n = (index - group.first_index) as usize;
+        group.drop_first(n);
         Ok(())
     }
 
-    /// Forgets every index below `index` (after a snapshot covers them) and deletes
-    /// segments that hold no live record. Purge is by whole segment: indexes below
-    /// `index` that share a segment with live ones stay readable, here and after a
-    /// reopen. Purging past the end restarts the log at `index` in a new segment.
-    pub fn purge_before(&mut self, index: u64) -> Result<()> {
-        self.check_writable()?;
-        if index <= self.first_index {
-            return Ok(());
+    /// Detaches the oldest segments that no group needs any more and whose loss cannot
+    /// hide anything: before every group's oldest live entry, before the durable point,
+    /// and freed by copies that are durable. The caller deletes the files (front
+    /// first) and then fsyncs the directory; a crash in between leaves files that
+    /// recovery replays harmlessly (everything in them was superseded).
+    pub fn take_reclaimable(&mut self) -> Vec<Segment> {
+        let mut keep_from = self.durable.seq.min(self.tail().seq());
+        if self.copies_end > self.durable {
+            keep_from = keep_from.min(self.copies_end.seq).min(self.front_seq());
         }
-        // Make the segments that stay durable (headers and names included) before any
-        // is deleted: recovery must find the log's start in what is left.
-        self.sync()?;
-        let tail_seq = self.tail_mut().seq();
-        if index > self.next_index() {
-            // The gap must survive a restart: a RESET segment records the new start.
-            self.create_segment(index, tail_seq + 1, format::SEGMENT_FLAG_RESET, 0)?;
-            // The RESET segment must be durable before older segments disappear, or a
-            // crash could leave neither the old log nor the restart on disk.
-            self.tail().sync_data()?;
-            self.sync_dir()?;
-            self.dir_dirty = false;
-            self.live.clear();
-            self.first_index = index;
-            self.durable_next = index;
-            let tail = self.tail_mut();
-            self.durable = Position { seq: tail.seq(), offset: tail.write_offset() };
-        } else {
-            let n = (index - self.first_index) as usize;
-            self.live.drain(..n);
-            self.first_index = index;
-            self.durable_next = self.durable_next.max(index);
+        for l in self.groups.values() {
+            if let Some(f) = l.live.front() {
+                keep_from = keep_from.min(f.seq);
+            }
         }
-        let keep_from = self.live.front().map_or(self.tail().seq(), |l| l.seq);
-        let mut removed = false;
-        while self.segments.front().is_some_and(|s| s.seq() < keep_from) {
-            let s = self.segments.pop_front().expect("checked");
-            std::fs::remove_file(s.path()).map_err(|e| WalError::io("remove purged segment", s.path(), e))?;
-            removed = true;
+        let mut out = Vec::new();
+        while self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.seq() < keep_from) {
+            out.push(self.segments.pop_front().expect("checked"));
         }
-        if removed {
-            self.sync_dir()?;
-        }
-        Ok(())
+        out
+    }
+
+    /// Deletes what `take_reclaimable` detaches, on the calling thread.
+    pub fn reclaim_blocking(&mut self) -> Result<usize> {
+        let gone = self.take_reclaimable();
+        delete_segments(&self.dir, &gone)?;
+        Ok(gone.len())
     }
 
     /// Starts a sync of everything appended so far; `None` when all of it is durable or
@@ -418,14 +607,15 @@ impl Wal {
             return Ok(None);
         }
         self.sync_started_to = self.sync_started_to.max(target);
-        Ok(Some(SyncJob { segments, dir, target }))
+        Ok(Some(SyncJob { segments, dir, target, records_written: self.records_written }))
     }
 
     /// Starts a sync that makes everything appended so far durable on its own, even
     /// while jobs from `begin_sync` are in flight (they took the dirty flags of what
     /// they cover, so the flags cannot be trusted): every segment from the durable
     /// point on, and the directory if it is dirty or a sync is in flight. For the rare
-    /// blocking syncs (`sync`: open, purge); `None` when everything is durable.
+    /// blocking syncs (`sync`: open, conversion, tests); `None` when everything is
+    /// durable.
     pub fn begin_sync_covering_all(&mut self) -> Result<Option<SyncJob>> {
         self.check_writable()?;
         let target = self.end_position();
@@ -444,7 +634,7 @@ impl Wal {
             return Ok(None);
         }
         self.sync_started_to = self.sync_started_to.max(target);
-        Ok(Some(SyncJob { segments, dir, target }))
+        Ok(Some(SyncJob { segments, dir, target, records_written: self.records_written }))
     }
 
     /// Runs a sync job on the calling thread.
@@ -466,7 +656,7 @@ impl Wal {
     }
 
     /// A duplicate handle of segment `seq` (for syncing it outside the `Wal`); `None`
-    /// if the segment is gone (purged).
+    /// if the segment is gone (reclaimed).
     pub fn dup_segment_file(&self, seq: u64) -> Result<Option<File>> {
         let Some(s) = self.segment_if_present(seq) else { return Ok(None) };
         s.file().try_clone().map(Some).map_err(|e| WalError::io("dup segment fd", s.path(), e))
@@ -498,21 +688,12 @@ impl Wal {
             }
             return Err(e);
         }
-        // A job older than a purge past the end targets a deleted segment.
         if job.target <= self.durable {
             return Ok(());
         }
+        assert!(job.target <= self.end_position(), "a sync never covers more than was written");
         self.durable = job.target;
         self.release_synced_pages();
-        let next = self.next_index();
-        while self.durable_next < next {
-            let loc = self.live[(self.durable_next - self.first_index) as usize];
-            if (Position { seq: loc.seq, offset: loc.offset as usize }) >= self.durable {
-                break;
-            }
-            self.durable_next += 1;
-        }
-        debug_assert!(self.durable_next <= next);
         Ok(())
     }
 
@@ -541,6 +722,17 @@ impl Wal {
         }
         Ok(())
     }
+}
+
+/// Deletes reclaimed segment files, oldest first, then fsyncs the directory.
+pub fn delete_segments(dir: &Path, segments: &[Segment]) -> Result<()> {
+    for s in segments {
+        std::fs::remove_file(s.path()).map_err(|e| WalError::io("remove reclaimed segment", s.path(), e))?;
+    }
+    if !segments.is_empty() {
+        crate::files::sync_dir(dir).map_err(|e| WalError::io("fsync wal dir", dir, e))?;
+    }
+    Ok(())
 }
 
 /// Whether the file's segment header bytes are all zero (never written back).

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use super::error::{Result, WalError};
-use super::format::{self, RecordKind, SegmentHeader};
+use super::format::{self, RecordHead, SegmentHeader};
 
 /// Capacity a segment's buffer of encoded, not yet written records keeps between
 /// appends; a larger burst (a snapshot-sized batch) frees its buffer afterwards. A
@@ -160,13 +160,13 @@ impl Segment {
 
     /// Encodes one record for the write offset into the pending buffer; returns its
     /// offset. It reaches the file (and the mapping) with the next `flush`.
-    pub fn append(&mut self, kind: RecordKind, index: u64, durable_next: u64, payload: &[u8]) -> u32 {
+    pub fn append(&mut self, head: RecordHead, payload: &[u8]) -> u32 {
         assert!(self.fits(payload.len()), "caller checks fits() and rolls first");
         let at = self.write_offset;
         let stored = format::record_stored_bytes(payload.len());
         let from = self.pending.len();
         self.pending.resize(from + stored, 0);
-        format::encode_record(&mut self.pending[from..], kind, index, durable_next, payload);
+        format::encode_record(&mut self.pending[from..], head, payload);
         self.write_offset = at + stored;
         self.dirty = true;
         u32::try_from(at).expect("segment size is validated to fit in u32")
