@@ -10,7 +10,16 @@
 # 3. FleetLM replay of 1000 messages (from_seq=-1000&limit=1000) on preloaded contexts,
 #    at 1, 10 and 50 connections.
 # Only loopback, bounded in time; everything stops by itself.
+#
+#   bench/single-node.sh --sweep    # writes bench/results/shard-sweep.md instead
+#   SHARDS="1 2 4 16 64" BASE=/tmp/fleetlm-before bench/single-node.sh --sweep
+#
+# The sweep runs the append load at each shard count (SHARDS), ROUNDS alternating rounds
+# of FleetLM and Redis, and, with BASE=<an earlier fleetlm binary>, that binary too in
+# the same rounds (same-run ratios); WAL syncs and records per sync come from /metrics.
 set -euo pipefail
+SWEEP=0
+[ "${1:-}" = "--sweep" ] && SWEEP=1
 cd "$(dirname "$0")/.."
 SECS=${SECS:-10}
 ROUNDS=${ROUNDS:-3}
@@ -33,7 +42,7 @@ cleanup() {
 trap cleanup EXIT
 
 start_fleetlm() {
-  ./target/release/fleetlm serve --listen "127.0.0.1:$PORT" --data-dir "$1" >"$scratch/fleetlm.log" 2>&1 &
+  "${FL_BIN:-./target/release/fleetlm}" serve --listen "127.0.0.1:$PORT" --data-dir "$1" ${FL_ARGS:-} >"$scratch/fleetlm.log" 2>&1 &
   FL_PID=$!
   for _ in $(seq 1 600); do
     curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && return 0
@@ -61,6 +70,32 @@ redis_round() {
   echo "$(( $(cpu_ticks "$RS_PID") - cpu0 )) $(getconf CLK_TCK) $N" >"$2"
   kill -9 $RS_PID; wait $RS_PID 2>/dev/null || true; RS_PID=
 }
+
+if [ "$SWEEP" = 1 ]; then
+  SHARDS=${SHARDS:-1 2 4 16 64}
+  bins=("new=./target/release/fleetlm")
+  [ -n "${BASE:-}" ] && bins+=("base=$BASE")
+  for n in $SHARDS; do
+    for r in $(seq 1 "$ROUNDS"); do
+      for spec in "${bins[@]}"; do
+        label=${spec%%=*}; FL_BIN=${spec#*=}; FL_ARGS="--shards $n"
+        echo "== $n shards, round $r/$ROUNDS: FleetLM $label (${SECS}s)" >&2
+        start_fleetlm "$scratch/data"
+        ./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 50 --contexts 1000 --secs "$SECS" \
+          --message-bytes 200 --mix append=1 --server-pid "$FL_PID" >"$scratch/sweep-$n-$r-$label.json"
+        curl -sf "http://127.0.0.1:$PORT/metrics" >"$scratch/sweep-$n-$r-$label.metrics" || true
+        kill -9 $FL_PID; wait $FL_PID 2>/dev/null || true; FL_PID=
+        rm -rf "$scratch/data"
+      done
+      echo "== $n shards, round $r/$ROUNDS: Redis XADD (appendfsync always)" >&2
+      redis_round "$scratch/sweep-$n-$r-redis.csv" "$scratch/sweep-$n-$r-redis-cpu.txt"
+    done
+  done
+  python3 bench/shard_sweep_report.py "$scratch" "$ROUNDS" "$SHARDS" "${BASE:-}" \
+    "bench/single-node.sh --sweep (SECS=$SECS ROUNDS=$ROUNDS SHARDS=\"$SHARDS\"${BASE:+ BASE=$BASE})" >bench/results/shard-sweep.md
+  cat bench/results/shard-sweep.md
+  exit 0
+fi
 
 # FleetLM and Redis alternate, ROUNDS times each (runs here vary by ±20 %): the report
 # takes the median of the per-round ratios.

@@ -60,3 +60,10 @@ fn opens_and_answers_as_written(name: &str) {
 fn a_data_dir_written_at_d64b5b2_opens_and_answers_the_same() {
     opens_and_answers_as_written("datadir-d64b5b2");
 }
+
+/// Written by the last build with one WAL per shard (format 2 with snapshot index
+/// format 3, live-stream compaction histories).
+#[test]
+fn a_data_dir_written_at_9f83b16_opens_and_answers_the_same() {
+    opens_and_answers_as_written("datadir-9f83b16");
+}

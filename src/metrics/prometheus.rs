@@ -71,9 +71,22 @@ pub fn render(node: &NodeState, counters: &Counters, hists: &Histograms, shards:
         let _ = writeln!(w, "fleetlm_latency_microseconds_count{{name=\"{name}\"}} {}", h.len());
     }
     if let Some(h) = hists.get("wal.sync") {
-        let _ = writeln!(w, "# HELP fleetlm_wal_syncs_total Group-commit syncs (fdatasync rounds) of the WAL.");
+        let _ = writeln!(
+            w,
+            "# HELP fleetlm_wal_syncs_total Group-commit syncs (fdatasync rounds) of the WALs, one per core (label core)."
+        );
         let _ = writeln!(w, "# TYPE fleetlm_wal_syncs_total counter");
         let _ = writeln!(w, "fleetlm_wal_syncs_total {}", h.len());
+        for (name, h) in hists.iter().filter(|(n, _)| n.starts_with("wal.sync.core")) {
+            let core = escape(name.trim_start_matches("wal.sync.core"));
+            let _ = writeln!(w, "fleetlm_wal_syncs_total{{core=\"{core}\"}} {}", h.len());
+        }
+        let _ = writeln!(w, "# HELP fleetlm_wal_records_synced_total Records made durable by those syncs (label core).");
+        let _ = writeln!(w, "# TYPE fleetlm_wal_records_synced_total counter");
+        for (name, h) in hists.iter().filter(|(n, _)| n.starts_with("wal.sync_batch_records.core")) {
+            let core = escape(name.trim_start_matches("wal.sync_batch_records.core"));
+            let _ = writeln!(w, "fleetlm_wal_records_synced_total{{core=\"{core}\"}} {:.0}", h.mean() * h.len() as f64);
+        }
     }
     if let Some(h) = hists.get("write.raft_commit") {
         let _ =

@@ -306,6 +306,10 @@ impl CoreCtx {
         }
         crate::metrics::add_histogram(&mut snapshot.histograms, "wal.sync", &latency);
         crate::metrics::add_histogram(&mut snapshot.histograms, "wal.sync_batch_records", &batch);
+        // Per core too: each core has its own log and fdatasync stream.
+        let core = self.core;
+        crate::metrics::add_histogram(&mut snapshot.histograms, &format!("wal.sync.core{core}"), &latency);
+        crate::metrics::add_histogram(&mut snapshot.histograms, &format!("wal.sync_batch_records.core{core}"), &batch);
         snapshot
     }
 
