@@ -97,12 +97,16 @@ struct ServeArgs {
     #[arg(long, env = "FLEETLM_BODY_SEGMENT_SIZE_BYTES")]
     body_segment_size_bytes: Option<u64>,
     /// Writes get 503 while the data dir's filesystem has less free space than this,
-    /// bytes (default: one WAL segment and one body segment per shard; 0: never).
+    /// bytes (default: one WAL segment per core and one body segment per shard; 0: never).
     #[arg(long, env = "FLEETLM_DISK_RESERVE_BYTES")]
     disk_reserve_bytes: Option<u64>,
     /// WAL segment size, bytes.
     #[arg(long, env = "FLEETLM_SEGMENT_SIZE_BYTES", default_value_t = WalConfig::default().segment_size_bytes)]
     segment_size_bytes: u64,
+    /// WAL segments per core before reclamation copies the live entries of small, idle
+    /// shards forward so that old segments can be deleted (at least 2).
+    #[arg(long, env = "FLEETLM_WAL_SEGMENTS_SOFT_MAX", default_value_t = WalConfig::default().segments_soft_max)]
+    wal_segments_soft_max: usize,
     /// Largest metadata object of a context, bytes of compact JSON (more → 400). Every
     /// node of a cluster must use the same (PATCH results are checked when applied).
     #[arg(long, env = "FLEETLM_METADATA_MAX_BYTES", default_value_t = StoreLimits::default().metadata_max_bytes)]
@@ -250,6 +254,7 @@ fn main() -> std::process::ExitCode {
         // request body, JSON-encoded, with room for escaping.
         wal: WalConfig {
             segment_size_bytes: a.segment_size_bytes,
+            segments_soft_max: a.wal_segments_soft_max,
             record_payload_max_bytes: (a.body_max_bytes.saturating_mul(2) + (64 << 10))
                 .min(fleetlm::wal::format::RECORD_PAYLOAD_LIMIT_BYTES as usize)
                 as u32,

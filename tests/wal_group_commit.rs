@@ -102,3 +102,51 @@ fn truncate_and_sync_through_the_async_face() {
         assert_eq!(w.get(6, 0).unwrap(), b"x");
     });
 }
+
+/// The flusher deletes segments no group needs any more after a purge, on its own (on
+/// the blocking pool), and an idle group that pins old segments is copied forward at a
+/// roll so that they go too.
+#[test]
+fn the_flusher_reclaims_segments_after_purges_and_copies_idle_groups_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let config = WalConfig {
+            segment_size_bytes: 64 << 10,
+            record_payload_max_bytes: 4096,
+            segments_soft_max: 3,
+            ..WalConfig::default()
+        };
+        let (wal, _) = Wal::open(&path, config.clone()).unwrap();
+        let wal = GroupCommitWal::new(wal);
+        // Group 9 writes two records and goes idle; group 1 writes ten segments' worth.
+        wal.append_durable(9, &[b"idle one", b"idle two"]).await.unwrap();
+        let record = vec![7u8; 1000];
+        for _ in 0..640 {
+            wal.append_durable(1, &[&record]).await.unwrap();
+        }
+        let next = wal.with(|w| w.next_index(1));
+        wal.with(|w| w.purge_before(1, next)).unwrap();
+        wal.nudge();
+        let files = || {
+            std::fs::read_dir(&path)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "wal"))
+                .count()
+        };
+        let mut waited_ms = 0;
+        while (wal.with(|w| w.segment_count()) > 4 || files() > 4) && waited_ms < 10_000 {
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+            waited_ms += 20;
+        }
+        let (segments, on_disk) = (wal.with(|w| w.segment_count()), files());
+        assert!(segments <= 4 && on_disk <= 4, "{segments} segments ({on_disk} files) left after the purge");
+        assert!(wal.with_stats(|s| s.segments_reclaimed_total) >= 6);
+        // The idle group's records were copied forward, and survive a reopen.
+        assert_eq!(wal.with(|w| w.get(9, 1).map(|p| p.to_vec())).unwrap(), b"idle two");
+        drop(wal);
+        let (w, report) = Wal::open(&path, config).unwrap();
+        assert_eq!(report.groups[&9], 0..2);
+        assert_eq!(w.get(9, 0).unwrap(), b"idle one");
+    });
+}

@@ -81,7 +81,8 @@ pub fn render(node: &NodeState, counters: &Counters, hists: &Histograms, shards:
             let core = escape(name.trim_start_matches("wal.sync.core"));
             let _ = writeln!(w, "fleetlm_wal_syncs_total{{core=\"{core}\"}} {}", h.len());
         }
-        let _ = writeln!(w, "# HELP fleetlm_wal_records_synced_total Records made durable by those syncs (label core).");
+        let _ =
+            writeln!(w, "# HELP fleetlm_wal_records_synced_total Records made durable by those syncs (label core).");
         let _ = writeln!(w, "# TYPE fleetlm_wal_records_synced_total counter");
         for (name, h) in hists.iter().filter(|(n, _)| n.starts_with("wal.sync_batch_records.core")) {
             let core = escape(name.trim_start_matches("wal.sync_batch_records.core"));

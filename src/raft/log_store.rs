@@ -293,6 +293,7 @@ where
         let started = std::time::Instant::now();
         let purged = self.shared.wal.with(|w| w.purge_before(g, upto)).map_err(to_io);
         crate::metrics::record_since("wal.purge", started);
+        self.shared.wal.nudge();
         purged
     }
 }

@@ -502,10 +502,13 @@ async fn leader_moved_from(shard: &Shard, node: u64) {
 
 /// The free space kept in reserve: as configured, else one WAL segment and one
 /// message-body segment for each shard (every node holds a replica of every shard).
+/// Default reserve: a WAL segment per core (each core's log rolls on its own) and a body
+/// segment per shard.
 fn disk_reserve_bytes(config: &crate::config::ServerConfig, shard_count: u32) -> u64 {
     config.serve.disk_reserve_bytes.unwrap_or_else(|| {
         let body = config.body_segment_size_bytes.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES);
-        u64::from(shard_count).saturating_mul(config.wal.segment_size_bytes.saturating_add(body))
+        let cores = config.cores.max(1) as u64;
+        u64::from(shard_count).saturating_mul(body).saturating_add(cores.saturating_mul(config.wal.segment_size_bytes))
     })
 }
 

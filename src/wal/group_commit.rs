@@ -245,6 +245,12 @@ impl GroupCommitWal {
         }
     }
 
+    /// Wakes the flusher: after a purge, so that segments no group needs any more are
+    /// deleted even if nothing is appended.
+    pub fn nudge(&self) {
+        self.inner.wake.notify_one();
+    }
+
     /// Position before which everything is durable.
     pub fn durable_position(&self) -> Position {
         self.inner.published.get()
@@ -279,6 +285,8 @@ async fn flusher(inner: Weak<Inner>, wake: Rc<Notify>) {
                     job
                 }
                 Ok(None) => {
+                    // Nothing to sync: a purge may still have freed segments.
+                    reclaim(&inner);
                     drop(inner);
                     wake.notified().await;
                     continue;
