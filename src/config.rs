@@ -319,6 +319,10 @@ pub struct PeerLimits {
     pub snapshot_chunk_bytes: usize,
     pub reconnect_backoff_min_ms: u64,
     pub reconnect_backoff_max_ms: u64,
+    /// Wait after a peer that answered but does not speak the peer protocol (wrong
+    /// address, e.g. an HTTP port) or failed the cluster-secret handshake: a
+    /// misconfiguration, not an outage, so retries are slow (and so are their log lines).
+    pub protocol_error_backoff_ms: u64,
     /// Open inbound peer connections per core; more are closed at accept.
     pub connections_max_per_core: usize,
     /// Largest snapshot index (the in-memory part of a shard) accepted from a peer.
@@ -349,6 +353,7 @@ impl Default for PeerLimits {
             snapshot_chunk_bytes: 1 << 20,
             reconnect_backoff_min_ms: 20,
             reconnect_backoff_max_ms: 200,
+            protocol_error_backoff_ms: 5_000,
             connections_max_per_core: 1_024,
             snapshot_index_max_bytes: 1 << 30,
             calls_in_flight_max_per_connection: 4_096,

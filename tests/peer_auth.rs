@@ -142,3 +142,58 @@ fn the_http_port_may_not_be_one_of_the_peer_ports() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A member added at a wrong address (here an HTTP server: "HTTP" read as a frame length
+/// is 1.3 GB) is a misconfiguration, not an outage: the leader backs off for
+/// `protocol_error_backoff_ms` (5 s) instead of reconnecting dozens of times a second
+/// per shard, with and without a cluster secret (a failed handshake is the same).
+#[test]
+fn a_member_at_an_http_address_is_retried_slowly() {
+    for secret in [None, Some("0123456789abcdef-real")] {
+        let dir = tempfile::tempdir().unwrap();
+        // The wrong address: answers every connection like an HTTP server, and counts them.
+        let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fake_port = fake.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for c in fake.incoming() {
+                let Ok(mut c) = c else { return };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            }
+        });
+        let peer_port = common::free_ports(1);
+        let peer = format!("127.0.0.1:{peer_port}");
+        let mut args = vec!["--shards", "2", "--cores", "1", "--peer-listen", &peer];
+        match secret {
+            Some(s) => args.extend(["--cluster-secret", s]),
+            None => args.push("--insecure-peers"),
+        }
+        let s = common::Server::start(&dir.path().join("data"), &args);
+        let body = format!(r#"{{"node_id":9,"addr":"127.0.0.1:{fake_port}"}}"#);
+        let started = std::time::Instant::now();
+        // The node never catches up (a 503 after the membership deadline): the answer is
+        // not waited for here, only the connections the leader makes meanwhile.
+        let port = s.port;
+        std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let req = format!(
+                "POST /v1/cluster/members HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = c.write_all(req.as_bytes());
+            let _ = c.read_to_end(&mut Vec::new());
+        });
+        std::thread::sleep(Duration::from_secs(8));
+        let secs = started.elapsed().as_secs_f64();
+        let n = accepted.load(std::sync::atomic::Ordering::Relaxed);
+        // 2 shards, a first try each and then one every 5 s (the old behaviour: about 60
+        // connections a second).
+        let bound = 2.0 * (2.0 + secs / 5.0) + 4.0;
+        assert!((n as f64) <= bound, "secret {secret:?}: {n} connections in {secs:.1} s (bound {bound:.0})");
+        assert!(n >= 1, "the leader never tried the new member");
+        assert_eq!(s.req("GET", "/health/ready", "").status, 200, "the node stays ready");
+    }
+}

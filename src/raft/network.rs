@@ -87,19 +87,29 @@ pub struct Backoff {
     wait: Duration,
     min: Duration,
     max: Duration,
+    /// After a protocol error (`failed_protocol`).
+    protocol: Duration,
 }
 
 impl Backoff {
     pub fn new(limits: &PeerLimits) -> Backoff {
         let min = Duration::from_millis(limits.reconnect_backoff_min_ms);
         let max = Duration::from_millis(limits.reconnect_backoff_max_ms).max(min);
-        Backoff { retry_at: Instant::now(), wait: min, min, max }
+        let protocol = Duration::from_millis(limits.protocol_error_backoff_ms).max(max);
+        Backoff { retry_at: Instant::now(), wait: min, min, max, protocol }
     }
 
     /// A connection failed (or broke): wait before the next attempt, longer each time.
     pub fn failed(&mut self) {
         self.retry_at = Instant::now() + self.wait;
         self.wait = (self.wait * 2).min(self.max);
+    }
+
+    /// The peer answered in another protocol, or refused our cluster secret: the
+    /// address or the secret is wrong, and retrying soon cannot help.
+    pub fn failed_protocol(&mut self) {
+        self.retry_at = Instant::now() + self.protocol;
+        self.wait = self.max;
     }
 
     /// A connection was made.
@@ -151,9 +161,13 @@ impl PeerConn {
         }
     }
 
-    fn failed(&mut self) {
+    fn failed(&mut self, e: &WireError) {
         self.stream = None;
-        self.backoff.failed();
+        if is_protocol_error(e) {
+            self.backoff.failed_protocol();
+        } else {
+            self.backoff.failed();
+        }
     }
 
     async fn connect(&mut self) -> Result<(), WireError> {
@@ -223,7 +237,7 @@ impl PeerConn {
         };
         match &result {
             Err(WireError::Connect(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => self.failed(),
+            Err(e) => self.failed(e),
             Ok(_) => {}
         }
         result
@@ -232,6 +246,16 @@ impl PeerConn {
     /// A request with no trailing bytes.
     pub async fn call(&mut self, req: &PeerRequest, timeout: Duration) -> Result<PeerResponse, WireError> {
         self.call_with(req, None, timeout).await
+    }
+}
+
+/// Whether the peer answered, but not as a FleetLM peer with our cluster secret: a frame
+/// that cannot be ours (`"HTTP"` read as a length is 1.3 GB), or a failed handshake.
+pub fn is_protocol_error(e: &WireError) -> bool {
+    match e {
+        WireError::TooLarge(..) | WireError::Decode(_) => true,
+        WireError::Connect(io) => io.kind() == std::io::ErrorKind::PermissionDenied,
+        WireError::Io(_) => false,
     }
 }
 
@@ -296,7 +320,9 @@ impl PeerClient {
                 ))))),
             },
             Err(WireError::Io(e) | WireError::Connect(e)) => Err(gone(&e)),
-            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+            // Not a FleetLM peer at that address: unreachable as far as Raft can tell,
+            // so openraft backs off too (a `Network` error it retries at once).
+            Err(e) => Err(gone(&format!("{e} (does the address point at a FleetLM peer port?)"))),
         }
     }
 }
