@@ -34,6 +34,7 @@ paused or cut-off node count). Exit status 1 if any counter is non-zero.
 """
 import argparse
 import http.client
+import glob
 import json
 import os
 import random
@@ -211,23 +212,26 @@ def leader_counts(nodes):
 
 
 def tear_wal_tail(node, rng, wal_inspect):
-    """Appends garbage after the last valid record of one shard's WAL (node stopped)."""
-    shards = os.path.join(node.dir, "shards")
-    if not os.path.isdir(shards):
-        return "no shards dir"
-    shard = sorted(os.listdir(shards))[rng.randrange(len(os.listdir(shards)))]
-    wal = os.path.join(shards, shard, "wal")
+    """Appends garbage after the last valid record of one of the node's WALs (node
+    stopped): one log per core in `wal-<cores>/<core>/` (data dir format 3), or one per
+    shard in `shards/<s>/wal/` (format 2). Returns (torn?, what was done or why not)."""
+    logs = sorted(glob.glob(os.path.join(node.dir, "wal-*", "*"))) or \
+        sorted(glob.glob(os.path.join(node.dir, "shards", "*", "wal")))
+    logs = [d for d in logs if os.path.isdir(d) and not d.endswith(".tmp")]
+    if not logs:
+        return False, "no WAL directory found"
+    wal = logs[rng.randrange(len(logs))]
     out = sh(wal_inspect, wal, check=False).stdout
     end = [l for l in out.splitlines() if l.startswith("valid end:")]
     if not end:
-        return f"wal-inspect found no valid end: {out[-200:]}"
+        return False, f"wal-inspect found no valid end in {wal}: {out[-200:]}"
     # "valid end: segment FILE offset N"
     parts = end[0].split()
     path, offset = os.path.join(wal, parts[3]), int(parts[5])
     with open(path, "r+b") as f:
         f.seek(offset)
         f.write(bytes(rng.randrange(256) for _ in range(rng.randrange(8, 200))))
-    return f"{shard}: garbage at {parts[3]}+{offset}"
+    return True, f"{os.path.relpath(wal, node.dir)}: garbage at {parts[3]}+{offset}"
 
 
 def setup_network(nodes):
@@ -469,7 +473,7 @@ def main():
             elif kind == "torn":
                 n = nodes[pick]
                 f["injected"] = time.time(); n.kill9()
-                f["torn"] = tear_wal_tail(n, rng, args.wal_inspect)
+                f["torn_ok"], f["torn"] = tear_wal_tail(n, rng, args.wal_inspect)
                 time.sleep(hold); n.start(); f["node"] = n.i
             elif kind == "kill_leader":
                 counts = leader_counts(nodes)
@@ -528,6 +532,8 @@ def main():
                 fh.write(json.dumps(f) + "\n")
         counters = check(history, nodes, contexts, faults, log)
         counters["no_recovery"] = sum(1 for f in faults if f.get("no_recovery"))
+        # A torn-tail fault that found nothing to tear tested nothing: the run fails.
+        counters["nemesis_failed"] = sum(1 for f in faults if f["kind"] == "torn" and not f.get("torn_ok"))
         outcomes = {k: sum(1 for op in history.ops if op["outcome"] == k) for k in ("ok", "fail", "unknown")}
         report = {"seed": seed, "seconds": args.seconds, "nodes": args.nodes, "faults": len(faults),
                   "faults_by_kind": {k: sum(1 for f in faults if f["kind"] == k) for k in kinds},
