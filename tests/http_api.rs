@@ -275,10 +275,14 @@ fn metrics_count_requests_by_route_and_status_without_the_api_key() {
     assert_eq!(value("fleetlm_ready"), Some(1.0));
     assert_eq!(value("fleetlm_shards_stopped"), Some(0.0));
     assert!(value("fleetlm_disk_free_bytes").is_some_and(|v| v > 0.0), "{text}");
-    // The default reserve: one 8 MiB WAL segment and one 4 MiB body segment (the test
-    // server's sizes) per shard.
+    // The default reserve: one 8 MiB WAL segment per core (each core has one log) and one
+    // 4 MiB body segment per shard (the test server's sizes); this server has 1 core.
     let shards = text.lines().filter(|l| l.starts_with("fleetlm_raft_term{")).count() as f64;
-    assert_eq!(value("fleetlm_disk_reserve_bytes"), Some(shards * f64::from(12u32 << 20)));
+    assert_eq!(shards, 2.0);
+    assert_eq!(value("fleetlm_disk_reserve_bytes"), Some(shards * f64::from(4u32 << 20) + f64::from(8u32 << 20)));
+    // One log, so the per-core sync counters have one core.
+    assert!(value(r#"fleetlm_wal_syncs_total{core="0"}"#).is_some_and(|v| v >= 1.0), "{text}");
+    assert!(value(r#"fleetlm_wal_records_synced_total{core="0"}"#).is_some_and(|v| v >= 1.0), "{text}");
     // Every sample line is `name{labels} number` or `name number`.
     for l in text.lines().filter(|l| !l.starts_with('#')) {
         let (_, v) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {l:?}"));
