@@ -30,7 +30,11 @@ fn start(data: &Path, port: u16, soft_max: usize) -> Child {
         .expect("start fleetlm");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !try_request_full(port, "GET", "/health/ready", &[], b"").is_some_and(|r| r.status == 200) {
-        assert!(Instant::now() < deadline, "not ready: {}", std::fs::read_to_string(data.with_extension("log")).unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "not ready: {}",
+            std::fs::read_to_string(data.with_extension("log")).unwrap()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     child
@@ -38,7 +42,10 @@ fn start(data: &Path, port: u16, soft_max: usize) -> Child {
 
 fn segments(data: &Path) -> usize {
     let logs = data.join("wal-1").join("0");
-    std::fs::read_dir(logs).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "wal")).count()
+    std::fs::read_dir(logs)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "wal"))
+        .count()
 }
 
 /// Waits (bounded) until the log holds at most `max` segments; the count at the end.
@@ -61,7 +68,11 @@ fn run(soft_max: usize, appends: usize) -> (usize, tempfile::TempDir, u16, Child
     for c in [&idle, &busy] {
         assert_eq!(request(port, "PUT", &format!("/v1/contexts/{c}"), &[], br#"{"token_budget":1000000}"#).status, 201);
     }
-    assert_eq!(request(port, "POST", &format!("/v1/contexts/{idle}/messages"), &[], msg_body("the idle one").as_bytes()).status, 201);
+    assert_eq!(
+        request(port, "POST", &format!("/v1/contexts/{idle}/messages"), &[], msg_body("the idle one").as_bytes())
+            .status,
+        201
+    );
     let filler = "x".repeat(2000);
     for i in 0..appends {
         let body = msg_body(&format!("{i} {filler}"));
