@@ -29,7 +29,7 @@ fn start(data: &Path, port: u16, soft_max: usize) -> Child {
         .spawn()
         .expect("start fleetlm");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !try_request_full(port, "GET", "/health/ready", &[], b"").is_some_and(|r| r.status == 200) {
+    while try_request_full(port, "GET", "/health/ready", &[], b"").is_none_or(|r| r.status != 200) {
         assert!(
             Instant::now() < deadline,
             "not ready: {}",
