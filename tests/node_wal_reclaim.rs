@@ -15,7 +15,17 @@ use fleetlm::shard::placement::shard_of;
 const SEGMENT_BYTES: u64 = 1 << 20;
 const SOFT_MAX: usize = 3;
 
-fn start(data: &Path, port: u16, soft_max: usize) -> Child {
+/// The server process, killed when dropped (also when an assertion fails).
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(data: &Path, port: u16, soft_max: usize) -> Node {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_fleetlm"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
@@ -37,7 +47,7 @@ fn start(data: &Path, port: u16, soft_max: usize) -> Child {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
+    Node(child)
 }
 
 fn segments(data: &Path) -> usize {
@@ -57,7 +67,7 @@ fn settle(data: &Path, max: usize) -> usize {
     segments(data)
 }
 
-fn run(soft_max: usize, appends: usize) -> (usize, tempfile::TempDir, u16, Child, String, String) {
+fn run(soft_max: usize, appends: usize) -> (usize, tempfile::TempDir, u16, Node, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let port = common::free_ports(1);
@@ -85,12 +95,11 @@ fn run(soft_max: usize, appends: usize) -> (usize, tempfile::TempDir, u16, Child
 fn an_idle_shard_does_not_pin_the_log_and_everything_survives_a_restart() {
     // ≈ 2.3 KB per log entry: 3000 appends write ≈ 7 segments of 1 MiB.
     let appends = 3000;
-    let (left, dir, port, mut child, idle, busy) = run(SOFT_MAX, appends);
+    let (left, dir, port, child, idle, busy) = run(SOFT_MAX, appends);
     let data = dir.path().join("data");
     assert!(left <= SOFT_MAX + 2, "{left} segments of {SEGMENT_BYTES} bytes left (soft max {SOFT_MAX})");
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let mut child = start(&data, port, SOFT_MAX);
+    drop(child);
+    let _child = start(&data, port, SOFT_MAX);
     let get = |path: &str| request(port, "GET", path, &[], b"").json();
     assert_eq!(get(&format!("/v1/contexts/{busy}"))["last_seq"], appends as u64);
     assert_eq!(get(&format!("/v1/contexts/{idle}"))["last_seq"], 1);
@@ -99,6 +108,4 @@ fn an_idle_shard_does_not_pin_the_log_and_everything_survives_a_restart() {
     let tail = get(&format!("/v1/contexts/{busy}/tail?limit=1"));
     assert!(tail["messages"][0]["parts"][0]["text"].as_str().unwrap().starts_with(&format!("{} ", appends - 1)));
     assert!(segments(&data) <= SOFT_MAX + 2, "{} segments after the restart", segments(&data));
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
