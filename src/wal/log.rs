@@ -168,6 +168,21 @@ impl Wal {
             }
         }
         seqs.sort_unstable();
+        // Segments below the recorded front were reclaimed; a crash between the unlinks
+        // and the directory fsync can bring any of them back, in any combination (not
+        // every file system keeps unlinks in order), and a gap among them would read
+        // as lost data. They are deleted again before recovery looks.
+        let front = read_front(dir)?;
+        let mut stale = false;
+        for seq in seqs.iter().filter(|s| **s < front) {
+            let p = dir.join(segment::file_name(*seq));
+            std::fs::remove_file(&p).map_err(|e| WalError::io("remove reclaimed segment", &p, e))?;
+            stale = true;
+        }
+        seqs.retain(|s| *s >= front);
+        if stale {
+            crate::files::sync_dir(dir).map_err(|e| WalError::io("fsync wal dir", dir, e))?;
+        }
         // A crash during the very first open leaves one segment whose header was never
         // written back; it never held a record.
         if let [only] = seqs[..] {
@@ -724,8 +739,31 @@ impl Wal {
     }
 }
 
-/// Deletes reclaimed segment files, oldest first, then fsyncs the directory.
+/// Name of the file that records the oldest segment still needed (`FRONT_FILE`: the
+/// seq as decimal text), written durably before reclaimed segments are unlinked.
+const FRONT_FILE: &str = "front";
+
+fn read_front(dir: &Path) -> Result<u64> {
+    let path = dir.join(FRONT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map_err(|_| WalError::Corruption {
+            segment: path.clone(),
+            offset: 0,
+            detail: format!("front file holds {text:?}, not a segment seq"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(WalError::io("read front file", &path, e)),
+    }
+}
+
+/// Deletes reclaimed segment files: first records durably that the log now starts
+/// after them (so that whichever unlinks a crash undoes, open deletes them again), then
+/// unlinks them oldest first and fsyncs the directory.
 pub fn delete_segments(dir: &Path, segments: &[Segment]) -> Result<()> {
+    let Some(last) = segments.iter().map(Segment::seq).max() else { return Ok(()) };
+    let front = dir.join(FRONT_FILE);
+    crate::files::replace_durably(&front, (last + 1).to_string().as_bytes())
+        .map_err(|e| WalError::io("write front file", &front, e))?;
     for s in segments {
         std::fs::remove_file(s.path()).map_err(|e| WalError::io("remove reclaimed segment", s.path(), e))?;
     }
