@@ -19,10 +19,12 @@ use crate::shard::call::{Reply, Served};
 pub(super) async fn add(shard: &Shard, node_id: u64, addr: &str, limits: &ServeLimits, remaining: Duration) -> Served {
     let deadline = Instant::now() + remaining;
     let node = BasicNode { addr: addr.to_owned() };
-    match crate::raft::runtime::timeout(remaining, shard.raft.add_learner(node_id, node, false)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return write_failed(limits, e),
-        Err(_) => return timed_out(limits),
+    // Adding a learner is a membership change too: it waits for an earlier one the
+    // same way (seen in CI: a POST right after a leader change inherited an
+    // uncommitted membership entry and answered 503).
+    let learner = ChangeMembers::AddNodes(std::collections::BTreeMap::from([(node_id, node)]));
+    if let Err(failed) = change(shard, learner, deadline, limits).await {
+        return failed;
     }
     // openraft's blocking add waits only until the learner is within
     // `replication_lag_threshold` entries, which an empty node that nobody can reach
