@@ -61,6 +61,11 @@ pub const WAL_APPEND_BATCH_MAX_DEFAULT: usize = 4096;
 /// 8 × 64 MiB = 512 MiB of log per core, the same order as four shards' logs each
 /// holding a couple of segments before one log per core (issue #14).
 pub const WAL_SEGMENTS_SOFT_MAX_DEFAULT: usize = 8;
+/// How often each core checks for large shards that pin old segments of its log
+/// (`crate::shard::log_pressure`).
+pub const LOG_PRESSURE_POLL_MS: u64 = 1_000;
+/// Least time between two snapshots one shard is asked for because it pins the log.
+pub const LOG_PRESSURE_SNAPSHOT_INTERVAL_MS: u64 = 10_000;
 impl Default for WalConfig {
     fn default() -> Self {
         WalConfig {

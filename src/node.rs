@@ -259,6 +259,7 @@ async fn run_core(
         glommio::spawn_local(crate::shard::peer::serve_peers(ctx.clone(), listener)).detach();
     }
     glommio::spawn_local(crate::shard::leaders::watch_leaders(ctx.clone())).detach();
+    glommio::spawn_local(crate::shard::log_pressure::snapshot_shards_pinning_the_log(ctx.clone())).detach();
     if core == 0
         && let Some(path) = config.latency_log.clone()
     {

@@ -26,13 +26,17 @@ impl Drop for Node {
 }
 
 fn start(data: &Path, port: u16, soft_max: usize) -> Node {
+    start_with(data, port, soft_max, 100)
+}
+
+fn start_with(data: &Path, port: u16, soft_max: usize, snapshot_every: u64) -> Node {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_fleetlm"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(data)
         .args(["--cores", "1", "--shards", "2", "--segment-size-bytes", &SEGMENT_BYTES.to_string()])
         .args(["--body-segment-size-bytes", "4194304", "--body-max-bytes", "65536"])
-        .args(["--snapshot-every-entries", "100", "--log-keep-entries", "10"])
+        .args(["--snapshot-every-entries", &snapshot_every.to_string(), "--log-keep-entries", "10"])
         .args(["--wal-segments-soft-max", &soft_max.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
@@ -108,4 +112,48 @@ fn an_idle_shard_does_not_pin_the_log_and_everything_survives_a_restart() {
     let tail = get(&format!("/v1/contexts/{busy}/tail?limit=1"));
     assert!(tail["messages"][0]["parts"][0]["text"].as_str().unwrap().starts_with(&format!("{} ", appends - 1)));
     assert!(segments(&data) <= SOFT_MAX + 2, "{} segments after the restart", segments(&data));
+}
+
+/// A shard too large to be copied forward that stops taking writes would never reach
+/// its next snapshot by count and would pin every later segment: the core asks it for a
+/// snapshot (and the purge after it), and then its remainder is copied forward. Here no
+/// shard ever snapshots by count (every 100,000 entries), so only that request frees
+/// the log.
+#[test]
+fn a_large_shard_that_pins_the_log_is_asked_for_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = common::free_ports(1);
+    let _node = start_with(&data, port, SOFT_MAX, 100_000);
+    let idle = (0..).map(|i| format!("idle-{i}")).find(|c| shard_of(c, 2) == 0).unwrap();
+    let busy = (0..).map(|i| format!("busy-{i}")).find(|c| shard_of(c, 2) == 1).unwrap();
+    for c in [&idle, &busy] {
+        assert_eq!(
+            request(port, "PUT", &format!("/v1/contexts/{c}"), &[], br#"{"token_budget":100000000}"#).status,
+            201
+        );
+    }
+    let filler = "x".repeat(2000);
+    let append = |c: &str, i: usize| {
+        let body = msg_body(&format!("{i} {filler}"));
+        assert_eq!(request(port, "POST", &format!("/v1/contexts/{c}/messages"), &[], body.as_bytes()).status, 201);
+    };
+    // The idle shard: ≈ 0.7 MiB of live log, more than half a segment.
+    for i in 0..300 {
+        append(&idle, i);
+    }
+    // The busy one writes ≈ 7 segments, then, after a pause in which the core asks for
+    // snapshots, ≈ 3 more (rolls that copy the now small remainders forward).
+    for i in 0..3000 {
+        append(&busy, i);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 3000..4500 {
+        append(&busy, i);
+    }
+    let left = settle(&data, SOFT_MAX + 2);
+    assert!(left <= SOFT_MAX + 2, "{left} segments of {SEGMENT_BYTES} bytes left (soft max {SOFT_MAX})");
+    let get = |path: &str| request(port, "GET", path, &[], b"").json();
+    assert_eq!(get(&format!("/v1/contexts/{idle}"))["last_seq"], 300);
+    assert_eq!(get(&format!("/v1/contexts/{busy}"))["last_seq"], 4500);
 }

@@ -182,6 +182,11 @@ impl CoreCtx {
         }
     }
 
+    /// The core's log (shared by its shards), once opened.
+    pub fn core_log(&self) -> Option<crate::wal::GroupCommitWal> {
+        self.opener.current_log()
+    }
+
     /// This core's replica of shard `id` (now: a re-open replaces it).
     pub fn shard(&self, id: u32) -> Option<Rc<Shard>> {
         self.shards.get(&id).map(|slot| slot.borrow().clone())

@@ -13,6 +13,7 @@ pub mod disk;
 pub mod forward;
 pub mod healing;
 pub mod leaders;
+pub mod log_pressure;
 pub mod peer;
 pub mod placement;
 pub mod replica;

@@ -432,6 +432,23 @@ impl Wal {
         Ok(())
     }
 
+    /// Groups that keep segments older than the newest `segments_soft_max` alive and
+    /// are too large to be copied forward (`reclaim_if_rolled`): only their owner can
+    /// free them, by a snapshot and the purge after it (`crate::shard::log_pressure`).
+    /// Empty while the log is within its soft maximum.
+    pub fn groups_pinning_old_segments(&self) -> Vec<GroupId> {
+        if self.segments.len() <= self.config.segments_soft_max {
+            return Vec::new();
+        }
+        let window_start = (self.tail().seq() + 1).saturating_sub(self.config.segments_soft_max as u64);
+        let small = self.config.segment_size_bytes / 2;
+        self.groups
+            .iter()
+            .filter(|(_, l)| l.live_bytes > small && l.live.front().is_some_and(|f| f.seq < window_start))
+            .map(|(g, _)| *g)
+            .collect()
+    }
+
     /// Rewrites all of group `g`'s live entries at the tail, as one ascending run of
     /// copy records (recovery joins them to whatever originals survive). Reads go
     /// through the mapping, which sees only what was flushed: the payloads are read in
