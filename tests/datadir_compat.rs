@@ -3,12 +3,28 @@
 //! core), and Raft metadata, snapshots and message bodies did not change under us. A
 //! data dir started with another number of cores has its logs re-split, and answers the
 //! same. The fixtures come from `tests/fixtures/make-datadir.sh` run with the earlier
-//! binary (the commit is in their names).
+//! binary (the commit is in their names). Snapshot indexes of formats 2 and 3 (every
+//! message in the index) are converted to format 4 (the message index in the body store).
 mod common;
 
 use common::{Server, msg_body};
 
-fn opens_and_answers_as_written(name: &str) {
+/// The format of every shard's snapshot index (its first 8 bytes), or "none".
+fn snapshot_formats(data: &std::path::Path) -> Vec<String> {
+    let mut formats = Vec::new();
+    for shard in std::fs::read_dir(data.join("shards")).unwrap().flatten() {
+        for file in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            let name = file.file_name().to_string_lossy().into_owned();
+            if name.starts_with("snapshot") && name.ends_with(".bin") {
+                let bytes = std::fs::read(file.path()).unwrap();
+                formats.push(String::from_utf8_lossy(&bytes[..8.min(bytes.len())]).into_owned());
+            }
+        }
+    }
+    formats
+}
+
+fn opens_and_answers_as_written(name: &str, format: u64) {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let tmp = tempfile::tempdir().unwrap();
     let status = std::process::Command::new("tar")
@@ -24,8 +40,12 @@ fn opens_and_answers_as_written(name: &str) {
     let data = tmp.path().join("data");
     let layout =
         || -> serde_json::Value { serde_json::from_slice(&std::fs::read(data.join("fleetlm.json")).unwrap()).unwrap() };
-    assert_eq!(layout()["format"], 2, "the fixture is a format-2 data dir");
+    assert_eq!(layout()["format"], format, "the fixture is a format-{format} data dir");
+    assert!(!snapshot_formats(&data).is_empty(), "the fixture has a snapshot");
     let s = Server::start(&data, &["--cores", "2"]);
+    // Every snapshot index is in format 4 now: the message index was moved to the
+    // body store and the snapshot rewritten, once.
+    assert!(snapshot_formats(&data).iter().all(|f| f == "FLMIDX04"), "{:?}", snapshot_formats(&data));
     assert_eq!(layout()["format"], 3, "converted at open");
     assert_eq!(layout()["wal_logs"], 2);
     assert!(data.join("wal-2/0").is_dir() && data.join("wal-2/1").is_dir());
@@ -58,12 +78,19 @@ fn opens_and_answers_as_written(name: &str) {
 
 #[test]
 fn a_data_dir_written_at_d64b5b2_opens_and_answers_the_same() {
-    opens_and_answers_as_written("datadir-d64b5b2");
+    opens_and_answers_as_written("datadir-d64b5b2", 2);
 }
 
 /// Written by the last build with one WAL per shard (format 2 with snapshot index
 /// format 3, live-stream compaction histories).
 #[test]
 fn a_data_dir_written_at_9f83b16_opens_and_answers_the_same() {
-    opens_and_answers_as_written("datadir-9f83b16");
+    opens_and_answers_as_written("datadir-9f83b16", 2);
+}
+
+/// Written by the last build that held every message in memory and in the snapshot
+/// index (data dir format 3, one WAL per core; snapshot index format 3).
+#[test]
+fn a_data_dir_written_at_0907b86_opens_and_answers_the_same() {
+    opens_and_answers_as_written("datadir-0907b86", 3);
 }

@@ -71,7 +71,8 @@ async fn read_back(shard: &Shard) -> Vec<String> {
 fn texts(sm: &ShardStateMachine) -> Vec<String> {
     let applied = sm.applied().borrow();
     let ctx = applied.store.get("ctx").expect("context exists");
-    ctx.replay(1, usize::MAX)
+    ctx.replay(1, usize::MAX, &applied.bodies)
+        .expect("the log index reads")
         .0
         .iter()
         .map(|m| m.to_json(&applied.bodies).unwrap()["parts"][0]["text"].as_str().unwrap().to_owned())

@@ -160,7 +160,7 @@ fn tombstoned_contexts_refuse_writes_keep_reads_and_revive_by_put() {
     assert_eq!(append(&mut s, "c", msg("b"), None, None).unwrap_err(), StoreError::Tombstoned);
     let compact = Command::Compact { id: "c".into(), replacement: vec![], if_version: None, now: NOW.into() };
     assert_eq!(s.apply(compact), Err(StoreError::Tombstoned));
-    assert_eq!(s.get("c").unwrap().tail(0, 10).len(), 1, "reads keep working");
+    assert_eq!(s.get("c").unwrap().tail(0, 10, &s.bodies).unwrap().len(), 1, "reads keep working");
     assert_eq!(s.get("c").unwrap().version, 1, "tombstoning does not move the version");
     put(&mut s, "c", json!({"token_budget": 1000, "status": "active"})).unwrap();
     assert_eq!(appended(append(&mut s, "c", msg("b"), None, None)).0, 2);
@@ -241,7 +241,7 @@ fn manual_policy_flags_compaction_and_compact_replaces_the_window() {
     assert_eq!(w["segments"], json!([{"type":"summary","count":1},{"type":"live","from_seq":7,"to_seq":7}]));
     assert_eq!(w["messages"][0]["seq"], 3, "a replacement keeps its given seq");
     assert_eq!((ctx.version, ctx.last_seq()), (8, 7), "version = last_seq + compactions");
-    assert_eq!(ctx.replay(1, 100).0.len(), 7, "the raw log is untouched");
+    assert_eq!(ctx.replay(1, 100, &s.bodies).unwrap().0.len(), 7, "the raw log is untouched");
 }
 
 #[test]
@@ -253,19 +253,19 @@ fn tail_and_replay_pages() {
     }
     let ctx = s.get("c").unwrap();
     let seqs = |ms: &[fleetlm::store::Message]| ms.iter().map(|m| m.seq.unwrap()).collect::<Vec<_>>();
-    assert_eq!(seqs(ctx.tail(0, 3)), vec![8, 9, 10]);
-    assert_eq!(seqs(ctx.tail(2, 3)), vec![6, 7, 8]);
-    assert_eq!(seqs(ctx.tail(9, 3)), vec![1]);
-    assert!(ctx.tail(10, 3).is_empty(), "empty means the start of history");
+    assert_eq!(seqs(&ctx.tail(0, 3, &s.bodies).unwrap()), vec![8, 9, 10]);
+    assert_eq!(seqs(&ctx.tail(2, 3, &s.bodies).unwrap()), vec![6, 7, 8]);
+    assert_eq!(seqs(&ctx.tail(9, 3, &s.bodies).unwrap()), vec![1]);
+    assert!(ctx.tail(10, 3, &s.bodies).unwrap().is_empty(), "empty means the start of history");
     assert_eq!(ctx.replay_start(ReplayFrom::FromSeq(-3)), 8);
     assert_eq!(ctx.replay_start(ReplayFrom::FromSeq(-50)), 1);
     assert_eq!(ctx.replay_start(ReplayFrom::FromSeq(0)), 1);
     assert_eq!(ctx.replay_start(ReplayFrom::AfterSeq(4)), 5);
-    let (page, next) = ctx.replay(4, 3);
-    assert_eq!((seqs(page), next), (vec![4, 5, 6], 7));
-    let (page, next) = ctx.replay(9, 100);
-    assert_eq!((seqs(page), next), (vec![9, 10], 11));
-    let (page, next) = ctx.replay(50, 100);
+    let (page, next) = ctx.replay(4, 3, &s.bodies).unwrap();
+    assert_eq!((seqs(&page), next), (vec![4, 5, 6], 7));
+    let (page, next) = ctx.replay(9, 100, &s.bodies).unwrap();
+    assert_eq!((seqs(&page), next), (vec![9, 10], 11));
+    let (page, next) = ctx.replay(50, 100, &s.bodies).unwrap();
     assert_eq!((page.len(), next), (0, 11));
 }
 
@@ -341,7 +341,7 @@ proptest! {
             let ctx = s.get("c").unwrap();
             prop_assert_eq!(ctx.last_seq(), last_seq);
             prop_assert_eq!(ctx.version, last_seq + compactions);
-            let all = ctx.replay(1, usize::MAX).0.iter().map(|m| m.seq.unwrap()).collect::<Vec<_>>();
+            let all = ctx.replay(1, usize::MAX, &s.bodies).unwrap().0.iter().map(|m| m.seq.unwrap()).collect::<Vec<_>>();
             prop_assert_eq!(all, (1..=last_seq).collect::<Vec<_>>());
             let w = s.window("c", 50);
             let listed: u64 = w["messages"].as_array().unwrap().iter().map(|m| m["token_count"].as_u64().unwrap()).sum();

@@ -213,7 +213,7 @@ proptest! {
             let want: Vec<(Option<u64>, u64)> = window.iter().map(|m| (m.0, m.1)).collect();
             prop_assert_eq!(&got_msgs, &want);
             prop_assert_eq!(got["token_count"].as_u64().unwrap(), window.iter().map(|m| m.1).sum::<u64>());
-            prop_assert_eq!(ctx.window_bytes(), got["messages"].as_array().unwrap().iter().map(|m| m.to_string().len()).sum::<usize>());
+            prop_assert_eq!(ctx.window_bytes(&bodies).unwrap(), got["messages"].as_array().unwrap().iter().map(|m| m.to_string().len()).sum::<usize>());
         }
     }
 }

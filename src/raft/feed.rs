@@ -134,7 +134,7 @@ impl Feed {
         let Some((version_before, status_before)) = before else { return };
         let mut events = Vec::new();
         if ctx.version > version_before {
-            let Ok(changes) = ctx.history_after(version_before, usize::MAX, usize::MAX) else { return };
+            let Ok(changes) = ctx.history_after(version_before, usize::MAX, usize::MAX, bodies) else { return };
             for change in &changes {
                 match ctx.event_json(change, bodies) {
                     Ok(json) => events.push(FeedEvent { version: change.version(), json: json.into(), last: false }),

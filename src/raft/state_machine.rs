@@ -4,12 +4,13 @@
 //! waiting `client_write`. The store is shared (`Rc<RefCell>`) with the API layer of the
 //! same executor, which reads it directly after a linearizable-read barrier.
 //!
-//! Message bodies live in the shard's `FileBodies` (on disk, mapped); the store holds
-//! only references. A snapshot syncs the body store, then writes `snapshot.bin`: the
-//! store's index (postcard) and the body store's length. On start the state machine
-//! loads it, cuts the body store back to that length and openraft re-applies the log
-//! after it. Snapshot data (`ShardSnapshot`) refers to the body bytes instead of
-//! copying them.
+//! Message bodies, and each context's message index (`crate::store::message_log`), live
+//! in the shard's `FileBodies` (on disk, mapped); the store holds per context only the
+//! newest few index entries and references. A snapshot syncs the body store, then writes
+//! `snapshot.bin`: the store (postcard; its size grows with the number of contexts, not
+//! of messages) and the body store's length. On start the state machine loads it, cuts
+//! the body store back to that length and openraft re-applies the log after it.
+//! Snapshot data (`ShardSnapshot`) refers to the body bytes instead of copying them.
 use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -55,11 +56,18 @@ fn generation_of(name: &str) -> Option<u64> {
     }
 }
 
-/// The first bytes of a snapshot index in format 3: `SnapshotIndex` (postcard), then
-/// the contexts' compaction histories (postcard, `Store::histories`). Format 2, written
-/// before streams, is the bare `SnapshotIndex`; its first byte is an `Option` tag (0 or
-/// 1), never `F`, so the two cannot be mistaken for each other, and an older build
-/// refuses a format-3 index instead of misreading it.
+/// The first bytes of a snapshot index in format 4: `SnapshotIndex` (postcard), then
+/// the contexts' compaction histories (postcard, `Store::histories`). Each context's
+/// raw log is in the body store (`crate::store::message_log`); the index holds only its
+/// bounded in-memory part, so its size depends on the number of contexts, not on the
+/// number of messages.
+///
+/// Format 3 (`FLMIDX03`, same layout) and format 2 (no magic, no histories; its first
+/// byte is an `Option` tag, 0 or 1, never `F`) held every message of every context in
+/// the index. They are read (`LegacySnapshotIndex`) and converted once: the message
+/// index is written to the body store and the snapshot rewritten in format 4. An older
+/// build refuses a format-4 index (unknown magic) instead of misreading it.
+const INDEX_MAGIC_V4: &[u8; 8] = b"FLMIDX04";
 const INDEX_MAGIC_V3: &[u8; 8] = b"FLMIDX03";
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -68,21 +76,76 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 
 fn encode_index(index: &SnapshotIndex, hint_bytes: usize) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(hint_bytes);
-    out.extend_from_slice(INDEX_MAGIC_V3);
+    out.extend_from_slice(INDEX_MAGIC_V4);
     let out = postcard::to_extend(index, out).map_err(io::Error::other)?;
     postcard::to_extend(&index.store.histories(), out).map_err(io::Error::other)
 }
 
-fn decode_index(bytes: &[u8]) -> io::Result<SnapshotIndex> {
+type Histories = Vec<(String, crate::store::CompactionHistory)>;
+
+/// A snapshot index as read: current, or in a format that held every message.
+enum Decoded {
+    Current(SnapshotIndex),
+    Legacy(LegacySnapshotIndex, Option<Histories>),
+}
+
+fn decode_index(bytes: &[u8]) -> io::Result<Decoded> {
+    if let Some(v4) = bytes.strip_prefix(INDEX_MAGIC_V4) {
+        let (mut index, rest) = postcard::take_from_bytes::<SnapshotIndex>(v4).map_err(invalid)?;
+        let histories: Histories = postcard::from_bytes(rest).map_err(invalid)?;
+        index.store.restore_histories(Some(histories));
+        return Ok(Decoded::Current(index));
+    }
     let Some(v3) = bytes.strip_prefix(INDEX_MAGIC_V3) else {
-        let mut index: SnapshotIndex = postcard::from_bytes(bytes).map_err(invalid)?;
-        index.store.restore_histories(None);
-        return Ok(index);
+        let index: LegacySnapshotIndex = postcard::from_bytes(bytes).map_err(invalid)?;
+        return Ok(Decoded::Legacy(index, None));
     };
-    let (mut index, rest) = postcard::take_from_bytes::<SnapshotIndex>(v3).map_err(invalid)?;
-    let histories: Vec<(String, crate::store::CompactionHistory)> = postcard::from_bytes(rest).map_err(invalid)?;
-    index.store.restore_histories(Some(histories));
-    Ok(index)
+    let (index, rest) = postcard::take_from_bytes::<LegacySnapshotIndex>(v3).map_err(invalid)?;
+    let histories: Histories = postcard::from_bytes(rest).map_err(invalid)?;
+    Ok(Decoded::Legacy(index, Some(histories)))
+}
+
+impl Decoded {
+    fn meta(&self) -> &SnapshotMetaOf<C> {
+        match self {
+            Decoded::Current(i) => &i.meta,
+            Decoded::Legacy(i, _) => &i.meta,
+        }
+    }
+
+    fn bodies_len(&self) -> u64 {
+        match self {
+            Decoded::Current(i) => i.bodies_len,
+            Decoded::Legacy(i, _) => i.bodies_len,
+        }
+    }
+
+    /// The index in the current form. A legacy one's message index is written to
+    /// `bodies` (which hold its body bytes); `true` then: the caller syncs the bodies
+    /// and rewrites the snapshot file in the current format.
+    fn into_current(self, bodies: &mut FileBodies) -> io::Result<(SnapshotIndex, bool)> {
+        match self {
+            Decoded::Current(i) => Ok((i, false)),
+            Decoded::Legacy(i, histories) => {
+                let started = std::time::Instant::now();
+                let mut store = i.store.into_store(bodies).map_err(bodies_err)?;
+                store.restore_histories(histories);
+                tracing::info!(
+                    contexts = store.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "snapshot index converted to format 4 (message index in the body store)"
+                );
+                let index = SnapshotIndex {
+                    meta: i.meta,
+                    store,
+                    last_applied: i.last_applied,
+                    membership: i.membership,
+                    bodies_len: bodies.len(),
+                };
+                Ok((index, true))
+            }
+        }
+    }
 }
 
 /// What the state machine holds.
@@ -98,6 +161,16 @@ pub struct Applied {
 struct SnapshotIndex {
     meta: SnapshotMetaOf<C>,
     store: Store,
+    last_applied: Option<LogIdOf<C>>,
+    membership: StoredMembershipOf<C>,
+    bodies_len: u64,
+}
+
+/// `SnapshotIndex` in formats 2 and 3 (every message in the store's contexts).
+#[derive(Deserialize)]
+struct LegacySnapshotIndex {
+    meta: SnapshotMetaOf<C>,
+    store: crate::store::LegacyStore,
     last_applied: Option<LogIdOf<C>>,
     membership: StoredMembershipOf<C>,
     bodies_len: u64,
@@ -172,9 +245,16 @@ impl ShardStateMachine {
         let seg = body_segment_size_bytes;
         let applied = match std::fs::read(&path) {
             Ok(bytes) => {
-                let i = decode_index(&bytes)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
-                let bodies = FileBodies::open(&bodies_dir, seg, i.bodies_len).map_err(bodies_err)?;
+                let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+                let decoded = decode_index(&bytes).map_err(named)?;
+                let mut bodies = FileBodies::open(&bodies_dir, seg, decoded.bodies_len()).map_err(bodies_err)?;
+                let (i, converted) = decoded.into_current(&mut bodies).map_err(named)?;
+                if converted {
+                    // Durably in the new format before anything else happens: the
+                    // message index's chunks first, then the index that names them.
+                    bodies.sync().map_err(bodies_err)?;
+                    crate::files::replace_durably(&path, &encode_index(&i, bytes.len())?).map_err(named)?;
+                }
                 // The node's configured limits, not the ones the snapshot was written under.
                 let store = i.store.with_limits(store.limits().clone());
                 Applied { store, last_applied: i.last_applied, membership: i.membership, bodies }
@@ -332,8 +412,8 @@ impl RaftStateMachine<C> for ShardStateMachine {
         meta: &SnapshotMetaOf<C>,
         snapshot: Self::SnapshotData,
     ) -> Result<(), io::Error> {
-        let i = decode_index(&snapshot.index)?;
-        if i.meta.last_log_id != meta.last_log_id || i.bodies_len != snapshot.bodies.len() {
+        let decoded = decode_index(&snapshot.index)?;
+        if decoded.meta().last_log_id != meta.last_log_id || decoded.bodies_len() != snapshot.bodies.len() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot data does not match its meta"));
         }
         // The new generation is built beside the current one and the in-memory state
@@ -348,8 +428,16 @@ impl RaftStateMachine<C> for ShardStateMachine {
             }
             BodiesSource::Bytes(_) => false,
         };
-        let bodies =
+        let mut bodies =
             self.applied.borrow().bodies.install_into(&snapshot.bodies, &new_dir, staged).map_err(bodies_err)?;
+        // From a node of an older build: converted here, and written in the current format.
+        let (i, converted) = decoded.into_current(&mut bodies)?;
+        let index_bytes = if converted {
+            bodies.sync().map_err(bodies_err)?;
+            encode_index(&i, snapshot.index.len())?
+        } else {
+            snapshot.index
+        };
         {
             let mut a = self.applied.borrow_mut();
             a.store = i.store.with_limits(a.store.limits().clone());
@@ -361,7 +449,7 @@ impl RaftStateMachine<C> for ShardStateMachine {
         // The state jumped: streams cannot be told what changed event by event, so they
         // end, and resume from their cursor on the new state.
         self.feed.end_all(EndReason::SnapshotInstalled);
-        self.write_snapshot(new, snapshot.index).await?;
+        self.write_snapshot(new, index_bytes).await?;
         let (old_index, old_bodies) = (self.dir.join(snapshot_file(old)), self.dir.join(bodies_dir(old)));
         let removed = glommio::executor()
             .spawn_blocking(move || {
@@ -386,7 +474,7 @@ impl RaftStateMachine<C> for ShardStateMachine {
             Err(e) => return Err(e),
         };
         let i = decode_index(&index)?;
-        let bodies = self.applied.borrow().bodies.source_up_to(i.bodies_len);
-        Ok(Some(SnapshotOf::<C, _> { meta: i.meta, snapshot: ShardSnapshot { index, bodies } }))
+        let bodies = self.applied.borrow().bodies.source_up_to(i.bodies_len());
+        Ok(Some(SnapshotOf::<C, _> { meta: i.meta().clone(), snapshot: ShardSnapshot { index, bodies } }))
     }
 }

@@ -154,6 +154,29 @@ mod limits_in_snapshot {
     }
 }
 
+/// A store as snapshot index formats 2 and 3 encode it (see `LegacyContext`).
+#[derive(Deserialize)]
+pub struct LegacyStore {
+    contexts: HashMap<String, Arc<super::context::LegacyContext>>,
+    #[serde(with = "limits_in_snapshot")]
+    limits: StoreLimits,
+}
+
+impl LegacyStore {
+    /// The store, every context's log index written to `bodies` (in the order of the
+    /// contexts' ids, so that two conversions of one snapshot write the same bytes).
+    pub fn into_store(self, bodies: &mut dyn Bodies) -> Result<Store, BodiesError> {
+        let mut legacy: Vec<_> = self.contexts.into_iter().collect();
+        legacy.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut contexts = HashMap::with_capacity(legacy.len());
+        for (id, ctx) in legacy {
+            let ctx = Arc::try_unwrap(ctx).map_err(|_| BodiesError(format!("context {id:?} is shared")))?;
+            contexts.insert(id, Arc::new(ctx.into_context(bodies)?));
+        }
+        Ok(Store { contexts, limits: self.limits })
+    }
+}
+
 impl Store {
     pub fn new(limits: StoreLimits) -> Store {
         Store { contexts: HashMap::new(), limits }

@@ -1,8 +1,9 @@
 //! One context: its raw log, its LLM window, its version and idempotency memory. Pure.
 //!
 //! Invariants, asserted where they are decided:
-//! - `messages[i].seq == i + 1`, and `last_seq == messages.len()`: seqs start at 1, grow
-//!   by one per append, never change, never repeat;
+//! - the raw log's entry at position `i` is the message with seq `i + 1`, and
+//!   `last_seq == log.len()`: seqs start at 1, grow by one per append, never change,
+//!   never repeat;
 //! - `version == last_seq + compactions`;
 //! - `window.tokens` is the sum of the token counts of the window's messages.
 use std::collections::{HashMap, VecDeque};
@@ -14,6 +15,7 @@ use super::bodies::{Bodies, BodiesError};
 use super::error::StoreError;
 use super::history::{CompactionHistory, CompactionMark, HistoryEvent, HistoryGap};
 
+use super::message_log::MessageLog;
 use super::model::{ContextConfig, Message, NewMessage, Policy, PutContext, Status};
 
 /// The LLM window: the replacement messages of the last compaction that are still in
@@ -81,8 +83,9 @@ pub struct Context {
     pub version: u64,
     pub created_at: String,
     pub updated_at: String,
-    /// The raw log. Held in memory for now; see the note in `store/mod.rs`.
-    messages: Vec<Message>,
+    /// The raw log: an index in the body store, a bounded part of it in memory
+    /// (`super::message_log`).
+    log: MessageLog,
     window: Window,
     compactions: u64,
     /// Append outcomes by idempotency key, oldest first for eviction.
@@ -92,6 +95,55 @@ pub struct Context {
     /// a context: snapshots carry it in a section of their own (`Store::histories`).
     #[serde(skip)]
     history: CompactionHistory,
+}
+
+/// A context as snapshots before the log index (snapshot index formats 2 and 3) encode
+/// it: every message in a Vec. Field for field the old `Context` (postcard has no field
+/// names), read once and turned into a `Context` whose log is written to the body store.
+#[derive(Deserialize)]
+pub struct LegacyContext {
+    id: String,
+    status: Status,
+    config: ContextConfig,
+    #[serde(with = "super::json_text::map")]
+    metadata: Map<String, Value>,
+    version: u64,
+    created_at: String,
+    updated_at: String,
+    messages: Vec<Message>,
+    window: Window,
+    compactions: u64,
+    idempotency: HashMap<String, Result<Appended, StoreError>>,
+    idempotency_order: VecDeque<String>,
+}
+
+impl LegacyContext {
+    /// The context, its messages' index entries appended to `bodies` (where their
+    /// bodies already are).
+    pub fn into_context(self, bodies: &mut dyn Bodies) -> Result<Context, BodiesError> {
+        let mut log = MessageLog::default();
+        for (i, m) in self.messages.iter().enumerate() {
+            if m.seq != Some(i as u64 + 1) {
+                return Err(BodiesError(format!("context {:?}: message {i} has seq {:?}", self.id, m.seq)));
+            }
+            log.push(m.entry(), bodies)?;
+        }
+        Ok(Context {
+            id: self.id,
+            status: self.status,
+            config: self.config,
+            metadata: self.metadata,
+            version: self.version,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            log,
+            window: self.window,
+            compactions: self.compactions,
+            idempotency: self.idempotency,
+            idempotency_order: self.idempotency_order,
+            history: CompactionHistory::default(),
+        })
+    }
 }
 
 impl Context {
@@ -104,7 +156,7 @@ impl Context {
             version: 0,
             created_at: now.to_owned(),
             updated_at: now.to_owned(),
-            messages: Vec::new(),
+            log: MessageLog::default(),
             window: Window { live_from: 1, ..Window::default() },
             compactions: 0,
             idempotency: HashMap::new(),
@@ -114,7 +166,22 @@ impl Context {
     }
 
     pub fn last_seq(&self) -> u64 {
-        self.messages.len() as u64
+        self.log.len()
+    }
+
+    /// The message with `seq` (1 ≤ seq ≤ last_seq), read from the log index.
+    fn message(&self, seq: u64, bodies: &dyn Bodies) -> Result<Message, BodiesError> {
+        Ok(Message::from_entry(seq, self.log.get(seq.wrapping_sub(1), bodies)?))
+    }
+
+    /// The messages with seqs `from..to` (cut to the log), oldest first.
+    fn messages(&self, from: u64, to: u64, bodies: &dyn Bodies) -> Result<Vec<Message>, BodiesError> {
+        let mut out = Vec::with_capacity(to.saturating_sub(from).min(1024) as usize);
+        self.log.for_each(from.max(1) - 1, to.max(1) - 1, bodies, |i, e| {
+            out.push(Message::from_entry(i + 1, e));
+            true
+        })?;
+        Ok(out)
     }
 
     /// PUT on an existing context: the config is replaced as a whole; metadata and
@@ -214,19 +281,19 @@ impl Context {
         }
         let seq = self.last_seq() + 1;
         let tokens = msg.token_count;
-        let message = Message::new(Some(seq), msg, Some(now.to_owned()), bodies)?;
         // Built (if missing) before the message joins, which then counts once.
-        self.window_stats();
-        self.messages.push(message);
-        assert_eq!(self.messages[seq as usize - 1].seq, Some(seq), "seqs are contiguous from 1");
-        self.version += 1;
-        debug_assert_eq!(self.version, self.last_seq() + self.compactions);
+        self.window_stats(bodies)?;
+        let message = Message::new(Some(seq), msg, Some(now.to_owned()), bodies)?;
         let skippable = match &self.config.policy {
-            Policy::SkipParts { skip_kinds, .. } => self.messages[seq as usize - 1].has_part_kind(skip_kinds),
+            Policy::SkipParts { skip_kinds, .. } => message.has_part_kind(skip_kinds, bodies)?,
             _ => false,
         };
-        let bytes = self.messages[seq as usize - 1].json_len_bytes() as u64;
-        let stats = self.window_stats();
+        self.log.push(message.entry(), bodies)?;
+        assert_eq!(self.last_seq(), seq, "seqs are contiguous from 1");
+        self.version += 1;
+        debug_assert_eq!(self.version, self.last_seq() + self.compactions);
+        let bytes = message.json_len_bytes() as u64;
+        let stats = self.window_stats(bodies)?;
         stats.live_count += 1;
         stats.tokens_exact += u128::from(tokens);
         stats.bytes += bytes;
@@ -237,7 +304,7 @@ impl Context {
         // defined value on every replica (and never panic in a checked build).
         self.window.tokens = saturate(stats.tokens_exact);
         if self.window.tokens as f64 > self.config.threshold(self.config.token_budget) {
-            self.apply_policy();
+            self.apply_policy(bodies)?;
         }
         self.updated_at = now.to_owned();
         Ok(Ok(Appended { seq, version: self.version, token_estimate: tokens }))
@@ -253,70 +320,88 @@ impl Context {
         self.idempotency.insert(key, outcome);
     }
 
-    /// Live seqs in the window, oldest first.
-    fn live_seqs(&self) -> impl Iterator<Item = u64> + '_ {
-        (self.window.live_from..=self.last_seq()).filter(|s| !self.window.skipped.contains(s))
-    }
-
-    /// The window's statistics, rebuilt in one pass if missing.
-    fn window_stats(&mut self) -> &mut WindowStats {
+    /// The window's statistics, rebuilt in one pass over the window if missing (after a
+    /// load or a policy change), reading the log index.
+    fn window_stats(&mut self, bodies: &dyn Bodies) -> Result<&mut WindowStats, BodiesError> {
         if self.window.stats.is_none() {
-            let live: Vec<u64> = self.live_seqs().collect();
-            let message = |s: u64| &self.messages[s as usize - 1];
-            let summary = self.window.summary.iter().map(|m| &**m);
-            let all = || summary.clone().chain(live.iter().map(|&s| message(s)));
-            let pending_skip = match &self.config.policy {
-                Policy::SkipParts { skip_kinds, .. } => {
-                    live.iter().copied().filter(|&s| message(s).has_part_kind(skip_kinds)).collect()
-                }
-                _ => VecDeque::new(),
+            let mut stats = WindowStats::default();
+            for m in self.window.summary.iter() {
+                stats.tokens_exact += u128::from(m.token_count);
+                stats.bytes += m.json_len_bytes() as u64;
+            }
+            let skip_kinds = match &self.config.policy {
+                Policy::SkipParts { skip_kinds, .. } => Some(skip_kinds),
+                _ => None,
             };
-            self.window.stats = Some(WindowStats {
-                live_count: live.len() as u64,
-                tokens_exact: all().map(|m| u128::from(m.token_count)).sum(),
-                bytes: all().map(|m| m.json_len_bytes() as u64).sum(),
-                pending_skip,
-                summary_clean: false,
-            });
+            let mut failed = None;
+            let skipped = &self.window.skipped;
+            self.log.for_each(self.window.live_from - 1, self.last_seq(), bodies, |i, e| {
+                let seq = i + 1;
+                if skipped.contains(&seq) {
+                    return true;
+                }
+                stats.live_count += 1;
+                stats.tokens_exact += u128::from(e.token_count);
+                stats.bytes += u64::from(e.body.len);
+                if let Some(kinds) = skip_kinds {
+                    match Message::from_entry(seq, e).has_part_kind(kinds, bodies) {
+                        Ok(true) => stats.pending_skip.push_back(seq),
+                        Ok(false) => {}
+                        Err(err) => {
+                            failed = Some(err);
+                            return false;
+                        }
+                    }
+                }
+                true
+            })?;
+            if let Some(err) = failed {
+                return Err(err);
+            }
+            self.window.stats = Some(stats);
         }
-        self.window.stats.as_mut().expect("just built")
+        Ok(self.window.stats.as_mut().expect("just built"))
     }
 
     /// Trims the window per the policy. Never touches the raw log or the version.
     /// O(1) amortized per append: every message is dropped (skipped or trimmed) once.
-    fn apply_policy(&mut self) {
+    fn apply_policy(&mut self, bodies: &dyn Bodies) -> Result<(), BodiesError> {
         let limit = match &self.config.policy {
-            Policy::Manual => return,
+            Policy::Manual => return Ok(()),
             Policy::LastN { limit } => *limit as u64,
             Policy::SkipParts { limit, .. } => *limit as u64,
         };
         if let Policy::SkipParts { skip_kinds, .. } = &self.config.policy {
             let kinds = skip_kinds.clone();
-            self.window_stats();
-            let Context { window, messages, .. } = self;
+            self.window_stats(bodies)?;
+            let Context { window, log, .. } = self;
             let stats = window.stats.as_mut().expect("built above");
             if !stats.summary_clean {
-                window.summary.retain(|m| {
-                    let keep = !m.has_part_kind(&kinds);
-                    if !keep {
+                let mut kept = VecDeque::with_capacity(window.summary.len());
+                for m in window.summary.drain(..) {
+                    if m.has_part_kind(&kinds, bodies)? {
                         stats.tokens_exact -= u128::from(m.token_count);
                         stats.bytes -= m.json_len_bytes() as u64;
+                    } else {
+                        kept.push_back(m);
                     }
-                    keep
-                });
+                }
+                window.summary = kept;
                 stats.summary_clean = true;
             }
-            for seq in stats.pending_skip.drain(..) {
-                if seq >= window.live_from && window.skipped.insert(seq) {
-                    let m = &messages[seq as usize - 1];
+            while let Some(&seq) = stats.pending_skip.front() {
+                if seq >= window.live_from && !window.skipped.contains(&seq) {
+                    let e = log.get(seq - 1, bodies)?;
+                    window.skipped.insert(seq);
                     stats.live_count -= 1;
-                    stats.tokens_exact -= u128::from(m.token_count);
-                    stats.bytes -= m.json_len_bytes() as u64;
+                    stats.tokens_exact -= u128::from(e.token_count);
+                    stats.bytes -= u64::from(e.body.len);
                 }
+                stats.pending_skip.pop_front();
             }
         }
-        self.window_stats();
-        let Context { window, messages, .. } = self;
+        self.window_stats(bodies)?;
+        let Context { window, log, .. } = self;
         let stats = window.stats.as_mut().expect("built above");
         while window.summary.len() as u64 + stats.live_count > limit {
             let dropped = match window.summary.pop_front() {
@@ -326,10 +411,10 @@ impl Context {
                     while window.skipped.remove(&window.live_from) {
                         window.live_from += 1;
                     }
-                    let m = &messages[window.live_from as usize - 1];
+                    let e = log.get(window.live_from - 1, bodies)?;
                     window.live_from += 1;
                     stats.live_count -= 1;
-                    (m.token_count, m.json_len_bytes())
+                    (e.token_count, e.body.len as usize)
                 }
             };
             stats.tokens_exact -= u128::from(dropped.0);
@@ -341,6 +426,7 @@ impl Context {
             window.live_from += 1;
         }
         window.tokens = saturate(stats.tokens_exact);
+        Ok(())
     }
 
     /// Replaces the window with `replacement`. The raw log is untouched.
@@ -379,9 +465,11 @@ impl Context {
         cursor: u64,
         max_events: usize,
         max_bytes: usize,
+        bodies: &dyn Bodies,
     ) -> Result<Vec<HistoryEvent>, HistoryGap> {
+        // A message the index cannot read counts small here; rendering it fails loudly.
         let size = |e: &HistoryEvent| match e {
-            HistoryEvent::Message { seq, .. } => self.messages[*seq as usize - 1].json_len_bytes() + 64,
+            HistoryEvent::Message { seq, .. } => self.log.get(seq - 1, bodies).map_or(0, |e| e.body.len as usize) + 64,
             HistoryEvent::Compaction(_) => 64,
         };
         super::history::events_after(
@@ -400,7 +488,8 @@ impl Context {
     pub fn event_json(&self, event: &HistoryEvent, bodies: &dyn Bodies) -> Result<Vec<u8>, BodiesError> {
         match event {
             HistoryEvent::Message { version, seq } => {
-                let message = self.messages[*seq as usize - 1].json_bytes(bodies)?;
+                let message = self.message(*seq, bodies)?;
+                let message = message.json_bytes(bodies)?;
                 let head = format!("{{\"type\":\"message\",\"version\":{version},\"seq\":{seq},\"message\":");
                 let mut out = Vec::with_capacity(head.len() + message.len() + 1);
                 out.extend_from_slice(head.as_bytes());
@@ -448,43 +537,63 @@ impl Context {
     }
 
     /// Skips the `offset` newest messages, takes up to `limit`, oldest first.
-    pub fn tail(&self, offset: u64, limit: usize) -> &[Message] {
-        self.tail_within(offset, limit, usize::MAX)
+    pub fn tail(&self, offset: u64, limit: usize, bodies: &dyn Bodies) -> Result<Vec<Message>, BodiesError> {
+        self.tail_within(offset, limit, usize::MAX, bodies)
     }
 
     /// `tail`, keeping only the newest messages whose stored JSON adds up to at most
     /// `max_bytes` (at least one): a client pages on with `offset` + the count returned.
-    pub fn tail_within(&self, offset: u64, limit: usize, max_bytes: usize) -> &[Message] {
-        let end = self.messages.len().saturating_sub(usize::try_from(offset).unwrap_or(usize::MAX));
-        let page = &self.messages[end.saturating_sub(limit)..end];
+    pub fn tail_within(
+        &self,
+        offset: u64,
+        limit: usize,
+        max_bytes: usize,
+        bodies: &dyn Bodies,
+    ) -> Result<Vec<Message>, BodiesError> {
+        let end = self.last_seq().saturating_sub(offset);
+        let start = end.saturating_sub(limit as u64);
+        let mut page = self.messages(start + 1, end + 1, bodies)?;
         let fit = fitting(page.iter().rev(), max_bytes);
-        &page[page.len() - fit..]
+        page.drain(..page.len() - fit);
+        Ok(page)
     }
 
     /// Messages with `seq >= from` (from ≥ 1), up to `limit`, and the seq that continues.
-    pub fn replay(&self, from: u64, limit: usize) -> (&[Message], u64) {
-        self.replay_within(from, limit, usize::MAX)
+    pub fn replay(&self, from: u64, limit: usize, bodies: &dyn Bodies) -> Result<(Vec<Message>, u64), BodiesError> {
+        self.replay_within(from, limit, usize::MAX, bodies)
     }
 
     /// `replay`, keeping only the oldest messages whose stored JSON adds up to at most
     /// `max_bytes` (at least one); the seq that continues follows the last one kept.
-    pub fn replay_within(&self, from: u64, limit: usize, max_bytes: usize) -> (&[Message], u64) {
-        let start = (from.max(1) - 1).min(self.last_seq()) as usize;
-        let end = start.saturating_add(limit).min(self.messages.len());
-        let page = &self.messages[start..end];
-        let page = &page[..fitting(page.iter(), max_bytes)];
-        let next = page.last().and_then(|m| m.seq).map_or(from.max(1).min(self.last_seq() + 1), |s| s + 1);
-        (page, next)
+    pub fn replay_within(
+        &self,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+        bodies: &dyn Bodies,
+    ) -> Result<(Vec<Message>, u64), BodiesError> {
+        let start = from.max(1).min(self.last_seq() + 1);
+        let end = start.saturating_add(limit as u64);
+        let mut page = self.messages(start, end, bodies)?;
+        page.truncate(fitting(page.iter(), max_bytes));
+        let next = page.last().and_then(|m| m.seq).map_or(start, |s| s + 1);
+        Ok((page, next))
     }
 
     /// Bytes of the stored JSON of the window's messages (what a window read copies).
-    pub fn window_bytes(&self) -> usize {
+    pub fn window_bytes(&self, bodies: &dyn Bodies) -> Result<usize, BodiesError> {
         if let Some(stats) = &self.window.stats {
-            return usize::try_from(stats.bytes).unwrap_or(usize::MAX);
+            return Ok(usize::try_from(stats.bytes).unwrap_or(usize::MAX));
         }
         let summary: usize = self.window.summary.iter().map(|m| m.json_len_bytes()).sum();
-        let live: usize = self.live_seqs().map(|s| self.messages[s as usize - 1].json_len_bytes()).sum();
-        summary.saturating_add(live)
+        let mut live = 0usize;
+        self.log.for_each(self.window.live_from - 1, self.last_seq(), bodies, |i, e| {
+            if !self.window.skipped.contains(&(i + 1)) {
+                live = live.saturating_add(e.body.len as usize);
+            }
+            true
+        })?;
+        Ok(summary.saturating_add(live))
     }
 
     /// `{"strategy": …, <config fields>}`, as the window reports its policy.
@@ -514,10 +623,10 @@ impl Context {
     /// only when a message's body is missing from `bodies` (damaged data).
     pub fn window_json(&self, budget: u64, bodies: &dyn Bodies) -> Result<Vec<u8>, BodiesError> {
         let summaries = self.window.summary.len();
-        let live: Vec<u64> = self.live_seqs().collect();
-        let (live_from, live_to) = (live.first(), live.last());
-        let messages =
-            self.window.summary.iter().map(|m| &**m).chain(live.iter().map(|&seq| &self.messages[seq as usize - 1]));
+        let mut live = self.messages(self.window.live_from, self.last_seq() + 1, bodies)?;
+        live.retain(|m| m.seq.is_none_or(|s| !self.window.skipped.contains(&s)));
+        let (live_from, live_to) = (live.first().and_then(|m| m.seq), live.last().and_then(|m| m.seq));
+        let messages = self.window.summary.iter().map(|m| &**m).chain(live.iter());
         let mut segments = Vec::new();
         if self.compactions > 0 {
             segments.push(serde_json::json!({"type": "summary", "count": summaries}));

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::bodies::{Bodies, BodiesError, BodyRef};
+use super::message_log::{Entry, KindsTag};
 use super::tokens::part_tokens_rendered;
 use crate::config::StoreLimits;
 
@@ -59,14 +60,37 @@ impl Message {
         serde_json::from_str(self.json(bodies)?).map_err(|e| BodiesError(format!("message body: {e}")))
     }
 
-    /// Whether a part's `type` starts with one of `kinds` (the skip_parts policy).
-    pub fn has_part_kind(&self, kinds: &[String]) -> bool {
+    /// Whether a part's `type` starts with one of `kinds` (the skip_parts policy). A
+    /// message read from the log index knows only that it has parts other than text:
+    /// their types are read from its body.
+    pub fn has_part_kind(&self, kinds: &[String], bodies: &dyn Bodies) -> Result<bool, BodiesError> {
         let matches = |t: &str| kinds.iter().any(|k| t.starts_with(k.as_str()));
-        match &self.kinds {
+        Ok(match &self.kinds {
             Kinds::None => false,
             Kinds::Text => matches("text"),
             Kinds::Other(types) => types.iter().any(|t| matches(t)),
-        }
+            Kinds::InBody => Kinds::of_body_json(self.json_bytes(bodies)?).iter().any(|t| matches(t)),
+        })
+    }
+
+    /// The message as the log index holds it.
+    pub fn entry(&self) -> Entry {
+        let kinds = match self.kinds {
+            Kinds::None => KindsTag::None,
+            Kinds::Text => KindsTag::Text,
+            Kinds::Other(_) | Kinds::InBody => KindsTag::Other,
+        };
+        Entry { body: self.body, token_count: self.token_count, kinds }
+    }
+
+    /// The message at `seq` from its log index entry.
+    pub fn from_entry(seq: u64, e: Entry) -> Message {
+        let kinds = match e.kinds {
+            KindsTag::None => Kinds::None,
+            KindsTag::Text => Kinds::Text,
+            KindsTag::Other => Kinds::InBody,
+        };
+        Message { seq: Some(seq), token_count: e.token_count, kinds, body: e.body }
     }
 }
 
@@ -132,9 +156,29 @@ enum Kinds {
     None,
     Text,
     Other(Box<[Box<str>]>),
+    /// Other than text; the types are in the body (a message read from the log index).
+    /// Last, so that the encoding of the others in snapshots is unchanged.
+    InBody,
 }
 
 impl Kinds {
+    /// The part types of a stored message's JSON (empty when it has none or is not one).
+    fn of_body_json(body: &[u8]) -> Vec<String> {
+        #[derive(Deserialize)]
+        struct Part<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+        }
+        #[derive(Deserialize)]
+        struct Body<'a> {
+            #[serde(borrow, default)]
+            parts: Vec<Part<'a>>,
+        }
+        serde_json::from_slice::<Body>(body)
+            .map(|b| b.parts.into_iter().map(|p| p.kind.into_owned()).collect())
+            .unwrap_or_default()
+    }
+
     /// From the parts' JSON text, reading only each part's `type` (validation made sure
     /// every part is an object with a string `type`; text that is not, which no
     /// validated command carries, counts as no parts, the same on every replica).

@@ -153,7 +153,7 @@ impl Session {
             self.phase = Phase::Live(self.shard.state.feed().subscribe(&self.id, position, self.feed_limits));
             return None;
         }
-        let page = match ctx.history_after(position, self.page_events_max, self.page_max_bytes) {
+        let page = match ctx.history_after(position, self.page_events_max, self.page_max_bytes, &applied.bodies) {
             Ok(page) => page,
             Err(gap_at) => return Some(finish(Vec::new(), gap(position + 1, gap_at.floor_version), Final::Gap)),
         };

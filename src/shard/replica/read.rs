@@ -81,8 +81,11 @@ fn applied_state(shard: &Shard, call: &ShardCall, limits: &ServeLimits, answers:
     let (rendered, held) = match call {
         ShardCall::Get { .. } => return Reply::json(200, &ctx.summary_json()),
         ShardCall::Tail { offset, limit, .. } => {
-            let page = ctx.tail_within(*offset, *limit, max_bytes);
-            let held = match held(page_bytes(page)) {
+            let page = match ctx.tail_within(*offset, *limit, max_bytes, bodies) {
+                Ok(page) => page,
+                Err(e) => return corrupt(&e),
+            };
+            let held = match held(page_bytes(&page)) {
                 Ok(h) => h,
                 Err(busy) => return busy,
             };
@@ -90,8 +93,11 @@ fn applied_state(shard: &Shard, call: &ShardCall, limits: &ServeLimits, answers:
         }
         ShardCall::Replay { from, limit, .. } => {
             let start = ctx.replay_start(*from);
-            let (page, next) = ctx.replay_within(start, *limit, max_bytes);
-            let held = match held(page_bytes(page)) {
+            let (page, next) = match ctx.replay_within(start, *limit, max_bytes, bodies) {
+                Ok(page) => page,
+                Err(e) => return corrupt(&e),
+            };
+            let held = match held(page_bytes(&page)) {
                 Ok(h) => h,
                 Err(busy) => return busy,
             };
@@ -104,7 +110,10 @@ fn applied_state(shard: &Shard, call: &ShardCall, limits: &ServeLimits, answers:
             {
                 return Reply::store_error(&StoreError::Conflict { expected, found: ctx.version });
             }
-            let bytes = ctx.window_bytes();
+            let bytes = match ctx.window_bytes(bodies) {
+                Ok(bytes) => bytes,
+                Err(e) => return corrupt(&e),
+            };
             if bytes > max_bytes {
                 let why = format!(
                     "the window holds {bytes} bytes of messages, over the {max_bytes}-byte limit of one answer: compact \
@@ -122,9 +131,13 @@ fn applied_state(shard: &Shard, call: &ShardCall, limits: &ServeLimits, answers:
     };
     match rendered {
         Ok(body) => Reply { hold: held, ..Reply::raw_json(200, body) },
-        // A message whose body is not in the body store: the shard's data is damaged.
-        Err(e) => Reply::error(500, "internal", format!("corruption in shard data: {e}")),
+        Err(e) => corrupt(&e),
     }
+}
+
+/// A message whose body or index entry is not in the body store: the shard's data is damaged.
+fn corrupt(e: &crate::store::BodiesError) -> Reply {
+    Reply::error(500, "internal", format!("corruption in shard data: {e}"))
 }
 
 /// One shard's Raft state as this node sees it.
