@@ -44,7 +44,7 @@ for i in $(seq 1 "$steps"); do
   ./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 50 --contexts "$CONTEXTS" --secs 36000 \
     --warmup-secs 0 --message-bytes 200 --appends-total "$STEP" $create >"$scratch/step-$i.json"
   t1=$(date +%s.%N)
-  echo "{\"messages\": $((i * STEP)), \"secs\": $(echo "$t1 - $t0" | bc), \"anon_kb\": $(rss RssAnon), \"file_kb\": $(rss RssFile), \"disk_kb\": $(du -sk "$scratch/data" | cut -f1), \"load\": $(cat "$scratch/step-$i.json")}" >>"$scratch/steps.jsonl"
+  echo "{\"messages\": $((i * STEP)), \"secs\": $(awk "BEGIN {print $t1 - $t0}"), \"anon_kb\": $(rss RssAnon), \"file_kb\": $(rss RssFile), \"disk_kb\": $(du -sk "$scratch/data" | cut -f1), \"load\": $(cat "$scratch/step-$i.json")}" >>"$scratch/steps.jsonl"
   echo "step $i/$steps done" >&2
 done
 kill -9 "$FL_PID"; FL_PID=
@@ -52,7 +52,7 @@ r0=$(date +%s.%N)
 start
 r1=$(date +%s.%N)
 sleep 1
-after_restart="{\"restart_secs\": $(echo "$r1 - $r0" | bc), \"anon_kb\": $(rss RssAnon), \"file_kb\": $(rss RssFile)}"
+after_restart="{\"restart_secs\": $(awk "BEGIN {print $r1 - $r0}"), \"anon_kb\": $(rss RssAnon), \"file_kb\": $(rss RssFile)}"
 if [ "$(id -u)" = 0 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi
 ./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 10 --contexts "$CONTEXTS" --secs 10 --warmup-secs 0 \
   --mix tail=1,replay=1,window=1 --replay-limit 100 --no-create >"$scratch/cold-reads.json"

@@ -67,6 +67,13 @@ fn opens_and_answers_as_written(name: &str, format: u64) {
     drop(s);
     let s = Server::start(&data, &["--cores", "2"]);
     check(&s);
+    // The idempotency keys the old build remembered (in its snapshot and its log) are
+    // remembered still: a retry of the 30th append returns its outcome, appends nothing.
+    let retry = s.req_h("POST", "/v1/contexts/a/messages", &[("Idempotency-Key", "a-30")], &msg_body("hello 30"));
+    assert_eq!(retry.json()["seq"], 30, "{}", String::from_utf8_lossy(&retry.body));
+    let retry = s.req_h("POST", "/v1/contexts/a/messages", &[("Idempotency-Key", "a-3")], &msg_body("hello 3"));
+    assert_eq!(retry.json()["seq"], 3, "{}", String::from_utf8_lossy(&retry.body));
+    assert_eq!(s.req("GET", "/v1/contexts/a", "").json()["last_seq"], 30);
     // And it goes on from there: the next append gets the next seq, after a restart too.
     let r = s.req("POST", "/v1/contexts/a/messages", &msg_body("after the upgrade"));
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));

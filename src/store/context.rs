@@ -15,6 +15,7 @@ use super::bodies::{Bodies, BodiesError};
 use super::error::StoreError;
 use super::history::{CompactionHistory, CompactionMark, HistoryEvent, HistoryGap};
 
+use super::idempotency::Keys;
 use super::message_log::MessageLog;
 use super::model::{ContextConfig, Message, NewMessage, Policy, PutContext, Status};
 
@@ -88,9 +89,8 @@ pub struct Context {
     log: MessageLog,
     window: Window,
     compactions: u64,
-    /// Append outcomes by idempotency key, oldest first for eviction.
-    idempotency: HashMap<String, Result<Appended, StoreError>>,
-    idempotency_order: VecDeque<String>,
+    /// Append outcomes by idempotency key, on disk (`super::idempotency`).
+    keys: Keys,
     /// The compactions, for streams (`super::history`). Not in the format-2 encoding of
     /// a context: snapshots carry it in a section of their own (`Store::histories`).
     #[serde(skip)]
@@ -128,6 +128,13 @@ impl LegacyContext {
             }
             log.push(m.entry(), bodies)?;
         }
+        // Oldest first, none forgotten (the old store kept at most its limit).
+        let mut keys = Keys::default();
+        for key in &self.idempotency_order {
+            if let Some(outcome) = self.idempotency.get(key) {
+                keys.remember(key, outcome, usize::MAX, bodies)?;
+            }
+        }
         Ok(Context {
             id: self.id,
             status: self.status,
@@ -139,8 +146,7 @@ impl LegacyContext {
             log,
             window: self.window,
             compactions: self.compactions,
-            idempotency: self.idempotency,
-            idempotency_order: self.idempotency_order,
+            keys,
             history: CompactionHistory::default(),
         })
     }
@@ -159,8 +165,7 @@ impl Context {
             log: MessageLog::default(),
             window: Window { live_from: 1, ..Window::default() },
             compactions: 0,
-            idempotency: HashMap::new(),
-            idempotency_order: VecDeque::new(),
+            keys: Keys::default(),
             history: CompactionHistory::default(),
         }
     }
@@ -259,12 +264,14 @@ impl Context {
         keys_max: usize,
         bodies: &mut dyn Bodies,
     ) -> Result<Result<Appended, StoreError>, BodiesError> {
-        if let Some(first) = idempotency_key.as_ref().and_then(|k| self.idempotency.get(k)) {
-            return Ok(first.clone());
+        if let Some(key) = &idempotency_key
+            && let Some(first) = self.keys.get(key, keys_max, bodies)?
+        {
+            return Ok(first);
         }
         let outcome = self.append_once(msg, if_version, now, bodies)?;
         if let Some(key) = idempotency_key {
-            self.remember(key, outcome.clone(), keys_max);
+            self.keys.remember(&key, &outcome, keys_max, bodies)?;
         }
         Ok(outcome)
     }
@@ -308,16 +315,6 @@ impl Context {
         }
         self.updated_at = now.to_owned();
         Ok(Ok(Appended { seq, version: self.version, token_estimate: tokens }))
-    }
-
-    fn remember(&mut self, key: String, outcome: Result<Appended, StoreError>, keys_max: usize) {
-        while self.idempotency_order.len() >= keys_max.max(1) {
-            if let Some(old) = self.idempotency_order.pop_front() {
-                self.idempotency.remove(&old);
-            }
-        }
-        self.idempotency_order.push_back(key.clone());
-        self.idempotency.insert(key, outcome);
     }
 
     /// The window's statistics, rebuilt in one pass over the window if missing (after a

@@ -24,8 +24,14 @@ use super::bodies::{Bodies, BodiesError, BodyRef};
 
 /// Entries per leaf chunk and references per inner chunk.
 pub const FANOUT: usize = 16;
-const ENTRY_BYTES: usize = 24;
 const REF_BYTES: usize = 12;
+
+/// A fixed-size record of an `IndexLog`.
+pub trait Record: Copy {
+    const BYTES: usize;
+    fn encode(&self, out: &mut Vec<u8>);
+    fn decode(b: &[u8]) -> Result<Self, BodiesError>;
+}
 
 /// What the part types of a message are, as far as the store needs to know without
 /// reading its body (the skip_parts policy reads the body for `Other`).
@@ -63,7 +69,9 @@ pub struct Entry {
     pub kinds: KindsTag,
 }
 
-impl Entry {
+impl Record for Entry {
+    const BYTES: usize = 24;
+
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.body.offset.to_le_bytes());
         out.extend_from_slice(&self.body.len.to_le_bytes());
@@ -103,11 +111,13 @@ fn chunk(bodies: &dyn Bodies, r: BodyRef, bytes: usize) -> Result<&[u8], BodiesE
     Ok(b)
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MessageLog {
+/// An append-only list of fixed-size records, as a tree in the body store (see the
+/// module's doc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexLog<E> {
     len: u64,
     /// The newest `len % FANOUT` entries.
-    tail: Vec<Entry>,
+    tail: Vec<E>,
     /// `levels[l]`: fewer than `FANOUT` references to full chunks of level `l`, each
     /// covering `FANOUT^(l+1)` messages, oldest first. Older levels hold older messages.
     levels: Vec<Vec<BodyRef>>,
@@ -118,7 +128,16 @@ fn span(exp: usize) -> u64 {
     (FANOUT as u64).saturating_pow(exp as u32)
 }
 
-impl MessageLog {
+/// A context's raw log: one `Entry` per message.
+pub type MessageLog = IndexLog<Entry>;
+
+impl<E> Default for IndexLog<E> {
+    fn default() -> Self {
+        IndexLog { len: 0, tail: Vec::new(), levels: Vec::new() }
+    }
+}
+
+impl<E: Record> IndexLog<E> {
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -130,14 +149,14 @@ impl MessageLog {
     /// Appends `entry`. Writes a chunk to `bodies` every `FANOUT` entries (and one per
     /// level that fills with it). On a body-store failure nothing changed (chunks
     /// already written are unreferenced bytes).
-    pub fn push(&mut self, entry: Entry, bodies: &mut dyn Bodies) -> Result<(), BodiesError> {
+    pub fn push(&mut self, entry: E, bodies: &mut dyn Bodies) -> Result<(), BodiesError> {
         if self.tail.len() + 1 < FANOUT {
             self.tail.push(entry);
             self.len += 1;
             return Ok(());
         }
         // The tail fills: write it, then every level it fills in turn.
-        let mut bytes = Vec::with_capacity(FANOUT * ENTRY_BYTES);
+        let mut bytes = Vec::with_capacity(FANOUT * E::BYTES);
         for e in self.tail.iter().chain(std::iter::once(&entry)) {
             e.encode(&mut bytes);
         }
@@ -166,7 +185,7 @@ impl MessageLog {
     }
 
     /// The entry at position `i` (seq `i + 1`).
-    pub fn get(&self, i: u64, bodies: &dyn Bodies) -> Result<Entry, BodiesError> {
+    pub fn get(&self, i: u64, bodies: &dyn Bodies) -> Result<E, BodiesError> {
         let mut out = None;
         self.for_each(i, i + 1, bodies, |_, e| {
             out = Some(e);
@@ -182,7 +201,7 @@ impl MessageLog {
         from: u64,
         to: u64,
         bodies: &dyn Bodies,
-        mut f: impl FnMut(u64, Entry) -> bool,
+        mut f: impl FnMut(u64, E) -> bool,
     ) -> Result<(), BodiesError> {
         let to = to.min(self.len);
         let mut i = from;
@@ -200,8 +219,8 @@ impl MessageLog {
             let block = i - i % FANOUT as u64;
             let end = (block + FANOUT as u64).min(to);
             for p in i..end {
-                let at = (p - block) as usize * ENTRY_BYTES;
-                if !f(p, Entry::decode(&leaf[at..at + ENTRY_BYTES])?) {
+                let at = (p - block) as usize * E::BYTES;
+                if !f(p, E::decode(&leaf[at..at + E::BYTES])?) {
                     return Ok(());
                 }
             }
@@ -225,7 +244,7 @@ impl MessageLog {
                     r = decode_ref(&refs[k * REF_BYTES..(k + 1) * REF_BYTES]);
                     off %= span(below + 1);
                 }
-                return chunk(bodies, r, FANOUT * ENTRY_BYTES);
+                return chunk(bodies, r, FANOUT * E::BYTES);
             }
             start += n * covers;
         }

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod context;
 pub mod error;
 pub mod history;
+pub mod idempotency;
 pub mod json_text;
 pub mod message_log;
 pub mod model;
