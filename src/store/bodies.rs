@@ -37,6 +37,23 @@ pub struct MemBodies {
     bytes: Vec<u8>,
 }
 
+impl MemBodies {
+    /// Bytes held.
+    pub fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Drops every byte from `len` on: what opening a body store at a snapshot's length
+    /// does to what a crash left after it (tests of recovery).
+    pub fn truncate(&mut self, len: u64) {
+        self.bytes.truncate(len as usize);
+    }
+}
+
 impl Bodies for MemBodies {
     fn append(&mut self, json: &[u8]) -> Result<BodyRef, BodiesError> {
         let r = BodyRef { offset: self.bytes.len() as u64, len: json.len() as u32 };
