@@ -89,9 +89,10 @@ impl Table {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Keys {
     log: IndexLog<KeyEntry>,
-    /// Derived from the log's last `keys_max` entries; `None` until first needed.
+    /// Derived from the log's last `keys_max` entries; `None` until first needed (boxed:
+    /// most contexts never see a key, and every context carries this field).
     #[serde(skip)]
-    table: Option<Table>,
+    table: Option<Box<Table>>,
 }
 
 /// Equal key sets have the same log; the table is derived.
@@ -166,7 +167,7 @@ impl Keys {
                 table.insert(e.fingerprint, position);
                 true
             })?;
-            self.table = Some(table);
+            self.table = Some(Box::new(table));
         }
         Ok(self.table.as_ref().expect("just built"))
     }

@@ -151,6 +151,10 @@ impl<E: Record> IndexLog<E> {
     /// already written are unreferenced bytes).
     pub fn push(&mut self, entry: E, bodies: &mut dyn Bodies) -> Result<(), BodiesError> {
         if self.tail.len() + 1 < FANOUT {
+            // Exact capacity: a context holds its tail in memory for as long as it
+            // lives, and doubling would keep up to twice the entries' bytes (a
+            // reallocation per append costs less than that memory over 100k contexts).
+            self.tail.reserve_exact(1);
             self.tail.push(entry);
             self.len += 1;
             return Ok(());
@@ -170,14 +174,16 @@ impl<E: Record> IndexLog<E> {
             carried = bodies.append(&bytes)?;
             full_levels += 1;
         }
-        // Every write succeeded: change the state.
-        self.tail.clear();
+        // Every write succeeded: change the state (memory given back: see above).
+        self.tail = Vec::new();
         for level in &mut self.levels[..full_levels] {
-            level.clear();
+            *level = Vec::new();
         }
         if self.levels.len() == full_levels {
-            self.levels.push(Vec::with_capacity(FANOUT - 1));
+            self.levels.reserve_exact(1);
+            self.levels.push(Vec::new());
         }
+        self.levels[full_levels].reserve_exact(1);
         self.levels[full_levels].push(carried);
         self.len += 1;
         assert_eq!(self.len % FANOUT as u64, 0, "a chunk is written when the tail fills");
