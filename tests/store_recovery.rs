@@ -8,7 +8,7 @@
 //! crash test; the body store's own durability (sync before the index that names it) is
 //! tested in tests/raft_bodies.rs.
 use fleetlm::config::StoreLimits;
-use fleetlm::store::{Command, CompactionHistory, MemBodies, NewMessage, PutContext, Store};
+use fleetlm::store::{BodyRef, Command, CompactionHistory, MemBodies, NewMessage, PutContext, Store, checkpoint};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -137,13 +137,13 @@ proptest! {
         // The run that snapshots after entry k, writes on, and crashes.
         let (mut crashed, mut crashed_bodies) = (Store::new(limits()), MemBodies::default());
         for cmd in &log[..k] {
-            crashed.apply(cmd.clone(), &mut crashed_bodies).unwrap();
+            let _ = crashed.apply(cmd.clone(), &mut crashed_bodies).unwrap();
         }
         let histories: Vec<(String, CompactionHistory)> =
             crashed.histories().into_iter().map(|(id, h)| (id.to_owned(), h.clone())).collect();
         let snapshot = (postcard::to_stdvec(&crashed).unwrap(), crashed_bodies.len());
         for cmd in &log[k..] {
-            crashed.apply(cmd.clone(), &mut crashed_bodies).unwrap();
+            let _ = crashed.apply(cmd.clone(), &mut crashed_bodies).unwrap();
         }
         // The crash: some of the bytes written after the snapshot reached the disk.
         let written_after = crashed_bodies.len() - snapshot.1;
@@ -154,6 +154,77 @@ proptest! {
         crashed_bodies.truncate(snapshot.1);
         let mut recovered = postcard::from_bytes::<Store>(&snapshot.0).unwrap().with_limits(limits());
         recovered.restore_histories(Some(histories));
+        for (cmd, outcome) in log[k..].iter().zip(&outcomes[k..]) {
+            let again = recovered.apply(cmd.clone(), &mut crashed_bodies).unwrap();
+            prop_assert_eq!(&again, outcome, "a re-applied command answers as the first time");
+        }
+        for c in 0..CONTEXTS {
+            let id = format!("c{c}");
+            prop_assert_eq!(recovered.get(&id).ok(), store.get(&id).ok(), "context {}", id);
+        }
+        prop_assert_eq!(reads(&recovered, &crashed_bodies), reads(&store, &bodies));
+        prop_assert_eq!(crashed_bodies.len(), bodies.len(), "the same bytes were written again");
+    }
+}
+
+/// A checkpoint as the state machine takes one (`src/raft/state_machine.rs`): the
+/// changed contexts (all of them on a rebase) written to the body store, the directory
+/// extended (or restarted); returns the snapshot: the directory and the body length.
+fn take_checkpoint(
+    store: &mut Store,
+    bodies: &mut MemBodies,
+    directory: &mut Vec<BodyRef>,
+    rebase: bool,
+) -> (Vec<BodyRef>, u64) {
+    let changed = store.take_changed(rebase);
+    let chunks = checkpoint::append(checkpoint::encode_all(&changed).unwrap(), bodies).unwrap();
+    if rebase {
+        directory.clear();
+    }
+    directory.extend(chunks);
+    (directory.clone(), bodies.len())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    /// With incremental checkpoints (a base, deltas, a failed one, rebases) as the
+    /// snapshot: loading the last one and re-applying the log after it gives exactly
+    /// the state of the run that went on without crashing.
+    #[test]
+    fn recovery_from_incremental_checkpoints_gives_the_state_of_the_run_that_never_crashed(
+        ops in proptest::collection::vec(op(), 1..40),
+        points in proptest::collection::vec((0.0f64..1.0, 0u8..6), 1..5),
+        kept_after_crash in 0.0f64..1.0,
+    ) {
+        let log = commands(&ops);
+        let mut at: Vec<(usize, u8)> = points.iter().map(|(p, kind)| ((log.len() as f64 * p) as usize, *kind)).collect();
+        at.sort();
+        let (mut store, mut bodies) = (Store::new(limits()), MemBodies::default());
+        let mut directory = Vec::new();
+        let mut snapshot = None;
+        let mut outcomes = Vec::new();
+        let mut next = at.iter().peekable();
+        for (i, cmd) in log.iter().enumerate() {
+            while let Some(&&(k, kind)) = next.peek() && k == i {
+                next.next();
+                match kind {
+                    // A checkpoint that failed after taking the changed contexts.
+                    0 => { store.take_changed(false); store.checkpoint_failed(); }
+                    1 => snapshot = Some((take_checkpoint(&mut store, &mut bodies, &mut directory, true), i)),
+                    _ => snapshot = Some((take_checkpoint(&mut store, &mut bodies, &mut directory, false), i)),
+                }
+            }
+            outcomes.push(store.apply(cmd.clone(), &mut bodies).unwrap());
+        }
+        let Some(((dir, len), k)) = snapshot else { return Ok(()) };
+        // The crashed run wrote what the reference wrote (apply is deterministic), and a
+        // part of what followed the snapshot reached the disk.
+        let mut crashed_bodies = bodies.clone();
+        crashed_bodies.truncate(len + ((bodies.len() - len) as f64 * kept_after_crash) as u64);
+        // Open: the body store cut back to the snapshot's length, the store loaded from
+        // the checkpoint directory, the log after the snapshot applied again.
+        crashed_bodies.truncate(len);
+        let mut recovered = checkpoint::load(&dir, limits(), &crashed_bodies).unwrap();
         for (cmd, outcome) in log[k..].iter().zip(&outcomes[k..]) {
             let again = recovered.apply(cmd.clone(), &mut crashed_bodies).unwrap();
             prop_assert_eq!(&again, outcome, "a re-applied command answers as the first time");

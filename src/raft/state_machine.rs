@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use super::bodies::{BodiesSource, FileBodies};
 use super::feed::{EndReason, Feed};
 use super::types::FleetRaft;
-use crate::store::Store;
+use crate::config::StoreLimits;
+use crate::store::checkpoint;
+use crate::store::{BodyRef, Store};
 
 type C = FleetRaft;
 
@@ -56,17 +58,20 @@ fn generation_of(name: &str) -> Option<u64> {
     }
 }
 
-/// The first bytes of a snapshot index in format 4: `SnapshotIndex` (postcard), then
-/// the contexts' compaction histories (postcard, `Store::histories`). Each context's
-/// raw log is in the body store (`crate::store::message_log`); the index holds only its
-/// bounded in-memory part, so its size depends on the number of contexts, not on the
-/// number of messages.
+/// The first bytes of a snapshot index in format 5: `SnapshotIndex` (postcard). The
+/// store is not in it: every context's state is a checkpoint record in the body store,
+/// named by directory chunks there (`crate::store::checkpoint`); the index lists the
+/// chunks. Its size depends on the number of checkpoints since the last rebase, not on
+/// the contexts or their messages.
 ///
-/// Format 3 (`FLMIDX03`, same layout) and format 2 (no magic, no histories; its first
-/// byte is an `Option` tag, 0 or 1, never `F`) held every message of every context in
-/// the index. They are read (`LegacySnapshotIndex`) and converted once: the message
-/// index is written to the body store and the snapshot rewritten in format 4. An older
-/// build refuses a format-4 index (unknown magic) instead of misreading it.
+/// Older formats held the store in the index: format 4 (`FLMIDX04`: every context, the
+/// message index in the body store already), format 3 (`FLMIDX03`) and format 2 (no
+/// magic; its first byte is an `Option` tag, 0 or 1, never `F`) with every message of
+/// every context. They are read and converted once (message index and checkpoint
+/// records written to the body store, the body store synced, the index rewritten in
+/// format 5). An older build refuses a format-5 index (unknown magic) instead of
+/// misreading it.
+const INDEX_MAGIC_V5: &[u8; 8] = b"FLMIDX05";
 const INDEX_MAGIC_V4: &[u8; 8] = b"FLMIDX04";
 const INDEX_MAGIC_V3: &[u8; 8] = b"FLMIDX03";
 
@@ -74,27 +79,28 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {e}"))
 }
 
-fn encode_index(index: &SnapshotIndex, hint_bytes: usize) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(hint_bytes);
-    out.extend_from_slice(INDEX_MAGIC_V4);
-    let out = postcard::to_extend(index, out).map_err(io::Error::other)?;
-    postcard::to_extend(&index.store.histories(), out).map_err(io::Error::other)
+fn encode_index(index: &SnapshotIndex) -> io::Result<Vec<u8>> {
+    postcard::to_extend(index, INDEX_MAGIC_V5.to_vec()).map_err(io::Error::other)
 }
 
 type Histories = Vec<(String, crate::store::CompactionHistory)>;
 
-/// A snapshot index as read: current, or in a format that held every message.
+/// A snapshot index as read: current, or in a format that held the store.
 enum Decoded {
     Current(SnapshotIndex),
+    V4(IndexV4),
     Legacy(LegacySnapshotIndex, Option<Histories>),
 }
 
 fn decode_index(bytes: &[u8]) -> io::Result<Decoded> {
+    if let Some(v5) = bytes.strip_prefix(INDEX_MAGIC_V5) {
+        return Ok(Decoded::Current(postcard::from_bytes(v5).map_err(invalid)?));
+    }
     if let Some(v4) = bytes.strip_prefix(INDEX_MAGIC_V4) {
-        let (mut index, rest) = postcard::take_from_bytes::<SnapshotIndex>(v4).map_err(invalid)?;
+        let (mut index, rest) = postcard::take_from_bytes::<IndexV4>(v4).map_err(invalid)?;
         let histories: Histories = postcard::from_bytes(rest).map_err(invalid)?;
         index.store.restore_histories(Some(histories));
-        return Ok(Decoded::Current(index));
+        return Ok(Decoded::V4(index));
     }
     let Some(v3) = bytes.strip_prefix(INDEX_MAGIC_V3) else {
         let index: LegacySnapshotIndex = postcard::from_bytes(bytes).map_err(invalid)?;
@@ -109,6 +115,7 @@ impl Decoded {
     fn meta(&self) -> &SnapshotMetaOf<C> {
         match self {
             Decoded::Current(i) => &i.meta,
+            Decoded::V4(i) => &i.meta,
             Decoded::Legacy(i, _) => &i.meta,
         }
     }
@@ -116,36 +123,73 @@ impl Decoded {
     fn bodies_len(&self) -> u64 {
         match self {
             Decoded::Current(i) => i.bodies_len,
+            Decoded::V4(i) => i.bodies_len,
             Decoded::Legacy(i, _) => i.bodies_len,
         }
     }
 
-    /// The index in the current form. A legacy one's message index is written to
-    /// `bodies` (which hold its body bytes); `true` then: the caller syncs the bodies
-    /// and rewrites the snapshot file in the current format.
-    fn into_current(self, bodies: &mut FileBodies) -> io::Result<(SnapshotIndex, bool)> {
-        match self {
-            Decoded::Current(i) => Ok((i, false)),
+    /// The index in the current format and the store it names, read from `bodies`
+    /// (opened at the index's length). An index in an older format is converted:
+    /// message indexes and checkpoint records are written to `bodies`, and `true` says
+    /// that the caller must sync the bodies and write the returned index.
+    fn open(self, bodies: &mut FileBodies, limits: StoreLimits) -> io::Result<(SnapshotIndex, Store, bool)> {
+        let (meta, last_applied, membership, store) = match self {
+            Decoded::Current(i) => {
+                let store = checkpoint::load(&i.directory, limits, bodies).map_err(bodies_err)?;
+                return Ok((i, store, false));
+            }
+            Decoded::V4(i) => (i.meta, i.last_applied, i.membership, i.store),
             Decoded::Legacy(i, histories) => {
-                let started = std::time::Instant::now();
                 let mut store = i.store.into_store(bodies).map_err(bodies_err)?;
                 store.restore_histories(histories);
-                tracing::info!(
-                    contexts = store.len(),
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "snapshot index converted to format 4 (message index in the body store)"
-                );
-                let index = SnapshotIndex {
-                    meta: i.meta,
-                    store,
-                    last_applied: i.last_applied,
-                    membership: i.membership,
-                    bodies_len: bodies.len(),
-                };
-                Ok((index, true))
+                (i.meta, i.last_applied, i.membership, store)
             }
-        }
+        };
+        let started = std::time::Instant::now();
+        let mut store = store.with_limits(limits);
+        let all = store.take_changed(true);
+        let directory =
+            checkpoint::append(checkpoint::encode_all(&all).map_err(bodies_err)?, bodies).map_err(bodies_err)?;
+        tracing::info!(
+            contexts = all.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "snapshot index converted to format 5 (contexts checkpointed in the body store)"
+        );
+        drop(all);
+        let index = SnapshotIndex { meta, last_applied, membership, bodies_len: bodies.len(), directory };
+        Ok((index, store, true))
     }
+}
+
+/// `IndexV4` in formats 2 and 3 (every message in the store's contexts).
+#[derive(Deserialize)]
+struct LegacySnapshotIndex {
+    meta: SnapshotMetaOf<C>,
+    store: crate::store::LegacyStore,
+    last_applied: Option<LogIdOf<C>>,
+    membership: StoredMembershipOf<C>,
+    bodies_len: u64,
+}
+
+/// The index in format 4: the store whole (message indexes in the body store).
+#[derive(Deserialize)]
+struct IndexV4 {
+    meta: SnapshotMetaOf<C>,
+    store: Store,
+    last_applied: Option<LogIdOf<C>>,
+    membership: StoredMembershipOf<C>,
+    bodies_len: u64,
+}
+
+/// `snapshot.bin` in format 5: Raft's part, the body store's length, and the checkpoint
+/// directory's chunks in the body store (base first, then deltas).
+#[derive(Serialize, Deserialize)]
+struct SnapshotIndex {
+    meta: SnapshotMetaOf<C>,
+    last_applied: Option<LogIdOf<C>>,
+    membership: StoredMembershipOf<C>,
+    bodies_len: u64,
+    directory: Vec<BodyRef>,
 }
 
 /// What the state machine holds.
@@ -154,26 +198,6 @@ pub struct Applied {
     pub last_applied: Option<LogIdOf<C>>,
     pub membership: StoredMembershipOf<C>,
     pub bodies: FileBodies,
-}
-
-/// `snapshot.bin`: everything but the body bytes.
-#[derive(Serialize, Deserialize)]
-struct SnapshotIndex {
-    meta: SnapshotMetaOf<C>,
-    store: Store,
-    last_applied: Option<LogIdOf<C>>,
-    membership: StoredMembershipOf<C>,
-    bodies_len: u64,
-}
-
-/// `SnapshotIndex` in formats 2 and 3 (every message in the store's contexts).
-#[derive(Deserialize)]
-struct LegacySnapshotIndex {
-    meta: SnapshotMetaOf<C>,
-    store: crate::store::LegacyStore,
-    last_applied: Option<LogIdOf<C>>,
-    membership: StoredMembershipOf<C>,
-    bodies_len: u64,
 }
 
 /// A snapshot's data: the index, and the body bytes by reference. Building or
@@ -213,8 +237,9 @@ pub struct ShardStateMachine {
     /// task of their own, concurrent with applies and installs; a build that an install
     /// overtook must not write its (older) index into the new generation.
     generation: Rc<std::cell::Cell<u64>>,
-    /// Size of the last index built, to size the next one's buffer.
-    last_index_len_bytes: Rc<std::cell::Cell<usize>>,
+    /// The checkpoint directory of the current generation's last snapshot (chunks in
+    /// its body store: base, then deltas), and how many entries they hold in all.
+    directory: Rc<RefCell<(Vec<BodyRef>, u64)>>,
     /// The streams watching this replica's contexts.
     feed: Rc<Feed>,
 }
@@ -243,35 +268,39 @@ impl ShardStateMachine {
         let path = dir.join(snapshot_file(current));
         let bodies_dir = dir.join(bodies_dir(current));
         let seg = body_segment_size_bytes;
-        let applied = match std::fs::read(&path) {
+        let (applied, directory) = match std::fs::read(&path) {
             Ok(bytes) => {
                 let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
                 let decoded = decode_index(&bytes).map_err(named)?;
                 let mut bodies = FileBodies::open(&bodies_dir, seg, decoded.bodies_len()).map_err(bodies_err)?;
-                let (i, converted) = decoded.into_current(&mut bodies).map_err(named)?;
-                if converted {
-                    // Durably in the new format before anything else happens: the
-                    // message index's chunks first, then the index that names them.
-                    bodies.sync().map_err(bodies_err)?;
-                    crate::files::replace_durably(&path, &encode_index(&i, bytes.len())?).map_err(named)?;
-                }
                 // The node's configured limits, not the ones the snapshot was written under.
-                let store = i.store.with_limits(store.limits().clone());
-                Applied { store, last_applied: i.last_applied, membership: i.membership, bodies }
+                let (i, store, converted) = decoded.open(&mut bodies, store.limits().clone()).map_err(named)?;
+                if converted {
+                    // Durably in the new format before anything else happens: what the
+                    // conversion wrote to the body store first, then the index naming it.
+                    bodies.sync().map_err(bodies_err)?;
+                    crate::files::replace_durably(&path, &encode_index(&i)?).map_err(named)?;
+                }
+                let entries = checkpoint::entries_in(&i.directory, &bodies).map_err(bodies_err)?;
+                let applied = Applied { store, last_applied: i.last_applied, membership: i.membership, bodies };
+                (applied, (i.directory, entries))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Applied {
-                store,
-                last_applied: None,
-                membership: StoredMembershipOf::<C>::default(),
-                bodies: FileBodies::open(&bodies_dir, seg, 0).map_err(bodies_err)?,
-            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let applied = Applied {
+                    store,
+                    last_applied: None,
+                    membership: StoredMembershipOf::<C>::default(),
+                    bodies: FileBodies::open(&bodies_dir, seg, 0).map_err(bodies_err)?,
+                };
+                (applied, (Vec::new(), 0))
+            }
             Err(e) => return Err(e),
         };
         Ok(ShardStateMachine {
             applied: Rc::new(RefCell::new(applied)),
             dir: dir.to_owned(),
             generation: Rc::new(std::cell::Cell::new(current)),
-            last_index_len_bytes: Rc::new(std::cell::Cell::new(0)),
+            directory: Rc::new(RefCell::new(directory)),
             feed: Rc::default(),
         })
     }
@@ -300,54 +329,95 @@ impl RaftSnapshotBuilder<C> for ShardStateMachine {
     type SnapshotData = ShardSnapshot;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Self::SnapshotData>, io::Error> {
-        // On the executor only the capture: one applied state, taken by cloning the
-        // store's map of shared contexts (a reference count each; contexts written
-        // while the encoding runs are copied on write). The encoding (≈5–13 ms at
-        // 150–250k messages per shard, formerly a stall of every request on the core)
-        // and the syncs run on the blocking pool.
+        let result = self.checkpoint().await;
+        if result.is_err() {
+            // What the failed checkpoint took as changed may be in no snapshot: the next
+            // one writes every context again.
+            self.applied.borrow_mut().store.checkpoint_failed();
+        }
+        result
+    }
+}
+
+impl ShardStateMachine {
+    /// A snapshot: the contexts changed since the last one written to the body store
+    /// (`crate::store::checkpoint`), the body store synced, then an index naming them
+    /// written. On the executor only the capture (a reference count per changed
+    /// context) and the appends (a copy of the encoded records); the encoding and the
+    /// syncs run on the blocking pool. Cost: the changed contexts, not the store.
+    async fn checkpoint(&mut self) -> Result<SnapshotOf<C, ShardSnapshot>, io::Error> {
+        let started = std::time::Instant::now();
+        let generation = self.generation.get();
+        let (changed, rebase, meta, last_applied, membership) = {
+            let mut a = self.applied.borrow_mut();
+            let contexts = a.store.len() as u64;
+            // Rebased (every context written, the directory restarted) once the deltas
+            // would list more entries than twice the contexts: the directory stays
+            // within twice the contexts, the garbage left in the body store within the
+            // records written.
+            let pending = a.store.changed_count().map_or(u64::MAX, |n| n as u64);
+            let rebase = self.directory.borrow().1.saturating_add(pending) > 2 * contexts;
+            let changed = a.store.take_changed(rebase);
+            let meta = SnapshotMetaOf::<C> { last_log_id: a.last_applied, last_membership: a.membership.clone() };
+            (changed, rebase, meta, a.last_applied, a.membership.clone())
+        };
+        crate::metrics::record_since("snapshot.capture", started);
+        let changed_count = changed.len() as u64;
+        let encoded = glommio::executor()
+            .spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let encoded = checkpoint::encode_all(&changed);
+                // Dropping the captured contexts here, not on the executor.
+                drop(changed);
+                (encoded, started.elapsed())
+            })
+            .await;
+        crate::metrics::record("snapshot.encode", encoded.1.as_micros() as u64);
+        let encoded = encoded.0.map_err(bodies_err)?;
+        if self.generation.get() != generation {
+            return Ok(self.overtaken(meta));
+        }
         let started = std::time::Instant::now();
         let (index, bodies, bodies_synced) = {
             let mut a = self.applied.borrow_mut();
-            let bodies_synced = a.bodies.sync_job().map_err(bodies_err)?;
-            let index = SnapshotIndex {
-                meta: SnapshotMetaOf::<C> { last_log_id: a.last_applied, last_membership: a.membership.clone() },
-                store: a.store.clone(),
-                last_applied: a.last_applied,
-                membership: a.membership.clone(),
-                bodies_len: a.bodies.len(),
-            };
-            (index, a.bodies.source(), bodies_synced)
+            let chunks = checkpoint::append(encoded, &mut a.bodies).map_err(bodies_err)?;
+            let mut directory = if rebase { Vec::new() } else { self.directory.borrow().0.clone() };
+            directory.extend(chunks);
+            let index =
+                SnapshotIndex { meta: meta.clone(), last_applied, membership, bodies_len: a.bodies.len(), directory };
+            (index, a.bodies.source(), a.bodies.sync_job().map_err(bodies_err)?)
         };
-        crate::metrics::record_since("snapshot.capture", started);
-        let meta = index.meta.clone();
-        let generation = self.generation.get();
-        // Sized like the previous index (plus growth): no copies of a doubling buffer.
-        let hint_bytes = self.last_index_len_bytes.get() + self.last_index_len_bytes.get() / 4 + 4096;
-        let index = glommio::executor()
+        crate::metrics::record_since("snapshot.append", started);
+        let entries = if rebase { changed_count } else { self.directory.borrow().1 + changed_count };
+        let directory = index.directory.clone();
+        let bytes = glommio::executor()
             .spawn_blocking(move || {
                 // Bodies first: the index on disk must never name bytes that are not durable.
                 bodies_synced.run().map_err(bodies_err)?;
-                let started = std::time::Instant::now();
-                let bytes = encode_index(&index, hint_bytes)?;
-                // Dropping the captured contexts here, not on the executor.
-                drop(index);
-                Ok::<_, io::Error>((bytes, started.elapsed()))
+                encode_index(&index)
             })
-            .await
-            .map(|(bytes, took)| {
-                crate::metrics::record("snapshot.encode", took.as_micros() as u64);
-                bytes
-            })?;
-        self.last_index_len_bytes.set(index.len());
+            .await?;
         // The check and the queueing of the write happen without an await in between,
         // and the blocking pool (one thread) runs jobs in order: an install that starts
         // later writes its file after this one.
-        let index = if self.generation.get() == generation {
-            self.write_snapshot(generation, index).await?
-        } else {
-            index // older than the installed snapshot: openraft ignores it
-        };
-        Ok(SnapshotOf::<C, _> { meta, snapshot: ShardSnapshot { index, bodies } })
+        if self.generation.get() != generation {
+            return Ok(self.overtaken(meta));
+        }
+        let bytes = self.write_snapshot(generation, bytes).await?;
+        if self.generation.get() == generation {
+            *self.directory.borrow_mut() = (directory, entries);
+        }
+        Ok(SnapshotOf::<C, _> { meta, snapshot: ShardSnapshot { index: bytes, bodies } })
+    }
+
+    /// The answer of a build that an install overtook: the installed state replaced the
+    /// captured one, nothing was written, and openraft, which keeps only the meta of a
+    /// built snapshot, ignores one older than the installed snapshot. (An error here
+    /// would be fatal to the Raft core.)
+    fn overtaken(&self, meta: SnapshotMetaOf<C>) -> SnapshotOf<C, ShardSnapshot> {
+        tracing::info!(shard_dir = %self.dir.display(), "snapshot build overtaken by an install");
+        let bodies = self.applied.borrow().bodies.source_up_to(0);
+        SnapshotOf::<C, _> { meta, snapshot: ShardSnapshot { index: Vec::new(), bodies } }
     }
 }
 
@@ -416,6 +486,7 @@ impl RaftStateMachine<C> for ShardStateMachine {
         if decoded.meta().last_log_id != meta.last_log_id || decoded.bodies_len() != snapshot.bodies.len() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot data does not match its meta"));
         }
+        let limits = self.applied.borrow().store.limits().clone();
         // The new generation is built beside the current one and the in-memory state
         // switched to it at once (no await in between: a concurrent build sees the old
         // state or the new one); the index write below is the commit point on disk.
@@ -431,20 +502,22 @@ impl RaftStateMachine<C> for ShardStateMachine {
         let mut bodies =
             self.applied.borrow().bodies.install_into(&snapshot.bodies, &new_dir, staged).map_err(bodies_err)?;
         // From a node of an older build: converted here, and written in the current format.
-        let (i, converted) = decoded.into_current(&mut bodies)?;
+        let (i, store, converted) = decoded.open(&mut bodies, limits)?;
         let index_bytes = if converted {
             bodies.sync().map_err(bodies_err)?;
-            encode_index(&i, snapshot.index.len())?
+            encode_index(&i)?
         } else {
             snapshot.index
         };
+        let entries = checkpoint::entries_in(&i.directory, &bodies).map_err(bodies_err)?;
         {
             let mut a = self.applied.borrow_mut();
-            a.store = i.store.with_limits(a.store.limits().clone());
+            a.store = store;
             a.last_applied = i.last_applied;
             a.membership = i.membership;
             a.bodies = bodies;
         }
+        *self.directory.borrow_mut() = (i.directory, entries);
         self.generation.set(new);
         // The state jumped: streams cannot be told what changed event by event, so they
         // end, and resume from their cursor on the new state.

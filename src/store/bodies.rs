@@ -32,7 +32,7 @@ pub trait Bodies {
 }
 
 /// Bodies in a `Vec`, for tests and tools.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct MemBodies {
     bytes: Vec<u8>,
 }

@@ -101,6 +101,16 @@ pub struct Store {
     /// (`with_limits` after a snapshot is loaded or installed).
     #[serde(with = "limits_in_snapshot")]
     limits: StoreLimits,
+    /// Contexts changed since the last checkpoint took them (`take_changed`); `all`:
+    /// every context counts as changed (after a failed checkpoint).
+    #[serde(skip)]
+    changed: Changed,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Changed {
+    ids: std::collections::HashSet<String>,
+    all: bool,
 }
 
 /// The limits as snapshots hold them: the eight fields `StoreLimits` had when the
@@ -173,13 +183,46 @@ impl LegacyStore {
             let ctx = Arc::try_unwrap(ctx).map_err(|_| BodiesError(format!("context {id:?} is shared")))?;
             contexts.insert(id, Arc::new(ctx.into_context(bodies)?));
         }
-        Ok(Store { contexts, limits: self.limits })
+        Ok(Store { contexts, limits: self.limits, changed: Changed { ids: Default::default(), all: true } })
     }
 }
 
 impl Store {
     pub fn new(limits: StoreLimits) -> Store {
-        Store { contexts: HashMap::new(), limits }
+        Store { contexts: HashMap::new(), limits, changed: Changed::default() }
+    }
+
+    /// A store of `contexts` as a checkpoint holds them (none counts as changed).
+    pub fn from_contexts(limits: StoreLimits, contexts: Vec<Context>) -> Store {
+        let contexts = contexts.into_iter().map(|c| (c.id.clone(), Arc::new(c))).collect();
+        Store { contexts, limits, changed: Changed::default() }
+    }
+
+    /// The contexts changed since the last call (all of them with `all`, or when a
+    /// checkpoint failed since), and from now on none. Shared: encoding them elsewhere
+    /// costs the executor a reference count each.
+    pub fn take_changed(&mut self, all: bool) -> Vec<Arc<Context>> {
+        let changed = std::mem::take(&mut self.changed);
+        if all || changed.all {
+            return self.contexts.values().cloned().collect();
+        }
+        changed.ids.iter().filter_map(|id| self.contexts.get(id).cloned()).collect()
+    }
+
+    /// How many contexts changed since the last checkpoint; `None`: all of them.
+    pub fn changed_count(&self) -> Option<usize> {
+        (!self.changed.all).then_some(self.changed.ids.len())
+    }
+
+    /// A checkpoint that took the changed contexts failed: the next one writes them all.
+    pub fn checkpoint_failed(&mut self) {
+        self.changed.all = true;
+    }
+
+    fn mark_changed(&mut self, id: &str) {
+        if !self.changed.all && !self.changed.ids.contains(id) {
+            self.changed.ids.insert(id.to_owned());
+        }
     }
 
     /// The same contexts under `limits` (a store loaded from a snapshot takes the node's).
@@ -249,6 +292,9 @@ impl Store {
     }
 
     fn get_mut(&mut self, id: &str) -> Result<&mut Context, StoreError> {
+        if self.contexts.contains_key(id) {
+            self.mark_changed(id);
+        }
         self.contexts.get_mut(id).map(Arc::make_mut).ok_or(StoreError::NotFound)
     }
 
@@ -282,6 +328,7 @@ impl Store {
                 }
                 let ctx = Context::new(id.clone(), put, &now);
                 let summary = ctx.summary_json();
+                self.mark_changed(&id);
                 self.contexts.insert(id, Arc::new(ctx));
                 Ok(Outcome::Summary { created: true, summary })
             }

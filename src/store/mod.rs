@@ -7,6 +7,7 @@
 //! memory what the next append needs (version, window statistics, the newest index
 //! entries; `message_log`), so memory depends on the number of contexts, not on history.
 pub mod bodies;
+pub mod checkpoint;
 pub mod commands;
 pub mod context;
 pub mod error;

@@ -1,0 +1,94 @@
+//! The store's durable form, written incrementally into the body store. Pure (the body
+//! store is passed in).
+//!
+//! Each checkpoint writes one record per context that changed since the previous one
+//! (postcard: the context, then its compaction history) and *directory chunks* listing
+//! `(context id, record)` for them, at most `DIRECTORY_CHUNK_ENTRIES` per chunk. A
+//! snapshot names its directory as a list of chunk references: a base (every context)
+//! followed by the deltas of later checkpoints; loading reads them in order, later
+//! entries winning. So building a snapshot costs what changed since the last one, not
+//! the whole store, and the snapshot index itself is a few references; a snapshot is
+//! rebased (every context written again, the old records left as garbage in the body
+//! store) when its deltas list more entries than the store has contexts, which bounds
+//! the directory at twice the contexts.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::bodies::{Bodies, BodiesError, BodyRef};
+use super::commands::Store;
+use super::context::Context;
+use super::history::CompactionHistory;
+use crate::config::StoreLimits;
+
+/// Entries per directory chunk: a chunk of ids of the maximum length (256 bytes) stays
+/// under 300 KB, well within a body segment.
+pub const DIRECTORY_CHUNK_ENTRIES: usize = 1024;
+
+fn err(what: &str, e: impl std::fmt::Display) -> BodiesError {
+    BodiesError(format!("checkpoint {what}: {e}"))
+}
+
+/// A context's record.
+pub fn encode_context(ctx: &Context) -> Result<Vec<u8>, BodiesError> {
+    let out = postcard::to_stdvec(ctx).map_err(|e| err("encode", e))?;
+    postcard::to_extend(ctx.history(), out).map_err(|e| err("encode", e))
+}
+
+fn decode_context(bytes: &[u8]) -> Result<Context, BodiesError> {
+    let (mut ctx, rest) = postcard::take_from_bytes::<Context>(bytes).map_err(|e| err("decode", e))?;
+    let history: CompactionHistory = postcard::from_bytes(rest).map_err(|e| err("decode", e))?;
+    ctx.restore_history(Some(history));
+    Ok(ctx)
+}
+
+/// The records of `changed` (contexts) encoded: the CPU part of a checkpoint, which can
+/// run on another thread (the contexts are shared, copy-on-write).
+pub fn encode_all(changed: &[Arc<Context>]) -> Result<Vec<(String, Vec<u8>)>, BodiesError> {
+    changed.iter().map(|c| Ok((c.id.clone(), encode_context(c)?))).collect()
+}
+
+/// Appends the encoded records and the directory chunks that name them to `bodies`;
+/// returns the chunks' references (for the snapshot's directory list).
+pub fn append(encoded: Vec<(String, Vec<u8>)>, bodies: &mut dyn Bodies) -> Result<Vec<BodyRef>, BodiesError> {
+    let mut entries = Vec::with_capacity(encoded.len());
+    for (id, bytes) in encoded {
+        entries.push((id, bodies.append(&bytes)?));
+    }
+    let mut chunks = Vec::with_capacity(entries.len().div_ceil(DIRECTORY_CHUNK_ENTRIES));
+    for chunk in entries.chunks(DIRECTORY_CHUNK_ENTRIES) {
+        let bytes = postcard::to_stdvec(chunk).map_err(|e| err("directory", e))?;
+        chunks.push(bodies.append(&bytes)?);
+    }
+    Ok(chunks)
+}
+
+/// Entries in the directory chunks `chunks` (to decide when to rebase).
+pub fn entries_in(chunks: &[BodyRef], bodies: &dyn Bodies) -> Result<u64, BodiesError> {
+    let mut n = 0u64;
+    for r in chunks {
+        let entries: Vec<(String, BodyRef)> = postcard::from_bytes(bodies.get(*r)?).map_err(|e| err("directory", e))?;
+        n += entries.len() as u64;
+    }
+    Ok(n)
+}
+
+/// The store that the directory `chunks` (base, then deltas) names.
+pub fn load(chunks: &[BodyRef], limits: StoreLimits, bodies: &dyn Bodies) -> Result<Store, BodiesError> {
+    let mut latest: HashMap<String, BodyRef> = HashMap::new();
+    for r in chunks {
+        let entries: Vec<(String, BodyRef)> = postcard::from_bytes(bodies.get(*r)?).map_err(|e| err("directory", e))?;
+        latest.extend(entries);
+    }
+    let mut contexts = Vec::with_capacity(latest.len());
+    for (id, r) in latest {
+        let ctx = decode_context(bodies.get(r)?)?;
+        if ctx.id != id {
+            return Err(BodiesError(format!(
+                "checkpoint record at {} holds context {:?}, not {id:?}",
+                r.offset, ctx.id
+            )));
+        }
+        contexts.push(ctx);
+    }
+    Ok(Store::from_contexts(limits, contexts))
+}
