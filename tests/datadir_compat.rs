@@ -4,7 +4,7 @@
 //! data dir started with another number of cores has its logs re-split, and answers the
 //! same. The fixtures come from `tests/fixtures/make-datadir.sh` run with the earlier
 //! binary (the commit is in their names). Snapshot indexes of formats 2 and 3 (every
-//! message in the index) are converted to format 4 (the message index in the body store).
+//! message in the index) are converted to format 5 (message indexes and contexts in the body store).
 mod common;
 
 use common::{Server, msg_body};
@@ -43,9 +43,9 @@ fn opens_and_answers_as_written(name: &str, format: u64) {
     assert_eq!(layout()["format"], format, "the fixture is a format-{format} data dir");
     assert!(!snapshot_formats(&data).is_empty(), "the fixture has a snapshot");
     let s = Server::start(&data, &["--cores", "2"]);
-    // Every snapshot index is in format 4 now: the message index was moved to the
-    // body store and the snapshot rewritten, once.
-    assert!(snapshot_formats(&data).iter().all(|f| f == "FLMIDX04"), "{:?}", snapshot_formats(&data));
+    // Every snapshot index is in format 5 now: the message indexes and the contexts'
+    // checkpoint records were written to the body store and the index rewritten, once.
+    assert!(snapshot_formats(&data).iter().all(|f| f == "FLMIDX05"), "{:?}", snapshot_formats(&data));
     assert_eq!(layout()["format"], 3, "converted at open");
     assert_eq!(layout()["wal_logs"], 2);
     assert!(data.join("wal-2/0").is_dir() && data.join("wal-2/1").is_dir());

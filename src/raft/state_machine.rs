@@ -64,13 +64,13 @@ fn generation_of(name: &str) -> Option<u64> {
 /// chunks. Its size depends on the number of checkpoints since the last rebase, not on
 /// the contexts or their messages.
 ///
-/// Older formats held the store in the index: format 4 (`FLMIDX04`: every context, the
-/// message index in the body store already), format 3 (`FLMIDX03`) and format 2 (no
-/// magic; its first byte is an `Option` tag, 0 or 1, never `F`) with every message of
-/// every context. They are read and converted once (message index and checkpoint
+/// Older formats held the store in the index, with every message of every context:
+/// format 3 (`FLMIDX03`) and format 2 (no magic; its first byte is an `Option` tag, 0
+/// or 1, never `F`). They are read and converted once (message indexes and checkpoint
 /// records written to the body store, the body store synced, the index rewritten in
-/// format 5). An older build refuses a format-5 index (unknown magic) instead of
-/// misreading it.
+/// format 5). Format 4 (`FLMIDX04`) was written only by development builds (8038f5f to
+/// 79cf28e) and is refused with a message. An older build refuses a format-5 index
+/// (unknown magic) instead of misreading it.
 const INDEX_MAGIC_V5: &[u8; 8] = b"FLMIDX05";
 const INDEX_MAGIC_V4: &[u8; 8] = b"FLMIDX04";
 const INDEX_MAGIC_V3: &[u8; 8] = b"FLMIDX03";
@@ -88,7 +88,6 @@ type Histories = Vec<(String, crate::store::CompactionHistory)>;
 /// A snapshot index as read: current, or in a format that held the store.
 enum Decoded {
     Current(SnapshotIndex),
-    V4(IndexV4),
     Legacy(LegacySnapshotIndex, Option<Histories>),
 }
 
@@ -96,11 +95,12 @@ fn decode_index(bytes: &[u8]) -> io::Result<Decoded> {
     if let Some(v5) = bytes.strip_prefix(INDEX_MAGIC_V5) {
         return Ok(Decoded::Current(postcard::from_bytes(v5).map_err(invalid)?));
     }
-    if let Some(v4) = bytes.strip_prefix(INDEX_MAGIC_V4) {
-        let (mut index, rest) = postcard::take_from_bytes::<IndexV4>(v4).map_err(invalid)?;
-        let histories: Histories = postcard::from_bytes(rest).map_err(invalid)?;
-        index.store.restore_histories(Some(histories));
-        return Ok(Decoded::V4(index));
+    if bytes.starts_with(INDEX_MAGIC_V4) {
+        return Err(invalid(
+            "index format 4 was written by a development build (8038f5f to 79cf28e) and is not read by this one \
+             (format 5); start that build's data dir with the build that wrote it, or restore the shard from \
+             another replica",
+        ));
     }
     let Some(v3) = bytes.strip_prefix(INDEX_MAGIC_V3) else {
         let index: LegacySnapshotIndex = postcard::from_bytes(bytes).map_err(invalid)?;
@@ -115,7 +115,6 @@ impl Decoded {
     fn meta(&self) -> &SnapshotMetaOf<C> {
         match self {
             Decoded::Current(i) => &i.meta,
-            Decoded::V4(i) => &i.meta,
             Decoded::Legacy(i, _) => &i.meta,
         }
     }
@@ -123,7 +122,6 @@ impl Decoded {
     fn bodies_len(&self) -> u64 {
         match self {
             Decoded::Current(i) => i.bodies_len,
-            Decoded::V4(i) => i.bodies_len,
             Decoded::Legacy(i, _) => i.bodies_len,
         }
     }
@@ -138,7 +136,6 @@ impl Decoded {
                 let store = checkpoint::load(&i.directory, limits, bodies).map_err(bodies_err)?;
                 return Ok((i, store, false));
             }
-            Decoded::V4(i) => (i.meta, i.last_applied, i.membership, i.store),
             Decoded::Legacy(i, histories) => {
                 let mut store = i.store.into_store(bodies).map_err(bodies_err)?;
                 store.restore_histories(histories);
@@ -161,21 +158,11 @@ impl Decoded {
     }
 }
 
-/// `IndexV4` in formats 2 and 3 (every message in the store's contexts).
+/// The index in formats 2 and 3 (every message in the store's contexts).
 #[derive(Deserialize)]
 struct LegacySnapshotIndex {
     meta: SnapshotMetaOf<C>,
     store: crate::store::LegacyStore,
-    last_applied: Option<LogIdOf<C>>,
-    membership: StoredMembershipOf<C>,
-    bodies_len: u64,
-}
-
-/// The index in format 4: the store whole (message indexes in the body store).
-#[derive(Deserialize)]
-struct IndexV4 {
-    meta: SnapshotMetaOf<C>,
-    store: Store,
     last_applied: Option<LogIdOf<C>>,
     membership: StoredMembershipOf<C>,
     bodies_len: u64,

@@ -30,14 +30,24 @@ struct Window {
     skipped: std::collections::BTreeSet<u64>,
     tokens: u64,
     /// Kept up to date by appends and policy trims so that both cost O(1) amortized;
-    /// derived from the fields above, so not in snapshots (the format is unchanged) and
-    /// rebuilt once, in one pass, when missing (after a load or a policy change).
-    #[serde(skip)]
+    /// derived from the fields above and rebuilt, in one pass over the window, when
+    /// missing (after a policy change). In checkpoints (a rebuild reads the window's
+    /// index entries from the body store: after a restart, rebuilding every context's
+    /// read most of the body store's pages and took seconds).
     stats: Option<WindowStats>,
 }
 
+/// `Window` as snapshot formats 2 and 3 encode it (without its statistics).
+#[derive(Deserialize)]
+struct LegacyWindow {
+    summary: VecDeque<Box<Message>>,
+    live_from: u64,
+    skipped: std::collections::BTreeSet<u64>,
+    tokens: u64,
+}
+
 /// What the window's fields imply, maintained incrementally.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct WindowStats {
     /// Live messages in the window (not skipped).
     live_count: u64,
@@ -111,7 +121,7 @@ pub struct LegacyContext {
     created_at: String,
     updated_at: String,
     messages: Vec<Message>,
-    window: Window,
+    window: LegacyWindow,
     compactions: u64,
     idempotency: HashMap<String, Result<Appended, StoreError>>,
     idempotency_order: VecDeque<String>,
@@ -135,7 +145,10 @@ impl LegacyContext {
                 keys.remember(key, outcome, usize::MAX, bodies)?;
             }
         }
-        Ok(Context {
+        let w = self.window;
+        let window =
+            Window { summary: w.summary, live_from: w.live_from, skipped: w.skipped, tokens: w.tokens, stats: None };
+        let mut ctx = Context {
             id: self.id,
             status: self.status,
             config: self.config,
@@ -144,11 +157,15 @@ impl LegacyContext {
             created_at: self.created_at,
             updated_at: self.updated_at,
             log,
-            window: self.window,
+            window,
             compactions: self.compactions,
             keys,
             history: CompactionHistory::default(),
-        })
+        };
+        // Now, while the entries just written are in the page cache: the checkpoint
+        // that follows keeps them.
+        ctx.window_stats(bodies)?;
+        Ok(ctx)
     }
 }
 
