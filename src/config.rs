@@ -103,6 +103,11 @@ pub struct StoreLimits {
     /// Contexts one shard holds, tombstoned ones included (a PUT of a new one beyond it
     /// → 409 `too_many_contexts`). Checked when applied: every node must use the same.
     pub contexts_max_per_shard: usize,
+    /// Contexts one shard keeps in memory (≈ 1–2 KB each); beyond it, the least
+    /// recently used whose state is durable in a snapshot leave memory after each
+    /// snapshot and are read from their checkpoint record when used (a few µs).
+    /// Local to the node: replicas may differ.
+    pub hot_contexts_max_per_shard: usize,
 }
 
 impl Default for StoreLimits {
@@ -118,6 +123,7 @@ impl Default for StoreLimits {
             page_limit_default: 100,
             metadata_max_bytes: 64 << 10,
             contexts_max_per_shard: 1_000_000,
+            hot_contexts_max_per_shard: 20_000,
         }
     }
 }

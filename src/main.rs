@@ -115,6 +115,10 @@ struct ServeArgs {
     /// too_many_contexts). Every node of a cluster must use the same.
     #[arg(long, env = "FLEETLM_CONTEXTS_MAX_PER_SHARD", default_value_t = StoreLimits::default().contexts_max_per_shard)]
     contexts_max_per_shard: usize,
+    /// Contexts one shard keeps in memory; the least recently used beyond it, once
+    /// durable in a snapshot, are read from disk when used. Local to this node.
+    #[arg(long, env = "FLEETLM_HOT_CONTEXTS_PER_SHARD", default_value_t = StoreLimits::default().hot_contexts_max_per_shard)]
+    hot_contexts_per_shard: usize,
     /// Largest body of one read answer, bytes: tail and replay return fewer messages, a
     /// larger window is 413 window_too_large.
     #[arg(long, env = "FLEETLM_RESPONSE_MAX_BYTES", default_value_t = ServeLimits::default().response_max_bytes)]
@@ -240,6 +244,7 @@ fn main() -> std::process::ExitCode {
         store: StoreLimits {
             metadata_max_bytes: a.metadata_max_bytes,
             contexts_max_per_shard: a.contexts_max_per_shard,
+            hot_contexts_max_per_shard: a.hot_contexts_per_shard,
             ..StoreLimits::default()
         },
         serve: ServeLimits {

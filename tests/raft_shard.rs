@@ -70,7 +70,7 @@ async fn read_back(shard: &Shard) -> Vec<String> {
 /// The texts of the context's messages, in seq order, from a state machine.
 fn texts(sm: &ShardStateMachine) -> Vec<String> {
     let applied = sm.applied().borrow();
-    let ctx = applied.store.get("ctx").expect("context exists");
+    let ctx = applied.store.get("ctx", &applied.bodies).expect("context exists");
     ctx.replay(1, usize::MAX, &applied.bodies)
         .expect("the log index reads")
         .0
@@ -80,7 +80,8 @@ fn texts(sm: &ShardStateMachine) -> Vec<String> {
 }
 
 fn last_seq(sm: &ShardStateMachine) -> u64 {
-    sm.applied().borrow().store.get("ctx").unwrap().last_seq()
+    let applied = sm.applied().borrow();
+    applied.store.get("ctx", &applied.bodies).unwrap().last_seq()
 }
 
 /// A state machine on its own (no Raft group), as a node opens it.

@@ -19,11 +19,11 @@ impl S {
     fn apply(&mut self, cmd: Command) -> Result<Outcome, StoreError> {
         self.store.apply(cmd, &mut self.bodies).expect("in-memory bodies do not fail")
     }
-    fn get(&self, id: &str) -> Result<&Context, StoreError> {
-        self.store.get(id)
+    fn get(&self, id: &str) -> Result<std::borrow::Cow<'_, Context>, StoreError> {
+        self.store.get(id, &self.bodies)
     }
     fn window(&self, id: &str, budget: u64) -> Value {
-        serde_json::from_slice(&self.store.get(id).unwrap().window_json(budget, &self.bodies).unwrap())
+        serde_json::from_slice(&self.store.get(id, &self.bodies).unwrap().window_json(budget, &self.bodies).unwrap())
             .expect("the window is JSON")
     }
 }

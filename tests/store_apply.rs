@@ -98,7 +98,7 @@ proptest! {
             prop_assert!(store.len() <= 3);
         }
         for c in 0..5u8 {
-            let Ok(ctx) = store.get(&format!("c{c}")) else { continue };
+            let Ok(ctx) = store.get(&format!("c{c}"), &bodies) else { continue };
             prop_assert!(Value::Object(ctx.metadata.clone()).to_string().len() <= 200);
             let window: Value = serde_json::from_slice(&ctx.window_json(u64::MAX, &bodies).unwrap()).unwrap();
             let listed = window["messages"].as_array().unwrap().iter()
@@ -124,7 +124,7 @@ fn a_patch_past_the_metadata_limit_changes_nothing_and_says_why() {
     let refused = store.apply(patch(&"x".repeat(300)), &mut bodies).unwrap().unwrap_err();
     assert_eq!(refused.code(), "invalid_metadata");
     assert!(refused.to_string().contains("over the limit of 200"), "{refused}");
-    assert_eq!(store.get("a").unwrap().metadata["k"], "small");
+    assert_eq!(store.get("a", &bodies).unwrap().metadata["k"], "small");
     // And a PUT whose metadata alone is over the limit is refused before it is proposed.
     let big = json!({"token_budget": 10, "metadata": {"k": "x".repeat(300)}});
     assert!(PutContext::from_json(&big, &limits()).unwrap_err().contains("over the limit of 200"));
@@ -202,11 +202,14 @@ proptest! {
                     store.apply(put(p), &mut bodies).unwrap().unwrap();
                 }
                 WOp::Reload => {
-                    let bytes = postcard::to_stdvec(&store).unwrap();
-                    store = postcard::from_bytes::<Store>(&bytes).unwrap().with_limits(StoreLimits::default());
+                    // As a snapshot and a restart do: a checkpoint, then the store loaded from it.
+                    let cp = store.take_changed(true);
+                    let encoded = fleetlm::store::checkpoint::encode_all(&cp.changed).unwrap();
+                    let appended = fleetlm::store::checkpoint::append(encoded, cp.unchanged, &mut bodies).unwrap();
+                    store = fleetlm::store::checkpoint::load(&appended.chunks, StoreLimits::default(), &bodies).unwrap();
                 }
             }
-            let ctx = store.get("w").unwrap();
+            let ctx = store.get("w", &bodies).unwrap();
             let got: Value = serde_json::from_slice(&ctx.window_json(budget, &bodies).unwrap()).unwrap();
             let got_msgs: Vec<(Option<u64>, u64)> = got["messages"].as_array().unwrap().iter()
                 .map(|m| (m["seq"].as_u64(), m["token_count"].as_u64().unwrap())).collect();

@@ -1,14 +1,15 @@
 //! Recovery of the state machine's data equals the state of a prefix of the log, then
-//! the same state: a snapshot taken at any point (the store encoded, the body store's
-//! length), a crash that loses or keeps any part of what was written after it (the body
-//! store is cut back to the snapshot's length at open), and the log after the snapshot
-//! applied again give exactly the contexts, message indexes, idempotency keys and reads
-//! of a run that never crashed. The message index and the keys live in the body store
-//! (`fleetlm::store::message_log`, `fleetlm::store::idempotency`), so this is their
-//! crash test; the body store's own durability (sync before the index that names it) is
-//! tested in tests/raft_bodies.rs.
+//! the same state: snapshots (incremental checkpoints of the contexts into the body
+//! store: bases, deltas, rebases, a failed one; contexts evicted from memory after each)
+//! taken at any points, a crash that loses or keeps any part of what was written after
+//! the last one (the body store is cut back to the snapshot's length at open), and the
+//! log after the snapshot applied again give exactly the contexts, message indexes,
+//! idempotency keys, reads and bytes of a run that never crashed. The message index, the
+//! keys and the checkpoints live in the body store (`fleetlm::store::message_log`,
+//! `idempotency`, `checkpoint`), so this is their crash test; the body store's own
+//! durability (sync before the index that names it) is tested in tests/raft_bodies.rs.
 use fleetlm::config::StoreLimits;
-use fleetlm::store::{BodyRef, Command, CompactionHistory, MemBodies, NewMessage, PutContext, Store, checkpoint};
+use fleetlm::store::{BodyRef, Command, MemBodies, NewMessage, PutContext, Store, checkpoint};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -104,7 +105,7 @@ fn commands(ops: &[Op]) -> Vec<Command> {
 fn reads(store: &Store, bodies: &MemBodies) -> Vec<String> {
     let mut out = Vec::new();
     for c in 0..CONTEXTS {
-        let Ok(ctx) = store.get(&format!("c{c}")) else {
+        let Ok(ctx) = store.get(&format!("c{c}"), bodies) else {
             out.push("absent".into());
             continue;
         };
@@ -118,78 +119,47 @@ fn reads(store: &Store, bodies: &MemBodies) -> Vec<String> {
     out
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-    #[test]
-    fn recovery_from_any_snapshot_and_any_crash_gives_the_state_of_the_run_that_never_crashed(
-        ops in proptest::collection::vec(op(), 1..40),
-        snapshot_at in 0.0f64..1.0,
-        kept_after_crash in 0.0f64..1.0,
-    ) {
-        let log = commands(&ops);
-        let k = (log.len() as f64 * snapshot_at) as usize;
-        // The run that never crashed.
-        let (mut store, mut bodies) = (Store::new(limits()), MemBodies::default());
-        let mut outcomes = Vec::new();
-        for cmd in &log {
-            outcomes.push(store.apply(cmd.clone(), &mut bodies).unwrap());
-        }
-        // The run that snapshots after entry k, writes on, and crashes.
-        let (mut crashed, mut crashed_bodies) = (Store::new(limits()), MemBodies::default());
-        for cmd in &log[..k] {
-            let _ = crashed.apply(cmd.clone(), &mut crashed_bodies).unwrap();
-        }
-        let histories: Vec<(String, CompactionHistory)> =
-            crashed.histories().into_iter().map(|(id, h)| (id.to_owned(), h.clone())).collect();
-        let snapshot = (postcard::to_stdvec(&crashed).unwrap(), crashed_bodies.len());
-        for cmd in &log[k..] {
-            let _ = crashed.apply(cmd.clone(), &mut crashed_bodies).unwrap();
-        }
-        // The crash: some of the bytes written after the snapshot reached the disk.
-        let written_after = crashed_bodies.len() - snapshot.1;
-        crashed_bodies.truncate(snapshot.1 + (written_after as f64 * kept_after_crash) as u64);
-        drop(crashed);
-        // Open: the body store cut back to the snapshot's length, the store decoded, the
-        // log after the snapshot applied again.
-        crashed_bodies.truncate(snapshot.1);
-        let mut recovered = postcard::from_bytes::<Store>(&snapshot.0).unwrap().with_limits(limits());
-        recovered.restore_histories(Some(histories));
-        for (cmd, outcome) in log[k..].iter().zip(&outcomes[k..]) {
-            let again = recovered.apply(cmd.clone(), &mut crashed_bodies).unwrap();
-            prop_assert_eq!(&again, outcome, "a re-applied command answers as the first time");
-        }
-        for c in 0..CONTEXTS {
-            let id = format!("c{c}");
-            prop_assert_eq!(recovered.get(&id).ok(), store.get(&id).ok(), "context {}", id);
-        }
-        prop_assert_eq!(reads(&recovered, &crashed_bodies), reads(&store, &bodies));
-        prop_assert_eq!(crashed_bodies.len(), bodies.len(), "the same bytes were written again");
-    }
+/// A checkpoint in flight: what `Store::take_changed` gave at log position `at`, already
+/// encoded; the state machine appends it after an await, while applies go on.
+struct Capture {
+    at: usize,
+    rebase: bool,
+    encoded: Vec<(String, Vec<u8>)>,
+    unchanged: Vec<(String, BodyRef)>,
 }
 
-/// A checkpoint as the state machine takes one (`src/raft/state_machine.rs`): the
-/// changed contexts (all of them on a rebase) written to the body store, the directory
-/// extended (or restarted); returns the snapshot: the directory and the body length.
-fn take_checkpoint(
+fn capture(store: &mut Store, at: usize, rebase: bool) -> Capture {
+    let cp = store.take_changed(rebase);
+    Capture { at, rebase, encoded: checkpoint::encode_all(&cp.changed).unwrap(), unchanged: cp.unchanged }
+}
+
+/// The rest of a checkpoint as the state machine does it (`src/raft/state_machine.rs`):
+/// records and directory chunks appended, the directory extended (or restarted), and
+/// once durable (at once here) the records marked and all but one context evicted, so
+/// that later commands and reads meet cold contexts. Returns the snapshot: the
+/// directory, the body length and the log position captured.
+fn complete(
+    c: Capture,
     store: &mut Store,
     bodies: &mut MemBodies,
     directory: &mut Vec<BodyRef>,
-    rebase: bool,
-) -> (Vec<BodyRef>, u64) {
-    let changed = store.take_changed(rebase);
-    let chunks = checkpoint::append(checkpoint::encode_all(&changed).unwrap(), bodies).unwrap();
-    if rebase {
+) -> (Vec<BodyRef>, u64, usize) {
+    let appended = checkpoint::append(c.encoded, c.unchanged, bodies).unwrap();
+    if c.rebase {
         directory.clear();
     }
-    directory.extend(chunks);
-    (directory.clone(), bodies.len())
+    directory.extend(appended.chunks);
+    store.checkpointed(&appended.written);
+    store.evict(1);
+    (directory.clone(), bodies.len(), c.at)
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-    /// With incremental checkpoints (a base, deltas, a failed one, rebases) as the
-    /// snapshot: loading the last one and re-applying the log after it gives exactly
-    /// the state of the run that went on without crashing.
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    /// With incremental checkpoints (a base, deltas, a failed one, rebases; completed at
+    /// once or after more commands were applied) as the snapshot: loading the last one
+    /// and re-applying the log after its capture gives the state of the run that went
+    /// on without crashing (exactly, when nothing was applied during the checkpoint).
     #[test]
     fn recovery_from_incremental_checkpoints_gives_the_state_of_the_run_that_never_crashed(
         ops in proptest::collection::vec(op(), 1..40),
@@ -202,38 +172,61 @@ proptest! {
         let (mut store, mut bodies) = (Store::new(limits()), MemBodies::default());
         let mut directory = Vec::new();
         let mut snapshot = None;
+        let mut in_flight: Option<(Capture, usize)> = None;
         let mut outcomes = Vec::new();
         let mut next = at.iter().peekable();
         for (i, cmd) in log.iter().enumerate() {
+            if in_flight.as_ref().is_some_and(|(_, done_at)| *done_at == i) {
+                let (c, _) = in_flight.take().unwrap();
+                snapshot = Some((complete(c, &mut store, &mut bodies, &mut directory), false));
+            }
             while let Some(&&(k, kind)) = next.peek() && k == i {
                 next.next();
+                if in_flight.is_some() {
+                    continue; // one build at a time, as openraft runs them
+                }
                 match kind {
                     // A checkpoint that failed after taking the changed contexts.
                     0 => { store.take_changed(false); store.checkpoint_failed(); }
-                    1 => snapshot = Some((take_checkpoint(&mut store, &mut bodies, &mut directory, true), i)),
-                    _ => snapshot = Some((take_checkpoint(&mut store, &mut bodies, &mut directory, false), i)),
+                    1 => snapshot = Some((complete(capture(&mut store, i, true), &mut store, &mut bodies, &mut directory), true)),
+                    2 => snapshot = Some((complete(capture(&mut store, i, false), &mut store, &mut bodies, &mut directory), true)),
+                    // Completed after `kind` more commands were applied.
+                    _ => in_flight = Some((capture(&mut store, i, kind == 5), i + kind as usize)),
                 }
             }
             outcomes.push(store.apply(cmd.clone(), &mut bodies).unwrap());
         }
-        let Some(((dir, len), k)) = snapshot else { return Ok(()) };
+        let Some(((dir, len, k), exact)) = snapshot else { return Ok(()) };
         // The crashed run wrote what the reference wrote (apply is deterministic), and a
         // part of what followed the snapshot reached the disk.
         let mut crashed_bodies = bodies.clone();
         crashed_bodies.truncate(len + ((bodies.len() - len) as f64 * kept_after_crash) as u64);
         // Open: the body store cut back to the snapshot's length, the store loaded from
-        // the checkpoint directory, the log after the snapshot applied again.
+        // the checkpoint directory, the log after the capture applied again.
         crashed_bodies.truncate(len);
         let mut recovered = checkpoint::load(&dir, limits(), &crashed_bodies).unwrap();
         for (cmd, outcome) in log[k..].iter().zip(&outcomes[k..]) {
             let again = recovered.apply(cmd.clone(), &mut crashed_bodies).unwrap();
             prop_assert_eq!(&again, outcome, "a re-applied command answers as the first time");
         }
-        for c in 0..CONTEXTS {
-            let id = format!("c{c}");
-            prop_assert_eq!(recovered.get(&id).ok(), store.get(&id).ok(), "context {}", id);
+        // What was applied while a checkpoint was in flight is written again after it,
+        // at other offsets: then only what a client sees is equal.
+        if exact {
+            prop_assert_eq!(crashed_bodies.len(), bodies.len(), "the same bytes were written again");
+            for c in 0..CONTEXTS {
+                let id = format!("c{c}");
+                let (got, want) = (recovered.get(&id, &crashed_bodies).ok(), store.get(&id, &bodies).ok());
+                prop_assert_eq!(got.as_deref(), want.as_deref(), "context {}", id);
+            }
         }
         prop_assert_eq!(reads(&recovered, &crashed_bodies), reads(&store, &bodies));
-        prop_assert_eq!(crashed_bodies.len(), bodies.len(), "the same bytes were written again");
+        // And both equal a store that never checkpointed nor evicted anything (the
+        // checkpoints, evictions and cold reads change nothing a client sees).
+        let (mut plain, mut plain_bodies) = (Store::new(limits()), MemBodies::default());
+        for (cmd, outcome) in log.iter().zip(&outcomes) {
+            let first = plain.apply(cmd.clone(), &mut plain_bodies).unwrap();
+            prop_assert_eq!(&first, outcome);
+        }
+        prop_assert_eq!(reads(&plain, &plain_bodies), reads(&store, &bodies));
     }
 }

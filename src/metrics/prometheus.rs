@@ -96,7 +96,7 @@ pub fn render(node: &NodeState, counters: &Counters, hists: &Histograms, shards:
         let _ = writeln!(w, "fleetlm_writes_committed_total {}", h.len());
     }
 
-    let gauges: [Gauge; 5] = [
+    let gauges: [Gauge; 7] = [
         ("fleetlm_raft_term", "Current Raft term of the shard on this node.", |s| s["term"].as_f64()),
         ("fleetlm_raft_commit_index", "Raft commit index of the shard.", |s| s["commit_index"].as_f64()),
         ("fleetlm_raft_applied_index", "Last log index applied to the state machine.", |s| s["applied_index"].as_f64()),
@@ -106,6 +106,12 @@ pub fn render(node: &NodeState, counters: &Counters, hists: &Histograms, shards:
         ("fleetlm_raft_is_leader", "1 when this node leads the shard.", |s| {
             Some(if s["state"] == "Leader" { 1.0 } else { 0.0 })
         }),
+        ("fleetlm_contexts", "Contexts of the shard on this replica.", |s| s["contexts"].as_f64()),
+        (
+            "fleetlm_contexts_hot",
+            "Contexts of the shard in memory (the others are read from their checkpoint record when used).",
+            |s| s["hot_contexts"].as_f64(),
+        ),
     ];
     for (name, help, get) in gauges {
         let _ = writeln!(w, "# HELP {name} {help}");

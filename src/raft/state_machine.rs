@@ -145,15 +145,18 @@ impl Decoded {
         let started = std::time::Instant::now();
         let mut store = store.with_limits(limits);
         let all = store.take_changed(true);
-        let directory =
-            checkpoint::append(checkpoint::encode_all(&all).map_err(bodies_err)?, bodies).map_err(bodies_err)?;
+        let encoded = checkpoint::encode_all(&all.changed).map_err(bodies_err)?;
+        let appended = checkpoint::append(encoded, all.unchanged, bodies).map_err(bodies_err)?;
         tracing::info!(
-            contexts = all.len(),
+            contexts = all.changed.len(),
             took_ms = started.elapsed().as_millis() as u64,
             "snapshot index converted to format 5 (contexts checkpointed in the body store)"
         );
-        drop(all);
-        let index = SnapshotIndex { meta, last_applied, membership, bodies_len: bodies.len(), directory };
+        drop(all.changed);
+        let index =
+            SnapshotIndex { meta, last_applied, membership, bodies_len: bodies.len(), directory: appended.chunks };
+        // Once the caller has made them durable, the contexts may leave memory like any.
+        store.checkpointed(&appended.written);
         Ok((index, store, true))
     }
 }
@@ -227,6 +230,9 @@ pub struct ShardStateMachine {
     /// The checkpoint directory of the current generation's last snapshot (chunks in
     /// its body store: base, then deltas), and how many entries they hold in all.
     directory: Rc<RefCell<(Vec<BodyRef>, u64)>>,
+    /// Contexts kept in memory at most (the least recently used with a durable record
+    /// are evicted after each snapshot).
+    hot_contexts_max: usize,
     /// The streams watching this replica's contexts.
     feed: Rc<Feed>,
 }
@@ -234,6 +240,7 @@ pub struct ShardStateMachine {
 impl ShardStateMachine {
     /// Opens the state machine of the shard in `dir`, from its snapshot if it has one.
     pub fn open(dir: &Path, store: Store, body_segment_size_bytes: u64) -> io::Result<Self> {
+        let store_hot_max = store.limits().hot_contexts_max_per_shard;
         let mut generations = Vec::new();
         for entry in std::fs::read_dir(dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -288,6 +295,7 @@ impl ShardStateMachine {
             dir: dir.to_owned(),
             generation: Rc::new(std::cell::Cell::new(current)),
             directory: Rc::new(RefCell::new(directory)),
+            hot_contexts_max: store_hot_max,
             feed: Rc::default(),
         })
     }
@@ -335,21 +343,22 @@ impl ShardStateMachine {
     async fn checkpoint(&mut self) -> Result<SnapshotOf<C, ShardSnapshot>, io::Error> {
         let started = std::time::Instant::now();
         let generation = self.generation.get();
-        let (changed, rebase, meta, last_applied, membership) = {
+        let (taken, rebase, meta, last_applied, membership) = {
             let mut a = self.applied.borrow_mut();
             let contexts = a.store.len() as u64;
-            // Rebased (every context written, the directory restarted) once the deltas
+            // Rebased (every context listed, the directory restarted) once the deltas
             // would list more entries than twice the contexts: the directory stays
-            // within twice the contexts, the garbage left in the body store within the
-            // records written.
+            // within twice the contexts. A rebase writes only the contexts without a
+            // durable record; the others are listed by reference.
             let pending = a.store.changed_count().map_or(u64::MAX, |n| n as u64);
             let rebase = self.directory.borrow().1.saturating_add(pending) > 2 * contexts;
-            let changed = a.store.take_changed(rebase);
+            let taken = a.store.take_changed(rebase);
             let meta = SnapshotMetaOf::<C> { last_log_id: a.last_applied, last_membership: a.membership.clone() };
-            (changed, rebase, meta, a.last_applied, a.membership.clone())
+            (taken, rebase, meta, a.last_applied, a.membership.clone())
         };
         crate::metrics::record_since("snapshot.capture", started);
-        let changed_count = changed.len() as u64;
+        let crate::store::Checkpoint { changed, unchanged } = taken;
+        let listed = (changed.len() + unchanged.len()) as u64;
         let encoded = glommio::executor()
             .spawn_blocking(move || {
                 let started = std::time::Instant::now();
@@ -365,17 +374,17 @@ impl ShardStateMachine {
             return Ok(self.overtaken(meta));
         }
         let started = std::time::Instant::now();
-        let (index, bodies, bodies_synced) = {
+        let (index, written, bodies, bodies_synced) = {
             let mut a = self.applied.borrow_mut();
-            let chunks = checkpoint::append(encoded, &mut a.bodies).map_err(bodies_err)?;
+            let appended = checkpoint::append(encoded, unchanged, &mut a.bodies).map_err(bodies_err)?;
             let mut directory = if rebase { Vec::new() } else { self.directory.borrow().0.clone() };
-            directory.extend(chunks);
+            directory.extend(appended.chunks);
             let index =
                 SnapshotIndex { meta: meta.clone(), last_applied, membership, bodies_len: a.bodies.len(), directory };
-            (index, a.bodies.source(), a.bodies.sync_job().map_err(bodies_err)?)
+            (index, appended.written, a.bodies.source(), a.bodies.sync_job().map_err(bodies_err)?)
         };
         crate::metrics::record_since("snapshot.append", started);
-        let entries = if rebase { changed_count } else { self.directory.borrow().1 + changed_count };
+        let entries = if rebase { listed } else { self.directory.borrow().1 + listed };
         let directory = index.directory.clone();
         let bytes = glommio::executor()
             .spawn_blocking(move || {
@@ -393,6 +402,12 @@ impl ShardStateMachine {
         let bytes = self.write_snapshot(generation, bytes).await?;
         if self.generation.get() == generation {
             *self.directory.borrow_mut() = (directory, entries);
+            // The records are durable: the contexts they hold that did not change since
+            // may leave memory.
+            let mut a = self.applied.borrow_mut();
+            a.store.checkpointed(&written);
+            let evicted = a.store.evict(self.hot_contexts_max);
+            tracing::debug!(shard_dir = %self.dir.display(), evicted, hot = a.store.hot_len(), "checkpoint");
         }
         Ok(SnapshotOf::<C, _> { meta, snapshot: ShardSnapshot { index: bytes, bodies } })
     }
@@ -436,11 +451,12 @@ impl RaftStateMachine<C> for ShardStateMachine {
                     EntryPayload::Normal(cmd) => {
                         // What a watched context looked like before, to publish the change.
                         let watched = self.feed.watches(cmd.context_id()).then(|| cmd.context_id().to_owned());
-                        let before =
-                            watched.as_ref().and_then(|id| a.store.get(id).ok().map(|c| (c.version, c.status)));
+                        let before = watched
+                            .as_ref()
+                            .and_then(|id| a.store.get(id, &a.bodies).ok().map(|c| (c.version, c.status)));
                         let outcome = a.store.apply(cmd, &mut a.bodies).map_err(bodies_err)?;
-                        if let Some(ctx) = watched.and_then(|id| a.store.get(&id).ok()) {
-                            self.feed.publish(ctx, before, &a.bodies);
+                        if let Some(ctx) = watched.and_then(|id| a.store.get(&id, &a.bodies).ok()) {
+                            self.feed.publish(&ctx, before, &a.bodies);
                         }
                         Some(outcome)
                     }

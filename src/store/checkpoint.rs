@@ -34,7 +34,7 @@ pub fn encode_context(ctx: &Context) -> Result<Vec<u8>, BodiesError> {
     postcard::to_extend(ctx.history(), out).map_err(|e| err("encode", e))
 }
 
-fn decode_context(bytes: &[u8]) -> Result<Context, BodiesError> {
+pub(crate) fn decode_context(bytes: &[u8]) -> Result<Context, BodiesError> {
     let (mut ctx, rest) = postcard::take_from_bytes::<Context>(bytes).map_err(|e| err("decode", e))?;
     let history: CompactionHistory = postcard::from_bytes(rest).map_err(|e| err("decode", e))?;
     ctx.restore_history(Some(history));
@@ -47,19 +47,31 @@ pub fn encode_all(changed: &[Arc<Context>]) -> Result<Vec<(String, Vec<u8>)>, Bo
     changed.iter().map(|c| Ok((c.id.clone(), encode_context(c)?))).collect()
 }
 
-/// Appends the encoded records and the directory chunks that name them to `bodies`;
-/// returns the chunks' references (for the snapshot's directory list).
-pub fn append(encoded: Vec<(String, Vec<u8>)>, bodies: &mut dyn Bodies) -> Result<Vec<BodyRef>, BodiesError> {
-    let mut entries = Vec::with_capacity(encoded.len());
+/// What a checkpoint appended: the directory chunks (for the snapshot's list) and the
+/// records written (for `Store::checkpointed` once they are durable).
+pub struct Appended {
+    pub chunks: Vec<BodyRef>,
+    pub written: Vec<(String, BodyRef)>,
+}
+
+/// Appends the encoded records, then directory chunks naming them and the `unchanged`
+/// records (a rebase lists every context), to `bodies`.
+pub fn append(
+    encoded: Vec<(String, Vec<u8>)>,
+    unchanged: Vec<(String, BodyRef)>,
+    bodies: &mut dyn Bodies,
+) -> Result<Appended, BodiesError> {
+    let mut written = Vec::with_capacity(encoded.len());
     for (id, bytes) in encoded {
-        entries.push((id, bodies.append(&bytes)?));
+        written.push((id, bodies.append(&bytes)?));
     }
+    let entries: Vec<&(String, BodyRef)> = written.iter().chain(unchanged.iter()).collect();
     let mut chunks = Vec::with_capacity(entries.len().div_ceil(DIRECTORY_CHUNK_ENTRIES));
     for chunk in entries.chunks(DIRECTORY_CHUNK_ENTRIES) {
         let bytes = postcard::to_stdvec(chunk).map_err(|e| err("directory", e))?;
         chunks.push(bodies.append(&bytes)?);
     }
-    Ok(chunks)
+    Ok(Appended { chunks, written })
 }
 
 /// Entries in the directory chunks `chunks` (to decide when to rebase).
@@ -72,25 +84,15 @@ pub fn entries_in(chunks: &[BodyRef], bodies: &dyn Bodies) -> Result<u64, Bodies
     Ok(n)
 }
 
-/// The store that the directory `chunks` (base, then deltas) names.
+/// The store that the directory `chunks` (base, then deltas) names: every context
+/// cold (its record is read when it is used), so opening costs the directory only.
 pub fn load(chunks: &[BodyRef], limits: StoreLimits, bodies: &dyn Bodies) -> Result<Store, BodiesError> {
     let mut latest: HashMap<String, BodyRef> = HashMap::new();
     for r in chunks {
         let entries: Vec<(String, BodyRef)> = postcard::from_bytes(bodies.get(*r)?).map_err(|e| err("directory", e))?;
         latest.extend(entries);
     }
-    let mut contexts = Vec::with_capacity(latest.len());
-    for (id, r) in latest {
-        let ctx = decode_context(bodies.get(r)?)?;
-        if ctx.id != id {
-            return Err(BodiesError(format!(
-                "checkpoint record at {} holds context {:?}, not {id:?}",
-                r.offset, ctx.id
-            )));
-        }
-        contexts.push(ctx);
-    }
-    Ok(Store::from_contexts(limits, contexts))
+    Ok(Store::from_records(limits, latest))
 }
 
 #[cfg(test)]
@@ -138,12 +140,13 @@ mod tests {
         for _ in 0..2000 {
             store.apply(append("c"), &mut bodies).unwrap().unwrap();
         }
-        let changed = store.take_changed(true);
-        let chunks = super::append(encode_all(&changed).unwrap(), &mut bodies).unwrap();
-        let mut loaded = load(&chunks, limits, &bodies).unwrap();
+        let cp = store.take_changed(true);
+        let appended = super::append(encode_all(&cp.changed).unwrap(), cp.unchanged, &mut bodies).unwrap();
+        let mut loaded = load(&appended.chunks, limits, &bodies).unwrap();
         bodies.reads.set(0);
         loaded.apply(append("c"), &mut bodies).unwrap().unwrap();
-        assert_eq!(bodies.reads.get(), 0, "body store reads for one append after a load");
-        assert_eq!(loaded.get("c").unwrap().last_seq(), 2001);
+        // One: the context's record (it was cold after the load).
+        assert_eq!(bodies.reads.get(), 1, "body store reads for one append after a load");
+        assert_eq!(loaded.get("c", &bodies).unwrap().last_seq(), 2001);
     }
 }

@@ -1,13 +1,15 @@
 //! `Store`: every context of one shard, and the commands that change them. This is the
 //! Raft state machine's logic: `apply` is deterministic (the time comes in the command,
 //! taken once by the leader) and never panics; refusals are results.
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::bodies::{Bodies, BodiesError};
+use super::bodies::{Bodies, BodiesError, BodyRef};
 use super::context::{Appended, Context};
 use super::error::StoreError;
 use super::model::{NewMessage, PutContext, Status};
@@ -90,21 +92,31 @@ pub enum Outcome {
     Nothing,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Store {
-    /// Shared, copy-on-write: a snapshot takes a clone of the map (one reference count
-    /// per context) and encodes it on another thread while applies go on; a context
-    /// written meanwhile is copied once (`Arc::make_mut`).
-    contexts: HashMap<String, Arc<Context>>,
-    /// Written into snapshots in the form the snapshot format fixed (`limits_in_snapshot`)
-    /// but never taken from one: a node applies its own configured limits
-    /// (`with_limits` after a snapshot is loaded or installed).
-    #[serde(with = "limits_in_snapshot")]
+    contexts: HashMap<String, Slot>,
+    /// A node applies its own configured limits (`with_limits` after a snapshot is
+    /// loaded or installed).
     limits: StoreLimits,
     /// Contexts changed since the last checkpoint took them (`take_changed`); `all`:
     /// every context counts as changed (after a failed checkpoint).
-    #[serde(skip)]
     changed: Changed,
+    /// Hot contexts; a clock of uses, for evicting the least recently used.
+    hot: usize,
+    clock: Cell<u64>,
+}
+
+/// Where a context's state is.
+#[derive(Debug, Clone)]
+enum Slot {
+    /// In memory. Shared, copy-on-write: a snapshot takes a reference count and encodes
+    /// the context on another thread while applies go on. `record`: its checkpoint
+    /// record, when the context has not changed since that record was made durable
+    /// (then it may be evicted). `used`: the clock at its last use.
+    Hot { ctx: Arc<Context>, record: Option<BodyRef>, used: Cell<u64> },
+    /// Only its checkpoint record, in the body store: read (decoded) on use, made hot
+    /// again when changed.
+    Cold(BodyRef),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -113,16 +125,23 @@ struct Changed {
     all: bool,
 }
 
+/// What a checkpoint writes: the contexts to encode, and (rebase) the records of the
+/// contexts that did not change since theirs.
+pub struct Checkpoint {
+    pub changed: Vec<Arc<Context>>,
+    pub unchanged: Vec<(String, BodyRef)>,
+}
+
 /// The limits as snapshots hold them: the eight fields `StoreLimits` had when the
 /// snapshot format was fixed (data format 2), in that order. Limits added since are not
 /// written (postcard has no field names: a new field would shift every byte after it
 /// and make older snapshots unreadable; tests/datadir_compat.rs caught exactly that).
 mod limits_in_snapshot {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde::{Deserialize, Deserializer};
 
     use crate::config::StoreLimits;
 
-    #[derive(Serialize, Deserialize)]
+    #[derive(Deserialize)]
     struct V2 {
         role_max_bytes: usize,
         parts_max: usize,
@@ -132,20 +151,6 @@ mod limits_in_snapshot {
         idempotency_key_max_bytes: usize,
         page_limit_max: usize,
         page_limit_default: usize,
-    }
-
-    pub fn serialize<S: Serializer>(l: &StoreLimits, s: S) -> Result<S::Ok, S::Error> {
-        V2 {
-            role_max_bytes: l.role_max_bytes,
-            parts_max: l.parts_max,
-            policy_limit_max: l.policy_limit_max,
-            skip_kinds_max: l.skip_kinds_max,
-            idempotency_keys_per_context: l.idempotency_keys_per_context,
-            idempotency_key_max_bytes: l.idempotency_key_max_bytes,
-            page_limit_max: l.page_limit_max,
-            page_limit_default: l.page_limit_default,
-        }
-        .serialize(s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StoreLimits, D::Error> {
@@ -178,35 +183,63 @@ impl LegacyStore {
     pub fn into_store(self, bodies: &mut dyn Bodies) -> Result<Store, BodiesError> {
         let mut legacy: Vec<_> = self.contexts.into_iter().collect();
         legacy.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut contexts = HashMap::with_capacity(legacy.len());
+        let mut contexts = Vec::with_capacity(legacy.len());
         for (id, ctx) in legacy {
             let ctx = Arc::try_unwrap(ctx).map_err(|_| BodiesError(format!("context {id:?} is shared")))?;
-            contexts.insert(id, Arc::new(ctx.into_context(bodies)?));
+            contexts.push(ctx.into_context(bodies)?);
         }
-        Ok(Store { contexts, limits: self.limits, changed: Changed { ids: Default::default(), all: true } })
+        let mut store = Store::new(self.limits);
+        store.hot = contexts.len();
+        store.contexts = contexts.into_iter().map(|c| (c.id.clone(), Slot::hot(Arc::new(c), None))).collect();
+        store.changed.all = true;
+        Ok(store)
     }
+}
+
+impl Slot {
+    fn hot(ctx: Arc<Context>, record: Option<BodyRef>) -> Slot {
+        Slot::Hot { ctx, record, used: Cell::new(0) }
+    }
+}
+
+fn damaged(e: BodiesError) -> StoreError {
+    StoreError::Damaged(e.to_string())
 }
 
 impl Store {
     pub fn new(limits: StoreLimits) -> Store {
-        Store { contexts: HashMap::new(), limits, changed: Changed::default() }
+        Store { contexts: HashMap::new(), limits, changed: Changed::default(), hot: 0, clock: Cell::new(0) }
     }
 
-    /// A store of `contexts` as a checkpoint holds them (none counts as changed).
-    pub fn from_contexts(limits: StoreLimits, contexts: Vec<Context>) -> Store {
-        let contexts = contexts.into_iter().map(|c| (c.id.clone(), Arc::new(c))).collect();
-        Store { contexts, limits, changed: Changed::default() }
+    /// A store whose contexts are the checkpoint records `records` (id, record): all
+    /// cold, nothing read. Opening a shard costs its directory, not its contexts.
+    pub fn from_records(limits: StoreLimits, records: HashMap<String, BodyRef>) -> Store {
+        let contexts = records.into_iter().map(|(id, r)| (id, Slot::Cold(r))).collect();
+        Store { contexts, ..Store::new(limits) }
     }
 
-    /// The contexts changed since the last call (all of them with `all`, or when a
-    /// checkpoint failed since), and from now on none. Shared: encoding them elsewhere
+    /// What the next checkpoint writes: the contexts changed since the last call, and
+    /// with `rebase` (or when a checkpoint failed since) every context, those with a
+    /// durable record by reference. Changed contexts are shared: encoding them elsewhere
     /// costs the executor a reference count each.
-    pub fn take_changed(&mut self, all: bool) -> Vec<Arc<Context>> {
+    pub fn take_changed(&mut self, rebase: bool) -> Checkpoint {
         let changed = std::mem::take(&mut self.changed);
-        if all || changed.all {
-            return self.contexts.values().cloned().collect();
+        let mut out = Checkpoint { changed: Vec::new(), unchanged: Vec::new() };
+        if rebase || changed.all {
+            for (id, slot) in &self.contexts {
+                match slot {
+                    Slot::Hot { ctx, record: None, .. } => out.changed.push(ctx.clone()),
+                    Slot::Hot { record: Some(r), .. } | Slot::Cold(r) => out.unchanged.push((id.clone(), *r)),
+                }
+            }
+            return out;
         }
-        changed.ids.iter().filter_map(|id| self.contexts.get(id).cloned()).collect()
+        for id in &changed.ids {
+            if let Some(Slot::Hot { ctx, .. }) = self.contexts.get(id) {
+                out.changed.push(ctx.clone());
+            }
+        }
+        out
     }
 
     /// How many contexts changed since the last checkpoint; `None`: all of them.
@@ -219,10 +252,64 @@ impl Store {
         self.changed.all = true;
     }
 
+    /// A checkpoint is durable: the contexts it wrote that did not change since have a
+    /// record now (and may be evicted).
+    pub fn checkpointed(&mut self, written: &[(String, BodyRef)]) {
+        for (id, r) in written {
+            if self.changed.all || self.changed.ids.contains(id) {
+                continue;
+            }
+            if let Some(Slot::Hot { record, .. }) = self.contexts.get_mut(id) {
+                *record = Some(*r);
+            }
+        }
+    }
+
+    /// Evicts the least recently used hot contexts that have a durable record, until at
+    /// most `max_hot` are hot (or none is left to evict). Returns how many.
+    pub fn evict(&mut self, max_hot: usize) -> usize {
+        if self.hot <= max_hot {
+            return 0;
+        }
+        let mut clean: Vec<(u64, &String)> = self
+            .contexts
+            .iter()
+            .filter_map(|(id, slot)| match slot {
+                Slot::Hot { record: Some(_), used, .. } if !self.changed.ids.contains(id) => Some((used.get(), id)),
+                _ => None,
+            })
+            .collect();
+        let n = (self.hot - max_hot).min(clean.len());
+        if n == 0 {
+            return 0;
+        }
+        clean.select_nth_unstable(n - 1);
+        let evict: Vec<String> = clean[..n].iter().map(|(_, id)| (*id).clone()).collect();
+        for id in evict {
+            if let Some(slot) = self.contexts.get_mut(&id)
+                && let Slot::Hot { record: Some(r), .. } = slot
+            {
+                *slot = Slot::Cold(*r);
+                self.hot -= 1;
+            }
+        }
+        n
+    }
+
+    /// Contexts in memory.
+    pub fn hot_len(&self) -> usize {
+        self.hot
+    }
+
     fn mark_changed(&mut self, id: &str) {
         if !self.changed.all && !self.changed.ids.contains(id) {
             self.changed.ids.insert(id.to_owned());
         }
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.set(self.clock.get() + 1);
+        self.clock.get()
     }
 
     /// The same contexts under `limits` (a store loaded from a snapshot takes the node's).
@@ -235,28 +322,19 @@ impl Store {
         &self.limits
     }
 
-    /// The compaction histories of the contexts that have one (a snapshot's section).
-    pub fn histories(&self) -> Vec<(&str, &super::history::CompactionHistory)> {
-        let mut all: Vec<_> = self
-            .contexts
-            .iter()
-            .filter(|(_, c)| !c.history().is_empty())
-            .map(|(id, c)| (id.as_str(), c.history()))
-            .collect();
-        all.sort_unstable_by_key(|(id, _)| *id);
-        all
-    }
-
     /// Gives every context its history from a snapshot's section (`None`: a snapshot
-    /// without one; see `Context::restore_history`).
+    /// without one; see `Context::restore_history`). For stores converted from old
+    /// snapshots, whose contexts are all hot.
     pub fn restore_histories(&mut self, histories: Option<Vec<(String, super::history::CompactionHistory)>>) {
         let mut by_id: HashMap<String, super::history::CompactionHistory> = HashMap::new();
         let known = histories.is_some();
         by_id.extend(histories.unwrap_or_default());
-        for (id, ctx) in &mut self.contexts {
-            let history = by_id.remove(id);
-            let history = if known { Some(history.unwrap_or_default()) } else { None };
-            Arc::make_mut(ctx).restore_history(history);
+        for (id, slot) in &mut self.contexts {
+            if let Slot::Hot { ctx, .. } = slot {
+                let history = by_id.remove(id);
+                let history = if known { Some(history.unwrap_or_default()) } else { None };
+                Arc::make_mut(ctx).restore_history(history);
+            }
         }
     }
 
@@ -264,9 +342,9 @@ impl Store {
     /// proposed (so that it costs no log entry): a PATCH past the metadata limit, a new
     /// context past the contexts limit. Only a filter: `apply` decides, on the state
     /// the command meets in the log.
-    pub fn precheck(&self, cmd: &Command) -> Result<(), StoreError> {
+    pub fn precheck(&self, cmd: &Command, bodies: &dyn Bodies) -> Result<(), StoreError> {
         match cmd {
-            Command::PatchMetadata { id, patch, .. } => match self.get(id) {
+            Command::PatchMetadata { id, patch, .. } => match self.get(id, bodies) {
                 Ok(ctx) => ctx.patched_metadata(patch, self.limits.metadata_max_bytes).map(|_| ()),
                 Err(_) => Ok(()),
             },
@@ -279,8 +357,20 @@ impl Store {
         }
     }
 
-    pub fn get(&self, id: &str) -> Result<&Context, StoreError> {
-        self.contexts.get(id).map(|c| &**c).ok_or(StoreError::NotFound)
+    /// The context `id`: borrowed when hot, read from its record when cold (a few
+    /// microseconds; a record that cannot be read is `Damaged`).
+    pub fn get(&self, id: &str, bodies: &dyn Bodies) -> Result<Cow<'_, Context>, StoreError> {
+        match self.contexts.get(id) {
+            None => Err(StoreError::NotFound),
+            Some(Slot::Hot { ctx, used, .. }) => {
+                used.set(self.tick());
+                Ok(Cow::Borrowed(&**ctx))
+            }
+            Some(Slot::Cold(r)) => {
+                let bytes = bodies.get(*r).map_err(damaged)?;
+                Ok(Cow::Owned(super::checkpoint::decode_context(bytes).map_err(damaged)?))
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -291,11 +381,25 @@ impl Store {
         self.contexts.is_empty()
     }
 
-    fn get_mut(&mut self, id: &str) -> Result<&mut Context, StoreError> {
-        if self.contexts.contains_key(id) {
-            self.mark_changed(id);
+    /// The context `id` to change: made hot (read from its record) if cold, counted as
+    /// changed. The outer `Err`: its record cannot be read (the caller stops applying).
+    fn get_mut(&mut self, id: &str, bodies: &dyn Bodies) -> Result<Result<&mut Context, StoreError>, BodiesError> {
+        let Some(slot) = self.contexts.get(id) else { return Ok(Err(StoreError::NotFound)) };
+        if let Slot::Cold(r) = slot {
+            let ctx = super::checkpoint::decode_context(bodies.get(*r)?)?;
+            self.contexts.insert(id.to_owned(), Slot::hot(Arc::new(ctx), None));
+            self.hot += 1;
         }
-        self.contexts.get_mut(id).map(Arc::make_mut).ok_or(StoreError::NotFound)
+        self.mark_changed(id);
+        let now = self.tick();
+        match self.contexts.get_mut(id) {
+            Some(Slot::Hot { ctx, record, used }) => {
+                *record = None;
+                used.set(now);
+                Ok(Ok(Arc::make_mut(ctx)))
+            }
+            _ => unreachable!("made hot above"),
+        }
     }
 
     /// Applies `cmd`. The outer `Err` is a body-store failure: nothing changed, and the
@@ -304,48 +408,61 @@ impl Store {
         match cmd {
             Command::Append { id, message, if_version, idempotency_key, now } => {
                 let keys_max = self.limits.idempotency_keys_per_context;
-                let Ok(ctx) = self.get_mut(&id) else { return Ok(Err(StoreError::NotFound)) };
+                let ctx = match self.get_mut(&id, bodies)? {
+                    Ok(ctx) => ctx,
+                    Err(e) => return Ok(Err(e)),
+                };
                 Ok(ctx.append(message, if_version, idempotency_key, &now, keys_max, bodies)?.map(Outcome::Appended))
             }
             Command::Compact { id, replacement, if_version, now } => {
-                let Ok(ctx) = self.get_mut(&id) else { return Ok(Err(StoreError::NotFound)) };
+                let ctx = match self.get_mut(&id, bodies)? {
+                    Ok(ctx) => ctx,
+                    Err(e) => return Ok(Err(e)),
+                };
                 Ok(ctx.compact(replacement, if_version, &now, bodies)?.map(|version| Outcome::Compacted { version }))
             }
-            other => Ok(self.apply_meta(other)),
+            other => self.apply_meta(other, bodies),
         }
     }
 
     /// Commands that write no message body.
-    fn apply_meta(&mut self, cmd: Command) -> Result<Outcome, StoreError> {
-        match cmd {
+    fn apply_meta(&mut self, cmd: Command, bodies: &dyn Bodies) -> Result<Result<Outcome, StoreError>, BodiesError> {
+        Ok(match cmd {
             Command::Put { id, put, now } => {
-                if let Ok(ctx) = self.get_mut(&id) {
+                if let Ok(ctx) = self.get_mut(&id, bodies)? {
                     ctx.update(put, &now);
-                    return Ok(Outcome::Summary { created: false, summary: ctx.summary_json() });
+                    return Ok(Ok(Outcome::Summary { created: false, summary: ctx.summary_json() }));
                 }
                 if self.contexts.len() >= self.limits.contexts_max_per_shard {
-                    return Err(StoreError::TooManyContexts { max: self.limits.contexts_max_per_shard as u64 });
+                    return Ok(Err(StoreError::TooManyContexts { max: self.limits.contexts_max_per_shard as u64 }));
                 }
                 let ctx = Context::new(id.clone(), put, &now);
                 let summary = ctx.summary_json();
                 self.mark_changed(&id);
-                self.contexts.insert(id, Arc::new(ctx));
+                let used = Cell::new(self.tick());
+                self.contexts.insert(id, Slot::Hot { ctx: Arc::new(ctx), record: None, used });
+                self.hot += 1;
                 Ok(Outcome::Summary { created: true, summary })
             }
             Command::PatchMetadata { id, patch, now } => {
                 let max = self.limits.metadata_max_bytes;
-                let ctx = self.get_mut(&id)?;
-                ctx.patch_metadata(patch, &now, max)?;
-                Ok(Outcome::Summary { created: false, summary: ctx.summary_json() })
-            }
-            Command::Delete { id, now } => {
-                let ctx = self.get_mut(&id)?;
-                if ctx.status != Status::Tombstoned {
-                    ctx.tombstone(&now);
+                match self.get_mut(&id, bodies)? {
+                    Ok(ctx) => ctx
+                        .patch_metadata(patch, &now, max)
+                        .map(|()| Outcome::Summary { created: false, summary: ctx.summary_json() }),
+                    Err(e) => Err(e),
                 }
-                Ok(Outcome::Deleted)
             }
+            Command::Delete { id, now } => match self.get_mut(&id, bodies)? {
+                Ok(ctx) => {
+                    if ctx.status != Status::Tombstoned {
+                        ctx.tombstone(&now);
+                    }
+                    Ok(Outcome::Deleted)
+                }
+                Err(e) => Err(e),
+            },
             Command::Append { .. } | Command::Compact { .. } => unreachable!("apply handles body-writing commands"),
-        }
+        })
     }
 }

@@ -21,6 +21,9 @@ pub enum StoreError {
     // New variants go last: outcomes are kept (idempotency) in snapshots, by index.
     #[error("this shard holds its maximum of {max} contexts; no new context can be created")]
     TooManyContexts { max: u64 },
+    /// A context's stored state could not be read (damaged data, or a bug).
+    #[error("the context's stored state cannot be read: {0}")]
+    Damaged(String),
 }
 
 impl StoreError {
@@ -36,6 +39,7 @@ impl StoreError {
             StoreError::InvalidReplacement(_) => "invalid_replacement",
             StoreError::InvalidQuery(_) => "invalid_query",
             StoreError::TooManyContexts { .. } => "too_many_contexts",
+            StoreError::Damaged(_) => "internal",
         }
     }
 
@@ -44,6 +48,7 @@ impl StoreError {
         match self {
             StoreError::NotFound => 404,
             StoreError::Tombstoned | StoreError::Conflict { .. } | StoreError::TooManyContexts { .. } => 409,
+            StoreError::Damaged(_) => 500,
             _ => 400,
         }
     }

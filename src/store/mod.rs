@@ -19,7 +19,7 @@ pub mod model;
 pub mod tokens;
 
 pub use bodies::{Bodies, BodiesError, BodyRef, MemBodies};
-pub use commands::{Command, LegacyStore, Outcome, Store};
+pub use commands::{Checkpoint, Command, LegacyStore, Outcome, Store};
 pub use context::{Appended, Context, LegacyContext, ReplayFrom};
 pub use error::StoreError;
 pub use history::{CompactionHistory, HistoryEvent, HistoryGap};

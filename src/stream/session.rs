@@ -6,7 +6,7 @@ use crate::http::Response;
 use crate::raft::Shard;
 use crate::raft::feed::{Delivery, EndReason, FeedEvent, FeedLimits, Subscription};
 use crate::shard::CoreCtx;
-use crate::store::{Status, StoreError};
+use crate::store::Status;
 
 use super::StreamOpen;
 
@@ -82,12 +82,13 @@ impl Session {
                 "this replica restarted and has not yet applied what was committed before: retry shortly",
             ));
         }
-        let version = match replica.state.applied().borrow().store.get(&open.context_id) {
-            Ok(ctx) => ctx.version,
-            Err(e) => {
-                let status = if matches!(e, StoreError::NotFound) { 404 } else { 400 };
-                return Err(Response::error(status, e.code(), e));
-            }
+        let version = {
+            let applied = replica.state.applied().borrow();
+            applied.store.get(&open.context_id, &applied.bodies).map(|ctx| ctx.version)
+        };
+        let version = match version {
+            Ok(version) => version,
+            Err(e) => return Err(Response::error(e.status(), e.code(), e)),
         };
         let limits = &core.stream_limits;
         Ok(Session {
@@ -135,7 +136,7 @@ impl Session {
     /// One page of history after `position`; `None` once caught up (then live).
     fn replay(&mut self, position: u64) -> Option<Next> {
         let applied = self.shard.state.applied().borrow();
-        let Ok(ctx) = applied.store.get(&self.id) else {
+        let Ok(ctx) = applied.store.get(&self.id, &applied.bodies) else {
             return Some(finish(Vec::new(), end(EndReason::Internal), Final::End));
         };
         if position >= ctx.version {

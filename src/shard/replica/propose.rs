@@ -58,7 +58,11 @@ pub(super) async fn write(shard: &Shard, cmd: &Command, limits: &ServeLimits, re
     if let Some(refused) = too_large(shard, cmd) {
         return Ok(refused);
     }
-    if let Err(e) = shard.state.applied().borrow().store.precheck(cmd) {
+    let prechecked = {
+        let applied = shard.state.applied().borrow();
+        applied.store.precheck(cmd, &applied.bodies)
+    };
+    if let Err(e) = prechecked {
         return Ok(Reply::store_error(&e));
     }
     let mut cmd = cmd.clone();

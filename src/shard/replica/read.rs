@@ -73,7 +73,7 @@ fn applied_state(shard: &Shard, call: &ShardCall, limits: &ServeLimits, answers:
     let applied = shard.state.applied().borrow();
     let store = &applied.store;
     let bodies = &applied.bodies;
-    let ctx = match store.get(call.context_id()) {
+    let ctx = match store.get(call.context_id(), bodies) {
         Ok(c) => c,
         Err(e) => return Reply::store_error(&e),
     };
@@ -144,8 +144,14 @@ fn corrupt(e: &crate::store::BodiesError) -> Reply {
 pub(super) fn shard_status(shard: &Shard, id: u32) -> serde_json::Value {
     let m = shard.raft.metrics().borrow_watched().clone();
     let members: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+    let (contexts, hot_contexts) = {
+        let applied = shard.state.applied().borrow();
+        (applied.store.len(), applied.store.hot_len())
+    };
     json!({
         "shard": id,
+        "contexts": contexts,
+        "hot_contexts": hot_contexts,
         "leader": m.current_leader,
         "term": m.current_term,
         "state": format!("{:?}", m.state),

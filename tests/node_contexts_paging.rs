@@ -1,0 +1,76 @@
+//! Contexts leave memory and come back, through the real process: with a hot limit of
+//! 3 contexts per shard and frequent snapshots, 40 contexts are written, most of them
+//! become cold (read from their checkpoint records), and every read, every idempotent
+//! retry and every further append answers as if all were in memory — before and after
+//! a kill -9 (after which every context starts cold).
+mod common;
+
+use common::{Server, msg_body};
+
+const CONTEXTS: usize = 40;
+
+fn hot_contexts(s: &Server) -> u64 {
+    let cluster = s.req("GET", "/v1/cluster", "").json();
+    cluster["shards"].as_array().unwrap().iter().map(|sh| sh["hot_contexts"].as_u64().unwrap()).sum()
+}
+
+fn check_all(s: &Server, messages: u64) {
+    for c in 0..CONTEXTS {
+        let page = s.req("GET", &format!("/v1/contexts/p{c}/messages?from_seq=1&limit=100"), "").json();
+        let texts: Vec<&str> =
+            page["messages"].as_array().unwrap().iter().map(|m| m["parts"][0]["text"].as_str().unwrap()).collect();
+        let want: Vec<String> = (1..=messages).map(|i| format!("p{c}-{i}")).collect();
+        assert_eq!(texts, want, "context p{c}");
+        let window = s.req("GET", &format!("/v1/contexts/p{c}/context"), "").json();
+        assert_eq!(window["messages"].as_array().unwrap().len() as u64, messages, "window of p{c}");
+    }
+}
+
+#[test]
+fn cold_contexts_answer_as_hot_ones_before_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--shards", "2", "--hot-contexts-per-shard", "3", "--snapshot-every-entries", "30"];
+    let mut s = Server::start(&dir.path().join("data"), &args);
+    for c in 0..CONTEXTS {
+        assert_eq!(s.req("PUT", &format!("/v1/contexts/p{c}"), r#"{"token_budget":100000}"#).status, 201);
+    }
+    for i in 1..=3 {
+        for c in 0..CONTEXTS {
+            let key = format!("p{c}-{i}");
+            let r =
+                s.req_h("POST", &format!("/v1/contexts/p{c}/messages"), &[("Idempotency-Key", &key)], &msg_body(&key));
+            assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+            assert_eq!(r.json()["seq"], i);
+        }
+    }
+    // Every context changed since the last snapshot: more snapshots (appends to four
+    // other contexts) make them durable and cold. Snapshots run in the background.
+    for f in 0..4 {
+        assert_eq!(s.req("PUT", &format!("/v1/contexts/f{f}"), r#"{"token_budget":100000}"#).status, 201);
+        for i in 0..40 {
+            assert_eq!(s.req("POST", &format!("/v1/contexts/f{f}/messages"), &msg_body(&format!("f{i}"))).status, 201);
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while hot_contexts(&s) >= CONTEXTS as u64 / 2 {
+        assert!(std::time::Instant::now() < deadline, "contexts stayed hot: {}", hot_contexts(&s));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    check_all(&s, 3);
+    // A retry of a cold context's first append: its key is found in its key log.
+    let retry = s.req_h("POST", "/v1/contexts/p7/messages", &[("Idempotency-Key", "p7-1")], &msg_body("p7-1"));
+    assert_eq!(retry.json()["seq"], 1, "{}", String::from_utf8_lossy(&retry.body));
+    s.kill9();
+    s.restart();
+    check_all(&s, 3);
+    let retry = s.req_h("POST", "/v1/contexts/p9/messages", &[("Idempotency-Key", "p9-2")], &msg_body("p9-2"));
+    assert_eq!(retry.json()["seq"], 2, "{}", String::from_utf8_lossy(&retry.body));
+    for c in 0..CONTEXTS {
+        let key = format!("p{c}-4");
+        let r = s.req_h("POST", &format!("/v1/contexts/p{c}/messages"), &[("Idempotency-Key", &key)], &msg_body(&key));
+        assert_eq!(r.json()["seq"], 4, "p{c}: {}", String::from_utf8_lossy(&r.body));
+    }
+    check_all(&s, 4);
+    let metrics = s.req("GET", "/metrics", "");
+    assert!(String::from_utf8_lossy(&metrics.body).contains("fleetlm_contexts_hot{shard=\"0\"}"));
+}
