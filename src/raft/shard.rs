@@ -29,6 +29,9 @@ pub struct Shard {
     caught_up: Cell<bool>,
     /// The commit index (next index) to reach, taken when a leader was first heard from.
     catch_up_target: Cell<Option<u64>>,
+    /// When this replica opened. openraft loads the persisted vote as renewed *now*: a
+    /// vote renewed before this instant is not a leader's heartbeat (`has_live_leader`).
+    pub opened_at: std::time::Instant,
     pub state: ShardStateMachine,
     pub log: WalLogStore<FleetRaft>,
 }
@@ -107,6 +110,7 @@ impl Shard {
             stopped: Cell::new(false),
             caught_up: Cell::new(false),
             catch_up_target: Cell::new(None),
+            opened_at: std::time::Instant::now(),
             state,
             log,
         })
