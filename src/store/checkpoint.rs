@@ -17,7 +17,7 @@ use std::sync::Arc;
 use super::bodies::{Bodies, BodiesError, BodyRef};
 use super::commands::Store;
 use super::context::Context;
-use super::history::CompactionHistory;
+use super::record::encode_context;
 use crate::config::StoreLimits;
 
 /// Entries per directory chunk: a chunk of ids of the maximum length (256 bytes) stays
@@ -26,19 +26,6 @@ pub const DIRECTORY_CHUNK_ENTRIES: usize = 1024;
 
 fn err(what: &str, e: impl std::fmt::Display) -> BodiesError {
     BodiesError(format!("checkpoint {what}: {e}"))
-}
-
-/// A context's record.
-pub fn encode_context(ctx: &Context) -> Result<Vec<u8>, BodiesError> {
-    let out = postcard::to_stdvec(ctx).map_err(|e| err("encode", e))?;
-    postcard::to_extend(ctx.history(), out).map_err(|e| err("encode", e))
-}
-
-pub(crate) fn decode_context(bytes: &[u8]) -> Result<Context, BodiesError> {
-    let (mut ctx, rest) = postcard::take_from_bytes::<Context>(bytes).map_err(|e| err("decode", e))?;
-    let history: CompactionHistory = postcard::from_bytes(rest).map_err(|e| err("decode", e))?;
-    ctx.restore_history(Some(history));
-    Ok(ctx)
 }
 
 /// The records of `changed` (contexts) encoded: the CPU part of a checkpoint, which can

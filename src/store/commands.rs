@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::bodies::{Bodies, BodiesError, BodyRef};
-use super::context::{Appended, Context};
+use super::context::Context;
 use super::error::StoreError;
+use super::model::Appended;
 use super::model::{NewMessage, PutContext, Status};
 use crate::config::StoreLimits;
 
@@ -368,7 +369,7 @@ impl Store {
             }
             Some(Slot::Cold(r)) => {
                 let bytes = bodies.get(*r).map_err(damaged)?;
-                Ok(Cow::Owned(super::checkpoint::decode_context(bytes).map_err(damaged)?))
+                Ok(Cow::Owned(super::record::decode_context(bytes).map_err(damaged)?))
             }
         }
     }
@@ -386,7 +387,7 @@ impl Store {
     fn get_mut(&mut self, id: &str, bodies: &dyn Bodies) -> Result<Result<&mut Context, StoreError>, BodiesError> {
         let Some(slot) = self.contexts.get(id) else { return Ok(Err(StoreError::NotFound)) };
         if let Slot::Cold(r) = slot {
-            let ctx = super::checkpoint::decode_context(bodies.get(*r)?)?;
+            let ctx = super::record::decode_context(bodies.get(*r)?)?;
             self.contexts.insert(id.to_owned(), Slot::hot(Arc::new(ctx), None));
             self.hot += 1;
         }

@@ -17,7 +17,7 @@ use super::history::{CompactionHistory, CompactionMark, HistoryEvent, HistoryGap
 
 use super::idempotency::Keys;
 use super::message_log::MessageLog;
-use super::model::{ContextConfig, Message, NewMessage, Policy, PutContext, Status};
+use super::model::{Appended, ContextConfig, Message, NewMessage, Policy, PutContext, Status};
 
 /// The LLM window: the replacement messages of the last compaction that are still in
 /// it, then the live messages from `live_from` on, minus those a skip_parts policy
@@ -74,14 +74,6 @@ impl PartialEq for Window {
 pub enum ReplayFrom {
     FromSeq(i64),
     AfterSeq(u64),
-}
-
-/// What an append returned: replayed verbatim for a retry with the same key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Appended {
-    pub seq: u64,
-    pub version: u64,
-    pub token_estimate: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::bodies::{Bodies, BodiesError, BodyRef};
-use super::context::Appended;
 use super::error::StoreError;
 use super::message_log::{IndexLog, Record};
+use super::model::Appended;
 
 pub type AppendOutcome = Result<Appended, StoreError>;
 

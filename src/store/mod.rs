@@ -16,11 +16,12 @@ pub mod idempotency;
 pub mod json_text;
 pub mod message_log;
 pub mod model;
+pub mod record;
 pub mod tokens;
 
 pub use bodies::{Bodies, BodiesError, BodyRef, MemBodies};
 pub use commands::{Checkpoint, Command, LegacyStore, Outcome, Store};
-pub use context::{Appended, Context, LegacyContext, ReplayFrom};
+pub use context::{Context, LegacyContext, ReplayFrom};
 pub use error::StoreError;
 pub use history::{CompactionHistory, HistoryEvent, HistoryGap};
-pub use model::{ContextConfig, Message, NewMessage, Policy, PutContext, Status, messages_object};
+pub use model::{Appended, ContextConfig, Message, NewMessage, Policy, PutContext, Status, messages_object};

@@ -11,6 +11,14 @@ use super::message_log::{Entry, KindsTag};
 use super::tokens::part_tokens_rendered;
 use crate::config::StoreLimits;
 
+/// What an append returned: replayed verbatim for a retry with the same key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appended {
+    pub seq: u64,
+    pub version: u64,
+    pub token_estimate: u64,
+}
+
 /// A stored message, compact: where its API JSON lives in the body store (rendered
 /// once, returned as is by every read), plus the fields the store computes with. No
 /// JSON is kept in memory: a message costs a few words.
