@@ -197,3 +197,43 @@ fn a_member_at_an_http_address_is_retried_slowly() {
         assert_eq!(s.req("GET", "/health/ready", "").status, 200, "the node stays ready");
     }
 }
+
+/// A peer with fewer cores than us has no `port + core`; when another process listens
+/// there (seen in CI: another test's node, with another secret), the handshake fails and
+/// the connection must go to the peer's base port, as when nothing listens there. It
+/// used to back off for `protocol_error_backoff_ms` instead, and a shard's RPCs to that
+/// peer failed for 5 s at a time.
+#[test]
+fn a_stranger_on_the_core_port_sends_us_to_the_base_port() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    run(move || async move {
+        let base = common::free_ports(2);
+        let t = Duration::from_secs(5);
+        let peer = TcpListener::bind(("127.0.0.1", base)).unwrap();
+        let stranger = TcpListener::bind(("127.0.0.1", base + 1)).unwrap();
+        let ours = || ClusterSecret::new(b"0123456789abcdef-ours").unwrap();
+        // Bounded: without the fallback nobody ever connects here.
+        let peer_task = glommio::spawn_local(async move {
+            let accepted = glommio::timer::timeout(Duration::from_secs(3), async move {
+                let mut s = peer.accept().await.unwrap();
+                Ok(accept(&mut s, &ClusterSecret::new(b"0123456789abcdef-ours").unwrap(), t).await.is_ok())
+            });
+            accepted.await.unwrap_or(false)
+        });
+        let stranger_task = glommio::spawn_local(async move {
+            let mut s = stranger.accept().await.unwrap();
+            let _ = accept(&mut s, &ClusterSecret::new(b"0123456789abcdef-other").unwrap(), t).await;
+        })
+        .detach();
+        let limits = fleetlm::config::PeerLimits { cluster_secret: Some(ours()), ..Default::default() };
+        let mut use_base_port = false;
+        let connected =
+            fleetlm::raft::network::connect_peer(&format!("127.0.0.1:{base}"), 1, &mut use_base_port, &limits).await;
+        let peer_accepted = peer_task.await;
+        drop(stranger_task);
+        tx.send((connected.is_ok(), use_base_port, peer_accepted)).unwrap();
+    });
+    let (connected, use_base_port, peer_accepted) = rx.recv().unwrap();
+    assert!(connected && peer_accepted, "connected to the peer through its base port");
+    assert!(use_base_port, "and remembers to use it");
+}
