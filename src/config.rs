@@ -345,6 +345,10 @@ pub struct PeerLimits {
     /// (`crate::raft::peer_auth`); `None`: no handshake (a single node, or
     /// `--insecure-peers`).
     pub cluster_secret: Option<ClusterSecret>,
+    /// This node's identity and the data dirs it knows its peers by
+    /// (`crate::raft::known_peers`), set when the node opens its data dir. With it,
+    /// every peer connection starts with the handshake (even without a secret).
+    pub peer_book: Option<crate::raft::known_peers::SharedPeerBook>,
     /// The peer handshake completes within this.
     pub handshake_timeout_ms: u64,
     /// Once the first byte of a peer frame (or of a snapshot chunk) has arrived, the
@@ -369,6 +373,7 @@ impl Default for PeerLimits {
             snapshot_index_max_bytes: 1 << 30,
             calls_in_flight_max_per_connection: 4_096,
             cluster_secret: None,
+            peer_book: None,
             handshake_timeout_ms: 5_000,
             frame_read_timeout_ms: 60_000,
         }

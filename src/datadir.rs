@@ -2,7 +2,8 @@
 //! per-core logs, and the one-time conversions between on-disk formats.
 //!
 //! ```text
-//! <data>/fleetlm.json             {"format":3,"shards":N,"node_id":..,"body_segment_size_bytes":..,"wal_logs":L}
+//! <data>/fleetlm.json             {"format":3,"shards":N,"node_id":..,"body_segment_size_bytes":..,"wal_logs":L,"incarnation":..}
+//! <data>/known-peers.json         the incarnation of each peer (`crate::raft::known_peers`)
 //! <data>/wal-<L>/<log>/*.wal      L logs; shard s is group s of log s % L
 //! <data>/shards/<s>/              raft-meta.json, snapshots, message-body segments
 //! ```
@@ -39,6 +40,10 @@ struct Layout {
     /// Number of logs (format 3): the cores of the node that wrote them.
     #[serde(default)]
     wal_logs: Option<u32>,
+    /// Random, drawn when the data dir is created (or first opened by a build that has
+    /// them): peers tell a node that lost its data from the one they knew by it.
+    #[serde(default)]
+    incarnation: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,12 @@ pub struct Fixed {
     pub body_segment_size_bytes: u64,
     /// Number of logs (`wal_dir`); equals the node's cores after `load`.
     pub wal_logs: u32,
+    /// This data dir's incarnation (`crate::raft::known_peers`); never 0.
+    pub incarnation: u64,
+}
+
+fn new_incarnation() -> u64 {
+    rand::random::<u64>().max(1)
 }
 
 /// The directory of log `log` among `logs`.
@@ -94,6 +105,7 @@ pub fn load(
                 node_id: Some(node_id),
                 body_segment_size_bytes: Some(wanted_body_segment.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES)),
                 wal_logs: Some(cores),
+                incarnation: Some(new_incarnation()),
             };
             write_layout(dir, &layout).map_err(err)?;
             layout
@@ -120,6 +132,12 @@ pub fn load(
         )));
     }
     remove_leftovers(dir, &layout).map_err(err)?;
+    if layout.incarnation.is_none() {
+        // Written by a build before incarnations: this data dir is the one its peers
+        // knew (none of them has recorded an incarnation for it yet).
+        layout.incarnation = Some(new_incarnation());
+        write_layout(dir, &layout).map_err(err)?;
+    }
     let current = layout.wal_logs.filter(|_| layout.format == DATA_FORMAT);
     if current != Some(cores) {
         match current {
@@ -144,7 +162,8 @@ pub fn load(
         }
         remove_leftovers(dir, &layout).map_err(err)?;
     }
-    Ok(Fixed { shards: layout.shards, body_segment_size_bytes: body, wal_logs: cores })
+    let incarnation = layout.incarnation.expect("set above");
+    Ok(Fixed { shards: layout.shards, body_segment_size_bytes: body, wal_logs: cores, incarnation })
 }
 
 fn write_layout(dir: &Path, layout: &Layout) -> Result<(), String> {

@@ -103,6 +103,10 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
         Err(e) => eprintln!("fleetlm: cannot read the open-files limit ({e}); connection cap as configured"),
     }
     config.body_segment_size_bytes = Some(fixed.body_segment_size_bytes);
+    let me = crate::raft::known_peers::Identity { node_id: config.node_id, incarnation: fixed.incarnation };
+    let book = crate::raft::known_peers::PeerBook::open(&config.data_dir, me)
+        .map_err(|e| ServeError::DataDir(config.data_dir.clone(), e.to_string()))?;
+    config.peer.peer_book = Some(crate::raft::known_peers::SharedPeerBook(std::sync::Arc::new(book)));
     // A message body is at most one log record: bodies must fit in a body segment, or
     // applying a valid command would fail and stop its shard.
     if fixed.body_segment_size_bytes < u64::from(config.wal.record_payload_max_bytes) {

@@ -6,6 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use fleetlm::raft::known_peers::{Identity, PeerBook, Refusal, SharedPeerBook};
 use fleetlm::raft::peer_auth::{AuthError, ClusterSecret, accept, connect};
 use fleetlm::raft::wire::{PeerRequest, encode, encode_frame};
 use fleetlm::shard::ShardCall;
@@ -17,23 +18,73 @@ fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Se
     LocalExecutorBuilder::default().io_memory(1 << 20).make().expect("executor").run(f());
 }
 
-/// Both halves of a handshake over loopback: (connector's result, acceptor's result).
-fn handshake(connector: &'static [u8], acceptor: &'static [u8]) -> (Result<(), String>, Result<(), String>) {
+const NODE_1: Identity = Identity { node_id: 1, incarnation: 0x11 };
+const NODE_2: Identity = Identity { node_id: 2, incarnation: 0x22 };
+
+fn secret(s: &[u8]) -> ClusterSecret {
+    ClusterSecret::new(s).unwrap()
+}
+
+/// Both halves of a handshake over loopback between a connector (node 1) and an
+/// acceptor (node 2), each with its secret and book: (connector's result, acceptor's
+/// result), each the other side's identity.
+fn handshake_between(
+    connector: Option<ClusterSecret>,
+    connector_book: std::sync::Arc<PeerBook>,
+    acceptor: Option<ClusterSecret>,
+    acceptor_book: std::sync::Arc<PeerBook>,
+) -> (Result<Identity, AuthError>, Result<Identity, AuthError>) {
     let (tx, rx) = std::sync::mpsc::channel();
     run(move || async move {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let t = Duration::from_secs(5);
+        let dialled = acceptor_book.me().node_id;
         let server = glommio::spawn_local(async move {
             let mut s = listener.accept().await.unwrap();
-            accept(&mut s, &ClusterSecret::new(acceptor).unwrap(), t).await.map_err(|e| e.to_string())
+            accept(&mut s, acceptor.as_ref(), &acceptor_book, t).await
         });
         let mut c = TcpStream::connect(addr).await.unwrap();
-        let client = connect(&mut c, &ClusterSecret::new(connector).unwrap(), t).await.map_err(|e| e.to_string());
+        let client = connect(&mut c, connector.as_ref(), &connector_book, Some(dialled), t).await;
         drop(c);
         tx.send((client, server.await)).unwrap();
     });
     rx.recv().unwrap()
+}
+
+fn handshake(connector: &'static [u8], acceptor: &'static [u8]) -> (Result<(), String>, Result<(), String>) {
+    let (c, a) = handshake_between(
+        Some(secret(connector)),
+        PeerBook::in_memory(NODE_1).into(),
+        Some(secret(acceptor)),
+        PeerBook::in_memory(NODE_2).into(),
+    );
+    (c.map(|_| ()).map_err(|e| e.to_string()), a.map(|_| ()).map_err(|e| e.to_string()))
+}
+
+/// A node that lost its data dir and comes back under its old id (a new incarnation)
+/// is refused by a peer that knew the old one, whichever side connects, with or without
+/// a secret, and the peer remembers the old one across its own restarts.
+#[test]
+fn a_node_on_a_new_data_dir_under_an_old_id_is_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let book_of_1 = || std::sync::Arc::new(PeerBook::open(dir.path(), NODE_1).unwrap());
+    let s = || Some(secret(b"0123456789abcdef-one"));
+    let (c, a) = handshake_between(s(), book_of_1(), s(), PeerBook::in_memory(NODE_2).into());
+    assert_eq!((c.unwrap(), a.unwrap()), (NODE_2, NODE_1), "first link: identities exchanged and recorded");
+
+    let wiped = Identity { node_id: 2, incarnation: 0x23 };
+    // Node 1 dials the wiped node 2.
+    let (c, _) = handshake_between(s(), book_of_1(), s(), PeerBook::in_memory(wiped).into());
+    assert!(matches!(c, Err(AuthError::Refused(Refusal::Replaced { node: 2, known: 0x22, presented: 0x23 }))), "{c:?}");
+    // The wiped node 2 dials node 1 (here in the connector's seat: node 1's book on the
+    // accepting side), without a secret this time.
+    let (c, a) = handshake_between(None, std::sync::Arc::new(PeerBook::in_memory(wiped)), None, book_of_1());
+    assert!(matches!(c, Err(AuthError::Refused(Refusal::RefusedByPeer { me: 2 }))), "{c:?}");
+    assert!(matches!(a, Err(AuthError::Refused(Refusal::Replaced { node: 2, .. }))), "{a:?}");
+    // A secret on one side only: refused as before.
+    let (c, _) = handshake_between(s(), book_of_1(), None, PeerBook::in_memory(NODE_2).into());
+    assert!(matches!(c, Err(AuthError::BadProof)), "{c:?}");
 }
 
 #[test]
@@ -55,7 +106,8 @@ fn a_stranger_that_does_not_speak_the_handshake_is_refused() {
         let addr = listener.local_addr().unwrap();
         let server = glommio::spawn_local(async move {
             let mut s = listener.accept().await.unwrap();
-            accept(&mut s, &ClusterSecret::new(b"0123456789abcdef").unwrap(), Duration::from_secs(5)).await
+            let book = PeerBook::in_memory(NODE_2);
+            accept(&mut s, Some(&secret(b"0123456789abcdef")), &book, Duration::from_secs(5)).await
         });
         let mut c = TcpStream::connect(addr).await.unwrap();
         futures_lite::AsyncWriteExt::write_all(&mut c, &[0u8; 64]).await.unwrap();
@@ -216,19 +268,26 @@ fn a_stranger_on_the_core_port_sends_us_to_the_base_port() {
         let peer_task = glommio::spawn_local(async move {
             let accepted = glommio::timer::timeout(Duration::from_secs(3), async move {
                 let mut s = peer.accept().await.unwrap();
-                Ok(accept(&mut s, &ClusterSecret::new(b"0123456789abcdef-ours").unwrap(), t).await.is_ok())
+                let book = PeerBook::in_memory(NODE_2);
+                Ok(accept(&mut s, Some(&secret(b"0123456789abcdef-ours")), &book, t).await.is_ok())
             });
             accepted.await.unwrap_or(false)
         });
         let stranger_task = glommio::spawn_local(async move {
             let mut s = stranger.accept().await.unwrap();
-            let _ = accept(&mut s, &ClusterSecret::new(b"0123456789abcdef-other").unwrap(), t).await;
+            let book = PeerBook::in_memory(Identity { node_id: 7, incarnation: 0x77 });
+            let _ = accept(&mut s, Some(&secret(b"0123456789abcdef-other")), &book, t).await;
         })
         .detach();
-        let limits = fleetlm::config::PeerLimits { cluster_secret: Some(ours()), ..Default::default() };
+        let limits = fleetlm::config::PeerLimits {
+            cluster_secret: Some(ours()),
+            peer_book: Some(SharedPeerBook(PeerBook::in_memory(NODE_1).into())),
+            ..Default::default()
+        };
         let mut use_base_port = false;
         let connected =
-            fleetlm::raft::network::connect_peer(&format!("127.0.0.1:{base}"), 1, &mut use_base_port, &limits).await;
+            fleetlm::raft::network::connect_peer(&format!("127.0.0.1:{base}"), Some(2), 1, &mut use_base_port, &limits)
+                .await;
         let peer_accepted = peer_task.await;
         drop(stranger_task);
         tx.send((connected.is_ok(), use_base_port, peer_accepted)).unwrap();

@@ -3,6 +3,7 @@
 //! and opening a shard.
 pub mod bodies;
 pub mod feed;
+pub mod known_peers;
 pub mod log_store;
 pub mod network;
 pub mod peer_auth;

@@ -48,6 +48,7 @@ fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
 /// (`super::peer_auth`). Every failure is `WireError::Connect`: nothing was sent.
 pub async fn connect_peer(
     addr: &str,
+    dialled: Option<u64>,
     core: usize,
     use_base_port: &mut bool,
     limits: &PeerLimits,
@@ -66,7 +67,7 @@ pub async fn connect_peer(
         }
         Err(e) => return Err(WireError::Connect(e.into())),
     };
-    match handshake(stream, limits).await {
+    match handshake(stream, dialled, limits).await {
         // `port + core` answered but is not our peer (a target with fewer cores, and
         // another process on that port: seen in CI, where another test's node listened
         // there): its base port, like a refused connection.
@@ -74,7 +75,7 @@ pub async fn connect_peer(
             let s = TcpStream::connect_timeout(base, timeout)
                 .await
                 .map_err(|e| WireError::Connect(std::io::Error::from(e)))?;
-            let s = handshake(s, limits).await?;
+            let s = handshake(s, dialled, limits).await?;
             *use_base_port = true;
             Ok(s)
         }
@@ -82,17 +83,44 @@ pub async fn connect_peer(
     }
 }
 
-/// Proves (and checks) knowledge of the cluster secret on a new connection.
-async fn handshake(stream: TcpStream, limits: &PeerLimits) -> Result<TcpStream, WireError> {
+/// Proves (and checks) knowledge of the cluster secret on a new connection, and that
+/// the node at the other end is `dialled` (when known) on the data dir this node knows
+/// it by (`super::known_peers`).
+async fn handshake(stream: TcpStream, dialled: Option<u64>, limits: &PeerLimits) -> Result<TcpStream, WireError> {
     stream.set_nodelay(true).map_err(|e| WireError::Connect(std::io::Error::from(e)))?;
     let mut stream = stream;
-    if let Some(secret) = &limits.cluster_secret {
-        let deadline = Duration::from_millis(limits.handshake_timeout_ms);
-        super::peer_auth::connect(&mut stream, secret, deadline)
-            .await
-            .map_err(|e| WireError::Connect(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e)))?;
+    let denied = |e: String| WireError::Connect(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e));
+    let secret = limits.cluster_secret.as_ref();
+    match &limits.peer_book {
+        Some(book) => {
+            let deadline = Duration::from_millis(limits.handshake_timeout_ms);
+            super::peer_auth::connect(&mut stream, secret, &book.0, dialled, deadline).await.map_err(|e| {
+                // (A wrong node is expected once when `port + core` belongs to another
+                // node of a host with fewer cores; the base port is tried next.)
+                if let super::peer_auth::AuthError::Refused(r) = &e
+                    && !matches!(r, super::known_peers::Refusal::WrongNode { .. })
+                {
+                    log_refusal(r);
+                }
+                denied(e.to_string())
+            })?;
+        }
+        None if secret.is_some() => return Err(denied("peer handshake: this node has no identity".into())),
+        None => {}
     }
     Ok(stream)
+}
+
+/// A link refused for its identity is logged (at most one line per interval for the
+/// whole process: every shard's link to that peer fails the same way).
+fn log_refusal(r: &super::known_peers::Refusal) {
+    static LOG: std::sync::Mutex<Option<crate::accept::RateLimitedLog>> = std::sync::Mutex::new(None);
+    let mut log = LOG.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(line) =
+        log.get_or_insert_with(Default::default).line(Instant::now(), &format!("peer link refused: {r}"))
+    {
+        eprintln!("fleetlm: {line}");
+    }
 }
 
 /// The reconnect policy of every peer link (Raft connections here, forwarding links in
@@ -145,6 +173,8 @@ impl Backoff {
 /// One reusable connection to one core of one peer, with reconnect backoff. Used by
 /// the Raft clients here and by request forwarding (`crate::shard::peer`).
 pub struct PeerConn {
+    /// The target node (checked at the handshake).
+    node: u64,
     addr: String,
     /// Core of the target to aim at first.
     core: usize,
@@ -160,8 +190,9 @@ pub struct PeerConn {
 }
 
 impl PeerConn {
-    pub fn new(addr: String, core: usize, limits: PeerLimits) -> PeerConn {
+    pub fn new(node: u64, addr: String, core: usize, limits: PeerLimits) -> PeerConn {
         PeerConn {
+            node,
             addr,
             core,
             use_base_port: false,
@@ -199,7 +230,8 @@ impl PeerConn {
                     format!("{}: backing off after a failed connection", self.addr),
                 )));
             }
-            let stream = connect_peer(&self.addr, self.core, &mut self.use_base_port, &self.limits).await?;
+            let stream =
+                connect_peer(&self.addr, Some(self.node), self.core, &mut self.use_base_port, &self.limits).await?;
             self.stream = Some(BufReader::with_capacity(PEER_READ_BUFFER_BYTES, stream));
             self.backoff.succeeded();
         }
@@ -300,7 +332,7 @@ impl RaftNetworkFactory<C> for PeerNetwork {
         PeerClient {
             shard: self.shard,
             target,
-            conn: PeerConn::new(node.addr.clone(), core, self.limits.clone()),
+            conn: PeerConn::new(target, node.addr.clone(), core, self.limits.clone()),
             limits: self.limits.clone(),
         }
     }

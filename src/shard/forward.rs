@@ -27,6 +27,8 @@ type Answer = Result<PeerResponse, WireError>;
 
 /// One multiplexed connection's state.
 struct Link {
+    /// The node at the other end (checked at the handshake).
+    node: u64,
     addr: RefCell<String>,
     core: usize,
     use_base_port: Cell<bool>,
@@ -80,7 +82,7 @@ impl Link {
         self.connecting.set(true);
         let addr = self.addr.borrow().clone();
         let mut base = self.use_base_port.get();
-        let connected = connect_peer(&addr, self.core, &mut base, &self.limits).await;
+        let connected = connect_peer(&addr, Some(self.node), self.core, &mut base, &self.limits).await;
         self.connecting.set(false);
         let stream = match connected {
             Ok(s) => s,
@@ -213,6 +215,7 @@ impl Forwarder {
                 .entry((node, core))
                 .or_insert_with(|| {
                     Rc::new(Link {
+                        node,
                         addr: RefCell::new(addr.to_owned()),
                         core,
                         use_base_port: Cell::new(false),

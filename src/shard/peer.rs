@@ -120,12 +120,19 @@ async fn receive_snapshot(
 async fn serve_connection(ctx: &Rc<CoreCtx>, stream: TcpStream) -> Result<(), WireError> {
     let mut stream = stream;
     let limits = &ctx.peer_limits;
-    // Nothing is decoded from a peer that has not proven it knows the cluster secret.
-    if let Some(secret) = &limits.cluster_secret {
-        let deadline = std::time::Duration::from_millis(limits.handshake_timeout_ms);
-        crate::raft::peer_auth::accept(&mut stream, secret, deadline)
-            .await
-            .map_err(|e| WireError::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e)))?;
+    // Nothing is decoded from a peer that has not proven it knows the cluster secret,
+    // nor from a node on another data dir than the one this node knows it by.
+    let denied = |e: String| WireError::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e));
+    let secret = limits.cluster_secret.as_ref();
+    match &limits.peer_book {
+        Some(book) => {
+            let deadline = std::time::Duration::from_millis(limits.handshake_timeout_ms);
+            crate::raft::peer_auth::accept(&mut stream, secret, &book.0, deadline)
+                .await
+                .map_err(|e| denied(e.to_string()))?;
+        }
+        None if secret.is_some() => return Err(denied("peer handshake: this node has no identity".into())),
+        None => {}
     }
     let frame_max = ctx.peer_limits.frame_max_bytes;
     let (reader, mut writer) = futures_lite::io::split(stream);
