@@ -108,6 +108,11 @@ pub struct StoreLimits {
     /// snapshot and are read from their checkpoint record when used (a few µs).
     /// Local to the node: replicas may differ.
     pub hot_contexts_max_per_shard: usize,
+    /// And at most this many bytes of them, measured by their checkpoint records: a
+    /// context with 64 KiB of metadata or a compaction's 1 MiB replacement in its window
+    /// weighs what it holds (counted alone, 20,000 such contexts would pin gigabytes).
+    /// In-memory contexts take about 1–3× their record. Local to the node.
+    pub hot_contexts_max_bytes_per_shard: u64,
 }
 
 impl Default for StoreLimits {
@@ -124,6 +129,7 @@ impl Default for StoreLimits {
             metadata_max_bytes: 64 << 10,
             contexts_max_per_shard: 1_000_000,
             hot_contexts_max_per_shard: 20_000,
+            hot_contexts_max_bytes_per_shard: 32 << 20,
         }
     }
 }

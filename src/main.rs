@@ -119,6 +119,11 @@ struct ServeArgs {
     /// durable in a snapshot, are read from disk when used. Local to this node.
     #[arg(long, env = "FLEETLM_HOT_CONTEXTS_PER_SHARD", default_value_t = StoreLimits::default().hot_contexts_max_per_shard)]
     hot_contexts_per_shard: usize,
+    /// Bytes of contexts one shard keeps in memory, measured by their checkpoint records
+    /// (metadata, compaction replacements in the window): the least recently used beyond
+    /// it leave memory like those beyond --hot-contexts-per-shard. Local to this node.
+    #[arg(long, env = "FLEETLM_HOT_CONTEXTS_BYTES_PER_SHARD", default_value_t = StoreLimits::default().hot_contexts_max_bytes_per_shard)]
+    hot_contexts_bytes_per_shard: u64,
     /// Largest body of one read answer, bytes: tail and replay return fewer messages, a
     /// larger window is 413 window_too_large.
     #[arg(long, env = "FLEETLM_RESPONSE_MAX_BYTES", default_value_t = ServeLimits::default().response_max_bytes)]
@@ -245,6 +250,7 @@ fn main() -> std::process::ExitCode {
             metadata_max_bytes: a.metadata_max_bytes,
             contexts_max_per_shard: a.contexts_max_per_shard,
             hot_contexts_max_per_shard: a.hot_contexts_per_shard,
+            hot_contexts_max_bytes_per_shard: a.hot_contexts_bytes_per_shard,
             ..StoreLimits::default()
         },
         serve: ServeLimits {

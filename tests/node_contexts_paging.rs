@@ -74,3 +74,31 @@ fn cold_contexts_answer_as_hot_ones_before_and_after_a_restart() {
     let metrics = s.req("GET", "/metrics", "");
     assert!(String::from_utf8_lossy(&metrics.body).contains("fleetlm_contexts_hot{shard=\"0\"}"));
 }
+
+/// The weight limit through the real process: contexts with 60 KB of metadata each
+/// leave memory once the shard's records pass `--hot-contexts-bytes-per-shard`, though
+/// far fewer than `--hot-contexts-per-shard`, and read back whole.
+#[test]
+fn heavy_contexts_leave_memory_by_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--shards", "1", "--hot-contexts-bytes-per-shard", "100000", "--snapshot-every-entries", "10"];
+    let s = Server::start(&dir.path().join("data"), &args);
+    let blob = "m".repeat(60_000);
+    let heavy = format!(r#"{{"token_budget":1000,"metadata":{{"blob":"{blob}"}}}}"#);
+    for c in 0..6 {
+        assert_eq!(s.req("PUT", &format!("/v1/contexts/heavy{c}"), &heavy).status, 201);
+    }
+    assert_eq!(s.req("PUT", "/v1/contexts/light", r#"{"token_budget":100000}"#).status, 201);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut i = 0;
+    // Appends make snapshots (every 10 entries); the heavy contexts become durable, then cold.
+    while hot_contexts(&s) > 2 {
+        assert!(std::time::Instant::now() < deadline, "heavy contexts stayed in memory: {}", hot_contexts(&s));
+        i += 1;
+        assert_eq!(s.req("POST", "/v1/contexts/light/messages", &msg_body(&format!("l{i}"))).status, 201);
+    }
+    for c in 0..6 {
+        let r = s.req("GET", &format!("/v1/contexts/heavy{c}"), "").json();
+        assert_eq!(r["metadata"]["blob"].as_str().map(str::len), Some(60_000), "heavy{c}");
+    }
+}

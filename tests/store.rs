@@ -382,3 +382,38 @@ fn stored_message_json_is_the_sorted_key_rendering() {
         r#"{"inserted_at":null,"metadata":{},"parts":[],"role":"system","seq":null,"token_count":0}"#
     );
 }
+
+/// Contexts leave memory by weight as well as by count: with room for 1000 contexts but
+/// 100 KB of records, after a checkpoint at most one of three contexts that each hold
+/// 60 KB of metadata stays in memory (the most recently used), and the small ones stay.
+/// Counted alone, 20,000 contexts with 64 KiB of metadata (or a 1 MiB compaction
+/// replacement in the window) each would have stayed in memory per shard.
+#[test]
+fn heavy_contexts_leave_memory_by_the_bytes_of_their_records() {
+    let mut s = S::new(limits());
+    let heavy = json!({"token_budget": 1000, "metadata": {"blob": "x".repeat(60_000)}});
+    for id in ["h1", "h2", "h3"] {
+        put(&mut s, id, heavy.clone()).unwrap();
+    }
+    for id in ["s1", "s2"] {
+        put(&mut s, id, json!({"token_budget": 1000})).unwrap();
+    }
+    // h3 is the most recently used heavy one.
+    appended(append(&mut s, "h3", msg("latest"), None, None));
+    let cp = s.store.take_changed(true);
+    let encoded = fleetlm::store::checkpoint::encode_all(&cp.changed).unwrap();
+    let written = fleetlm::store::checkpoint::append(encoded, cp.unchanged, &mut s.bodies).unwrap().written;
+    s.store.checkpointed(&written);
+    assert_eq!(s.store.hot_len(), 5);
+    assert_eq!(s.store.evict(1000, u64::MAX), 0, "no limit reached");
+    assert_eq!(s.store.evict(1000, 100_000), 2, "two heavy ones leave");
+    assert_eq!(s.store.hot_len(), 3);
+    // The heavy ones read the same from their records.
+    for id in ["h1", "h2", "h3"] {
+        assert_eq!(s.get(id).unwrap().metadata["blob"].as_str().map(str::len), Some(60_000), "{id}");
+    }
+    assert_eq!(s.get("h3").unwrap().last_seq(), 1);
+    // And the count limit still applies on its own.
+    assert_eq!(s.store.evict(1, u64::MAX), 2);
+    assert_eq!(s.store.hot_len(), 1);
+}

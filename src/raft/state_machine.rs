@@ -230,9 +230,9 @@ pub struct ShardStateMachine {
     /// The checkpoint directory of the current generation's last snapshot (chunks in
     /// its body store: base, then deltas), and how many entries they hold in all.
     directory: Rc<RefCell<(Vec<BodyRef>, u64)>>,
-    /// Contexts kept in memory at most (the least recently used with a durable record
-    /// are evicted after each snapshot).
-    hot_contexts_max: usize,
+    /// Contexts, and bytes of their records, kept in memory at most: the least recently
+    /// used with a durable record are evicted after each snapshot (`Store::evict`).
+    hot_contexts_max: (usize, u64),
     /// The streams watching this replica's contexts.
     feed: Rc<Feed>,
 }
@@ -240,7 +240,8 @@ pub struct ShardStateMachine {
 impl ShardStateMachine {
     /// Opens the state machine of the shard in `dir`, from its snapshot if it has one.
     pub fn open(dir: &Path, store: Store, body_segment_size_bytes: u64) -> io::Result<Self> {
-        let store_hot_max = store.limits().hot_contexts_max_per_shard;
+        let store_hot_max =
+            (store.limits().hot_contexts_max_per_shard, store.limits().hot_contexts_max_bytes_per_shard);
         let mut generations = Vec::new();
         for entry in std::fs::read_dir(dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -406,7 +407,7 @@ impl ShardStateMachine {
             // may leave memory.
             let mut a = self.applied.borrow_mut();
             a.store.checkpointed(&written);
-            let evicted = a.store.evict(self.hot_contexts_max);
+            let evicted = a.store.evict(self.hot_contexts_max.0, self.hot_contexts_max.1);
             tracing::debug!(shard_dir = %self.dir.display(), evicted, hot = a.store.hot_len(), "checkpoint");
         }
         Ok(SnapshotOf::<C, _> { meta, snapshot: ShardSnapshot { index: bytes, bodies } })

@@ -267,34 +267,48 @@ impl Store {
     }
 
     /// Evicts the least recently used hot contexts that have a durable record, until at
-    /// most `max_hot` are hot (or none is left to evict). Returns how many.
-    pub fn evict(&mut self, max_hot: usize) -> usize {
-        if self.hot <= max_hot {
-            return 0;
-        }
-        let mut clean: Vec<(u64, &String)> = self
+    /// most `max_hot` are hot and those with a durable record weigh at most `max_bytes`
+    /// (measured by their records: metadata, compaction replacements still in the
+    /// window, index tails — what a count does not see), or none is left to evict.
+    /// Returns how many. Cost: one pass over the contexts and a sort of the hot ones.
+    pub fn evict(&mut self, max_hot: usize, max_bytes: u64) -> usize {
+        let mut clean: Vec<(u64, &String, u64)> = self
             .contexts
             .iter()
             .filter_map(|(id, slot)| match slot {
-                Slot::Hot { record: Some(_), used, .. } if !self.changed.ids.contains(id) => Some((used.get(), id)),
+                Slot::Hot { record: Some(r), used, .. } if !self.changed.ids.contains(id) => {
+                    Some((used.get(), id, u64::from(r.len)))
+                }
                 _ => None,
             })
             .collect();
-        let n = (self.hot - max_hot).min(clean.len());
-        if n == 0 {
+        let mut bytes: u64 = clean.iter().map(|c| c.2).sum();
+        if self.hot <= max_hot && bytes <= max_bytes {
             return 0;
         }
-        clean.select_nth_unstable(n - 1);
-        let evict: Vec<String> = clean[..n].iter().map(|(_, id)| (*id).clone()).collect();
-        for id in evict {
-            if let Some(slot) = self.contexts.get_mut(&id)
+        clean.sort_unstable_by_key(|c| c.0);
+        let mut hot = self.hot;
+        let evict: Vec<String> = clean
+            .iter()
+            .take_while(|c| {
+                let over = hot > max_hot || bytes > max_bytes;
+                if over {
+                    hot -= 1;
+                    bytes -= c.2;
+                }
+                over
+            })
+            .map(|c| c.1.clone())
+            .collect();
+        for id in &evict {
+            if let Some(slot) = self.contexts.get_mut(id)
                 && let Slot::Hot { record: Some(r), .. } = slot
             {
                 *slot = Slot::Cold(*r);
                 self.hot -= 1;
             }
         }
-        n
+        evict.len()
     }
 
     /// Contexts in memory.
