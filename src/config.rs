@@ -64,6 +64,9 @@ pub const WAL_SEGMENTS_SOFT_MAX_DEFAULT: usize = 8;
 /// How often each core checks for large shards that pin old segments of its log
 /// (`crate::shard::log_pressure`).
 pub const LOG_PRESSURE_POLL_MS: u64 = 1_000;
+/// How often each core checks whether a shard's changes since its last snapshot hold
+/// more than its hot-context byte budget (`crate::shard::memory_pressure`).
+pub const MEMORY_PRESSURE_POLL_MS: u64 = 100;
 /// Least time between two snapshots one shard is asked for because it pins the log.
 pub const LOG_PRESSURE_SNAPSHOT_INTERVAL_MS: u64 = 10_000;
 impl Default for WalConfig {

@@ -102,3 +102,29 @@ fn heavy_contexts_leave_memory_by_weight() {
         assert_eq!(r["metadata"]["blob"].as_str().map(str::len), Some(60_000), "heavy{c}");
     }
 }
+
+/// Changed contexts stay in memory until a snapshot makes them durable; with snapshots
+/// far apart by count (100,000 entries), changes heavier than the byte budget ask for
+/// one early, after which the heavy contexts leave memory.
+#[test]
+fn heavy_changes_ask_for_an_early_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--shards", "1", "--hot-contexts-bytes-per-shard", "100000", "--snapshot-every-entries", "100000"];
+    let s = Server::start(&dir.path().join("data"), &args);
+    let blob = "m".repeat(60_000);
+    let heavy = format!(r#"{{"token_budget":1000,"metadata":{{"blob":"{blob}"}}}}"#);
+    for c in 0..6 {
+        assert_eq!(s.req("PUT", &format!("/v1/contexts/heavy{c}"), &heavy).status, 201);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while hot_contexts(&s) > 2 {
+        assert!(std::time::Instant::now() < deadline, "heavy contexts stayed in memory: {}", hot_contexts(&s));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let snapshot = &s.req("GET", "/v1/cluster", "").json()["shards"][0]["snapshot_index"];
+    assert!(!snapshot.is_null(), "a snapshot was taken: {snapshot}");
+    for c in 0..6 {
+        let r = s.req("GET", &format!("/v1/contexts/heavy{c}"), "").json();
+        assert_eq!(r["metadata"]["blob"].as_str().map(str::len), Some(60_000), "heavy{c}");
+    }
+}

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod healing;
 pub mod leaders;
 pub mod log_pressure;
+pub mod memory_pressure;
 pub mod peer;
 pub mod placement;
 pub mod replica;

@@ -49,7 +49,40 @@ pub enum Command {
     },
 }
 
+/// Counts the bytes written to it.
+struct ByteCount(u64);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn json_bytes(map: &Map<String, Value>) -> u64 {
+    let mut n = ByteCount(0);
+    let _ = serde_json::to_writer(&mut n, map);
+    n.0
+}
+
 impl Command {
+    /// An upper bound of what applying it can add to a context in memory: its metadata,
+    /// compaction replacements, a key; an append's message goes to the body store.
+    pub fn memory_bytes(&self) -> u64 {
+        const PER_COMMAND: u64 = 64;
+        let id = self.context_id().len() as u64 + PER_COMMAND;
+        id + match self {
+            Command::Put { put, .. } => put.metadata.as_ref().map_or(0, json_bytes),
+            Command::PatchMetadata { patch, .. } => json_bytes(patch),
+            Command::Append { idempotency_key, .. } => idempotency_key.as_ref().map_or(0, |k| k.len() as u64),
+            Command::Delete { .. } => 0,
+            Command::Compact { replacement, .. } => replacement.iter().map(NewMessage::text_bytes).sum(),
+        }
+    }
+
     /// The context the command is about (it picks the shard).
     pub fn context_id(&self) -> &str {
         match self {
@@ -124,6 +157,10 @@ enum Slot {
 struct Changed {
     ids: std::collections::HashSet<String>,
     all: bool,
+    /// What the changes may have added to memory (`Command::memory_bytes`, and the
+    /// records of contexts made hot to change them): changed contexts stay in memory
+    /// until a checkpoint makes them durable, so a snapshot is asked for beyond a limit.
+    bytes: u64,
 }
 
 /// What a checkpoint writes: the contexts to encode, and (rebase) the records of the
@@ -244,6 +281,11 @@ impl Store {
     }
 
     /// How many contexts changed since the last checkpoint; `None`: all of them.
+    /// What the changes since the last checkpoint may have added to memory.
+    pub fn changed_bytes(&self) -> u64 {
+        self.changed.bytes
+    }
+
     pub fn changed_count(&self) -> Option<usize> {
         (!self.changed.all).then_some(self.changed.ids.len())
     }
@@ -401,9 +443,11 @@ impl Store {
     fn get_mut(&mut self, id: &str, bodies: &dyn Bodies) -> Result<Result<&mut Context, StoreError>, BodiesError> {
         let Some(slot) = self.contexts.get(id) else { return Ok(Err(StoreError::NotFound)) };
         if let Slot::Cold(r) = slot {
+            let len = u64::from(r.len);
             let ctx = super::record::decode_context(bodies.get(*r)?)?;
             self.contexts.insert(id.to_owned(), Slot::hot(Arc::new(ctx), None));
             self.hot += 1;
+            self.changed.bytes = self.changed.bytes.saturating_add(len);
         }
         self.mark_changed(id);
         let now = self.tick();
@@ -420,6 +464,7 @@ impl Store {
     /// Applies `cmd`. The outer `Err` is a body-store failure: nothing changed, and the
     /// caller must stop applying (see `BodiesError`); the inner result is the command's.
     pub fn apply(&mut self, cmd: Command, bodies: &mut dyn Bodies) -> Result<Result<Outcome, StoreError>, BodiesError> {
+        self.changed.bytes = self.changed.bytes.saturating_add(cmd.memory_bytes());
         match cmd {
             Command::Append { id, message, if_version, idempotency_key, now } => {
                 let keys_max = self.limits.idempotency_keys_per_context;
