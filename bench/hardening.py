@@ -247,6 +247,25 @@ def attack_metadata(port, stop, out):
         i += 1
 
 
+def attack_heavy_contexts(port, stop, out):
+    """New contexts, each compacted to a ~900 KB summary: what each keeps in memory while
+    it is hot (its window's replacement). Counted alone, 20,000 of them per shard stayed."""
+    replacement = json.dumps({"replacement": [{"role": "system", "parts": [{"type": "text",
+                                                                          "text": "s" * 900_000}]}]}).encode()
+    i = 0
+    with socket.create_connection((HOST, port), timeout=30) as s:
+        while not stop.is_set():
+            ctx = f"heavy{i}"
+            i += 1
+            try:
+                request(s, "PUT", f"/v1/contexts/{ctx}", b'{"token_budget":100000000}')
+                request(s, "POST", f"/v1/contexts/{ctx}/compact", replacement)
+                out["compacted"] = out.get("compacted", 0) + 1
+            except (OSError, ConnectionError):
+                out["conn_error"] = out.get("conn_error", 0) + 1
+                return
+
+
 def attack_token_overflow(port, stop, out):
     hammer(port, stop, out, "POST", "/v1/contexts/attack/messages", msg("t", token_count=2**64 - 1))
 
@@ -283,7 +302,8 @@ def main():
         phases = [("quiet", None), ("render-bomb", attack_render_bomb), ("slow-chunked", attack_slow_chunked),
                   ("non-reader", attack_non_reader), ("idle-flood", attack_idle_flood),
                   ("peer-garbage", attack_peer_garbage), ("metadata-growth", attack_metadata),
-                  ("token-overflow", attack_token_overflow), ("huge-window", attack_huge_window)]
+                  ("token-overflow", attack_token_overflow), ("huge-window", attack_huge_window),
+                  ("heavy-contexts", attack_heavy_contexts)]
         results = []
         for name, attack in phases:
             stop = threading.Event()
