@@ -113,6 +113,24 @@ pub unsafe fn release_pages(map: &impl Mapping, from: usize, to: usize) {
     }
 }
 
+/// Frees the disk blocks of `[from, to)` of `file`, page-aligned inwards (a hole: the
+/// size stays, reads of the range return zeros). For bytes that will never be read again.
+pub fn punch_hole(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let page = page_size_bytes() as u64;
+    let start = from.div_ceil(page) * page;
+    let end = to / page * page;
+    if end <= start {
+        return Ok(());
+    }
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: fallocate(2) on an open descriptor; no memory is passed.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, start as libc::off_t, (end - start) as libc::off_t) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `offset` rounded down to a page boundary.
 pub fn page_floor(offset: usize) -> usize {
     offset / page_size_bytes() * page_size_bytes()

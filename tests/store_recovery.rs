@@ -135,21 +135,28 @@ fn capture(store: &mut Store, at: usize, rebase: bool) -> Capture {
 
 /// The rest of a checkpoint as the state machine does it (`src/raft/state_machine.rs`):
 /// records and directory chunks appended, the directory extended (or restarted), and
-/// once durable (at once here) the records marked and all but one context evicted, so
-/// that later commands and reads meet cold contexts. Returns the snapshot: the
-/// directory, the body length and the log position captured.
+/// once durable (at once here) the records marked, the ranges a rebase made dead
+/// released (overwritten with bytes nothing decodes, so a read of them fails the test)
+/// and all but one context evicted, so that later commands and reads meet cold
+/// contexts. Returns the snapshot: the directory, the body length and the log position
+/// captured.
 fn complete(
     c: Capture,
     store: &mut Store,
     bodies: &mut MemBodies,
     directory: &mut Vec<BodyRef>,
+    extents: &mut checkpoint::Extents,
 ) -> (Vec<BodyRef>, u64, usize) {
     let appended = checkpoint::append(c.encoded, c.unchanged, bodies).unwrap();
     if c.rebase {
         directory.clear();
     }
     directory.extend(appended.chunks);
+    extents.written(appended.extent, c.rebase);
     store.checkpointed(&appended.written);
+    for (from, to) in std::mem::take(&mut extents.dead) {
+        bodies.scrub(from, to);
+    }
     store.evict(1, u64::MAX);
     (directory.clone(), bodies.len(), c.at)
 }
@@ -171,6 +178,7 @@ proptest! {
         at.sort();
         let (mut store, mut bodies) = (Store::new(limits()), MemBodies::default());
         let mut directory = Vec::new();
+        let mut extents = checkpoint::Extents::default();
         let mut snapshot = None;
         let mut in_flight: Option<(Capture, usize)> = None;
         let mut outcomes = Vec::new();
@@ -178,7 +186,7 @@ proptest! {
         for (i, cmd) in log.iter().enumerate() {
             if in_flight.as_ref().is_some_and(|(_, done_at)| *done_at == i) {
                 let (c, _) = in_flight.take().unwrap();
-                snapshot = Some((complete(c, &mut store, &mut bodies, &mut directory), false));
+                snapshot = Some((complete(c, &mut store, &mut bodies, &mut directory, &mut extents), false));
             }
             while let Some(&&(k, kind)) = next.peek() && k == i {
                 next.next();
@@ -188,8 +196,8 @@ proptest! {
                 match kind {
                     // A checkpoint that failed after taking the changed contexts.
                     0 => { store.take_changed(false); store.checkpoint_failed(); }
-                    1 => snapshot = Some((complete(capture(&mut store, i, true), &mut store, &mut bodies, &mut directory), true)),
-                    2 => snapshot = Some((complete(capture(&mut store, i, false), &mut store, &mut bodies, &mut directory), true)),
+                    1 => snapshot = Some((complete(capture(&mut store, i, true), &mut store, &mut bodies, &mut directory, &mut extents), true)),
+                    2 => snapshot = Some((complete(capture(&mut store, i, false), &mut store, &mut bodies, &mut directory, &mut extents), true)),
                     // Completed after `kind` more commands were applied.
                     _ => in_flight = Some((capture(&mut store, i, kind == 5), i + kind as usize)),
                 }

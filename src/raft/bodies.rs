@@ -36,8 +36,45 @@ struct BodySegment {
 pub enum BodiesSource {
     /// Received from elsewhere.
     Bytes(Vec<u8>),
-    /// `[0, len)` of a body store on this machine.
-    Files { dir: PathBuf, segment_size_bytes: u64, len: u64 },
+    /// `[0, len)` of a body store on this machine. `pin`: while it lives, the store
+    /// frees none of the bytes an older snapshot names (a snapshot being sent).
+    Files { dir: PathBuf, segment_size_bytes: u64, len: u64, pin: Option<ReadPin> },
+}
+
+/// Counts the snapshots being read from a body store (`BodiesSource::Files`): the state
+/// machine releases the space of dead checkpoint records only when none is.
+#[derive(Debug, Default)]
+pub struct ReadPin(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl ReadPin {
+    /// A pin counted by `readers`.
+    pub fn new(readers: &ReadPins) -> ReadPin {
+        readers.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        ReadPin(readers.0.clone())
+    }
+}
+
+impl Clone for ReadPin {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        ReadPin(self.0.clone())
+    }
+}
+
+impl Drop for ReadPin {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The pins handed out by one state machine.
+#[derive(Debug, Default, Clone)]
+pub struct ReadPins(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl ReadPins {
+    pub fn any(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
 }
 
 impl BodiesSource {
@@ -71,7 +108,7 @@ impl BodiesSource {
                 buf.copy_from_slice(src);
                 return Ok(());
             }
-            BodiesSource::Files { dir, segment_size_bytes, len } => (dir, *segment_size_bytes, *len),
+            BodiesSource::Files { dir, segment_size_bytes, len, .. } => (dir, *segment_size_bytes, *len),
         };
         if at + buf.len() as u64 > len {
             return Err(BodiesError(format!("read of {} bytes at {at} is past the end {len}", buf.len())));
@@ -95,7 +132,7 @@ impl BodiesSource {
         use std::os::unix::fs::FileExt;
         let (dir, size, len) = match self {
             BodiesSource::Bytes(b) => return Ok(b.clone()),
-            BodiesSource::Files { dir, segment_size_bytes, len } => (dir, *segment_size_bytes, *len),
+            BodiesSource::Files { dir, segment_size_bytes, len, .. } => (dir, *segment_size_bytes, *len),
         };
         let mut out = vec![0u8; len as usize];
         for (n, chunk) in out.chunks_mut(size as usize).enumerate() {
@@ -210,7 +247,29 @@ impl FileBodies {
             dir: self.dir.clone(),
             segment_size_bytes: self.segment_size_bytes,
             len: len.min(self.len),
+            pin: None,
         }
+    }
+
+    /// Frees the disk space of `[from, to)`, bytes that will never be read again (dead
+    /// checkpoint records), page-aligned inwards: a hole in each segment file it spans.
+    /// Unmapped first, so that nothing in this process reads the zeros.
+    pub fn release_range(&mut self, from: u64, to: u64) -> Result<(), BodiesError> {
+        let size = self.segment_size_bytes;
+        let to = to.min(self.len);
+        for (n, s) in self.segments.iter().enumerate() {
+            let seg_start = n as u64 * size;
+            let (a, b) = (from.max(seg_start), to.min(seg_start + size));
+            if b <= a {
+                continue;
+            }
+            let (a, b) = (a - seg_start, b - seg_start);
+            // SAFETY: `&mut self`: no slice into the mapping is alive.
+            unsafe { crate::files::release_pages(&s.map, a as usize, b as usize) };
+            let path = self.dir.join(file_name(n));
+            crate::files::punch_hole(&s.file, a, b).map_err(|e| io("punch a hole in", &path, e))?;
+        }
+        Ok(())
     }
 
     /// Replaces the whole store with `bytes` (an installed snapshot) and syncs it.
@@ -248,7 +307,7 @@ impl FileBodies {
                 let mut fresh = FileBodies::open(new_dir, self.segment_size_bytes, 0)?;
                 fresh.replace_all(b)?;
             }
-            BodiesSource::Files { dir, segment_size_bytes, len } => {
+            BodiesSource::Files { dir, segment_size_bytes, len, .. } => {
                 if *segment_size_bytes != self.segment_size_bytes {
                     return Err(BodiesError(format!(
                         "snapshot body segments are {segment_size_bytes} bytes, this store uses {}",
@@ -393,6 +452,6 @@ impl BodiesReceiver {
             f.sync_data().map_err(|e| io("fdatasync", &self.dir, e))?;
         }
         crate::files::sync_dir(&self.dir).map_err(|e| io("fsync", &self.dir, e))?;
-        Ok(BodiesSource::Files { dir: self.dir, segment_size_bytes: self.segment_size_bytes, len: self.len })
+        Ok(BodiesSource::Files { dir: self.dir, segment_size_bytes: self.segment_size_bytes, len: self.len, pin: None })
     }
 }

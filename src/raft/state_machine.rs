@@ -22,11 +22,11 @@ use openraft::type_config::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMe
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::bodies::{BodiesSource, FileBodies};
+use super::bodies::{BodiesSource, FileBodies, ReadPin, ReadPins};
 use super::feed::{EndReason, Feed};
 use super::types::FleetRaft;
 use crate::config::StoreLimits;
-use crate::store::checkpoint;
+use crate::store::checkpoint::{self, Extents};
 use crate::store::{BodyRef, Store};
 
 type C = FleetRaft;
@@ -58,19 +58,23 @@ fn generation_of(name: &str) -> Option<u64> {
     }
 }
 
-/// The first bytes of a snapshot index in format 5: `SnapshotIndex` (postcard). The
+/// The first bytes of a snapshot index in format 6: `SnapshotIndex` (postcard). The
 /// store is not in it: every context's state is a checkpoint record in the body store,
 /// named by directory chunks there (`crate::store::checkpoint`); the index lists the
-/// chunks. Its size depends on the number of checkpoints since the last rebase, not on
-/// the contexts or their messages.
+/// chunks, and the body-store ranges of the checkpoints since the last base (and the
+/// dead ones not released yet). Its size depends on the number of checkpoints since the
+/// last rebase, not on the contexts or their messages.
 ///
+/// Format 5 (`FLMIDX05`) is format 6 without the ranges: read as is (its checkpoint
+/// ranges are unknown, so the records it replaced are never released).
 /// Older formats held the store in the index, with every message of every context:
 /// format 3 (`FLMIDX03`) and format 2 (no magic; its first byte is an `Option` tag, 0
 /// or 1, never `F`). They are read and converted once (message indexes and checkpoint
 /// records written to the body store, the body store synced, the index rewritten in
-/// format 5). Format 4 (`FLMIDX04`) was written only by development builds (8038f5f to
-/// 79cf28e) and is refused with a message. An older build refuses a format-5 index
+/// format 6). Format 4 (`FLMIDX04`) was written only by development builds (8038f5f to
+/// 79cf28e) and is refused with a message. An older build refuses a format-6 index
 /// (unknown magic) instead of misreading it.
+const INDEX_MAGIC_V6: &[u8; 8] = b"FLMIDX06";
 const INDEX_MAGIC_V5: &[u8; 8] = b"FLMIDX05";
 const INDEX_MAGIC_V4: &[u8; 8] = b"FLMIDX04";
 const INDEX_MAGIC_V3: &[u8; 8] = b"FLMIDX03";
@@ -80,7 +84,7 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 }
 
 fn encode_index(index: &SnapshotIndex) -> io::Result<Vec<u8>> {
-    postcard::to_extend(index, INDEX_MAGIC_V5.to_vec()).map_err(io::Error::other)
+    postcard::to_extend(index, INDEX_MAGIC_V6.to_vec()).map_err(io::Error::other)
 }
 
 type Histories = Vec<(String, crate::store::CompactionHistory)>;
@@ -92,13 +96,24 @@ enum Decoded {
 }
 
 fn decode_index(bytes: &[u8]) -> io::Result<Decoded> {
+    if let Some(v6) = bytes.strip_prefix(INDEX_MAGIC_V6) {
+        return Ok(Decoded::Current(postcard::from_bytes(v6).map_err(invalid)?));
+    }
     if let Some(v5) = bytes.strip_prefix(INDEX_MAGIC_V5) {
-        return Ok(Decoded::Current(postcard::from_bytes(v5).map_err(invalid)?));
+        let i: SnapshotIndexV5 = postcard::from_bytes(v5).map_err(invalid)?;
+        return Ok(Decoded::Current(SnapshotIndex {
+            meta: i.meta,
+            last_applied: i.last_applied,
+            membership: i.membership,
+            bodies_len: i.bodies_len,
+            directory: i.directory,
+            extents: Extents::default(),
+        }));
     }
     if bytes.starts_with(INDEX_MAGIC_V4) {
         return Err(invalid(
             "index format 4 was written by a development build (8038f5f to 79cf28e) and is not read by this one \
-             (format 5); start that build's data dir with the build that wrote it, or restore the shard from \
+             (format 6); start that build's data dir with the build that wrote it, or restore the shard from \
              another replica",
         ));
     }
@@ -150,11 +165,19 @@ impl Decoded {
         tracing::info!(
             contexts = all.changed.len(),
             took_ms = started.elapsed().as_millis() as u64,
-            "snapshot index converted to format 5 (contexts checkpointed in the body store)"
+            "snapshot index converted to format 6 (contexts checkpointed in the body store)"
         );
         drop(all.changed);
-        let index =
-            SnapshotIndex { meta, last_applied, membership, bodies_len: bodies.len(), directory: appended.chunks };
+        let mut extents = Extents::default();
+        extents.written(appended.extent, true);
+        let index = SnapshotIndex {
+            meta,
+            last_applied,
+            membership,
+            bodies_len: bodies.len(),
+            directory: appended.chunks,
+            extents,
+        };
         // Once the caller has made them durable, the contexts may leave memory like any.
         store.checkpointed(&appended.written);
         Ok((index, store, true))
@@ -171,8 +194,9 @@ struct LegacySnapshotIndex {
     bodies_len: u64,
 }
 
-/// `snapshot.bin` in format 5: Raft's part, the body store's length, and the checkpoint
-/// directory's chunks in the body store (base first, then deltas).
+/// `snapshot.bin` in format 6: Raft's part, the body store's length, the checkpoint
+/// directory's chunks in the body store (base first, then deltas), and the body-store
+/// ranges the checkpoints wrote (`Extents`).
 #[derive(Serialize, Deserialize)]
 struct SnapshotIndex {
     meta: SnapshotMetaOf<C>,
@@ -180,6 +204,41 @@ struct SnapshotIndex {
     membership: StoredMembershipOf<C>,
     bodies_len: u64,
     directory: Vec<BodyRef>,
+    extents: Extents,
+}
+
+/// Format 5: format 6 without `extents`.
+#[derive(Deserialize)]
+struct SnapshotIndexV5 {
+    meta: SnapshotMetaOf<C>,
+    last_applied: Option<LogIdOf<C>>,
+    membership: StoredMembershipOf<C>,
+    bodies_len: u64,
+    directory: Vec<BodyRef>,
+}
+
+/// The current generation's checkpoint directory (chunks in its body store: base, then
+/// deltas), how many entries they hold in all, and the body-store ranges of its
+/// checkpoints.
+#[derive(Default)]
+struct Directory {
+    chunks: Vec<BodyRef>,
+    entries: u64,
+    extents: Extents,
+}
+
+/// Releases the space of the dead checkpoint ranges of `extents` (none is named by
+/// anything any more) unless a snapshot that may name them is being read.
+fn release_dead(extents: &mut Extents, bodies: &mut FileBodies, pins: &ReadPins, dir: &Path) {
+    if extents.dead.is_empty() || pins.any() {
+        return;
+    }
+    for (from, to) in std::mem::take(&mut extents.dead) {
+        if let Err(e) = bodies.release_range(from, to) {
+            // Only space is lost: the range stays as it was.
+            tracing::warn!(shard_dir = %dir.display(), "releasing dead checkpoint records: {e}");
+        }
+    }
 }
 
 /// What the state machine holds.
@@ -227,9 +286,11 @@ pub struct ShardStateMachine {
     /// task of their own, concurrent with applies and installs; a build that an install
     /// overtook must not write its (older) index into the new generation.
     generation: Rc<std::cell::Cell<u64>>,
-    /// The checkpoint directory of the current generation's last snapshot (chunks in
-    /// its body store: base, then deltas), and how many entries they hold in all.
-    directory: Rc<RefCell<(Vec<BodyRef>, u64)>>,
+    /// The checkpoint directory of the current generation's last snapshot.
+    directory: Rc<RefCell<Directory>>,
+    /// Snapshots of this state machine being read (sent to a follower): while any is,
+    /// dead checkpoint ranges are kept.
+    pins: ReadPins,
     /// Contexts, and bytes of their records, kept in memory at most: the least recently
     /// used with a durable record are evicted after each snapshot (`Store::evict`).
     hot_contexts_max: (usize, u64),
@@ -277,8 +338,11 @@ impl ShardStateMachine {
                     crate::files::replace_durably(&path, &encode_index(&i)?).map_err(named)?;
                 }
                 let entries = checkpoint::entries_in(&i.directory, &bodies).map_err(bodies_err)?;
+                let mut extents = i.extents;
+                // What a crash (or a snapshot being sent) kept from being released.
+                release_dead(&mut extents, &mut bodies, &ReadPins::default(), dir);
                 let applied = Applied { store, last_applied: i.last_applied, membership: i.membership, bodies };
-                (applied, (i.directory, entries))
+                (applied, Directory { chunks: i.directory, entries, extents })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let applied = Applied {
@@ -287,7 +351,7 @@ impl ShardStateMachine {
                     membership: StoredMembershipOf::<C>::default(),
                     bodies: FileBodies::open(&bodies_dir, seg, 0).map_err(bodies_err)?,
                 };
-                (applied, (Vec::new(), 0))
+                (applied, Directory::default())
             }
             Err(e) => return Err(e),
         };
@@ -296,6 +360,7 @@ impl ShardStateMachine {
             dir: dir.to_owned(),
             generation: Rc::new(std::cell::Cell::new(current)),
             directory: Rc::new(RefCell::new(directory)),
+            pins: ReadPins::default(),
             hot_contexts_max: store_hot_max,
             feed: Rc::default(),
         })
@@ -349,10 +414,10 @@ impl ShardStateMachine {
             let contexts = a.store.len() as u64;
             // Rebased (every context listed, the directory restarted) once the deltas
             // would list more entries than twice the contexts: the directory stays
-            // within twice the contexts. A rebase writes only the contexts without a
-            // durable record; the others are listed by reference.
+            // within twice the contexts. A rebase writes every context (copies of the
+            // records of those that did not change), so that earlier ranges die.
             let pending = a.store.changed_count().map_or(u64::MAX, |n| n as u64);
-            let rebase = self.directory.borrow().1.saturating_add(pending) > 2 * contexts;
+            let rebase = self.directory.borrow().entries.saturating_add(pending) > 2 * contexts;
             let taken = a.store.take_changed(rebase);
             let meta = SnapshotMetaOf::<C> { last_log_id: a.last_applied, last_membership: a.membership.clone() };
             (taken, rebase, meta, a.last_applied, a.membership.clone())
@@ -378,15 +443,24 @@ impl ShardStateMachine {
         let (index, written, bodies, bodies_synced) = {
             let mut a = self.applied.borrow_mut();
             let appended = checkpoint::append(encoded, unchanged, &mut a.bodies).map_err(bodies_err)?;
-            let mut directory = if rebase { Vec::new() } else { self.directory.borrow().0.clone() };
+            let current = self.directory.borrow();
+            let mut directory = if rebase { Vec::new() } else { current.chunks.clone() };
             directory.extend(appended.chunks);
-            let index =
-                SnapshotIndex { meta: meta.clone(), last_applied, membership, bodies_len: a.bodies.len(), directory };
+            let mut extents = current.extents.clone();
+            extents.written(appended.extent, rebase);
+            let index = SnapshotIndex {
+                meta: meta.clone(),
+                last_applied,
+                membership,
+                bodies_len: a.bodies.len(),
+                directory,
+                extents,
+            };
             (index, appended.written, a.bodies.source(), a.bodies.sync_job().map_err(bodies_err)?)
         };
         crate::metrics::record_since("snapshot.append", started);
-        let entries = if rebase { listed } else { self.directory.borrow().1 + listed };
-        let directory = index.directory.clone();
+        let entries = if rebase { listed } else { self.directory.borrow().entries + listed };
+        let (directory, extents) = (index.directory.clone(), index.extents.clone());
         let bytes = glommio::executor()
             .spawn_blocking(move || {
                 // Bodies first: the index on disk must never name bytes that are not durable.
@@ -402,11 +476,13 @@ impl ShardStateMachine {
         }
         let bytes = self.write_snapshot(generation, bytes).await?;
         if self.generation.get() == generation {
-            *self.directory.borrow_mut() = (directory, entries);
+            let mut d = self.directory.borrow_mut();
+            *d = Directory { chunks: directory, entries, extents };
             // The records are durable: the contexts they hold that did not change since
-            // may leave memory.
+            // may leave memory. After a rebase nothing names an earlier range any more.
             let mut a = self.applied.borrow_mut();
             a.store.checkpointed(&written);
+            release_dead(&mut d.extents, &mut a.bodies, &self.pins, &self.dir);
             let evicted = a.store.evict(self.hot_contexts_max.0, self.hot_contexts_max.1);
             tracing::debug!(shard_dir = %self.dir.display(), evicted, hot = a.store.hot_len(), "checkpoint");
         }
@@ -514,6 +590,9 @@ impl RaftStateMachine<C> for ShardStateMachine {
             snapshot.index
         };
         let entries = checkpoint::entries_in(&i.directory, &bodies).map_err(bodies_err)?;
+        let mut extents = i.extents;
+        // The sender's dead ranges came as bytes; nothing here can be reading them.
+        release_dead(&mut extents, &mut bodies, &ReadPins::default(), &self.dir);
         {
             let mut a = self.applied.borrow_mut();
             a.store = store;
@@ -521,7 +600,7 @@ impl RaftStateMachine<C> for ShardStateMachine {
             a.membership = i.membership;
             a.bodies = bodies;
         }
-        *self.directory.borrow_mut() = (i.directory, entries);
+        *self.directory.borrow_mut() = Directory { chunks: i.directory, entries, extents };
         self.generation.set(new);
         // The state jumped: streams cannot be told what changed event by event, so they
         // end, and resume from their cursor on the new state.
@@ -551,7 +630,11 @@ impl RaftStateMachine<C> for ShardStateMachine {
             Err(e) => return Err(e),
         };
         let i = decode_index(&index)?;
-        let bodies = self.applied.borrow().bodies.source_up_to(i.bodies_len());
+        let mut bodies = self.applied.borrow().bodies.source_up_to(i.bodies_len());
+        if let BodiesSource::Files { pin, .. } = &mut bodies {
+            // Until it is sent, no record it names is released.
+            *pin = Some(ReadPin::new(&self.pins));
+        }
         Ok(Some(SnapshotOf::<C, _> { meta: i.meta().clone(), snapshot: ShardSnapshot { index, bodies } }))
     }
 }

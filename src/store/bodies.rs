@@ -52,6 +52,16 @@ impl MemBodies {
     pub fn truncate(&mut self, len: u64) {
         self.bytes.truncate(len as usize);
     }
+
+    /// Overwrites `[from, to)` with bytes no reader can decode: what releasing dead
+    /// checkpoint ranges does on disk (a hole reads as zeros), for tests that check that
+    /// nothing reads them again.
+    pub fn scrub(&mut self, from: u64, to: u64) {
+        let end = (to as usize).min(self.bytes.len());
+        if let Some(range) = self.bytes.get_mut(from as usize..end) {
+            range.fill(0xEE);
+        }
+    }
 }
 
 impl Bodies for MemBodies {

@@ -8,9 +8,15 @@
 //! followed by the deltas of later checkpoints; loading reads them in order, later
 //! entries winning. So building a snapshot costs what changed since the last one, not
 //! the whole store, and the snapshot index itself is a few references; a snapshot is
-//! rebased (every context written again, the old records left as garbage in the body
-//! store) when its deltas list more entries than the store has contexts, which bounds
-//! the directory at twice the contexts.
+//! rebased (every context's record written again: encoded if it changed, copied if not)
+//! when its deltas list more entries than twice the contexts, which bounds the
+//! directory at twice the contexts.
+//!
+//! Each checkpoint's bytes are one range of the body store (`Extents`): nothing else is
+//! written while it appends. After a rebase no directory entry and no cold context
+//! names a record of an earlier range, so once the rebase is durable those ranges are
+//! dead and their disk space is released (`crate::raft::state_machine`): replaced
+//! records take at most what was written since the last base.
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -34,31 +40,66 @@ pub fn encode_all(changed: &[Arc<Context>]) -> Result<Vec<(String, Vec<u8>)>, Bo
     changed.iter().map(|c| Ok((c.id.clone(), encode_context(c)?))).collect()
 }
 
-/// What a checkpoint appended: the directory chunks (for the snapshot's list) and the
-/// records written (for `Store::checkpointed` once they are durable).
+/// What a checkpoint appended: the directory chunks (for the snapshot's list), the
+/// records written (for `Store::checkpointed` once they are durable) and the range of
+/// the body store it all lies in (`None`: nothing written).
 pub struct Appended {
     pub chunks: Vec<BodyRef>,
     pub written: Vec<(String, BodyRef)>,
+    pub extent: Option<(u64, u64)>,
 }
 
-/// Appends the encoded records, then directory chunks naming them and the `unchanged`
-/// records (a rebase lists every context), to `bodies`.
+/// Appends the encoded records, copies of the `unchanged` records (a rebase writes every
+/// context, so that no earlier range stays needed), then directory chunks naming them
+/// all, to `bodies`. Nothing else may write to `bodies` meanwhile: the checkpoint is
+/// one range.
 pub fn append(
     encoded: Vec<(String, Vec<u8>)>,
     unchanged: Vec<(String, BodyRef)>,
     bodies: &mut dyn Bodies,
 ) -> Result<Appended, BodiesError> {
-    let mut written = Vec::with_capacity(encoded.len());
+    let mut written = Vec::with_capacity(encoded.len() + unchanged.len());
+    let mut extent: Option<(u64, u64)> = None;
+    let mut note = |r: BodyRef| {
+        let end = r.offset + u64::from(r.len);
+        extent = Some(extent.map_or((r.offset, end), |(start, _)| (start, end)));
+        r
+    };
     for (id, bytes) in encoded {
-        written.push((id, bodies.append(&bytes)?));
+        written.push((id, note(bodies.append(&bytes)?)));
     }
-    let entries: Vec<&(String, BodyRef)> = written.iter().chain(unchanged.iter()).collect();
-    let mut chunks = Vec::with_capacity(entries.len().div_ceil(DIRECTORY_CHUNK_ENTRIES));
-    for chunk in entries.chunks(DIRECTORY_CHUNK_ENTRIES) {
+    for (id, r) in unchanged {
+        let bytes = bodies.get(r)?.to_vec();
+        written.push((id, note(bodies.append(&bytes)?)));
+    }
+    let mut chunks = Vec::with_capacity(written.len().div_ceil(DIRECTORY_CHUNK_ENTRIES));
+    for chunk in written.chunks(DIRECTORY_CHUNK_ENTRIES) {
         let bytes = postcard::to_stdvec(chunk).map_err(|e| err("directory", e))?;
-        chunks.push(bodies.append(&bytes)?);
+        chunks.push(note(bodies.append(&bytes)?));
     }
-    Ok(Appended { chunks, written })
+    Ok(Appended { chunks, written, extent })
+}
+
+/// The body-store ranges checkpoints wrote: `live`, since (and including) the last
+/// base, which the directory and the cold contexts may name; `dead`, earlier ones that
+/// a rebase made unreachable and whose space is not released yet (a snapshot being
+/// sent may still name them). Both are in the snapshot index, so a restart releases
+/// what a crash left unreleased.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Extents {
+    pub live: Vec<(u64, u64)>,
+    pub dead: Vec<(u64, u64)>,
+}
+
+impl Extents {
+    /// After a checkpoint that wrote `extent`: a rebase makes every earlier range dead.
+    pub fn written(&mut self, extent: Option<(u64, u64)>, rebase: bool) {
+        if rebase {
+            let old = std::mem::take(&mut self.live);
+            self.dead.extend(old);
+        }
+        self.live.extend(extent);
+    }
 }
 
 /// Entries in the directory chunks `chunks` (to decide when to rebase).

@@ -280,12 +280,12 @@ impl Store {
         out
     }
 
-    /// How many contexts changed since the last checkpoint; `None`: all of them.
     /// What the changes since the last checkpoint may have added to memory.
     pub fn changed_bytes(&self) -> u64 {
         self.changed.bytes
     }
 
+    /// How many contexts changed since the last checkpoint; `None`: all of them.
     pub fn changed_count(&self) -> Option<usize> {
         (!self.changed.all).then_some(self.changed.ids.len())
     }
@@ -297,13 +297,16 @@ impl Store {
 
     /// A checkpoint is durable: the contexts it wrote that did not change since have a
     /// record now (and may be evicted).
+    /// A cold context takes its new record (a rebase copied its old one): after a
+    /// rebase no context names a record of an earlier checkpoint.
     pub fn checkpointed(&mut self, written: &[(String, BodyRef)]) {
         for (id, r) in written {
-            if self.changed.all || self.changed.ids.contains(id) {
-                continue;
-            }
-            if let Some(Slot::Hot { record, .. }) = self.contexts.get_mut(id) {
-                *record = Some(*r);
+            let changed_since = self.changed.all || self.changed.ids.contains(id);
+            match self.contexts.get_mut(id) {
+                // Cold since it was taken: unchanged, and the copy is byte for byte its record.
+                Some(Slot::Cold(old)) => *old = *r,
+                Some(Slot::Hot { record, .. }) if !changed_since => *record = Some(*r),
+                _ => {}
             }
         }
     }
