@@ -95,3 +95,22 @@ fn a_released_range_frees_its_blocks_and_nothing_else() {
         assert_eq!(b.get(*r).unwrap(), &body(i)[..], "body {i} after a reopen");
     }
 }
+
+/// A snapshot's bytes arrive with the sender's freed ranges as zeros: the receiver
+/// stores those pages as holes too, and every byte reads back as sent.
+#[test]
+fn a_receiver_stores_runs_of_zeros_as_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = 1 << 20;
+    let mut sent = vec![b'x'; 3 << 20];
+    sent[100_000..2_600_000].fill(0);
+    let staging = dir.path().join("incoming");
+    let mut r = fleetlm::raft::bodies::BodiesReceiver::create(&staging, seg).unwrap();
+    for chunk in sent.chunks(300_000) {
+        r.write(chunk).unwrap();
+    }
+    let source = r.finish().unwrap();
+    assert_eq!(source.read().unwrap(), sent, "every byte as sent");
+    let allocated = allocated_blocks(&staging) * 512;
+    assert!(allocated < (3 << 20) - 2_000_000, "{allocated} bytes allocated for 3 MiB of which 2.5 MB are zeros");
+}

@@ -406,6 +406,29 @@ impl BodiesSyncJob {
 
 /// Writes the body bytes of a snapshot as they arrive from the network into segment
 /// files of a staging directory (memory stays at one chunk), for `install_into`.
+/// The runs of whole pages of zeros in `bytes` (written at file offset `at`), as file
+/// ranges, leaving out the last whole page of `bytes`: the page that holds the write
+/// point is never a hole (a write into a hole through the mapping on a full disk would
+/// be a SIGBUS). A hole reads as zeros, so punching them changes no byte.
+fn zero_pages(bytes: &[u8], at: u64) -> Vec<(u64, u64)> {
+    let page = crate::files::page_size_bytes() as u64;
+    let end = at + bytes.len() as u64;
+    let (first, last) = (at.div_ceil(page) * page, (end / page * page).saturating_sub(page));
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut p = first;
+    while p + page <= last {
+        let i = (p - at) as usize;
+        if bytes[i..i + page as usize].iter().all(|&b| b == 0) {
+            match runs.last_mut() {
+                Some(run) if run.1 == p => run.1 = p + page,
+                _ => runs.push((p, p + page)),
+            }
+        }
+        p += page;
+    }
+    runs
+}
+
 pub struct BodiesReceiver {
     dir: PathBuf,
     segment_size_bytes: u64,
@@ -439,7 +462,13 @@ impl BodiesReceiver {
             }
             let take = ((self.segment_size_bytes - off) as usize).min(bytes.len());
             let f = self.current.as_ref().expect("opened above");
-            f.write_all_at(&bytes[..take], off).map_err(|e| io("write", &self.dir.join(file_name(n)), e))?;
+            let path = self.dir.join(file_name(n));
+            f.write_all_at(&bytes[..take], off).map_err(|e| io("write", &path, e))?;
+            // Ranges the sender freed (dead checkpoint records) arrive as zeros: they
+            // take no space here either.
+            for (from, to) in zero_pages(&bytes[..take], off) {
+                crate::files::punch_hole(f, from, to).map_err(|e| io("punch a hole in", &path, e))?;
+            }
             self.len += take as u64;
             bytes = &bytes[take..];
         }
