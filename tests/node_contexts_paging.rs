@@ -75,19 +75,26 @@ fn cold_contexts_answer_as_hot_ones_before_and_after_a_restart() {
     assert!(String::from_utf8_lossy(&metrics.body).contains("fleetlm_contexts_hot{shard=\"0\"}"));
 }
 
+/// A one-shard node with a hot budget of 100 KB and a snapshot every `snapshot_every`
+/// entries, holding six contexts of 60 KB of metadata each.
+fn with_heavy_contexts(dir: &tempfile::TempDir, snapshot_every: &str) -> Server {
+    let args =
+        ["--shards", "1", "--hot-contexts-bytes-per-shard", "100000", "--snapshot-every-entries", snapshot_every];
+    let s = Server::start(&dir.path().join("data"), &args);
+    let heavy = format!(r#"{{"token_budget":1000,"metadata":{{"blob":"{}"}}}}"#, "m".repeat(60_000));
+    for c in 0..6 {
+        assert_eq!(s.req("PUT", &format!("/v1/contexts/heavy{c}"), &heavy).status, 201);
+    }
+    s
+}
+
 /// The weight limit through the real process: contexts with 60 KB of metadata each
 /// leave memory once the shard's records pass `--hot-contexts-bytes-per-shard`, though
 /// far fewer than `--hot-contexts-per-shard`, and read back whole.
 #[test]
 fn heavy_contexts_leave_memory_by_weight() {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--shards", "1", "--hot-contexts-bytes-per-shard", "100000", "--snapshot-every-entries", "10"];
-    let s = Server::start(&dir.path().join("data"), &args);
-    let blob = "m".repeat(60_000);
-    let heavy = format!(r#"{{"token_budget":1000,"metadata":{{"blob":"{blob}"}}}}"#);
-    for c in 0..6 {
-        assert_eq!(s.req("PUT", &format!("/v1/contexts/heavy{c}"), &heavy).status, 201);
-    }
+    let s = with_heavy_contexts(&dir, "10");
     assert_eq!(s.req("PUT", "/v1/contexts/light", r#"{"token_budget":100000}"#).status, 201);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut i = 0;
@@ -109,13 +116,7 @@ fn heavy_contexts_leave_memory_by_weight() {
 #[test]
 fn heavy_changes_ask_for_an_early_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["--shards", "1", "--hot-contexts-bytes-per-shard", "100000", "--snapshot-every-entries", "100000"];
-    let s = Server::start(&dir.path().join("data"), &args);
-    let blob = "m".repeat(60_000);
-    let heavy = format!(r#"{{"token_budget":1000,"metadata":{{"blob":"{blob}"}}}}"#);
-    for c in 0..6 {
-        assert_eq!(s.req("PUT", &format!("/v1/contexts/heavy{c}"), &heavy).status, 201);
-    }
+    let s = with_heavy_contexts(&dir, "100000");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while hot_contexts(&s) > 2 {
         assert!(std::time::Instant::now() < deadline, "heavy contexts stayed in memory: {}", hot_contexts(&s));
