@@ -296,3 +296,45 @@ fn a_stranger_on_the_core_port_sends_us_to_the_base_port() {
     assert!(connected && peer_accepted, "connected to the peer through its base port");
     assert!(use_base_port, "and remembers to use it");
 }
+
+/// A forwarded call whose caller stops waiting while the link is still connecting (the
+/// leader moved, or the request's deadline passed) must leave the link able to connect
+/// again. It used to stay marked "connecting" for good: every later forward to that
+/// node failed at once (found by bench/faults.sh: reads forwarded to a restarted leader
+/// failed for minutes, until the end of the run).
+#[test]
+fn a_forward_dropped_while_connecting_leaves_the_link_usable() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    run(move || async move {
+        // A peer that accepts and never answers the handshake.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = std::rc::Rc::new(std::cell::Cell::new(0));
+        let counter = accepted.clone();
+        let _acceptor = glommio::spawn_local(async move {
+            let mut held = Vec::new();
+            while let Ok(s) = listener.accept().await {
+                counter.set(counter.get() + 1);
+                held.push(s);
+            }
+        })
+        .detach();
+        let limits = fleetlm::config::PeerLimits {
+            cluster_secret: Some(secret(b"0123456789abcdef-ours")),
+            peer_book: Some(SharedPeerBook(PeerBook::in_memory(NODE_1).into())),
+            reconnect_backoff_min_ms: 1,
+            reconnect_backoff_max_ms: 1,
+            ..Default::default()
+        };
+        let forwarder = fleetlm::shard::forward::Forwarder::new(limits);
+        let call = || encode(&ShardCall::Write(Command::Delete { id: "c".into(), now: String::new() })).unwrap();
+        for _ in 0..2 {
+            // Given up on after 200 ms, mid-handshake (the handshake deadline is 5 s).
+            let attempt = forwarder.call(2, &addr, 0, 0, call(), Duration::from_secs(10));
+            let _ = glommio::timer::timeout(Duration::from_millis(200), async { Ok(attempt.await) }).await;
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        tx.send(accepted.get()).unwrap();
+    });
+    assert_eq!(rx.recv().unwrap(), 2, "the second call connects again instead of failing as 'connecting'");
+}

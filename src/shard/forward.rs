@@ -25,6 +25,22 @@ use crate::raft::wire::{PeerRequest, PeerResponse, WireError, encode_frame, read
 
 type Answer = Result<PeerResponse, WireError>;
 
+/// Marks a link as connecting while it lives.
+struct Connecting<'a>(&'a Cell<bool>);
+
+impl<'a> Connecting<'a> {
+    fn start(flag: &'a Cell<bool>) -> Connecting<'a> {
+        flag.set(true);
+        Connecting(flag)
+    }
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
 /// One multiplexed connection's state.
 struct Link {
     /// The node at the other end (checked at the handshake).
@@ -79,11 +95,15 @@ impl Link {
         if !self.backoff.get().may_try() {
             return Err(not_now("backing off after a failed connection"));
         }
-        self.connecting.set(true);
+        // Cleared however this ends: a caller that stops waiting (its deadline, or the
+        // leader moved) drops this future mid-connect, and a flag left set would refuse
+        // every later call on the link as "connecting", for good (found by
+        // bench/faults.sh: forwards to a restarted node failed until the run ended).
+        let connecting = Connecting::start(&self.connecting);
         let addr = self.addr.borrow().clone();
         let mut base = self.use_base_port.get();
         let connected = connect_peer(&addr, Some(self.node), self.core, &mut base, &self.limits).await;
-        self.connecting.set(false);
+        drop(connecting);
         let stream = match connected {
             Ok(s) => s,
             Err(e) => {
