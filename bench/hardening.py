@@ -248,8 +248,8 @@ def attack_metadata(port, stop, out):
 
 
 def attack_heavy_contexts(port, stop, out):
-    """New contexts, each compacted to a ~900 KB summary: what each keeps in memory while
-    it is hot (its window's replacement). Counted alone, 20,000 of them per shard stayed."""
+    """New contexts, each compacted to a ~900 KB summary (the summary's text goes to the
+    body store; memory keeps a reference per message)."""
     replacement = json.dumps({"replacement": [{"role": "system", "parts": [{"type": "text",
                                                                           "text": "s" * 900_000}]}]}).encode()
     i = 0

@@ -112,8 +112,8 @@ pub struct StoreLimits {
     /// Local to the node: replicas may differ.
     pub hot_contexts_max_per_shard: usize,
     /// And at most this many bytes of them, measured by their checkpoint records: a
-    /// context with 64 KiB of metadata or a compaction's 1 MiB replacement in its window
-    /// weighs what it holds (counted alone, 20,000 such contexts would pin gigabytes).
+    /// context with 64 KiB of metadata (parsed, in memory while it is hot) weighs what it
+    /// holds; counted alone, 20,000 such contexts per shard would pin 1.25 GiB and more.
     /// In-memory contexts take about 1–3× their record. Local to the node.
     pub hot_contexts_max_bytes_per_shard: u64,
 }

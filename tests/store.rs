@@ -386,8 +386,8 @@ fn stored_message_json_is_the_sorted_key_rendering() {
 /// Contexts leave memory by weight as well as by count: with room for 1000 contexts but
 /// 100 KB of records, after a checkpoint at most one of three contexts that each hold
 /// 60 KB of metadata stays in memory (the most recently used), and the small ones stay.
-/// Counted alone, 20,000 contexts with 64 KiB of metadata (or a 1 MiB compaction
-/// replacement in the window) each would have stayed in memory per shard.
+/// Counted alone, 20,000 contexts with 64 KiB of metadata each would have stayed in
+/// memory per shard.
 #[test]
 fn heavy_contexts_leave_memory_by_the_bytes_of_their_records() {
     let mut s = S::new(limits());

@@ -3,7 +3,7 @@
 //!
 //! A context changed since the last snapshot stays in memory (its state is not durable
 //! anywhere else yet), and snapshots come every `--snapshot-every-entries` entries: at
-//! 20,000 entries, 20,000 compactions with a 1 MiB replacement each would all be held.
+//! 20,000 entries, 20,000 metadata changes of 64 KiB each (1.25 GiB) would all be held.
 //! Each store counts what its changes may have added (`Store::changed_bytes`); past
 //! `--hot-contexts-bytes-per-shard` the shard is snapshotted early, after which the
 //! changed contexts are durable and the least recently used leave memory.

@@ -70,16 +70,18 @@ fn json_bytes(map: &Map<String, Value>) -> u64 {
 
 impl Command {
     /// An upper bound of what applying it can add to a context in memory: its metadata,
-    /// compaction replacements, a key; an append's message goes to the body store.
+    /// a key, a slot per replacement message (message text goes to the body store).
     pub fn memory_bytes(&self) -> u64 {
         const PER_COMMAND: u64 = 64;
+        // A window message: a seq, a token count, part kinds and a body reference, boxed.
+        const PER_MESSAGE: u64 = 64;
         let id = self.context_id().len() as u64 + PER_COMMAND;
         id + match self {
             Command::Put { put, .. } => put.metadata.as_ref().map_or(0, json_bytes),
             Command::PatchMetadata { patch, .. } => json_bytes(patch),
             Command::Append { idempotency_key, .. } => idempotency_key.as_ref().map_or(0, |k| k.len() as u64),
             Command::Delete { .. } => 0,
-            Command::Compact { replacement, .. } => replacement.iter().map(NewMessage::text_bytes).sum(),
+            Command::Compact { replacement, .. } => replacement.len() as u64 * PER_MESSAGE,
         }
     }
 
@@ -313,8 +315,8 @@ impl Store {
 
     /// Evicts the least recently used hot contexts that have a durable record, until at
     /// most `max_hot` are hot and those with a durable record weigh at most `max_bytes`
-    /// (measured by their records: metadata, compaction replacements still in the
-    /// window, index tails — what a count does not see), or none is left to evict.
+    /// (measured by their records: metadata, the window's replacement messages, index
+    /// tails — what a count does not see), or none is left to evict.
     /// Returns how many. Cost: one pass over the contexts and a sort of the hot ones.
     pub fn evict(&mut self, max_hot: usize, max_bytes: u64) -> usize {
         let mut clean: Vec<(u64, &String, u64)> = self

@@ -229,11 +229,6 @@ pub struct NewMessage {
 }
 
 impl NewMessage {
-    /// Bytes of its text (role, parts, metadata): what keeping it in memory costs.
-    pub fn text_bytes(&self) -> u64 {
-        (self.role.len() + self.parts_json.len() + self.metadata_json.len()) as u64
-    }
-
     /// Validates a JSON message. `replacement` allows the `seq`/`inserted_at` of a
     /// compaction item.
     pub fn from_json(v: &Value, replacement: bool, limits: &StoreLimits) -> Result<NewMessage, String> {
