@@ -9,6 +9,7 @@ pub mod network;
 pub mod peer_auth;
 pub mod runtime;
 pub mod shard;
+mod snapshot_index;
 pub mod state_machine;
 pub mod types;
 pub mod wire;
