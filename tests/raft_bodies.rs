@@ -52,6 +52,27 @@ fn appends_cross_segments_and_reopen_keeps_exactly_the_snapshot_length() {
     assert_eq!(BodiesSource::Bytes(vec![1, 2, 3]).read().unwrap(), vec![1, 2, 3]);
 }
 
+/// A rebase reads the records it copies with `read_many` on the blocking pool, through
+/// files rather than the executor's mapping: the bytes must be those the mapping holds
+/// (written, not synced yet), from every segment, and a reference past the source's
+/// end is an error, never bytes of what came after.
+#[test]
+fn read_many_reads_unsynced_bodies_across_segments_and_refuses_what_is_past_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = FileBodies::open(&dir.path().join("bodies"), SEG, 0).unwrap();
+    let refs: Vec<_> = (0..60).map(|i| b.append(&body(i)).unwrap()).collect();
+    let source = b.source();
+    let mut picked: Vec<_> = refs.iter().copied().enumerate().filter(|(i, _)| i % 3 != 1).collect();
+    picked.reverse(); // any order
+    let got = source.read_many(&picked.iter().map(|(_, r)| *r).collect::<Vec<_>>()).unwrap();
+    for ((i, _), bytes) in picked.iter().zip(&got) {
+        assert_eq!(bytes, &body(*i), "body {i}");
+    }
+    let later = b.append(b"after the source").unwrap();
+    assert!(source.read_many(&[later]).is_err(), "past the source's end");
+    assert!(b.source().read_many(&[later]).unwrap()[0] == b"after the source");
+}
+
 #[test]
 fn a_body_larger_than_a_segment_is_refused_not_split() {
     let dir = tempfile::tempdir().unwrap();

@@ -126,6 +126,41 @@ impl BodiesSource {
         Ok(())
     }
 
+    /// The bytes of each of `refs`, read with pread (one open per segment, not per read).
+    pub fn read_many(&self, refs: &[BodyRef]) -> Result<Vec<Vec<u8>>, BodiesError> {
+        use std::os::unix::fs::FileExt;
+        let (dir, size, len) = match self {
+            BodiesSource::Bytes(_) => {
+                return refs
+                    .iter()
+                    .map(|r| {
+                        let mut b = vec![0u8; r.len as usize];
+                        self.read_at(r.offset, &mut b).map(|()| b)
+                    })
+                    .collect();
+            }
+            BodiesSource::Files { dir, segment_size_bytes, len, .. } => (dir, *segment_size_bytes, *len),
+        };
+        let mut open: Option<(u64, File)> = None;
+        let mut out = Vec::with_capacity(refs.len());
+        for r in refs {
+            let (n, off) = (r.offset / size, r.offset % size);
+            // A body never spans two segments.
+            if r.offset + u64::from(r.len) > len || off + u64::from(r.len) > size {
+                return Err(BodiesError::missing(*r));
+            }
+            if open.as_ref().is_none_or(|(at, _)| *at != n) {
+                let path = dir.join(file_name(n as usize));
+                open = Some((n, File::open(&path).map_err(|e| io("open", &path, e))?));
+            }
+            let (_, f) = open.as_ref().expect("opened above");
+            let mut b = vec![0u8; r.len as usize];
+            f.read_exact_at(&mut b, off).map_err(|e| io("read", &dir.join(file_name(n as usize)), e))?;
+            out.push(b);
+        }
+        Ok(out)
+    }
+
     /// The bytes, read with pread (not through a mapping, so that reading a snapshot
     /// does not map the whole history into this process).
     pub fn read(&self) -> Result<Vec<u8>, BodiesError> {

@@ -129,7 +129,7 @@ impl Decoded {
         );
         drop(all.changed);
         let mut extents = Extents::default();
-        extents.written(appended.extent, true);
+        extents.written(&appended.ranges, true);
         let index = SnapshotIndex {
             meta,
             last_applied,

@@ -244,8 +244,11 @@ impl ShardStateMachine {
     /// A snapshot: the contexts changed since the last one written to the body store
     /// (`crate::store::checkpoint`), the body store synced, then an index naming them
     /// written. On the executor only the capture (a reference count per changed
-    /// context) and the appends (a copy of the encoded records); the encoding and the
-    /// syncs run on the blocking pool. Cost: the changed contexts, not the store.
+    /// context) and the appends (a copy of the encoded records; a rebase's copies of
+    /// unchanged records in slices of `CHECKPOINT_COPY_SLICE_BYTES`); the encoding, the
+    /// reads of the records to copy and the syncs run on the blocking pool. Cost: the
+    /// changed contexts, not the store (a rebase: every context's record, once per
+    /// rebase, which comes after as many changes as there are contexts).
     async fn checkpoint(&mut self) -> Result<SnapshotOf<C, ShardSnapshot>, io::Error> {
         let started = std::time::Instant::now();
         let generation = self.generation.get();
@@ -279,15 +282,42 @@ impl ShardStateMachine {
         if self.generation.get() != generation {
             return Ok(self.overtaken(meta));
         }
+        // The changed records, then copies of the unchanged ones (a rebase), in slices:
+        // each read on the blocking pool and appended in one go, applies running
+        // between two (`checkpoint::Writer`).
+        let mut writer = checkpoint::Writer::default();
+        let started = std::time::Instant::now();
+        writer.append(encoded, &mut self.applied.borrow_mut().bodies).map_err(bodies_err)?;
+        crate::metrics::record_since("snapshot.append", started);
+        let source = self.applied.borrow().bodies.source();
+        for slice in checkpoint::copy_slices(unchanged, crate::config::CHECKPOINT_COPY_SLICE_BYTES) {
+            let source = source.clone();
+            let read = glommio::executor()
+                .spawn_blocking(move || {
+                    let refs: Vec<_> = slice.iter().map(|(_, r)| *r).collect();
+                    source
+                        .read_many(&refs)
+                        .map(|bytes| slice.into_iter().map(|(id, _)| id).zip(bytes).collect::<Vec<_>>())
+                })
+                .await
+                .map_err(bodies_err)?;
+            if self.generation.get() != generation {
+                // The install replaced the body store, copies and all.
+                return Ok(self.overtaken(meta));
+            }
+            let started = std::time::Instant::now();
+            writer.append(read, &mut self.applied.borrow_mut().bodies).map_err(bodies_err)?;
+            crate::metrics::record_since("snapshot.append", started);
+        }
         let started = std::time::Instant::now();
         let (index, written, bodies, bodies_synced) = {
             let mut a = self.applied.borrow_mut();
-            let appended = checkpoint::append(encoded, unchanged, &mut a.bodies).map_err(bodies_err)?;
+            let appended = writer.finish(&mut a.bodies).map_err(bodies_err)?;
             let current = self.directory.borrow();
             let mut directory = if rebase { Vec::new() } else { current.chunks.clone() };
             directory.extend(appended.chunks);
             let mut extents = current.extents.clone();
-            extents.written(appended.extent, rebase);
+            extents.written(&appended.ranges, rebase);
             let index = SnapshotIndex {
                 meta: meta.clone(),
                 last_applied,

@@ -12,8 +12,8 @@
 //! when its deltas list more entries than twice the contexts, which bounds the
 //! directory at twice the contexts.
 //!
-//! Each checkpoint's bytes are one range of the body store (`Extents`): nothing else is
-//! written while it appends. After a rebase no directory entry and no cold context
+//! Each checkpoint's bytes are a few ranges of the body store (`Extents`): it appends
+//! in batches (`Writer`), and applies may write between two batches but not within one. After a rebase no directory entry and no cold context
 //! names a record of an earlier range, so once the rebase is durable those ranges are
 //! dead and their disk space is released (`crate::raft::state_machine`): replaced
 //! records take at most what was written since the last base.
@@ -41,43 +41,115 @@ pub fn encode_all(changed: &[Arc<Context>]) -> Result<Vec<(String, Vec<u8>)>, Bo
 }
 
 /// What a checkpoint appended: the directory chunks (for the snapshot's list), the
-/// records written (for `Store::checkpointed` once they are durable) and the range of
-/// the body store it all lies in (`None`: nothing written).
+/// records written (for `Store::checkpointed` once they are durable) and the ranges of
+/// the body store it all lies in (in order, disjoint; empty: nothing written).
 pub struct Appended {
     pub chunks: Vec<BodyRef>,
     pub written: Vec<(String, BodyRef)>,
-    pub extent: Option<(u64, u64)>,
+    pub ranges: Vec<(u64, u64)>,
 }
 
-/// Appends the encoded records, copies of the `unchanged` records (a rebase writes every
-/// context, so that no earlier range stays needed), then directory chunks naming them
-/// all, to `bodies`. Nothing else may write to `bodies` meanwhile: the checkpoint is
-/// one range.
+/// Writes a checkpoint into the body store in batches. Between two batches other
+/// writers (applies) may append to the store, so each batch is its own range; nothing
+/// else may write while one batch is appended. A rebase copies every unchanged record:
+/// tens of MB at 25,000 contexts per shard, so the server copies them in batches of
+/// `copy_slices` and lets the executor run in between.
+#[derive(Default)]
+pub struct Writer {
+    written: Vec<(String, BodyRef)>,
+    ranges: Vec<(u64, u64)>,
+}
+
+impl Writer {
+    /// Appends `records` (context id, record bytes) as one batch.
+    pub fn append<B: AsRef<[u8]>>(
+        &mut self,
+        records: impl IntoIterator<Item = (String, B)>,
+        bodies: &mut dyn Bodies,
+    ) -> Result<(), BodiesError> {
+        let mut range: Option<(u64, u64)> = None;
+        for (id, bytes) in records {
+            let r = bodies.append(bytes.as_ref())?;
+            self.written.push((id, r));
+            range = Some(cover(range, r));
+        }
+        self.note(range);
+        Ok(())
+    }
+
+    /// The ranges written so far (what a checkpoint that fails now leaves behind).
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.ranges
+    }
+
+    fn note(&mut self, range: Option<(u64, u64)>) {
+        let Some((start, end)) = range else { return };
+        match self.ranges.last_mut() {
+            // Nothing was written between the two batches: one range.
+            Some(last) if last.1 == start => last.1 = end,
+            _ => self.ranges.push((start, end)),
+        }
+    }
+
+    /// Appends the directory chunks naming every record written, as the last batch.
+    pub fn finish(mut self, bodies: &mut dyn Bodies) -> Result<Appended, BodiesError> {
+        let mut chunks = Vec::with_capacity(self.written.len().div_ceil(DIRECTORY_CHUNK_ENTRIES));
+        let mut range: Option<(u64, u64)> = None;
+        for chunk in self.written.chunks(DIRECTORY_CHUNK_ENTRIES) {
+            let bytes = postcard::to_stdvec(chunk).map_err(|e| err("directory", e))?;
+            let r = bodies.append(&bytes)?;
+            chunks.push(r);
+            range = Some(cover(range, r));
+        }
+        self.note(range);
+        Ok(Appended { chunks, written: self.written, ranges: self.ranges })
+    }
+}
+
+fn cover(range: Option<(u64, u64)>, r: BodyRef) -> (u64, u64) {
+    let end = r.offset + u64::from(r.len);
+    range.map_or((r.offset, end), |(start, _)| (start, end))
+}
+
+/// The `unchanged` records of a rebase in the order they lie in the body store (so that
+/// reading them is close to sequential), cut into slices of at most `slice_bytes`
+/// (at least one record each): the batches in which the server copies them.
+pub fn copy_slices(mut unchanged: Vec<(String, BodyRef)>, slice_bytes: u64) -> Vec<Vec<(String, BodyRef)>> {
+    unchanged.sort_by_key(|(_, r)| r.offset);
+    let mut slices: Vec<Vec<(String, BodyRef)>> = Vec::new();
+    let mut bytes = 0u64;
+    for (id, r) in unchanged {
+        match slices.last_mut() {
+            Some(slice) if bytes + u64::from(r.len) <= slice_bytes => {
+                bytes += u64::from(r.len);
+                slice.push((id, r));
+            }
+            _ => {
+                bytes = u64::from(r.len);
+                slices.push(vec![(id, r)]);
+            }
+        }
+    }
+    slices
+}
+
+/// The whole checkpoint in one go: the encoded records, copies of the `unchanged`
+/// records (a rebase writes every context, so that no earlier range stays needed),
+/// then directory chunks naming them all. Nothing else may write to `bodies`
+/// meanwhile. (Tests, and the conversion of old snapshot indexes at open.)
 pub fn append(
     encoded: Vec<(String, Vec<u8>)>,
     unchanged: Vec<(String, BodyRef)>,
     bodies: &mut dyn Bodies,
 ) -> Result<Appended, BodiesError> {
-    let mut written = Vec::with_capacity(encoded.len() + unchanged.len());
-    let mut extent: Option<(u64, u64)> = None;
-    let mut note = |r: BodyRef| {
-        let end = r.offset + u64::from(r.len);
-        extent = Some(extent.map_or((r.offset, end), |(start, _)| (start, end)));
-        r
-    };
-    for (id, bytes) in encoded {
-        written.push((id, note(bodies.append(&bytes)?)));
-    }
-    for (id, r) in unchanged {
-        let bytes = bodies.get(r)?.to_vec();
-        written.push((id, note(bodies.append(&bytes)?)));
-    }
-    let mut chunks = Vec::with_capacity(written.len().div_ceil(DIRECTORY_CHUNK_ENTRIES));
-    for chunk in written.chunks(DIRECTORY_CHUNK_ENTRIES) {
-        let bytes = postcard::to_stdvec(chunk).map_err(|e| err("directory", e))?;
-        chunks.push(note(bodies.append(&bytes)?));
-    }
-    Ok(Appended { chunks, written, extent })
+    let mut writer = Writer::default();
+    writer.append(encoded, bodies)?;
+    let copies = unchanged
+        .into_iter()
+        .map(|(id, r)| Ok((id, bodies.get(r)?.to_vec())))
+        .collect::<Result<Vec<_>, BodiesError>>()?;
+    writer.append(copies, bodies)?;
+    writer.finish(bodies)
 }
 
 /// The body-store ranges checkpoints wrote: `live`, since (and including) the last
@@ -92,13 +164,13 @@ pub struct Extents {
 }
 
 impl Extents {
-    /// After a checkpoint that wrote `extent`: a rebase makes every earlier range dead.
-    pub fn written(&mut self, extent: Option<(u64, u64)>, rebase: bool) {
+    /// After a checkpoint that wrote `ranges`: a rebase makes every earlier range dead.
+    pub fn written(&mut self, ranges: &[(u64, u64)], rebase: bool) {
         if rebase {
             let old = std::mem::take(&mut self.live);
             self.dead.extend(old);
         }
-        self.live.extend(extent);
+        self.live.extend_from_slice(ranges);
     }
 }
 
@@ -176,5 +248,66 @@ mod tests {
         // One: the context's record (it was cold after the load).
         assert_eq!(bodies.reads.get(), 1, "body store reads for one append after a load");
         assert_eq!(loaded.get("c", &bodies).unwrap().last_seq(), 2001);
+    }
+
+    /// A rebase copies unchanged records in slices while applies keep writing bodies:
+    /// the checkpoint's ranges must cover its own bytes and none of the applies' (those
+    /// would be freed as dead by the next rebase).
+    #[test]
+    fn a_checkpoint_written_in_slices_names_its_own_bytes_and_none_of_an_apply() {
+        let limits = StoreLimits::default();
+        let mut bodies = MemBodies::default();
+        let mut store = Store::new(limits.clone());
+        for i in 0..50 {
+            let put = PutContext::from_json(&json!({"token_budget": 1000}), &limits).unwrap();
+            store.apply(Command::Put { id: format!("c{i}"), put, now: "t".into() }, &mut bodies).unwrap().unwrap();
+            store.apply(append(&format!("c{i}")), &mut bodies).unwrap().unwrap();
+        }
+        let first = store.take_changed(true);
+        let appended = super::append(encode_all(&first.changed).unwrap(), first.unchanged, &mut bodies).unwrap();
+        store.checkpointed(&appended.written);
+        let dead = appended.ranges.clone();
+        store.evict(0, 0);
+        store.apply(append("c0"), &mut bodies).unwrap().unwrap();
+        let cp = store.take_changed(true);
+        assert_eq!((cp.changed.len(), cp.unchanged.len()), (1, 49));
+
+        let slices = copy_slices(cp.unchanged.clone(), 3 * u64::from(cp.unchanged[0].1.len));
+        assert!(slices.len() > 5, "{} slices", slices.len());
+        assert!(slices.iter().flatten().map(|(_, r)| r.offset).is_sorted());
+        assert_eq!(slices.iter().map(Vec::len).sum::<usize>(), 49);
+        let mut writer = Writer::default();
+        writer.append(encode_all(&cp.changed).unwrap(), &mut bodies).unwrap();
+        let mut applies = Vec::new();
+        for slice in slices {
+            // An apply between two slices.
+            let before = bodies.len();
+            store.apply(append("c0"), &mut bodies).unwrap().unwrap();
+            applies.push((before, bodies.len()));
+            let copies: Vec<_> = slice.into_iter().map(|(id, r)| (id, bodies.get(r).unwrap().to_vec())).collect();
+            writer.append(copies, &mut bodies).unwrap();
+        }
+        let appended = writer.finish(&mut bodies).unwrap();
+        for (from, to) in &applies {
+            for (start, end) in &appended.ranges {
+                assert!(to <= start || end <= from, "range {start}..{end} overlaps an apply's {from}..{to}");
+            }
+        }
+        for (_, r) in
+            appended.written.iter().chain(&appended.chunks.iter().map(|r| (String::new(), *r)).collect::<Vec<_>>())
+        {
+            let end = r.offset + u64::from(r.len);
+            assert!(appended.ranges.iter().any(|(s, e)| *s <= r.offset && end <= *e), "{r:?} outside the ranges");
+        }
+        // The rebase made the first checkpoint dead: with its bytes scrubbed, every
+        // context still reads from the new directory.
+        for (from, to) in dead {
+            bodies.scrub(from, to);
+        }
+        let loaded = load(&appended.chunks, limits, &bodies).unwrap();
+        for i in 0..50 {
+            let last = loaded.get(&format!("c{i}"), &bodies).unwrap().last_seq();
+            assert_eq!(last, if i == 0 { 2 } else { 1 }, "c{i}");
+        }
     }
 }
