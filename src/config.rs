@@ -76,6 +76,7 @@ impl Default for WalConfig {
             record_payload_max_bytes: WAL_RECORD_PAYLOAD_MAX_BYTES_DEFAULT,
             append_batch_max: WAL_APPEND_BATCH_MAX_DEFAULT,
             segments_soft_max: WAL_SEGMENTS_SOFT_MAX_DEFAULT,
+            page_release_sweep_bytes: crate::files::PAGE_RELEASE_SWEEP_BYTES,
         }
     }
 }
@@ -432,10 +433,10 @@ pub const LATENCY_HISTOGRAM_MAX_US: u64 = 60_000_000;
 /// Size of each message-body segment file of a shard (`crate::raft::bodies`).
 pub const BODY_SEGMENT_SIZE_BYTES: u64 = 64 << 20;
 
-/// A snapshot rebase copies the records of unchanged contexts (tens of MB per shard at
-/// 25,000 contexts) in slices of at most this many bytes: each slice is read on the
-/// blocking pool, then appended on the executor in one go (≈ 0.1–0.3 ms per MiB), and
-/// applies run between two slices.
+/// A snapshot appends the records of the changed contexts and (a rebase) copies of the
+/// unchanged ones (each tens of MB per shard at 25,000 contexts) in slices of at most
+/// this many bytes, each appended on the executor in one go (copies read on the
+/// blocking pool first); applies run between two slices.
 pub const CHECKPOINT_COPY_SLICE_BYTES: u64 = 1 << 20;
 
 /// A state-machine apply of at least this many entries (a log replay after restart, a

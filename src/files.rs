@@ -13,6 +13,10 @@ use std::sync::OnceLock;
 /// what each file keeps mapped (and counted in RSS) at most.
 pub const PAGE_RELEASE_STEP_BYTES: usize = 1 << 20;
 
+/// Every this many bytes written, a file's mapping is released again from its start
+/// (a sweep): reads fault old pages back in, and the sweep bounds what they keep mapped.
+pub const PAGE_RELEASE_SWEEP_BYTES: usize = 64 << 20;
+
 /// The size of a memory page (4096 on x86_64; 16 or 64 KiB on some arm64 kernels).
 pub fn page_size_bytes() -> usize {
     static PAGE: OnceLock<usize> = OnceLock::new();

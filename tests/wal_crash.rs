@@ -19,7 +19,13 @@ use fleetlm::wal::format::{self, Slot};
 use fleetlm::wal::{GroupId, Wal, WalError};
 
 fn small() -> WalConfig {
-    WalConfig { segment_size_bytes: 8192, record_payload_max_bytes: 2048, append_batch_max: 64, segments_soft_max: 3 }
+    WalConfig {
+        segment_size_bytes: 8192,
+        record_payload_max_bytes: 2048,
+        append_batch_max: 64,
+        segments_soft_max: 3,
+        ..WalConfig::default()
+    }
 }
 
 const GROUPS: GroupId = 3;

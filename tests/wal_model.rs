@@ -9,7 +9,13 @@ use proptest::prelude::*;
 const GROUPS: u32 = 3;
 
 fn small() -> WalConfig {
-    WalConfig { segment_size_bytes: 4096, record_payload_max_bytes: 1024, append_batch_max: 16, segments_soft_max: 3 }
+    WalConfig {
+        segment_size_bytes: 4096,
+        record_payload_max_bytes: 1024,
+        append_batch_max: 16,
+        segments_soft_max: 3,
+        ..WalConfig::default()
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -23,7 +23,7 @@ const RELEASE_STEP_BYTES: u64 = crate::files::PAGE_RELEASE_STEP_BYTES as u64;
 /// bodies) fault pages back into this process, and without a sweep the file-backed RSS
 /// grew with every old page ever read (measured: 111 → 406 MiB over 2M appends with
 /// 100k contexts, a fifth of them cold). The pages stay in the page cache.
-const RELEASE_SWEEP_BYTES: u64 = 64 << 20;
+const RELEASE_SWEEP_BYTES: u64 = crate::files::PAGE_RELEASE_SWEEP_BYTES as u64;
 
 struct BodySegment {
     file: File,

@@ -20,6 +20,10 @@ pub struct WalConfig {
     /// groups that pinned the oldest segment at the last roll (each group's live
     /// entries are bounded by its snapshot policy).
     pub segments_soft_max: usize,
+    /// Every this many bytes made durable, every synced page of every segment is
+    /// unmapped again, so that pages that reads faulted back in do not stay in RSS
+    /// (`crate::files::PAGE_RELEASE_SWEEP_BYTES`; smaller in tests).
+    pub page_release_sweep_bytes: usize,
 }
 
 impl WalConfig {

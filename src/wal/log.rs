@@ -142,6 +142,8 @@ pub struct Wal {
     dir_dirty: bool,
     /// Pages before this position have been unmapped (`Segment::release_pages`).
     released_up_to: Position,
+    /// Bytes released since every synced page was last released again (the sweep).
+    released_since_sweep_bytes: usize,
     /// End of the latest copies written by reclamation: the segments they free are
     /// deleted only once this is durable.
     copies_end: Position,
@@ -489,6 +491,11 @@ impl Wal {
 
     /// Unmaps synced pages once enough have accumulated: whole older segments, and the
     /// synced part of the tail in steps of `crate::files::PAGE_RELEASE_STEP_BYTES`.
+    /// Every `page_release_sweep_bytes` so released, every synced page of every segment is
+    /// released again: reading a record (apply, replication to a follower) faults its
+    /// released pages back into this process, and without the sweep they stayed mapped
+    /// until their segment was deleted (measured: ≈1 GB of file-backed RSS on a 2-core
+    /// node after 3 GB of 900 KB compactions, with up to 8 segments of 64 MiB a core).
     fn release_synced_pages(&mut self) {
         const RELEASE_STEP_BYTES: usize = crate::files::PAGE_RELEASE_STEP_BYTES;
         let durable = self.durable;
@@ -496,11 +503,15 @@ impl Wal {
         if durable.seq == from.seq && durable.offset < from.offset + RELEASE_STEP_BYTES {
             return;
         }
-        for s in self.segments.iter().filter(|s| s.seq() >= from.seq && s.seq() <= durable.seq) {
-            let start = if s.seq() == from.seq { from.offset } else { 0 };
+        let sweep = self.released_since_sweep_bytes >= self.config.page_release_sweep_bytes;
+        let mut released = 0;
+        for s in self.segments.iter().filter(|s| (sweep || s.seq() >= from.seq) && s.seq() <= durable.seq) {
+            let start = if s.seq() == from.seq && !sweep { from.offset } else { 0 };
             let end = if s.seq() == durable.seq { durable.offset } else { s.bytes().len() };
             s.release_pages(start, end);
+            released += end.saturating_sub(start);
         }
+        self.released_since_sweep_bytes = if sweep { 0 } else { self.released_since_sweep_bytes + released };
         self.released_up_to = Position { seq: durable.seq, offset: crate::files::page_floor(durable.offset) };
     }
 

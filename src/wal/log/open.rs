@@ -73,6 +73,7 @@ impl Wal {
             spares_requested: 0,
             dir_dirty: false,
             released_up_to: zero,
+            released_since_sweep_bytes: 0,
             copies_end: zero,
             rolled: false,
             records_written: 0,
