@@ -282,15 +282,24 @@ impl ShardStateMachine {
         if self.generation.get() != generation {
             return Ok(self.overtaken(meta));
         }
-        // The changed records, then copies of the unchanged ones (a rebase), in slices:
-        // each read on the blocking pool and appended in one go, applies running
-        // between two (`checkpoint::Writer`).
+        // The changed records, then copies of the unchanged ones (a rebase), in slices
+        // of `CHECKPOINT_COPY_SLICE_BYTES` (copies read on the blocking pool), each
+        // appended in one go; applies run between two (`checkpoint::Writer`).
         let mut writer = checkpoint::Writer::default();
-        let started = std::time::Instant::now();
-        writer.append(encoded, &mut self.applied.borrow_mut().bodies).map_err(bodies_err)?;
-        crate::metrics::record_since("snapshot.append", started);
+        let slice_bytes = crate::config::CHECKPOINT_COPY_SLICE_BYTES;
+        for batch in checkpoint::cut(encoded, |(_, bytes)| bytes.len() as u64, slice_bytes) {
+            let started = std::time::Instant::now();
+            writer.append(batch, &mut self.applied.borrow_mut().bodies).map_err(bodies_err)?;
+            crate::metrics::record_since("snapshot.append", started);
+            // Tens of MB when most contexts changed: the executor's other tasks (requests,
+            // applies) run between two slices.
+            futures_lite::future::yield_now().await;
+            if self.generation.get() != generation {
+                return Ok(self.overtaken(meta));
+            }
+        }
         let source = self.applied.borrow().bodies.source();
-        for slice in checkpoint::copy_slices(unchanged, crate::config::CHECKPOINT_COPY_SLICE_BYTES) {
+        for slice in checkpoint::copy_slices(unchanged, slice_bytes) {
             let source = source.clone();
             let read = glommio::executor()
                 .spawn_blocking(move || {

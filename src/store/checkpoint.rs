@@ -116,21 +116,28 @@ fn cover(range: Option<(u64, u64)>, r: BodyRef) -> (u64, u64) {
 /// (at least one record each): the batches in which the server copies them.
 pub fn copy_slices(mut unchanged: Vec<(String, BodyRef)>, slice_bytes: u64) -> Vec<Vec<(String, BodyRef)>> {
     unchanged.sort_by_key(|(_, r)| r.offset);
-    let mut slices: Vec<Vec<(String, BodyRef)>> = Vec::new();
-    let mut bytes = 0u64;
-    for (id, r) in unchanged {
-        match slices.last_mut() {
-            Some(slice) if bytes + u64::from(r.len) <= slice_bytes => {
-                bytes += u64::from(r.len);
-                slice.push((id, r));
+    cut(unchanged, |(_, r)| u64::from(r.len), slice_bytes)
+}
+
+/// `items` in order, cut into runs of at most `max_bytes` as `bytes` weighs them (at
+/// least one item each).
+pub fn cut<T>(items: Vec<T>, bytes: impl Fn(&T) -> u64, max_bytes: u64) -> Vec<Vec<T>> {
+    let mut runs: Vec<Vec<T>> = Vec::new();
+    let mut run_bytes = 0u64;
+    for item in items {
+        let n = bytes(&item);
+        match runs.last_mut() {
+            Some(run) if run_bytes + n <= max_bytes => {
+                run_bytes += n;
+                run.push(item);
             }
             _ => {
-                bytes = u64::from(r.len);
-                slices.push(vec![(id, r)]);
+                run_bytes = n;
+                runs.push(vec![item]);
             }
         }
     }
-    slices
+    runs
 }
 
 /// The whole checkpoint in one go: the encoded records, copies of the `unchanged`
