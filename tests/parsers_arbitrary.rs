@@ -1,8 +1,8 @@
 //! The pure parsers take arbitrary input without a panic, and answer it with a typed
 //! error (a 4xx where it reaches a client): WAL record and segment decoding, recovery's
 //! scan, peer frames, and request JSON into shard calls. (HTTP framing has the same in
-//! `src/http/parse.rs`.) cargo-fuzz needs a nightly toolchain, which this project's
-//! machines do not have; these run in `cargo test` instead.
+//! `src/http/parse.rs`.) The same properties are fuzzed with cargo-fuzz in `tests/fuzz/`
+//! (nightly toolchain); these run in `cargo test` on stable.
 use fleetlm::api::build::build_call;
 use fleetlm::api::routes::Op;
 use fleetlm::config::StoreLimits;
