@@ -266,14 +266,16 @@ impl ShardStateMachine {
             (taken, rebase, meta, a.last_applied, a.membership.clone())
         };
         crate::metrics::record_since("snapshot.capture", started);
-        let crate::store::Checkpoint { changed, unchanged } = taken;
+        let crate::store::Checkpoint { changed, unchanged, retired_ids } = taken;
         let listed = (changed.len() + unchanged.len()) as u64;
         let encoded = glommio::executor()
             .spawn_blocking(move || {
                 let started = std::time::Instant::now();
                 let encoded = checkpoint::encode_all(&changed);
-                // Dropping the captured contexts here, not on the executor.
+                // Dropping the captured contexts and the changed ids here, not on the
+                // executor.
                 drop(changed);
+                drop(retired_ids);
                 (encoded, started.elapsed())
             })
             .await;

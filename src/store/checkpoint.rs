@@ -317,4 +317,55 @@ mod tests {
             assert_eq!(last, if i == 0 { 2 } else { 1 }, "c{i}");
         }
     }
+
+    /// A delta takes its contexts by id when few changed and in one pass over the map
+    /// when many did: both must give exactly the contexts changed since the last
+    /// durable checkpoint, including one changed again while a checkpoint was in flight.
+    #[test]
+    fn a_delta_takes_exactly_the_changed_contexts_by_id_or_in_one_pass() {
+        let limits = StoreLimits::default();
+        let mut bodies = MemBodies::default();
+        let mut store = Store::new(limits.clone());
+        for i in 0..100 {
+            let put = PutContext::from_json(&json!({"token_budget": 1000}), &limits).unwrap();
+            store.apply(Command::Put { id: format!("c{i}"), put, now: "t".into() }, &mut bodies).unwrap().unwrap();
+        }
+        let complete = |store: &mut Store, cp: crate::store::Checkpoint, bodies: &mut MemBodies| {
+            let appended = super::append(encode_all(&cp.changed).unwrap(), cp.unchanged, bodies).unwrap();
+            store.checkpointed(&appended.written);
+        };
+        let ids = |cp: &crate::store::Checkpoint| {
+            let mut v: Vec<String> = cp.changed.iter().map(|c| c.id.clone()).collect();
+            v.sort();
+            v
+        };
+        let names = |r: std::ops::Range<usize>| {
+            let mut v: Vec<String> = r.map(|i| format!("c{i}")).collect();
+            v.sort();
+            v
+        };
+        let base = store.take_changed(true);
+        complete(&mut store, base, &mut bodies);
+        // Many changed (one pass).
+        for i in 0..50 {
+            store.apply(append(&format!("c{i}")), &mut bodies).unwrap().unwrap();
+        }
+        let a = store.take_changed(false);
+        assert_eq!(ids(&a), names(0..50));
+        // c0 and c60 change while it is in flight.
+        store.apply(append("c0"), &mut bodies).unwrap().unwrap();
+        store.apply(append("c60"), &mut bodies).unwrap().unwrap();
+        complete(&mut store, a, &mut bodies);
+        // Few changed (by id).
+        let b = store.take_changed(false);
+        assert_eq!(ids(&b), vec!["c0".to_owned(), "c60".to_owned()]);
+        store.apply(append("c0"), &mut bodies).unwrap().unwrap();
+        complete(&mut store, b, &mut bodies);
+        // Many again (one pass): c0, changed during b, and c1..c20; not c60.
+        for i in 1..21 {
+            store.apply(append(&format!("c{i}")), &mut bodies).unwrap().unwrap();
+        }
+        let c = store.take_changed(false);
+        assert_eq!(ids(&c), names(0..21));
+    }
 }
