@@ -3,8 +3,7 @@
 //! scan, peer frames, and request JSON into shard calls. (HTTP framing has the same in
 //! `src/http/parse.rs`.) The same properties are fuzzed with cargo-fuzz in `tests/fuzz/`
 //! (nightly toolchain); these run in `cargo test` on stable.
-use fleetlm::api::build::build_call;
-use fleetlm::api::routes::Op;
+use fleetlm::api::build::{CONTEXT_OPS, build_call};
 use fleetlm::config::StoreLimits;
 use fleetlm::http::Request;
 use fleetlm::raft::wire::{PeerRequest, PeerResponse, read_frame};
@@ -51,18 +50,6 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
-const OPS: [Op; 9] = [
-    Op::PutContext,
-    Op::GetContext,
-    Op::DeleteContext,
-    Op::PatchMetadata,
-    Op::Append,
-    Op::Replay,
-    Op::Tail,
-    Op::Window,
-    Op::Compact,
-];
-
 proptest! {
     #[test]
     fn wal_slots_and_recovery_take_any_bytes(
@@ -103,7 +90,7 @@ proptest! {
                 body: bytes,
                 close: false,
             };
-            if let Err(resp) = build_call(OPS[op], "x".into(), &req, &StoreLimits::default()) {
+            if let Err(resp) = build_call(CONTEXT_OPS[op], "x".into(), &req, &StoreLimits::default()) {
                 prop_assert!((400..500).contains(&resp.status), "{} for {:?}", resp.status, String::from_utf8_lossy(&resp.body));
             }
         }

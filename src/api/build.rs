@@ -67,6 +67,20 @@ fn json_body(req: &Request) -> Result<Value, Response> {
     serde_json::from_slice(&req.body).map_err(|e| bad("invalid_json", format!("request body is not valid JSON: {e}")))
 }
 
+/// The context operations `build_call` takes (the fuzz target and the proptest of
+/// `tests/parsers_arbitrary.rs` drive every one).
+pub const CONTEXT_OPS: [Op; 9] = [
+    Op::PutContext,
+    Op::GetContext,
+    Op::DeleteContext,
+    Op::PatchMetadata,
+    Op::Append,
+    Op::Replay,
+    Op::Tail,
+    Op::Window,
+    Op::Compact,
+];
+
 /// Builds the call for context operation `op` on context `id`, or the 4xx to send.
 pub fn build_call(op: Op, id: String, req: &Request, limits: &StoreLimits) -> Result<ShardCall, Response> {
     let query = Query(parse_query(&req.query).ok_or_else(|| bad("invalid_query", "malformed query string"))?);

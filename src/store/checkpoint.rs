@@ -257,17 +257,25 @@ mod tests {
         assert_eq!(loaded.get("c", &bodies).unwrap().last_seq(), 2001);
     }
 
+    /// A store with contexts `c0` … `c{n-1}`, no messages.
+    fn contexts(n: usize) -> (Store, MemBodies) {
+        let limits = StoreLimits::default();
+        let (mut store, mut bodies) = (Store::new(limits.clone()), MemBodies::default());
+        for i in 0..n {
+            let put = PutContext::from_json(&json!({"token_budget": 1000}), &limits).unwrap();
+            store.apply(Command::Put { id: format!("c{i}"), put, now: "t".into() }, &mut bodies).unwrap().unwrap();
+        }
+        (store, bodies)
+    }
+
     /// A rebase copies unchanged records in slices while applies keep writing bodies:
     /// the checkpoint's ranges must cover its own bytes and none of the applies' (those
     /// would be freed as dead by the next rebase).
     #[test]
     fn a_checkpoint_written_in_slices_names_its_own_bytes_and_none_of_an_apply() {
         let limits = StoreLimits::default();
-        let mut bodies = MemBodies::default();
-        let mut store = Store::new(limits.clone());
+        let (mut store, mut bodies) = contexts(50);
         for i in 0..50 {
-            let put = PutContext::from_json(&json!({"token_budget": 1000}), &limits).unwrap();
-            store.apply(Command::Put { id: format!("c{i}"), put, now: "t".into() }, &mut bodies).unwrap().unwrap();
             store.apply(append(&format!("c{i}")), &mut bodies).unwrap().unwrap();
         }
         let first = store.take_changed(true);
@@ -323,13 +331,7 @@ mod tests {
     /// durable checkpoint, including one changed again while a checkpoint was in flight.
     #[test]
     fn a_delta_takes_exactly_the_changed_contexts_by_id_or_in_one_pass() {
-        let limits = StoreLimits::default();
-        let mut bodies = MemBodies::default();
-        let mut store = Store::new(limits.clone());
-        for i in 0..100 {
-            let put = PutContext::from_json(&json!({"token_budget": 1000}), &limits).unwrap();
-            store.apply(Command::Put { id: format!("c{i}"), put, now: "t".into() }, &mut bodies).unwrap().unwrap();
-        }
+        let (mut store, mut bodies) = contexts(100);
         let complete = |store: &mut Store, cp: crate::store::Checkpoint, bodies: &mut MemBodies| {
             let appended = super::append(encode_all(&cp.changed).unwrap(), cp.unchanged, bodies).unwrap();
             store.checkpointed(&appended.written);

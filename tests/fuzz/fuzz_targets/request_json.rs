@@ -1,23 +1,10 @@
 //! A request body (and query string) into a shard call, for every operation that takes
 //! one: a call or a 4xx answer, never a panic.
 #![no_main]
-use fleetlm::api::build::build_call;
-use fleetlm::api::routes::Op;
+use fleetlm::api::build::{CONTEXT_OPS, build_call};
 use fleetlm::config::StoreLimits;
 use fleetlm::http::Request;
 use libfuzzer_sys::fuzz_target;
-
-const OPS: [Op; 9] = [
-    Op::PutContext,
-    Op::GetContext,
-    Op::DeleteContext,
-    Op::PatchMetadata,
-    Op::Append,
-    Op::Replay,
-    Op::Tail,
-    Op::Window,
-    Op::Compact,
-];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else { return };
@@ -34,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         body,
         close: false,
     };
-    let op = OPS[usize::from(selector) % OPS.len()];
+    let op = CONTEXT_OPS[usize::from(selector) % CONTEXT_OPS.len()];
     if let Err(resp) = build_call(op, "x".into(), &req, &StoreLimits::default()) {
         assert!((400..500).contains(&resp.status), "{} for {:?}", resp.status, String::from_utf8_lossy(&resp.body));
     }
