@@ -301,23 +301,43 @@ impl ShardStateMachine {
             }
         }
         let source = self.applied.borrow().bodies.source();
+        let mut read_fallback_logged = false;
         for slice in checkpoint::copy_slices(unchanged, slice_bytes) {
             let source = source.clone();
             let read = glommio::executor()
                 .spawn_blocking(move || {
                     let refs: Vec<_> = slice.iter().map(|(_, r)| *r).collect();
-                    source
-                        .read_many(&refs)
-                        .map(|bytes| slice.into_iter().map(|(id, _)| id).zip(bytes).collect::<Vec<_>>())
+                    match source.read_many(&refs) {
+                        Ok(bytes) => Ok(slice.into_iter().map(|(id, _)| id).zip(bytes).collect::<Vec<_>>()),
+                        Err(e) => Err((e, slice)),
+                    }
                 })
-                .await
-                .map_err(bodies_err)?;
+                .await;
             if self.generation.get() != generation {
                 // The install replaced the body store, copies and all.
                 return Ok(self.overtaken(meta));
             }
             let started = std::time::Instant::now();
-            writer.append(read, &mut self.applied.borrow_mut().bodies).map_err(bodies_err)?;
+            let mut a = self.applied.borrow_mut();
+            let read = match read {
+                Ok(read) => read,
+                // pread opens the segment files: out of descriptors (or on a read error)
+                // this slice is copied through the mapping on the executor instead, as
+                // before slicing, rather than failing the build (fatal to the Raft core).
+                Err((e, slice)) => {
+                    if !read_fallback_logged {
+                        read_fallback_logged = true;
+                        tracing::warn!(shard_dir = %self.dir.display(), error = %e, "snapshot copies read through the mapping");
+                    }
+                    let mut copies = Vec::with_capacity(slice.len());
+                    for (id, r) in slice {
+                        copies.push((id, crate::store::Bodies::get(&a.bodies, r).map_err(bodies_err)?.to_vec()));
+                    }
+                    copies
+                }
+            };
+            writer.append(read, &mut a.bodies).map_err(bodies_err)?;
+            drop(a);
             crate::metrics::record_since("snapshot.append", started);
         }
         let started = std::time::Instant::now();
