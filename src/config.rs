@@ -439,6 +439,10 @@ pub const BODY_SEGMENT_SIZE_BYTES: u64 = 64 << 20;
 /// blocking pool first); applies run between two slices.
 pub const CHECKPOINT_COPY_SLICE_BYTES: u64 = 1 << 20;
 
+/// Longest `inserted_at` a compaction replacement may carry, bytes (the OpenAPI
+/// document says at most 64 characters: 256 bytes of UTF-8).
+pub const REPLACEMENT_INSERTED_AT_MAX_BYTES: usize = 256;
+
 /// A state-machine apply of at least this many entries (a log replay after restart, a
 /// follower catching up) ends by returning freed heap to the kernel (`malloc_trim`).
 pub const HEAP_TRIM_AFTER_APPLIED_ENTRIES: usize = 1024;

@@ -286,8 +286,15 @@ impl NewMessage {
             };
             inserted_at = match obj.get("inserted_at") {
                 None | Some(Value::Null) => None,
-                Some(Value::String(s)) if s.len() <= 64 => Some(s.clone()),
-                Some(_) => return Err("inserted_at must be a string".into()),
+                Some(Value::String(s)) if s.len() <= crate::config::REPLACEMENT_INSERTED_AT_MAX_BYTES => {
+                    Some(s.clone())
+                }
+                Some(_) => {
+                    return Err(format!(
+                        "inserted_at must be null or a string of at most {} bytes",
+                        crate::config::REPLACEMENT_INSERTED_AT_MAX_BYTES
+                    ));
+                }
             };
         }
         Ok(NewMessage { role, parts_json, metadata_json, token_count, seq, inserted_at })
@@ -431,5 +438,29 @@ impl PutContext {
             Some(_) => return Err("status must be \"active\" or \"tombstoned\"".into()),
         };
         Ok(PutContext { config: ContextConfig { token_budget, trigger_ratio, policy }, metadata, status })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Schemathesis sent a replacement whose `inserted_at` was 30 characters of 4-byte
+    /// UTF-8 (valid under the OpenAPI document) and got 400 "must be a string": the limit
+    /// was 64 bytes and the message wrong. Now: 256 bytes (64 characters of any width),
+    /// and the message names the limit.
+    #[test]
+    fn a_replacement_keeps_an_inserted_at_of_64_wide_characters_and_names_the_limit_beyond() {
+        let limits = StoreLimits::default();
+        let msg = |at: Value| json!({"role": "system", "parts": [], "inserted_at": at});
+        let wide = "𝐓".repeat(64);
+        let kept = NewMessage::from_json(&msg(json!(wide)), true, &limits).unwrap();
+        assert_eq!(kept.inserted_at.as_deref(), Some(wide.as_str()));
+        assert_eq!(NewMessage::from_json(&msg(Value::Null), true, &limits).unwrap().inserted_at, None);
+        let err = NewMessage::from_json(&msg(json!("x".repeat(257))), true, &limits).unwrap_err();
+        assert_eq!(err, "inserted_at must be null or a string of at most 256 bytes");
+        assert!(NewMessage::from_json(&msg(json!(5)), true, &limits).is_err());
     }
 }
