@@ -447,8 +447,8 @@ mod tests {
 
     use super::*;
 
-    /// Schemathesis sent a replacement whose `inserted_at` was 30 characters of 4-byte
-    /// UTF-8 (valid under the OpenAPI document) and got 400 "must be a string": the limit
+    /// Schemathesis sent a replacement whose `inserted_at` was a 44-character sentence of
+    /// 4-byte letters (valid under the OpenAPI document) and got 400 "must be a string": the limit
     /// was 64 bytes and the message wrong. Now: 256 bytes (64 characters of any width),
     /// and the message names the limit.
     #[test]
