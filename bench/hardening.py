@@ -2,7 +2,7 @@
 """Attacks on a live node, each bounded in time, with honest clients measured meanwhile.
 
     bench/hardening.sh            # builds, runs every attack, writes bench/results/hardening.md
-    python3 bench/hardening.py BIN OUT.json [--secs 8]
+    python3 bench/hardening.py BIN OUT.json [--secs 8] [--phases quiet,heavy-contexts]
 
 One release node on 127.0.0.1 (2 cores, a peer port with a cluster secret). Phases: a
 quiet baseline, then one attack at a time. During each phase 4 honest clients (one
@@ -13,7 +13,9 @@ share the machine's 2 cores with the node) and its readiness (/health/ready poll
 the attack got back (status counts). Loopback only; every phase stops by itself.
 """
 import json
+import multiprocessing
 import os
+import queue
 import random
 import socket
 import statistics
@@ -113,6 +115,7 @@ class Honest(threading.Thread):
         super().__init__(daemon=True)
         self.port, self.ctx, self.stop = port, ctx, stop
         self.lat, self.errors = [], 0
+        self.by_op = {"append": [], "tail": []}
 
     def run(self):
         sock = None
@@ -130,6 +133,7 @@ class Honest(threading.Thread):
                     ok = st == 200
                 took = time.perf_counter() - t0
                 self.lat.append(took * 1000)
+                self.by_op["append" if i % 2 == 0 else "tail"].append(took * 1000)
                 self.errors += 0 if ok else 1
                 time.sleep(max(0.0, HONEST_INTERVAL_S - took))
             except (OSError, ConnectionError):
@@ -156,6 +160,15 @@ def hammer(port, stop, out, method, path, body=b""):
             out[st] = out.get(st, 0) + 1
         except (OSError, ConnectionError):
             out["conn_error"] = out.get("conn_error", 0) + 1
+
+
+def run_attack(attack, target, stop, got_q):
+    """An attack in its own process; what it got back goes to the parent at the end."""
+    out = {}
+    try:
+        attack(target, stop, out)
+    finally:
+        got_q.put(out)
 
 
 def attack_render_bomb(port, stop, out):
@@ -283,7 +296,8 @@ def main():
     log = open(os.path.join(data, "server.log"), "w")
     srv = subprocess.Popen(
         [bin_path, "serve", "--listen", f"{HOST}:{port}", "--data-dir", os.path.join(data, "d"), "--cores", "2",
-         "--peer-listen", f"{HOST}:{peer}", "--cluster-secret", "hardening-bench-secret-0123"],
+         "--peer-listen", f"{HOST}:{peer}", "--cluster-secret", "hardening-bench-secret-0123"]
+        + os.environ.get("FLEETLM_EXTRA_ARGS", "").split(),
         stdout=subprocess.DEVNULL, stderr=log)
     try:
         for _ in range(600):
@@ -304,15 +318,24 @@ def main():
                   ("peer-garbage", attack_peer_garbage), ("metadata-growth", attack_metadata),
                   ("token-overflow", attack_token_overflow), ("huge-window", attack_huge_window),
                   ("heavy-contexts", attack_heavy_contexts)]
+        if "--phases" in sys.argv:
+            # e.g. --phases quiet,heavy-contexts: the quiet phase first, as the baseline.
+            wanted = sys.argv[sys.argv.index("--phases") + 1].split(",")
+            phases = [p for p in phases if p[0] in wanted]
         results = []
+        mp = multiprocessing.get_context("fork")
         for name, attack in phases:
-            stop = threading.Event()
+            stop = mp.Event()
             honest = [Honest(port, f"honest{i}", stop) for i in range(4)]
             got = {}
             threads = honest[:]
+            attacker, got_q = None, mp.Queue()
             if attack is not None:
+                # In its own process: an attacker thread would share this process's GIL
+                # with the honest clients and inflate their latencies by itself.
                 target = peer if attack is attack_peer_garbage else port
-                threads.append(threading.Thread(target=attack, args=(target, stop, got), daemon=True))
+                attacker = mp.Process(target=run_attack, args=(attack, target, stop, got_q), daemon=True)
+                attacker.start()
             for t in threads:
                 t.start()
             t_start = time.time()
@@ -334,12 +357,26 @@ def main():
             stop.set()
             for t in threads:
                 t.join(timeout=30)
+            if attacker is not None:
+                try:
+                    got = got_q.get(timeout=30)
+                except queue.Empty:
+                    got = {"attacker": "no report"}
+                attacker.join(timeout=5)
+                if attacker.is_alive():
+                    attacker.kill()
             lat = [x for h in honest for x in h.lat]
+            try:  # the node's own view (cumulative since it started)
+                server_latency = json.loads(once(port, "GET", "/v1/admin/latency")[1])["histograms"]
+            except (OSError, ConnectionError, ValueError, KeyError):
+                server_latency = None
             row = {"phase": name, "honest_requests": len(lat), "honest_errors": sum(h.errors for h in honest),
                    "honest_p50_ms": pct(lat, 0.5), "honest_p99_ms": pct(lat, 0.99), "rss_max_mib": rss / 1024,
+                   "honest_p99_ms_by_op": {op: pct([x for h in honest for x in h.by_op[op]], 0.99)
+                                           for op in ("append", "tail")},
                    "server_cpu_pct": server_cpu, "clients_cpu_pct": bench_cpu,
                    "ready_polls": polls, "not_ready_polls": not_ready, "attack_got": {str(k): v for k, v in got.items()},
-                   "alive": srv.poll() is None}
+                   "alive": srv.poll() is None, "server_latency_us_since_start": server_latency}
             results.append(row)
             print(json.dumps(row), flush=True)
             time.sleep(1.0)

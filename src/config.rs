@@ -433,6 +433,15 @@ pub const LATENCY_HISTOGRAM_MAX_US: u64 = 60_000_000;
 /// Size of each message-body segment file of a shard (`crate::raft::bodies`).
 pub const BODY_SEGMENT_SIZE_BYTES: u64 = 64 << 20;
 
+/// Each shard's body store starts the kernel's writeback of what it wrote every this
+/// many bytes (`FileBodies::writeback_due`, on the blocking pool). Bodies are synced only
+/// by snapshots, so without it their dirty pages piled up (≈ 1 GB under 120 MB/s of
+/// compactions) until the kernel or a snapshot wrote them all at once, and every WAL
+/// fdatasync queued behind that burst: 70 ms syncs, 130–150 ms appends (the
+/// `heavy-contexts` phase of `bench/hardening.py`). RocksDB's `bytes_per_sync` does
+/// the same for its files.
+pub const BODIES_WRITEBACK_STEP_BYTES: u64 = 4 << 20;
+
 /// A snapshot appends the records of the changed contexts and (a rebase) copies of the
 /// unchanged ones (each tens of MB per shard at 25,000 contexts) in slices of at most
 /// this many bytes, each appended on the executor in one go (copies read on the

@@ -135,3 +135,82 @@ fn a_receiver_stores_runs_of_zeros_as_holes() {
     let allocated = allocated_blocks(&staging) * 512;
     assert!(allocated < (3 << 20) - 2_000_000, "{allocated} bytes allocated for 3 MiB of which 2.5 MB are zeros");
 }
+
+/// `cachestat(2)` (Linux ≥ 6.5) of a whole file: (pages cached, dirty, under writeback),
+/// or `None` where the kernel lacks it.
+fn cachestat(file: &std::path::Path) -> Option<(u64, u64, u64)> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451; // the same number on every architecture
+    let f = std::fs::File::open(file).unwrap();
+    let range = Range { off: 0, len: 0 }; // len 0: to the end of the file
+    let mut stat = Stat::default();
+    // SAFETY: the syscall reads `range` and writes `stat`, both live for the call.
+    let rc = unsafe { libc::syscall(SYS_CACHESTAT, f.as_raw_fd(), &range as *const Range, &mut stat as *mut Stat, 0) };
+    (rc == 0).then_some((stat.nr_cache, stat.nr_dirty, stat.nr_writeback))
+}
+
+/// Bodies are synced only by snapshots; `writeback_due` starts the kernel's writeback of
+/// what was written once a step has accumulated, so that dirty pages do not pile up into
+/// one burst that every WAL fdatasync waits behind. Its job covers exactly the bytes
+/// written since the last one, across segments, and the pages it covers stop being
+/// dirty without any fsync (seen with cachestat(2) where the kernel and file system
+/// have it).
+#[test]
+fn writeback_is_started_for_each_step_written_and_cleans_those_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bodies");
+    let seg = 1 << 20;
+    let mut b = FileBodies::open(&path, seg, 0).unwrap();
+    let chunk = vec![7u8; 100_000];
+    while b.len() < 600_000 {
+        b.append(&chunk).unwrap();
+    }
+    assert!(b.writeback_due(1 << 20).is_none(), "less than a step written");
+    while b.len() < 3 * seg - 200_000 {
+        b.append(&chunk).unwrap();
+    }
+    let job = b.writeback_due(1 << 20).expect("more than a step written");
+    // Whole segments behind the write point (a segment's unused end is clean zeros),
+    // then the third up to the store's length.
+    assert_eq!(job.ranges(), vec![(0, 0, seg), (1, 0, seg), (2, 0, b.len() - 2 * seg)]);
+    let first = path.join("00000000.bin");
+    let before = cachestat(&first);
+    job.run();
+    assert!(b.writeback_due(1 << 20).is_none(), "nothing new written since the job");
+    b.append(&chunk).unwrap();
+    let next = b.writeback_due(1).expect("a step of one byte");
+    assert_eq!(next.ranges(), vec![(2, b.len() - 2 * seg - 100_000, b.len() - 2 * seg)], "only what came after");
+    match before {
+        Some((_, dirty, writeback)) if dirty + writeback > 0 => {
+            // The write-back completes on its own; bounded wait (the kernel's own
+            // periodic write-back would take 30 s: dirty_expire_centisecs).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let (_, dirty, writeback) = cachestat(&first).unwrap();
+                if dirty + writeback == 0 {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "pages still dirty ({dirty}) or under writeback ({writeback})"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        other => eprintln!("cachestat shows no dirty pages here ({other:?}): the write-back itself is not observed"),
+    }
+}

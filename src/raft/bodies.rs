@@ -186,6 +186,8 @@ pub struct FileBodies {
     /// Where the next body goes (a logical offset: segment × size + offset).
     len: u64,
     released_up_to: u64,
+    /// Writeback of `[0, written_back_to)` has been started (`writeback_due`).
+    written_back_to: u64,
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> BodiesError {
@@ -229,7 +231,14 @@ impl FileBodies {
         if segments.len() < keep {
             return Err(BodiesError(format!("{}: segment {} of {keep} is missing", dir.display(), segments.len())));
         }
-        Ok(FileBodies { dir: dir.to_owned(), segment_size_bytes, segments, len, released_up_to: 0 })
+        Ok(FileBodies {
+            dir: dir.to_owned(),
+            segment_size_bytes,
+            segments,
+            len,
+            released_up_to: 0,
+            written_back_to: len,
+        })
     }
 
     /// Bytes written (the logical end).
@@ -268,6 +277,31 @@ impl FileBodies {
             s.dirty = false;
         }
         Ok(BodiesSyncJob { files, dir: self.dir.clone() })
+    }
+
+    /// Once at least `step_bytes` were written since the last one, a job that starts the
+    /// kernel's writeback of them (`crate::files::start_writeback`, per segment), to run
+    /// on the blocking pool. Bodies are synced only when a snapshot is taken: without
+    /// this, their dirty pages accumulate and are written in one burst that every WAL
+    /// fdatasync of the machine then waits behind. A hint only: a failure costs nothing
+    /// but the burst (the snapshot's fdatasync reports real I/O errors).
+    pub fn writeback_due(&mut self, step_bytes: u64) -> Option<WritebackJob> {
+        let (from, to) = (self.written_back_to, self.len);
+        if to < from.saturating_add(step_bytes) {
+            return None;
+        }
+        let size = self.segment_size_bytes;
+        let mut ranges = Vec::new();
+        for (n, s) in self.segments.iter().enumerate() {
+            let seg_start = n as u64 * size;
+            let (a, b) = (from.max(seg_start), to.min(seg_start + size));
+            if b > a {
+                let Ok(file) = s.file.try_clone() else { continue };
+                ranges.push((file, n, a - seg_start, b - seg_start));
+            }
+        }
+        self.written_back_to = to;
+        Some(WritebackJob { ranges })
     }
 
     /// Where the bytes `[0, len)` can be read later: a snapshot refers to them instead
@@ -327,6 +361,7 @@ impl FileBodies {
             s.map[..chunk.len()].copy_from_slice(chunk);
             self.len += chunk.len() as u64;
         }
+        self.written_back_to = self.len;
         self.sync()
     }
 
@@ -420,6 +455,26 @@ impl Bodies for FileBodies {
         let (n, off) = ((r.offset / size) as usize, (r.offset % size) as usize);
         let bytes = self.segments.get(n).and_then(|s| s.map.get(off..off.saturating_add(r.len as usize)));
         bytes.ok_or_else(|| BodiesError::missing(r))
+    }
+}
+
+/// Starts the writeback of ranges of body segments (`FileBodies::writeback_due`).
+pub struct WritebackJob {
+    ranges: Vec<(File, usize, u64, u64)>,
+}
+
+impl WritebackJob {
+    /// `(segment, from, to)` of each range, offsets within the segment.
+    pub fn ranges(&self) -> Vec<(usize, u64, u64)> {
+        self.ranges.iter().map(|(_, n, from, to)| (*n, *from, *to)).collect()
+    }
+
+    /// Queues the ranges' dirty pages for writing (may block while the device's queue
+    /// is full: run it on the blocking pool). Errors are ignored (see `writeback_due`).
+    pub fn run(self) {
+        for (file, _, from, to) in &self.ranges {
+            let _ = crate::files::start_writeback(file, *from, *to);
+        }
     }
 }
 

@@ -136,6 +136,8 @@ pub struct ShardStateMachine {
     hot_contexts_max: (usize, u64),
     /// The streams watching this replica's contexts.
     feed: Rc<Feed>,
+    /// A body-store writeback job is running on the blocking pool (one at a time).
+    writeback_in_flight: Rc<std::cell::Cell<bool>>,
 }
 
 impl ShardStateMachine {
@@ -203,6 +205,7 @@ impl ShardStateMachine {
             pins: ReadPins::default(),
             hot_contexts_max: store_hot_max,
             feed: Rc::default(),
+            writeback_in_flight: Rc::default(),
         })
     }
 
@@ -401,6 +404,27 @@ impl ShardStateMachine {
     }
 }
 
+impl ShardStateMachine {
+    /// Starts the writeback of the bodies written since the last one, once enough were
+    /// (`FileBodies::writeback_due`), on the blocking pool; never waits for it.
+    fn start_writeback(&self) {
+        if self.writeback_in_flight.get() {
+            return;
+        }
+        let Some(job) = self.applied.borrow_mut().bodies.writeback_due(crate::config::BODIES_WRITEBACK_STEP_BYTES)
+        else {
+            return;
+        };
+        self.writeback_in_flight.set(true);
+        let in_flight = self.writeback_in_flight.clone();
+        glommio::spawn_local(async move {
+            glommio::executor().spawn_blocking(move || job.run()).await;
+            in_flight.set(false);
+        })
+        .detach();
+    }
+}
+
 impl RaftStateMachine<C> for ShardStateMachine {
     type SnapshotData = ShardSnapshot;
     type SnapshotBuilder = Self;
@@ -451,6 +475,7 @@ impl RaftStateMachine<C> for ShardStateMachine {
         if applied_entries >= crate::config::HEAP_TRIM_AFTER_APPLIED_ENTRIES {
             release_freed_heap();
         }
+        self.start_writeback();
         Ok(())
     }
 
