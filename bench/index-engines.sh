@@ -2,7 +2,8 @@
 # The message index and bodies in our body store vs. in redb (bench/index_engines.rs):
 # the same appends, durable every 20,000; cold tails of 100; reopen. One process per
 # engine, one after the other, in the same run. Root (drops the page cache).
-#   MESSAGES=5000000 CONTEXTS=100000 bench/index-engines.sh     (≈ 3 minutes)
+#   MESSAGES=5000000 CONTEXTS=100000 bench/index-engines.sh     (≈ 3 minutes; READS=200 cold
+#   reads each, every one after dropping the page cache)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench --no-run --bench index_engines >&2

@@ -3,11 +3,12 @@
 //! storage engine (redb, a copy-on-write B-tree) holding the same data, on the workload
 //! of `bench/load-history.sh`: 200-byte messages appended to random contexts, made
 //! durable every 20,000 appends (a snapshot), then tails of 100 messages read from
-//! random contexts with a cold page cache, and the time to open the store again.
+//! random contexts, each with a cold page cache and the store just opened (nothing
+//! mapped or cached in the process), and the time to open the store again.
 //!
 //! `cargo bench --bench index_engines -- ENGINE DIR` (ENGINE: `ours` or `redb`; one
 //! engine per process, so that RSS is its own). `MESSAGES` (5,000,000), `CONTEXTS`
-//! (100,000), `READS` (2,000). Run as root to drop the page cache before the reads.
+//! (100,000), `READS` (200: each drops the page cache). Run as root to drop the page cache before the reads.
 //! Prints one JSON line. `bench/index-engines.sh` runs both and writes the table.
 use std::collections::HashMap;
 use std::path::Path;
@@ -106,14 +107,19 @@ fn ours(dir: &Path, messages: u64, contexts: u64, reads: u64) -> Run {
     let len = bodies.len();
     drop(bodies);
     let started = Instant::now();
-    let bodies = FileBodies::open(dir, seg, len).unwrap();
+    let mut bodies = FileBodies::open(dir, seg, len).unwrap();
     let reopen = started.elapsed();
-    let dropped = drop_caches();
+    let mut dropped = true;
     let mut out = Vec::new();
     let mut pick = Picker(7);
     for _ in 0..reads {
         let ctx = pick.next(contexts);
         let Some(log) = logs.get(&ctx) else { continue };
+        // Cold for every read: the mapping's pages and the page cache both (readahead
+        // of earlier reads would otherwise warm the whole store within a few hundred).
+        drop(bodies);
+        dropped &= drop_caches();
+        bodies = FileBodies::open(dir, seg, len).unwrap();
         let started = Instant::now();
         let mut total = 0usize;
         log.for_each(log.len().saturating_sub(TAIL), log.len(), &bodies, |_, e| {
@@ -156,16 +162,20 @@ fn redb(dir: &Path, messages: u64, contexts: u64, reads: u64) -> Run {
     drop(db);
     let data_bytes = std::fs::metadata(&path).unwrap().len();
     let started = Instant::now();
-    let db = Database::open(&path).unwrap();
+    let mut db = Database::open(&path).unwrap();
     let reopen = started.elapsed();
-    let dropped = drop_caches();
+    let mut dropped = true;
     let mut out = Vec::new();
     let mut pick = Picker(7);
-    let txn = db.begin_read().unwrap();
-    let table = txn.open_table(MESSAGES_TABLE).unwrap();
     for _ in 0..reads {
         let ctx = pick.next(contexts);
         let Some(&n) = last.get(&ctx) else { continue };
+        // Cold for every read: redb's own cache and the page cache both.
+        drop(db);
+        dropped &= drop_caches();
+        db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(MESSAGES_TABLE).unwrap();
         let started = Instant::now();
         let mut total = 0usize;
         for item in table.range((ctx, n.saturating_sub(TAIL) + 1)..=(ctx, n)).unwrap() {
@@ -187,7 +197,7 @@ fn main() {
     };
     let dir = Path::new(dir);
     let _ = std::fs::remove_dir_all(dir);
-    let (messages, contexts, reads) = (env("MESSAGES", 5_000_000), env("CONTEXTS", 100_000), env("READS", 2_000));
+    let (messages, contexts, reads) = (env("MESSAGES", 5_000_000), env("CONTEXTS", 100_000), env("READS", 200));
     let mut run = match engine.as_str() {
         "ours" => ours(dir, messages, contexts, reads),
         "redb" => redb(dir, messages, contexts, reads),
