@@ -158,6 +158,35 @@ pub fn start_writeback(file: &File, from: u64, to: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the page holding the first byte of `mapped` (bytes of a file mapping) is in
+/// the page cache (mincore). True when it cannot tell: the caller then reads as usual.
+pub fn first_page_resident(mapped: &[u8]) -> bool {
+    if mapped.is_empty() {
+        return true;
+    }
+    let page = page_size_bytes();
+    let start = mapped.as_ptr() as usize / page * page;
+    let mut vec = 0u8;
+    // SAFETY: `start` is the page of a byte of a live mapping (borrowed for the call);
+    // mincore writes one byte per page of the one-page range into `vec`.
+    let rc = unsafe { libc::mincore(start as *mut libc::c_void, page, &mut vec) };
+    rc != 0 || vec & 1 == 1
+}
+
+/// Starts reading the pages of `mapped` (bytes of a file mapping) into the page cache
+/// without waiting (madvise WILLNEED). A failure only leaves them to be faulted in.
+pub fn will_need(mapped: &[u8]) {
+    if mapped.is_empty() {
+        return;
+    }
+    let page = page_size_bytes();
+    let start = mapped.as_ptr() as usize / page * page;
+    let end = (mapped.as_ptr() as usize + mapped.len()).div_ceil(page) * page;
+    // SAFETY: the page-aligned range covers only pages of a live mapping (borrowed for
+    // the call); WILLNEED changes no memory, it starts reads of the file.
+    let _ = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_WILLNEED) };
+}
+
 /// `offset` rounded down to a page boundary.
 pub fn page_floor(offset: usize) -> usize {
     offset / page_size_bytes() * page_size_bytes()

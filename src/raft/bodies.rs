@@ -190,6 +190,16 @@ pub struct FileBodies {
     written_back_to: u64,
 }
 
+/// Reads through a segment's mapping are random (a context's bodies, index chunks and
+/// checkpoint record are scattered by arrival order): without this advice every page
+/// fault reads the device's whole readahead window around it (8 MiB on this machine's
+/// disk), and a cold tail of 20 messages took 120 ms instead of 0.7 ms
+/// (`bench/results/index-engines.md`). Snapshot copies and sends read with pread, which
+/// keeps its own readahead. A failure only leaves the default.
+fn advise_random(map: &MmapMut) {
+    let _ = map.advise(memmap2::Advice::Random);
+}
+
 fn io(what: &str, path: &Path, e: std::io::Error) -> BodiesError {
     BodiesError(format!("{what} {}: {e}", path.display()))
 }
@@ -224,6 +234,7 @@ impl FileBodies {
                 }
                 // SAFETY: our own file, sized above, not mapped by anyone else.
                 let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| io("mmap", &path, e))?;
+                advise_random(&map);
                 segments.push(BodySegment { file, map, dirty: false });
             }
             n += 1;
@@ -256,6 +267,7 @@ impl FileBodies {
             .map_err(|e| io("create preallocated", &path, e))?;
         // SAFETY: as in `open`.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| io("mmap", &path, e))?;
+        advise_random(&map);
         self.segments.push(BodySegment { file, map, dirty: true });
         Ok(())
     }
@@ -455,6 +467,16 @@ impl Bodies for FileBodies {
         let (n, off) = ((r.offset / size) as usize, (r.offset % size) as usize);
         let bytes = self.segments.get(n).and_then(|s| s.map.get(off..off.saturating_add(r.len as usize)));
         bytes.ok_or_else(|| BodiesError::missing(r))
+    }
+
+    fn is_resident(&self, r: BodyRef) -> bool {
+        self.get(r).map_or(true, crate::files::first_page_resident)
+    }
+
+    fn prefetch(&self, r: BodyRef) {
+        if let Ok(bytes) = self.get(r) {
+            crate::files::will_need(bytes);
+        }
     }
 }
 

@@ -29,6 +29,14 @@ pub trait Bodies {
     /// The bytes of `r`. A reference that is not in the store is an error (the data is
     /// damaged, or a bug): never an empty answer, which would be spliced into JSON.
     fn get(&self, r: BodyRef) -> Result<&[u8], BodiesError>;
+    /// Whether `r`'s first page is in memory (a read of it would not wait for the disk).
+    /// Stores in memory always are.
+    fn is_resident(&self, _r: BodyRef) -> bool {
+        true
+    }
+    /// Starts reading `r`'s pages from the disk without waiting for them (so that the
+    /// reads of many bodies overlap instead of faulting one page at a time).
+    fn prefetch(&self, _r: BodyRef) {}
 }
 
 /// Bodies in a `Vec`, for tests and tools.
