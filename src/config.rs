@@ -442,6 +442,16 @@ pub const BODY_SEGMENT_SIZE_BYTES: u64 = 64 << 20;
 /// the same for its files.
 pub const BODIES_WRITEBACK_STEP_BYTES: u64 = 4 << 20;
 
+/// After a shard opens, its body store's newest bytes, up to this many, are read into
+/// the page cache in the background at the idle I/O priority (`FileBodies::prewarm_job`).
+/// Reads through the body mappings are advised random access (one page per fault, not
+/// the disk's readahead window): right for a history larger than memory, but without a
+/// prewarm a restarted node's store warmed only as fast as clients read it (10
+/// connections of cold reads after a restart: p99 17–18 ms over 10 s, against 1.4 ms
+/// when readahead pulled the whole 1 GB store in; `bench/results/history.md`). The
+/// newest bytes are the likeliest read (recent conversations). Page cache, not RSS.
+pub const BODIES_PREWARM_BYTES_PER_SHARD: u64 = 256 << 20;
+
 /// A snapshot appends the records of the changed contexts and (a rebase) copies of the
 /// unchanged ones (each tens of MB per shard at 25,000 contexts) in slices of at most
 /// this many bytes, each appended on the executor in one go (copies read on the

@@ -158,6 +158,41 @@ pub fn start_writeback(file: &File, from: u64, to: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// The calling thread's I/O priority set to the idle class while this lives (then the
+/// previous one again): the requests it submits are dispatched after everyone else's by
+/// the I/O schedulers that honour classes (mq-deadline, bfq). For reads nothing waits
+/// for (a prewarm), so that they never queue ahead of a WAL fdatasync or a client's
+/// read. A failure leaves the priority as it was.
+pub struct IdleIoPriority(Option<libc::c_int>);
+
+const IOPRIO_WHO_PROCESS: libc::c_int = 1;
+const IOPRIO_CLASS_IDLE: libc::c_int = 3;
+const IOPRIO_CLASS_SHIFT: libc::c_int = 13;
+
+impl IdleIoPriority {
+    pub fn set() -> IdleIoPriority {
+        // SAFETY: ioprio_get/ioprio_set of the calling thread (who = 0); no memory passed.
+        unsafe {
+            let before = libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0) as libc::c_int;
+            if before < 0 {
+                return IdleIoPriority(None);
+            }
+            let idle = IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT;
+            let set = libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, idle);
+            IdleIoPriority((set == 0).then_some(before))
+        }
+    }
+}
+
+impl Drop for IdleIoPriority {
+    fn drop(&mut self) {
+        if let Some(before) = self.0 {
+            // SAFETY: as in `set`.
+            unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, before) };
+        }
+    }
+}
+
 /// Whether the page holding the first byte of `mapped` (bytes of a file mapping) is in
 /// the page cache (mincore). True when it cannot tell: the caller then reads as usual.
 pub fn first_page_resident(mapped: &[u8]) -> bool {

@@ -316,6 +316,23 @@ impl FileBodies {
         Some(WritebackJob { ranges })
     }
 
+    /// A job that reads the newest `budget_bytes` of the store (newest first) into the
+    /// page cache, to run on the blocking pool (`PrewarmJob::run`).
+    pub fn prewarm_job(&self, budget_bytes: u64) -> Option<PrewarmJob> {
+        let (from, to) = (self.len.saturating_sub(budget_bytes), self.len);
+        let size = self.segment_size_bytes;
+        let mut ranges = Vec::new();
+        for (n, s) in self.segments.iter().enumerate().rev() {
+            let seg_start = n as u64 * size;
+            let (a, b) = (from.max(seg_start), to.min(seg_start + size));
+            if b > a {
+                let Ok(file) = s.file.try_clone() else { continue };
+                ranges.push((file, a - seg_start, b - seg_start));
+            }
+        }
+        (!ranges.is_empty()).then_some(PrewarmJob { ranges })
+    }
+
     /// Where the bytes `[0, len)` can be read later: a snapshot refers to them instead
     /// of copying them (the store is append-only, so they stay as they are).
     pub fn source(&self) -> BodiesSource {
@@ -497,6 +514,38 @@ impl WritebackJob {
         for (file, _, from, to) in &self.ranges {
             let _ = crate::files::start_writeback(file, *from, *to);
         }
+    }
+}
+
+/// Reads ranges of body segments into the page cache (`FileBodies::prewarm_job`).
+pub struct PrewarmJob {
+    /// `(file, from, to)`, newest first; within a range, from its end backwards.
+    ranges: Vec<(File, u64, u64)>,
+}
+
+impl PrewarmJob {
+    /// Reads the ranges in 1 MiB preads at the idle I/O priority (so they wait for every
+    /// other request of the machine's disk), newest bytes first; stops at the first
+    /// error (only warmth is lost). Returns the bytes read.
+    pub fn run(self) -> u64 {
+        use std::os::unix::fs::FileExt;
+        const STEP_BYTES: u64 = 1 << 20;
+        let _idle = crate::files::IdleIoPriority::set();
+        let mut buf = vec![0u8; STEP_BYTES as usize];
+        let mut read = 0;
+        for (file, from, to) in &self.ranges {
+            let mut end = *to;
+            while end > *from {
+                let start = end.saturating_sub(STEP_BYTES).max(*from);
+                let n = (end - start) as usize;
+                if file.read_exact_at(&mut buf[..n], start).is_err() {
+                    return read;
+                }
+                read += n as u64;
+                end = start;
+            }
+        }
+        read
     }
 }
 

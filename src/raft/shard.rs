@@ -96,6 +96,7 @@ impl Shard {
         std::fs::create_dir_all(dir)?;
         let log = WalLogStore::<FleetRaft>::open(dir, wal, placement.shard)?;
         let state = ShardStateMachine::open(dir, Store::new(limits), placement.body_segment_size_bytes)?;
+        state.start_prewarm(crate::config::BODIES_PREWARM_BYTES_PER_SHARD);
         let network = PeerNetwork { shard: placement.shard, local_cores: placement.cores, limits: peer.clone() };
         let raft =
             openraft::Raft::new(placement.node_id, raft_config(timings, peer)?, network, log.clone(), state.clone())

@@ -405,6 +405,19 @@ impl ShardStateMachine {
 }
 
 impl ShardStateMachine {
+    /// Reads the newest bytes of the body store into the page cache in the background
+    /// (`crate::config::BODIES_PREWARM_BYTES_PER_SHARD`; after the shard opens).
+    pub fn start_prewarm(&self, budget_bytes: u64) {
+        let Some(job) = self.applied.borrow().bodies.prewarm_job(budget_bytes) else { return };
+        let dir = self.dir.clone();
+        glommio::spawn_local(async move {
+            let started = std::time::Instant::now();
+            let read = glommio::executor().spawn_blocking(move || job.run()).await;
+            tracing::debug!(shard_dir = %dir.display(), read, ms = started.elapsed().as_millis() as u64, "prewarmed bodies");
+        })
+        .detach();
+    }
+
     /// Starts the writeback of the bodies written since the last one, once enough were
     /// (`FileBodies::writeback_due`), on the blocking pool; never waits for it.
     fn start_writeback(&self) {
