@@ -442,15 +442,16 @@ pub const BODY_SEGMENT_SIZE_BYTES: u64 = 64 << 20;
 /// the same for its files.
 pub const BODIES_WRITEBACK_STEP_BYTES: u64 = 4 << 20;
 
-/// After a shard opens, its body store's newest bytes, up to this many, are read into
-/// the page cache in the background at the idle I/O priority (`FileBodies::prewarm_job`).
-/// Reads through the body mappings are advised random access (one page per fault, not
-/// the disk's readahead window): right for a history larger than memory, but without a
-/// prewarm a restarted node's store warmed only as fast as clients read it (10
-/// connections of cold reads after a restart: p99 17–18 ms over 10 s, against 1.4 ms
-/// when readahead pulled the whole 1 GB store in; `bench/results/history.md`). The
-/// newest bytes are the likeliest read (recent conversations). Page cache, not RSS.
-pub const BODIES_PREWARM_BYTES_PER_SHARD: u64 = 256 << 20;
+/// Once every shard of a core has caught up after opening, each reads its body store's
+/// newest bytes, up to this many, into the page cache in the background at the idle
+/// I/O priority (`FileBodies::prewarm_job`). Reads through the body mappings are
+/// advised random access (one page per fault, not the disk's readahead window): right
+/// for a history larger than memory, but without a prewarm a restarted node warmed only
+/// as fast as clients read it. Measured on a cold machine (`bench/results/history.md`):
+/// 2M messages, reads from 1 s after ready p99 18.8 → 0.9 ms with 256 MiB; 10M messages
+/// (3.75 GB), p50 12–14 → 2.4–3.2 ms with 1 GiB. The newest bytes are the likeliest read
+/// (recent conversations). Page cache, not RSS.
+pub const BODIES_PREWARM_BYTES_PER_SHARD: u64 = 1 << 30;
 
 /// A snapshot appends the records of the changed contexts and (a rebase) copies of the
 /// unchanged ones (each tens of MB per shard at 25,000 contexts) in slices of at most

@@ -27,6 +27,8 @@ pub struct Shard {
     /// wait for it (503), so reads on a restarted node never go backwards. Readiness
     /// does not: a replica short of disk takes no entries and may stay behind.
     caught_up: Cell<bool>,
+    /// `prewarm_once` ran.
+    prewarmed: Cell<bool>,
     /// The commit index (next index) to reach, taken when a leader was first heard from.
     catch_up_target: Cell<Option<u64>>,
     /// When this replica opened. openraft loads the persisted vote as renewed *now*: a
@@ -96,7 +98,6 @@ impl Shard {
         std::fs::create_dir_all(dir)?;
         let log = WalLogStore::<FleetRaft>::open(dir, wal, placement.shard)?;
         let state = ShardStateMachine::open(dir, Store::new(limits), placement.body_segment_size_bytes)?;
-        state.start_prewarm(crate::config::BODIES_PREWARM_BYTES_PER_SHARD);
         let network = PeerNetwork { shard: placement.shard, local_cores: placement.cores, limits: peer.clone() };
         let raft =
             openraft::Raft::new(placement.node_id, raft_config(timings, peer)?, network, log.clone(), state.clone())
@@ -110,6 +111,7 @@ impl Shard {
             raft,
             stopped: Cell::new(false),
             caught_up: Cell::new(false),
+            prewarmed: Cell::new(false),
             catch_up_target: Cell::new(None),
             opened_at: std::time::Instant::now(),
             state,
@@ -151,6 +153,16 @@ impl Shard {
         let done = next(m.last_applied.as_ref()) >= target;
         self.caught_up.set(done);
         done
+    }
+
+    /// Reads the newest bodies into the page cache in the background, the first time
+    /// only (`crate::config::BODIES_PREWARM_BYTES_PER_SHARD`). Called once every shard of
+    /// the core has caught up: started with the shard, the prewarm's reads (even at the
+    /// idle I/O priority) slowed the opening of a 10M-message node from 0.7 to 1.0–1.2 s.
+    pub fn prewarm_once(&self) {
+        if !self.prewarmed.replace(true) {
+            self.state.start_prewarm(crate::config::BODIES_PREWARM_BYTES_PER_SHARD);
+        }
     }
 
     /// Opens the shard in `dir` as a single-member group of node `node_id`, with a log

@@ -406,7 +406,7 @@ impl ShardStateMachine {
 
 impl ShardStateMachine {
     /// Reads the newest bytes of the body store into the page cache in the background
-    /// (`crate::config::BODIES_PREWARM_BYTES_PER_SHARD`; after the shard opens).
+    /// (`crate::config::BODIES_PREWARM_BYTES_PER_SHARD`; once the shard caught up).
     pub fn start_prewarm(&self, budget_bytes: u64) {
         let Some(job) = self.applied.borrow().bodies.prewarm_job(budget_bytes) else { return };
         let dir = self.dir.clone();

@@ -70,6 +70,12 @@ pub async fn watch_leaders(ctx: Rc<CoreCtx>) {
             }
             stopped += usize::from(shard.stopped.get());
         }
+        let shards = ctx.shards();
+        if shards.iter().all(|(_, s)| s.caught_up()) {
+            for (_, shard) in &shards {
+                shard.prewarm_once();
+            }
+        }
         ctx.ready.with_leader[ctx.core].store(with_leader, Ordering::Release);
         ctx.ready.stopped[ctx.core].store(stopped, Ordering::Release);
         if Instant::now() < next_balance {
