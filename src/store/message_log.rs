@@ -212,7 +212,6 @@ impl<E: Record> IndexLog<E> {
         let to = to.min(self.len);
         let mut i = from;
         let tail_from = self.len - self.tail.len() as u64;
-        self.prefetch_leaves(from, to, tail_from, bodies);
         while i < to {
             if i >= tail_from {
                 for (k, e) in self.tail[(i - tail_from) as usize..(to - tail_from) as usize].iter().enumerate() {
@@ -234,28 +233,6 @@ impl<E: Record> IndexLog<E> {
             i = end;
         }
         Ok(())
-    }
-
-    /// Cold pages: the leaf chunks of `from..to` that memory references directly (the
-    /// newest level, covering up to 240 positions before the tail) are asked for at
-    /// once when the first of them is out of memory, so that their reads overlap instead
-    /// of being one page fault after the other (a cold tail of 100 reads ≈ 7 leaves).
-    /// One residency check when the range spans two leaves or more; nothing otherwise.
-    fn prefetch_leaves(&self, from: u64, to: u64, tail_from: u64, bodies: &dyn Bodies) {
-        let Some(level) = self.levels.first() else { return };
-        let covered_from = tail_from - level.len() as u64 * FANOUT as u64;
-        let (a, b) = (from.max(covered_from), to.min(tail_from));
-        if b <= a {
-            return;
-        }
-        let first = ((a - covered_from) / FANOUT as u64) as usize;
-        let last = ((b - 1 - covered_from) / FANOUT as u64) as usize;
-        let leaves = &level[first..=last];
-        if leaves.len() > 1 && !bodies.is_resident(leaves[0]) {
-            for r in leaves {
-                bodies.prefetch(*r);
-            }
-        }
     }
 
     /// The leaf chunk holding position `i` (which is before the tail).
@@ -346,62 +323,6 @@ mod tests {
         }
         let held: usize = log.tail.len() + log.levels.iter().map(Vec::len).sum::<usize>();
         assert!(held <= (FANOUT - 1) * 6, "{held} entries and references in memory");
-    }
-
-    /// Bodies whose every page is out of memory, recording what is prefetched.
-    struct Cold {
-        inner: MemBodies,
-        prefetched: std::cell::RefCell<Vec<BodyRef>>,
-    }
-
-    impl Bodies for Cold {
-        fn append(&mut self, json: &[u8]) -> Result<BodyRef, BodiesError> {
-            self.inner.append(json)
-        }
-        fn get(&self, r: BodyRef) -> Result<&[u8], BodiesError> {
-            self.inner.get(r)
-        }
-        fn is_resident(&self, _r: BodyRef) -> bool {
-            false
-        }
-        fn prefetch(&self, r: BodyRef) {
-            self.prefetched.borrow_mut().push(r);
-        }
-    }
-
-    /// A cold range read asks for its leaf chunks at once, exactly those of the range
-    /// that the newest level references, and a one-leaf read (an append's lookups)
-    /// asks for nothing.
-    #[test]
-    fn a_cold_range_prefetches_the_leaves_memory_references() {
-        let mut bodies = Cold { inner: MemBodies::default(), prefetched: Default::default() };
-        let mut log = MessageLog::default();
-        // 256 + 10 * 16 + 5 positions: one inner chunk, 10 leaves on level 0, a tail of 5.
-        for n in 0..(256 + 160 + 5) {
-            let e = entry(n, &mut bodies.inner);
-            log.push(e, &mut bodies).unwrap();
-        }
-        assert_eq!(log.levels[0].len(), 10);
-        let read = |from, to| {
-            bodies.prefetched.borrow_mut().clear();
-            let mut n = 0;
-            log.for_each(from, to, &bodies, |_, _| {
-                n += 1;
-                true
-            })
-            .unwrap();
-            assert_eq!(n, to.min(log.len()) - from);
-            bodies.prefetched.borrow().clone()
-        };
-        // A tail of 100: positions 321..421, leaves 4..=9 of level 0 (from 256 + 4 * 16).
-        assert_eq!(read(321, 421), log.levels[0][4..=9].to_vec());
-        // Older positions only under the inner chunk: nothing memory references.
-        assert_eq!(read(0, 200), vec![]);
-        // Across both: the level-0 part of it.
-        assert_eq!(read(200, 300), log.levels[0][0..=2].to_vec());
-        // One leaf, or the tail alone: nothing.
-        assert_eq!(read(260, 270), vec![]);
-        assert_eq!(read(417, 421), vec![]);
     }
 
     /// A body store that refuses writes after a count.
