@@ -527,25 +527,42 @@ impl PrewarmJob {
     /// Reads the ranges in 1 MiB preads at the idle I/O priority (so they wait for every
     /// other request of the machine's disk), newest bytes first; stops at the first
     /// error (only warmth is lost). Returns the bytes read.
-    pub fn run(self) -> u64 {
-        use std::os::unix::fs::FileExt;
-        const STEP_BYTES: u64 = 1 << 20;
-        let _idle = crate::files::IdleIoPriority::set();
-        let mut buf = vec![0u8; STEP_BYTES as usize];
+    pub fn run(mut self) -> u64 {
         let mut read = 0;
-        for (file, from, to) in &self.ranges {
-            let mut end = *to;
-            while end > *from {
-                let start = end.saturating_sub(STEP_BYTES).max(*from);
-                let n = (end - start) as usize;
-                if file.read_exact_at(&mut buf[..n], start).is_err() {
-                    return read;
-                }
-                read += n as u64;
-                end = start;
-            }
+        while let Some(n) = self.step(u64::MAX) {
+            read += n;
         }
         read
+    }
+
+    /// Reads up to `max_bytes` more (at least one 1 MiB pread) and returns how many, or
+    /// `None` once done or after an error. The executor's blocking pool is one thread:
+    /// the caller runs one step per job there, so that a snapshot's syncs or a WAL spare
+    /// never wait for a whole prewarm (1 GiB: seconds on a slow disk).
+    pub fn step(&mut self, max_bytes: u64) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        const PREAD_BYTES: u64 = 1 << 20;
+        let _idle = crate::files::IdleIoPriority::set();
+        let mut buf = vec![0u8; PREAD_BYTES as usize];
+        let mut read = 0;
+        while read < max_bytes {
+            let Some((file, from, to)) = self.ranges.first_mut() else {
+                return (read > 0).then_some(read);
+            };
+            if *to <= *from {
+                self.ranges.remove(0);
+                continue;
+            }
+            let start = to.saturating_sub(PREAD_BYTES).max(*from);
+            let n = (*to - start) as usize;
+            if file.read_exact_at(&mut buf[..n], start).is_err() {
+                self.ranges.clear();
+                return (read > 0).then_some(read);
+            }
+            read += n as u64;
+            *to = start;
+        }
+        Some(read)
     }
 }
 

@@ -408,11 +408,23 @@ impl ShardStateMachine {
     /// Reads the newest bytes of the body store into the page cache in the background
     /// (`crate::config::BODIES_PREWARM_BYTES_PER_SHARD`; once the shard caught up).
     pub fn start_prewarm(&self, budget_bytes: u64) {
-        let Some(job) = self.applied.borrow().bodies.prewarm_job(budget_bytes) else { return };
+        let Some(mut job) = self.applied.borrow().bodies.prewarm_job(budget_bytes) else { return };
         let dir = self.dir.clone();
         glommio::spawn_local(async move {
             let started = std::time::Instant::now();
-            let read = glommio::executor().spawn_blocking(move || job.run()).await;
+            let mut read = 0;
+            // 8 MiB per turn of the (one-thread) blocking pool; other jobs queue between.
+            loop {
+                let (back, n) = glommio::executor()
+                    .spawn_blocking(move || {
+                        let n = job.step(8 << 20);
+                        (job, n)
+                    })
+                    .await;
+                job = back;
+                let Some(n) = n else { break };
+                read += n;
+            }
             tracing::debug!(shard_dir = %dir.display(), read, ms = started.elapsed().as_millis() as u64, "prewarmed bodies");
         })
         .detach();
