@@ -226,6 +226,22 @@ fn evict_from_page_cache(dir: &std::path::Path) {
     }
 }
 
+/// A store in `path` holding `bodies`, synced, its pages evicted from the page cache,
+/// then opened again (nothing mapped): what a restarted node finds. Its refs and length.
+fn written_synced_and_evicted(
+    path: &std::path::Path,
+    seg: u64,
+    bodies: impl Iterator<Item = Vec<u8>>,
+) -> (FileBodies, Vec<fleetlm::store::BodyRef>, u64) {
+    let mut b = FileBodies::open(path, seg, 0).unwrap();
+    let refs: Vec<_> = bodies.map(|body| b.append(&body).unwrap()).collect();
+    b.sync().unwrap();
+    let len = b.len();
+    drop(b);
+    evict_from_page_cache(path);
+    (FileBodies::open(path, seg, len).unwrap(), refs, len)
+}
+
 /// A cold read checks one page (`is_resident`) and, when it is out, starts reading every
 /// body of the answer at once (`prefetch`): the check must tell a page that is out from
 /// one that is in, and a prefetch must bring the page in without the body being read;
@@ -234,15 +250,8 @@ fn evict_from_page_cache(dir: &std::path::Path) {
 fn residency_tells_cold_pages_and_prefetch_brings_them_in() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bodies");
-    let seg = 4 << 20;
-    let mut b = FileBodies::open(&path, seg, 0).unwrap();
     let body = |i: usize| vec![b'a' + (i % 26) as u8; 8000];
-    let refs: Vec<_> = (0..200).map(|i| b.append(&body(i)).unwrap()).collect();
-    b.sync().unwrap();
-    let len = b.len();
-    drop(b);
-    evict_from_page_cache(&path);
-    let b = FileBodies::open(&path, seg, len).unwrap();
+    let (b, refs, _) = written_synced_and_evicted(&path, 4 << 20, (0..200).map(body));
     let (cold, later, far) = (refs[10], refs[100], refs[199]);
     if b.is_resident(cold) {
         eprintln!("the file system kept the pages cached (tmpfs?): residency is not observed here");
@@ -272,13 +281,7 @@ fn a_prewarm_reads_the_newest_bytes_into_the_page_cache_and_no_more() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bodies");
     let seg = 1 << 20;
-    let mut b = FileBodies::open(&path, seg, 0).unwrap();
-    let refs: Vec<_> = (0..300).map(|i| b.append(&vec![b'p' + (i % 7) as u8; 8000]).unwrap()).collect();
-    b.sync().unwrap();
-    let len = b.len();
-    drop(b);
-    evict_from_page_cache(&path);
-    let b = FileBodies::open(&path, seg, len).unwrap();
+    let (b, refs, len) = written_synced_and_evicted(&path, seg, (0..300).map(|i| vec![b'p' + (i % 7) as u8; 8000]));
     let (newest, crossing, oldest) = (refs[299], refs[140], refs[0]);
     if b.is_resident(newest) {
         eprintln!("the file system kept the pages cached (tmpfs?): the prewarm is not observed here");
