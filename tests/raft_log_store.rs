@@ -133,3 +133,39 @@ fn wal_log_store_passes_openraft_storage_suite() {
     let mut rt = <GlommioRuntime as AsyncRuntime>::new(1);
     rt.block_on(async { Suite::test_all(Builder).await }).expect("storage suite");
 }
+
+/// `recovery_bound` is what a restarted replica must apply before it serves local reads
+/// (`Shard::caught_up`): the end of the log it opened with, lowered by truncations only
+/// (they remove entries that were never committed), not raised by appends since.
+#[test]
+fn recovery_bound_is_the_log_end_at_open_lowered_by_truncations_only() {
+    use openraft::storage::RaftLogStorage;
+    use openraft::testing::{blank_ent, log_id};
+    let mut rt = <GlommioRuntime as AsyncRuntime>::new(1);
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            WalConfig { segment_size_bytes: 1 << 20, record_payload_max_bytes: 64 << 10, ..WalConfig::default() };
+        let open = || {
+            let (wal, _) = Wal::open(&dir.path().join("wal"), config.clone()).unwrap();
+            WalLogStore::<C>::open(dir.path(), GroupCommitWal::new(wal), 1).unwrap()
+        };
+        assert_eq!(open().recovery_bound(), 0, "an empty log");
+        {
+            let (mut wal, _) = Wal::open(&dir.path().join("wal"), config.clone()).unwrap();
+            let entries: Vec<Vec<u8>> =
+                (0..30).map(|i| postcard::to_stdvec(&blank_ent::<C>(1, 0, i)).unwrap()).collect();
+            wal.append(1, &entries).unwrap();
+            // Another group's records do not count.
+            wal.append(0, &vec![b"x".to_vec(); 50]).unwrap();
+            wal.sync().unwrap();
+        }
+        let mut store = open();
+        assert_eq!(store.recovery_bound(), 30);
+        assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id::<C>(1, 0, 29)));
+        store.truncate_after(Some(log_id::<C>(1, 0, 19))).await.unwrap();
+        assert_eq!(store.recovery_bound(), 20, "entries 20.. were never committed, so never applied");
+        store.truncate_after(Some(log_id::<C>(1, 0, 24))).await.unwrap();
+        assert_eq!(store.recovery_bound(), 20, "a later cut does not raise it");
+    });
+}

@@ -18,7 +18,7 @@
 //!   entries at or below it, even when a segment still holds them.
 //!
 //! Cloning shares the store; a clone is the `LogReader` that replication tasks use.
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Debug;
 use std::io;
 use std::marker::PhantomData;
@@ -61,6 +61,8 @@ struct Shared<C: RaftTypeConfig> {
     group: GroupId,
     meta: RefCell<Meta<C>>,
     meta_path: PathBuf,
+    /// See `recovery_bound`.
+    recovery_bound: Cell<u64>,
 }
 
 /// The log store of one shard. `!Send`: it lives on its shard's executor.
@@ -106,7 +108,23 @@ where
         if let Some(purged) = &meta.last_purged {
             wal.with(|w| w.purge_before(group, purged.index() + 1)).map_err(to_io)?;
         }
-        Ok(WalLogStore { shared: Rc::new(Shared { wal, group, meta: RefCell::new(meta), meta_path }), _c: PhantomData })
+        // Everything this replica applied before it opened was committed, so it is in
+        // the log (or a snapshot) it opens with: at most up to this next index.
+        let purged_next = meta.last_purged.as_ref().map_or(0, |p| p.index() + 1);
+        let next = wal.with(|w| w.next_index(group)).max(purged_next);
+        let shared = Shared { wal, group, meta: RefCell::new(meta), meta_path, recovery_bound: Cell::new(next) };
+        Ok(WalLogStore { shared: Rc::new(shared), _c: PhantomData })
+    }
+
+    /// A next log index such that a replica that has applied every entry before it has
+    /// applied at least what it had applied before it opened: the end of the log it
+    /// opened with, lowered by truncations since (only entries that were never
+    /// committed, so never applied, are truncated). Unlike the commit index heard from
+    /// a leader (a new leader's may be behind what this replica had applied, and the
+    /// one kept on disk is only a lower bound), it is known at open and never chases a
+    /// moving log under load.
+    pub fn recovery_bound(&self) -> u64 {
+        self.shared.recovery_bound.get()
     }
 
     /// The WAL underneath (for metrics and tests).
@@ -275,6 +293,8 @@ where
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         let cut = last_log_id.as_ref().map_or(0, |l| l.index() + 1);
+        let bound = &self.shared.recovery_bound;
+        bound.set(bound.get().min(cut));
         let g = self.shared.group;
         self.shared.wal.with(|w| w.truncate_from(g, cut.max(w.first_index(g)))).map_err(to_io)
     }

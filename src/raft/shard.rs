@@ -20,17 +20,16 @@ pub struct Shard {
     /// Set (`mark_stopped`) once openraft has stopped this replica's Raft core after a
     /// fatal storage error.
     pub stopped: Cell<bool>,
-    /// Since it opened, this replica has applied everything that was committed when
-    /// it first heard from a live leader (`note_live_leader`). Until then it may hold an
-    /// older state than it served before a restart (a follower learns the commit index
-    /// from its leader; the one it kept on disk is only a lower bound): local reads
-    /// wait for it (503), so reads on a restarted node never go backwards. Readiness
-    /// does not: a replica short of disk takes no entries and may stay behind.
+    /// Since it opened, this replica has applied everything it could have applied
+    /// before (`WalLogStore::recovery_bound`), and it has heard from a live leader
+    /// (`note_live_leader`). Until then it may hold an older state than it served before
+    /// a restart (a follower learns the commit index from its leader; the one it kept
+    /// on disk is only a lower bound): local reads wait for it (503), so reads on a
+    /// restarted node never go backwards. Readiness does not: a replica short of disk
+    /// takes no entries and may stay behind.
     caught_up: Cell<bool>,
     /// `prewarm_once` ran.
     prewarmed: Cell<bool>,
-    /// The commit index (next index) to reach, taken when a leader was first heard from.
-    catch_up_target: Cell<Option<u64>>,
     /// When this replica opened. openraft loads the persisted vote as renewed *now*: a
     /// vote renewed before this instant is not a leader's heartbeat (`has_live_leader`).
     pub opened_at: std::time::Instant,
@@ -112,7 +111,6 @@ impl Shard {
             stopped: Cell::new(false),
             caught_up: Cell::new(false),
             prewarmed: Cell::new(false),
-            catch_up_target: Cell::new(None),
             opened_at: std::time::Instant::now(),
             state,
             log,
@@ -140,17 +138,12 @@ impl Shard {
             return true;
         }
         use openraft_rt::WatchReceiver;
-        let m = self.raft.metrics().borrow_watched().clone();
-        let next = |l: Option<&openraft::type_config::alias::LogIdOf<FleetRaft>>| l.map_or(0, |l| l.index + 1);
-        let target = match self.catch_up_target.get() {
-            Some(t) => t,
-            None => {
-                let t = next(m.cluster_committed.as_ref()).max(next(m.local_committed.as_ref()));
-                self.catch_up_target.set(Some(t));
-                t
-            }
-        };
-        let done = next(m.last_applied.as_ref()) >= target;
+        // Not the commit index a leader's heartbeat carried: a new leader's can be behind
+        // what this replica applied before it restarted, and the published metrics can
+        // lag the vote that made the leader count as live (a follower that took its
+        // target from them answered 18 of 100 acknowledged messages after a restart).
+        let applied_next = self.raft.metrics().borrow_watched().last_applied.as_ref().map_or(0, |l| l.index + 1);
+        let done = applied_next >= self.log.recovery_bound();
         self.caught_up.set(done);
         done
     }
