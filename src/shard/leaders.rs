@@ -29,9 +29,9 @@ pub fn preferred_leader(shard: u32, voters: &[u64]) -> Option<u64> {
 /// by a quorum within `stale_after`, or another node whose heartbeat renewed this
 /// replica's vote within it. (A known leader id alone can be a dead node's.) A renewal
 /// must come after the replica opened: openraft marks the vote it loads at start as
-/// renewed then, and a restarted follower that took that for a heartbeat set its
-/// catch-up target from the commit index it kept on disk, which is behind (seen under
-/// load: a local read answered 9 of 100 acknowledged messages after a restart).
+/// renewed then, and a restarted follower that took that for a heartbeat counted as
+/// ready (and, before `WalLogStore::recovery_bound`, as caught up: a local read
+/// answered 9 of 100 acknowledged messages after a restart).
 async fn has_live_leader(shard: &crate::raft::Shard, me: u64, stale_after: Duration) -> bool {
     // Asking the core first: a core stopped by a fatal error answers nothing (its last
     // metrics would still name a leader).
