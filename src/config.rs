@@ -463,6 +463,13 @@ pub const CHECKPOINT_COPY_SLICE_BYTES: u64 = 1 << 20;
 /// document says at most 64 characters: 256 bytes of UTF-8).
 pub const REPLACEMENT_INSERTED_AT_MAX_BYTES: usize = 256;
 
+/// Entries the state machine takes from openraft at a time: it asks for the checkpoint
+/// records of the cold contexts among them all at once (their disk reads overlap,
+/// instead of one page fault after the other on the core), and between two such
+/// batches lets the core's other tasks run. A log replay after a restart applies tens
+/// of thousands of entries to contexts that are all cold.
+pub const APPLY_BATCH_ENTRIES: usize = 256;
+
 /// A state-machine apply of at least this many entries (a log replay after restart, a
 /// follower catching up) ends by returning freed heap to the kernel (`malloc_trim`).
 pub const HEAP_TRIM_AFTER_APPLIED_ENTRIES: usize = 1024;

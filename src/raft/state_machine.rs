@@ -464,38 +464,64 @@ impl RaftStateMachine<C> for ShardStateMachine {
         Strm: futures_util::Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend,
     {
         let mut applied_entries = 0usize;
-        while let Some(item) = entries.next().await {
-            let (entry, responder) = item?;
-            applied_entries += 1;
-            let outcome = {
-                let mut guard = self.applied.borrow_mut();
-                let a = &mut *guard;
-                a.last_applied = Some(entry.log_id);
-                match entry.payload {
-                    EntryPayload::Blank => None,
-                    // A body-store failure stops applying (openraft treats it as fatal):
-                    // every replica must apply the same commands.
-                    EntryPayload::Normal(cmd) => {
-                        // What a watched context looked like before, to publish the change.
-                        let watched = self.feed.watches(cmd.context_id()).then(|| cmd.context_id().to_owned());
-                        let before = watched
-                            .as_ref()
-                            .and_then(|id| a.store.get(id, &a.bodies).ok().map(|c| (c.version, c.status)));
-                        let outcome = a.store.apply(cmd, &mut a.bodies).map_err(bodies_err)?;
-                        if let Some(ctx) = watched.and_then(|id| a.store.get(&id, &a.bodies).ok()) {
-                            self.feed.publish(&ctx, before, &a.bodies);
-                        }
-                        Some(outcome)
-                    }
-                    EntryPayload::Membership(m) => {
-                        a.membership = StoredMembershipOf::<C>::new(Some(entry.log_id), m);
-                        None
-                    }
+        let mut batch = Vec::with_capacity(crate::config::APPLY_BATCH_ENTRIES);
+        loop {
+            while batch.len() < crate::config::APPLY_BATCH_ENTRIES {
+                match entries.next().await {
+                    Some(item) => batch.push(item?),
+                    None => break,
                 }
-            };
-            if let Some(r) = responder {
-                r.send(outcome.unwrap_or(Ok(crate::store::Outcome::Nothing)));
             }
+            let full = batch.len() == crate::config::APPLY_BATCH_ENTRIES;
+            if batch.is_empty() {
+                break;
+            }
+            {
+                let a = self.applied.borrow();
+                let ids = batch.iter().filter_map(|(e, _): &EntryResponder<C>| match &e.payload {
+                    EntryPayload::Normal(cmd) => Some(cmd.context_id()),
+                    _ => None,
+                });
+                a.store.prefetch_records(ids, &a.bodies);
+            }
+            for (entry, responder) in batch.drain(..) {
+                applied_entries += 1;
+                let outcome = {
+                    let mut guard = self.applied.borrow_mut();
+                    let a = &mut *guard;
+                    a.last_applied = Some(entry.log_id);
+                    match entry.payload {
+                        EntryPayload::Blank => None,
+                        // A body-store failure stops applying (openraft treats it as fatal):
+                        // every replica must apply the same commands.
+                        EntryPayload::Normal(cmd) => {
+                            // What a watched context looked like before, to publish the change.
+                            let watched = self.feed.watches(cmd.context_id()).then(|| cmd.context_id().to_owned());
+                            let before = watched
+                                .as_ref()
+                                .and_then(|id| a.store.get(id, &a.bodies).ok().map(|c| (c.version, c.status)));
+                            let outcome = a.store.apply(cmd, &mut a.bodies).map_err(bodies_err)?;
+                            if let Some(ctx) = watched.and_then(|id| a.store.get(&id, &a.bodies).ok()) {
+                                self.feed.publish(&ctx, before, &a.bodies);
+                            }
+                            Some(outcome)
+                        }
+                        EntryPayload::Membership(m) => {
+                            a.membership = StoredMembershipOf::<C>::new(Some(entry.log_id), m);
+                            None
+                        }
+                    }
+                };
+                if let Some(r) = responder {
+                    r.send(outcome.unwrap_or(Ok(crate::store::Outcome::Nothing)));
+                }
+            }
+            if !full {
+                break;
+            }
+            // A replay of thousands of entries: the core's other tasks (other shards
+            // opening, heartbeats, requests) run between two batches.
+            futures_lite::future::yield_now().await;
         }
         if applied_entries >= crate::config::HEAP_TRIM_AFTER_APPLIED_ENTRIES {
             release_freed_heap();

@@ -457,6 +457,17 @@ impl Store {
         }
     }
 
+    /// Asks for the records of the cold contexts among `ids` to be read from the disk,
+    /// without waiting (`Bodies::prefetch`): commands about to be applied to them then
+    /// find their records in memory, and the reads overlap.
+    pub fn prefetch_records<'a>(&self, ids: impl IntoIterator<Item = &'a str>, bodies: &dyn Bodies) {
+        for id in ids {
+            if let Some(Slot::Cold(r)) = self.contexts.get(id) {
+                bodies.prefetch(*r);
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.contexts.len()
     }
