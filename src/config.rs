@@ -463,6 +463,18 @@ pub const CHECKPOINT_COPY_SLICE_BYTES: u64 = 1 << 20;
 /// document says at most 64 characters: 256 bytes of UTF-8).
 pub const REPLACEMENT_INSERTED_AT_MAX_BYTES: usize = 256;
 
+/// A read of a cold context is built from the pages in memory, and the pages it lacked
+/// awaited off the core (`crate::shard::replica::read`): at most this many rounds
+/// (each finds the next level: record, index chunks, bodies) …
+pub const COLD_READ_ROUNDS_MAX: usize = 8;
+/// … and this long in all (or the call's deadline, if sooner); then it is built by
+/// faulting what is still missing, on the core, as any read.
+pub const COLD_READ_WAIT_MAX_MS: u64 = 200;
+/// First and longest pause between two checks (`mincore`) that awaited pages arrived;
+/// the pause doubles from the first to the longest.
+pub const COLD_READ_POLL_MIN_US: u64 = 100;
+pub const COLD_READ_POLL_MAX_US: u64 = 2_000;
+
 /// Entries the state machine takes from openraft at a time: it asks for the checkpoint
 /// records of the cold contexts among them all at once (their disk reads overlap,
 /// instead of one page fault after the other on the core), and between two such

@@ -193,19 +193,29 @@ impl Drop for IdleIoPriority {
     }
 }
 
-/// Whether the page holding the first byte of `mapped` (bytes of a file mapping) is in
-/// the page cache (mincore). True when it cannot tell: the caller then reads as usual.
-pub fn first_page_resident(mapped: &[u8]) -> bool {
+/// Whether every page of `mapped` (bytes of a file mapping) is in memory, so that
+/// reading them does not wait for the disk (mincore). An error counts as resident: the
+/// read then faults as it would have.
+pub fn pages_resident(mapped: &[u8]) -> bool {
     if mapped.is_empty() {
         return true;
     }
     let page = page_size_bytes();
     let start = mapped.as_ptr() as usize / page * page;
-    let mut vec = 0u8;
-    // SAFETY: `start` is the page of a byte of a live mapping (borrowed for the call);
-    // mincore writes one byte per page of the one-page range into `vec`.
-    let rc = unsafe { libc::mincore(start as *mut libc::c_void, page, &mut vec) };
-    rc != 0 || vec & 1 == 1
+    let end = (mapped.as_ptr() as usize + mapped.len()).div_ceil(page) * page;
+    let pages = (end - start) / page;
+    let mut one = 0u8;
+    let mut many = Vec::new();
+    let vec: &mut [u8] = if pages == 1 {
+        std::slice::from_mut(&mut one)
+    } else {
+        many.resize(pages, 0u8);
+        &mut many
+    };
+    // SAFETY: `[start, end)` are the pages of a live mapping (borrowed for the call);
+    // mincore writes one byte per page of the range into `vec`, which has that many.
+    let rc = unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
+    rc != 0 || vec.iter().all(|b| b & 1 == 1)
 }
 
 /// Starts reading the pages of `mapped` (bytes of a file mapping) into the page cache

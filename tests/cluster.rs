@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, append_acked, leaders, messages, put, texts, tmp};
+use common::cluster::{Cluster, append_acked, leaders, messages, messages_settled, put, texts, tmp};
 use common::{msg_body, try_request_full};
 use serde_json::json;
 
@@ -33,9 +33,15 @@ fn any_node_serves_any_request_and_reads_agree() {
         let want: Vec<String> = (0..5).map(|r| format!("{id}/{r}")).collect();
         for node in 0..3 {
             // Linearizable by default: every node sees every acknowledged append.
-            assert_eq!(texts(&messages(&c, node, id, false).unwrap()), want, "node {node}, {id}");
-            let g = c.req(node, "GET", &format!("/v1/contexts/{id}"), "").unwrap();
-            assert_eq!(g.json()["last_seq"], 5);
+            assert_eq!(texts(&messages_settled(&c, node, id, 10)), want, "node {node}, {id}");
+            c.eventually(10, "a context read answered", || {
+                let Some(g) = c.req(node, "GET", &format!("/v1/contexts/{id}"), "") else { return false };
+                // A 503 while leaders move is retried; an answer must be the acknowledged state.
+                g.status == 200 && {
+                    assert_eq!(g.json()["last_seq"], 5, "node {node}, {id}");
+                    true
+                }
+            });
         }
         // Local reads converge (followers apply once they learn the commit index).
         c.eventually(10, "local replicas converge", || {
@@ -66,7 +72,7 @@ fn any_node_serves_any_request_and_reads_agree() {
     let mut seqs: Vec<u64> = threads.into_iter().flat_map(|t| t.join().expect("appender")).collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=160).collect::<Vec<u64>>());
-    assert_eq!(messages(&c, 2, "busy", false).unwrap().len(), 160);
+    assert_eq!(messages_settled(&c, 2, "busy", 10).len(), 160);
     let view = c.view(1);
     assert_eq!(view["node_id"], 2);
     assert_eq!(view["members"], json!([1, 2, 3]));
@@ -209,7 +215,7 @@ fn without_quorum_writes_get_503_and_data_survives() {
     c.wait_ready(2);
     c.wait_ready(0);
     assert!(append_acked(&c, &[0, 1, 2], "q", "back", 20).is_some());
-    let all = texts(&messages(&c, 2, "q", false).unwrap());
+    let all = texts(&messages_settled(&c, 2, "q", 10));
     assert_eq!(&all[..5], &(0..5).map(|i| format!("q{i}")).collect::<Vec<_>>()[..]);
     assert_eq!(all.last().unwrap(), "back");
     // The refused write was never acknowledged; whether it landed is unknown to the
@@ -383,7 +389,7 @@ fn nodes_with_different_core_counts_replicate_and_forward() {
     for id in &ids {
         let want: Vec<String> = (0..3).map(|n| format!("{id}/{n}")).collect();
         for node in 0..3 {
-            assert_eq!(texts(&messages(&c, node, id, false).unwrap()), want, "node {node}");
+            assert_eq!(texts(&messages_settled(&c, node, id, 10)), want, "node {node}");
         }
         c.eventually(10, "local replicas converge", || {
             (0..3).all(|n| messages(&c, n, id, true).is_some_and(|m| texts(&m) == want))

@@ -178,3 +178,90 @@ fn replaced_checkpoint_records_give_their_disk_space_back() {
         assert_eq!(r["last_seq"], 100, "r{c}");
     }
 }
+
+/// Syncs and drops from the page cache every body-store file under `data` (pages that
+/// the running node has mapped in stay: the kernel keeps mapped pages).
+fn evict_bodies(data: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    for shard in std::fs::read_dir(data.join("shards")).unwrap().flatten() {
+        for dir in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            if !dir.file_name().to_string_lossy().starts_with("bodies") {
+                continue;
+            }
+            for file in std::fs::read_dir(dir.path()).unwrap().flatten() {
+                let f = std::fs::File::open(file.path()).unwrap();
+                f.sync_all().unwrap();
+                // SAFETY: fadvise on an open descriptor; no memory is passed.
+                unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            }
+        }
+    }
+}
+
+/// How many values the node's latency histogram `name` holds (`read.cold_wait`: reads
+/// of cold contexts that waited for pages off the core; `bodies.prewarm`: shards
+/// prewarmed).
+fn latency_count(s: &Server, name: &str) -> u64 {
+    let metrics = String::from_utf8(s.req("GET", "/metrics", "").body).unwrap();
+    let prefix = format!("fleetlm_latency_microseconds_count{{name=\"{name}\"}}");
+    let line = metrics.lines().find(|l| l.starts_with(&prefix));
+    line.and_then(|l| l.rsplit(' ').next()).map_or(0, |n| n.parse().unwrap())
+}
+
+/// After a restart every context is cold, and with the page cache dropped its record,
+/// index chunks and bodies are on disk only. A read then builds its answer from what is
+/// in memory and awaits the rest off the core, round after round (`read.cold_wait`):
+/// the answers must be byte for byte those of before the restart.
+#[test]
+fn reads_of_contexts_on_disk_wait_off_the_core_and_answer_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Server::start(&data, &["--shards", "2", "--snapshot-every-entries", "50"]);
+    let contexts = 24;
+    // Context after context, 120 KB each: the log replayed after the restart (entries
+    // since the last snapshot) touches the last few only, and the others stay cold, on
+    // pages that the node does not map (the kernel maps the cached pages around a fault,
+    // and mapped pages cannot be evicted).
+    for c in 0..contexts {
+        assert_eq!(s.req("PUT", &format!("/v1/contexts/d{c}"), r#"{"token_budget":100000}"#).status, 201);
+        for i in 1..=40 {
+            let r = s.req(
+                "POST",
+                &format!("/v1/contexts/d{c}/messages"),
+                &msg_body(&format!("d{c}-{i} {}", "x".repeat(3000))),
+            );
+            assert_eq!(r.status, 201);
+        }
+    }
+    let reads = |c: usize| {
+        [
+            format!("/v1/contexts/d{c}/tail?limit=25"),
+            format!("/v1/contexts/d{c}/messages?from_seq=3&limit=30"),
+            format!("/v1/contexts/d{c}/context"),
+            format!("/v1/contexts/d{c}"),
+        ]
+    };
+    let answers = |s: &Server| -> Vec<Vec<u8>> {
+        (0..contexts)
+            .flat_map(|c| reads(c).into_iter())
+            .map(|path| {
+                let r = s.req("GET", &path, "");
+                assert_eq!(r.status, 200, "{path}: {}", String::from_utf8_lossy(&r.body));
+                r.body
+            })
+            .collect()
+    };
+    let before = answers(&s);
+    s.kill9();
+    s.restart();
+    // The node reads the newest bodies back into the page cache once after it opened
+    // (the prewarm, one per shard): evict them after it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while latency_count(&s, "bodies.prewarm") < 2 {
+        assert!(std::time::Instant::now() < deadline, "the shards' prewarm did not end");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    evict_bodies(&data);
+    assert_eq!(answers(&s), before, "answers after the restart, pages on disk");
+    assert!(latency_count(&s, "read.cold_wait") > 0, "no read of a cold context waited for its pages");
+}

@@ -487,7 +487,7 @@ impl Bodies for FileBodies {
     }
 
     fn is_resident(&self, r: BodyRef) -> bool {
-        self.get(r).map_or(true, crate::files::first_page_resident)
+        self.get(r).map_or(true, crate::files::pages_resident)
     }
 
     fn prefetch(&self, r: BodyRef) {

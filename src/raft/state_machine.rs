@@ -425,6 +425,7 @@ impl ShardStateMachine {
                 let Some(n) = n else { break };
                 read += n;
             }
+            crate::metrics::record_since("bodies.prewarm", started);
             tracing::debug!(shard_dir = %dir.display(), read, ms = started.elapsed().as_millis() as u64, "prewarmed bodies");
         })
         .detach();

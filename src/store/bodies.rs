@@ -29,7 +29,7 @@ pub trait Bodies {
     /// The bytes of `r`. A reference that is not in the store is an error (the data is
     /// damaged, or a bug): never an empty answer, which would be spliced into JSON.
     fn get(&self, r: BodyRef) -> Result<&[u8], BodiesError>;
-    /// Whether `r`'s first page is in memory (a read of it would not wait for the disk).
+    /// Whether `r`'s pages are in memory (a read of it would not wait for the disk).
     /// Stores in memory always are.
     fn is_resident(&self, _r: BodyRef) -> bool {
         true
@@ -84,6 +84,46 @@ impl Bodies for MemBodies {
     }
 }
 
+/// A body store seen by a read that must not wait for the disk on its core: a body
+/// whose pages are not all in memory is not read but noted, and the read fails. The
+/// caller asks for the noted pages, waits for them without holding the core, and runs
+/// the read again (`crate::shard::replica::read`), until one run needs nothing more.
+/// Read-only: an append through it is an error.
+pub struct ResidentOnly<'a> {
+    inner: &'a dyn Bodies,
+    missing: std::cell::RefCell<Vec<BodyRef>>,
+}
+
+impl<'a> ResidentOnly<'a> {
+    pub fn new(inner: &'a dyn Bodies) -> ResidentOnly<'a> {
+        ResidentOnly { inner, missing: Default::default() }
+    }
+
+    /// The bodies a read through this view needed and did not find in memory.
+    pub fn into_missing(self) -> Vec<BodyRef> {
+        self.missing.into_inner()
+    }
+}
+
+impl Bodies for ResidentOnly<'_> {
+    fn append(&mut self, _json: &[u8]) -> Result<BodyRef, BodiesError> {
+        Err(BodiesError("a read-only view of the body store takes no writes".into()))
+    }
+    fn get(&self, r: BodyRef) -> Result<&[u8], BodiesError> {
+        if self.inner.is_resident(r) {
+            return self.inner.get(r);
+        }
+        self.missing.borrow_mut().push(r);
+        Err(BodiesError(format!("body at offset {} is not in memory", r.offset)))
+    }
+    fn is_resident(&self, r: BodyRef) -> bool {
+        self.inner.is_resident(r)
+    }
+    fn prefetch(&self, r: BodyRef) {
+        self.inner.prefetch(r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +136,40 @@ mod tests {
         let beyond = BodyRef { offset: r.offset + 1, len: r.len };
         assert!(b.get(beyond).unwrap_err().to_string().contains("no message body at offset 1"));
         assert!(b.get(BodyRef { offset: u64::MAX, len: u32::MAX }).is_err());
+    }
+
+    /// Bodies of which some are "on disk" (not resident) until `load` is called.
+    struct HalfCold {
+        inner: MemBodies,
+        cold: std::cell::RefCell<Vec<BodyRef>>,
+    }
+
+    impl Bodies for HalfCold {
+        fn append(&mut self, json: &[u8]) -> Result<BodyRef, BodiesError> {
+            self.inner.append(json)
+        }
+        fn get(&self, r: BodyRef) -> Result<&[u8], BodiesError> {
+            self.inner.get(r)
+        }
+        fn is_resident(&self, r: BodyRef) -> bool {
+            !self.cold.borrow().contains(&r)
+        }
+    }
+
+    #[test]
+    fn a_resident_only_view_reads_what_is_in_memory_and_notes_the_rest() {
+        let mut inner = MemBodies::default();
+        let (a, b, c) = (inner.append(b"a").unwrap(), inner.append(b"bb").unwrap(), inner.append(b"ccc").unwrap());
+        let bodies = HalfCold { inner, cold: vec![b, c].into() };
+        let view = ResidentOnly::new(&bodies);
+        assert_eq!(view.get(a).unwrap(), b"a");
+        assert!(view.get(b).is_err(), "not in memory: an error, never the bytes or nothing");
+        assert!(view.get(c).is_err());
+        assert!(!view.is_resident(c) && view.is_resident(a));
+        assert_eq!(view.into_missing(), [b, c]);
+        bodies.cold.borrow_mut().clear();
+        let view = ResidentOnly::new(&bodies);
+        assert_eq!(view.get(c).unwrap(), b"ccc");
+        assert!(view.into_missing().is_empty());
     }
 }

@@ -468,6 +468,12 @@ impl Store {
         }
     }
 
+    /// Whether `id` is a context whose state is only its record in the body store (a
+    /// read of it reads that record first).
+    pub fn is_cold(&self, id: &str) -> bool {
+        matches!(self.contexts.get(id), Some(Slot::Cold(_)))
+    }
+
     pub fn len(&self) -> usize {
         self.contexts.len()
     }

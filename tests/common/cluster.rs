@@ -211,6 +211,20 @@ pub fn put(c: &Cluster, node: usize, id: &str) {
     assert!(r.status == 201 || r.status == 200, "PUT {id}: {} {:?}", r.status, String::from_utf8_lossy(&r.body));
 }
 
+/// A linearizable read of every message of `id` through `node`, retried while it is
+/// not answered with 200 for up to `secs` (a 503 while leaders move after a restart or
+/// a balancing round is allowed; the data it finally shows is what the test checks).
+pub fn messages_settled(c: &Cluster, node: usize, id: &str, secs: u64) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(m) = messages(c, node, id, false) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "node {node} answered no read of {id} in {secs} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// All messages of `id` as node `node` sees them (`local`: its own replica).
 pub fn messages(c: &Cluster, node: usize, id: &str, local: bool) -> Option<Vec<Value>> {
     let q = if local { "&consistency=local" } else { "" };

@@ -1,7 +1,7 @@
 //! Reads: a read barrier on the leader unless the call is local (`consistency=local`),
 //! then the answer rendered from this replica's applied state; and the replica's view
 //! of its Raft group (`ShardStatus`).
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::ReadPolicy;
 use openraft::error::{LinearizableReadError, RaftError};
@@ -14,8 +14,10 @@ use std::sync::Arc;
 use crate::budget::{Budget, Hold};
 use crate::config::{BUDGETED_ANSWER_MIN_BYTES, ServeLimits};
 use crate::raft::Shard;
+use crate::raft::state_machine::Applied;
 use crate::shard::call::{Reply, Served, ShardCall};
 use crate::store::StoreError;
+use crate::store::bodies::{Bodies, ResidentOnly};
 
 pub(super) async fn read(
     shard: &Shard,
@@ -41,7 +43,65 @@ pub(super) async fn read(
             Err(_) => return timed_out(limits),
         }
     }
-    Ok(applied_state(shard, call, limits, answers))
+    Ok(answer_without_waiting_on_core(shard, call, limits, answers, remaining).await)
+}
+
+/// Answers from this replica's applied state without waiting for the disk on the core
+/// when the context is cold (after a restart every context is): its record, index
+/// chunks and bodies are scattered pages that each would fault on the core, one after
+/// the other, holding every other request of the core behind them. So the answer is
+/// built from what is in memory (`ResidentOnly`); the pages it lacked are asked for at
+/// once and awaited off the core, polling `mincore` (each round gets one level
+/// further: record, then index chunks, then bodies); then it is built again. After
+/// `COLD_READ_ROUNDS_MAX` rounds or `COLD_READ_WAIT_MAX_MS` (or the call's deadline),
+/// it is built as before, faulting what is still missing.
+async fn answer_without_waiting_on_core(
+    shard: &Shard,
+    call: &ShardCall,
+    limits: &ServeLimits,
+    answers: &Arc<Budget>,
+    remaining: Duration,
+) -> Reply {
+    use crate::config::{COLD_READ_POLL_MAX_US, COLD_READ_POLL_MIN_US, COLD_READ_ROUNDS_MAX, COLD_READ_WAIT_MAX_MS};
+    let started = Instant::now();
+    let deadline = started + remaining.min(Duration::from_millis(COLD_READ_WAIT_MAX_MS));
+    for round in 0..COLD_READ_ROUNDS_MAX {
+        let missing = {
+            let applied = shard.state.applied().borrow();
+            if round == 0 && !applied.store.is_cold(call.context_id()) {
+                break;
+            }
+            let view = ResidentOnly::new(&applied.bodies);
+            let reply = applied_state(&applied, &view, call, limits, answers);
+            let missing = view.into_missing();
+            if missing.is_empty() {
+                if round > 0 {
+                    crate::metrics::record_since("read.cold_wait", started);
+                }
+                return reply;
+            }
+            for r in &missing {
+                applied.bodies.prefetch(*r);
+            }
+            missing
+        };
+        let mut pause = Duration::from_micros(COLD_READ_POLL_MIN_US);
+        loop {
+            if Instant::now() + pause > deadline {
+                crate::metrics::record_since("read.cold_wait", started);
+                let applied = shard.state.applied().borrow();
+                return applied_state(&applied, &applied.bodies, call, limits, answers);
+            }
+            glommio::timer::sleep(pause).await;
+            let applied = shard.state.applied().borrow();
+            if missing.iter().all(|r| applied.bodies.is_resident(*r)) {
+                break;
+            }
+            pause = (pause * 2).min(Duration::from_micros(COLD_READ_POLL_MAX_US));
+        }
+    }
+    let applied = shard.state.applied().borrow();
+    applied_state(&applied, &applied.bodies, call, limits, answers)
 }
 
 /// Holds the bytes of a large answer on the node's budget before it is rendered, or
@@ -68,11 +128,15 @@ fn page_bytes(messages: &[crate::store::Message]) -> usize {
 /// Answers a read from this replica's applied state, its body at most about
 /// `response_max_bytes` (tail and replay pages are cut shorter; a larger window is
 /// refused), a large one held on the node's budget of unwritten answers.
-fn applied_state(shard: &Shard, call: &ShardCall, limits: &ServeLimits, answers: &Arc<Budget>) -> Reply {
+fn applied_state(
+    applied: &Applied,
+    bodies: &dyn Bodies,
+    call: &ShardCall,
+    limits: &ServeLimits,
+    answers: &Arc<Budget>,
+) -> Reply {
     let max_bytes = limits.response_max_bytes;
-    let applied = shard.state.applied().borrow();
     let store = &applied.store;
-    let bodies = &applied.bodies;
     let ctx = match store.get(call.context_id(), bodies) {
         Ok(c) => c,
         Err(e) => return Reply::store_error(&e),
