@@ -463,6 +463,12 @@ pub const CHECKPOINT_COPY_SLICE_BYTES: u64 = 1 << 20;
 /// document says at most 64 characters: 256 bytes of UTF-8).
 pub const REPLACEMENT_INSERTED_AT_MAX_BYTES: usize = 256;
 
+/// Lifetime of a stream token (`POST /v1/contexts/:id/stream-token`) when the request
+/// names none, and the longest it may name, seconds. A token is checked when a stream
+/// opens; an open stream outlives it.
+pub const STREAM_TOKEN_TTL_DEFAULT_SECS: u64 = 300;
+pub const STREAM_TOKEN_TTL_MAX_SECS: u64 = 86_400;
+
 /// A read of a cold context is built from the pages in memory, and the pages it lacked
 /// awaited off the core (`crate::shard::replica::read`): at most this many rounds
 /// (each finds the next level: record, index chunks, bodies) …

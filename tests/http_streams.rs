@@ -278,3 +278,56 @@ fn a_quiet_websocket_client_outlives_the_http_idle_timeout() {
     let e = ws_next(&mut ws).expect("the stream is still open");
     assert_eq!(e["message"]["parts"][0]["text"], "still listening");
 }
+
+/// A browser cannot send `Authorization` on `EventSource` or `WebSocket`: with an API key,
+/// a stream token (asked for with the key) opens that context's stream, over SSE and
+/// WebSocket, and nothing else: not another context's stream, not another route, not
+/// after it expires, not altered.
+#[test]
+fn a_stream_token_opens_its_context_stream_only_until_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--api-key", "k"]);
+    let auth = ("Authorization", "Bearer k");
+    for id in ["t", "u"] {
+        assert_eq!(s.req_h("PUT", &format!("/v1/contexts/{id}"), &[auth], r#"{"token_budget":1000}"#).status, 201);
+    }
+    assert_eq!(s.req_h("POST", "/v1/contexts/t/messages", &[auth], &msg_body("first")).status, 201);
+    s.req("POST", "/v1/contexts/t/stream-token", "").assert_error(401, "unauthorized");
+    let issued = s.req_h("POST", "/v1/contexts/t/stream-token", &[auth], "");
+    assert_eq!(issued.status, 200, "{}", String::from_utf8_lossy(&issued.body));
+    let j = issued.json();
+    assert_eq!(j["ttl_secs"], 300);
+    assert!(j["expires_at"].as_str().unwrap().ends_with('Z'), "{j}");
+    let token = j["token"].as_str().unwrap().to_owned();
+
+    // SSE and WebSocket with the token only: the history, then live.
+    let mut sse = Sse::open(s.port, &stream_path("t", &format!("?cursor=0&token={token}")), &[]).unwrap();
+    assert_eq!(sse.next().unwrap().data["message"]["parts"][0]["text"], "first");
+    let mut ws = ws_open(s.port, &stream_path("t", &format!("?cursor=0&token={token}")));
+    assert_eq!(ws_next(&mut ws).unwrap()["message"]["parts"][0]["text"], "first");
+    assert_eq!(s.req_h("POST", "/v1/contexts/t/messages", &[auth], &msg_body("second")).status, 201);
+    assert_eq!(sse.next().unwrap().data["message"]["parts"][0]["text"], "second");
+    assert_eq!(ws_next(&mut ws).unwrap()["message"]["parts"][0]["text"], "second");
+
+    // Nothing else.
+    let refused = |path: &str, why: &str| {
+        let r = Sse::open(s.port, path, &[]).err().expect("refused");
+        r.assert_error(401, "unauthorized");
+        let message = r.json()["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(why), "{path}: {message}");
+    };
+    refused(&stream_path("u", &format!("?token={token}")), "not issued for this context");
+    refused(&stream_path("t", &format!("?token={}", token.replacen("v1.", "v1.9", 1))), "not issued");
+    refused(&stream_path("t", "?token=nonsense"), "malformed");
+    refused(&stream_path("t", ""), "API key");
+    s.req("GET", &format!("/v1/contexts/t/tail?token={token}"), "").assert_error(401, "unauthorized");
+
+    let short = s.req_h("POST", "/v1/contexts/t/stream-token", &[auth], r#"{"ttl_secs":1}"#).json();
+    let short = short["token"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_millis(2100));
+    refused(&stream_path("t", &format!("?token={short}")), "expired");
+
+    for body in [r#"{"ttl_secs":0}"#, r#"{"ttl_secs":86401}"#, r#"{"ttl":5}"#, "[1]", "{"] {
+        s.req_h("POST", "/v1/contexts/t/stream-token", &[auth], body).assert_error(400, "invalid_json");
+    }
+}

@@ -169,6 +169,31 @@ pub fn build_call(op: Op, id: String, req: &Request, limits: &StoreLimits) -> Re
     }
 }
 
+/// The lifetime a stream-token request asks for (`{"ttl_secs": n}`; no body, or no
+/// field: the default), seconds.
+pub fn stream_token_ttl(req: &Request) -> Result<u64, Response> {
+    use crate::config::{STREAM_TOKEN_TTL_DEFAULT_SECS, STREAM_TOKEN_TTL_MAX_SECS};
+    if req.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(STREAM_TOKEN_TTL_DEFAULT_SECS);
+    }
+    let body = json_body(req)?;
+    let Some(obj) = body.as_object() else { return Err(bad("invalid_json", "the body must be a JSON object")) };
+    if let Some(k) = obj.keys().find(|k| *k != "ttl_secs") {
+        return Err(bad("invalid_json", format!("unknown field {k:?} (only ttl_secs)")));
+    }
+    match obj.get("ttl_secs") {
+        None => Ok(STREAM_TOKEN_TTL_DEFAULT_SECS),
+        Some(v) => v.as_u64().filter(|t| (1..=STREAM_TOKEN_TTL_MAX_SECS).contains(t)).ok_or_else(|| {
+            bad("invalid_json", format!("ttl_secs must be an integer from 1 to {STREAM_TOKEN_TTL_MAX_SECS}"))
+        }),
+    }
+}
+
+/// The `token` query parameter of a stream request, if any.
+pub fn stream_token_param(req: &Request) -> Option<String> {
+    parse_query(&req.query)?.into_iter().rev().find(|(k, _)| k == "token").map(|(_, v)| v)
+}
+
 /// Validates a stream request (`GET /v1/contexts/:id/stream`): the cursor (`cursor=`,
 /// else `Last-Event-ID`), and the transport: a WebSocket upgrade (RFC 6455 §4.2.1), or
 /// SSE when the client accepts `text/event-stream`.

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod openapi;
 pub mod routes;
+pub mod stream_token;
 
 use std::rc::Rc;
 
@@ -189,7 +190,10 @@ async fn route(req: &Request, segments: &[&str], resolved: Resolved<'_>, core: &
         Resolved::Found { op, param } => (op, param),
     };
     if op.needs_auth() && !authorized(req, core) {
-        return unauthorized();
+        match stream_token_refusal(op, req, core, param) {
+            None => {} // a stream opened with a valid token
+            Some(why) => return Response::error(401, "unauthorized", why),
+        }
     }
     match op {
         Op::HealthLive => Response::json(200, &json!({"status": "ok"})),
@@ -206,6 +210,7 @@ async fn route(req: &Request, segments: &[&str], resolved: Resolved<'_>, core: &
         Op::AddMember => add_member(core, req).await,
         Op::RemoveMember => remove_member(core, param.unwrap_or_default()).await,
         Op::Stream => stream(core, req, param.unwrap_or_default()),
+        Op::StreamToken => stream_token(core, req, param.unwrap_or_default()),
         _ => {
             let Some(histogram) = op.histogram() else { return not_found() };
             let id = match context_id(param.unwrap_or_default()) {
@@ -282,6 +287,46 @@ fn context_id(raw_id: &str) -> Result<String, Response> {
     };
     validate_id(&id)?;
     Ok(id)
+}
+
+/// Why a request without the API key is refused (`None`: it is a stream request whose
+/// `token` opens that context's stream, `stream_token`).
+fn stream_token_refusal(op: Op, req: &Request, core: &CoreCtx, raw_id: Option<&str>) -> Option<String> {
+    const NO_KEY: &str = "missing or wrong API key";
+    let (Op::Stream, Some(key)) = (op, &core.api_key) else { return Some(NO_KEY.into()) };
+    let Some(token) = build::stream_token_param(req) else { return Some(NO_KEY.into()) };
+    let Ok(id) = context_id(raw_id.unwrap_or_default()) else { return Some(NO_KEY.into()) };
+    match stream_token::check(key.as_bytes(), &id, &token, unix_now_secs()) {
+        Ok(()) => None,
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `POST /v1/contexts/:id/stream-token {"ttl_secs": 300}` (the body is optional): a
+/// token that opens this context's stream without the API key, for a browser's
+/// `EventSource` or `WebSocket`, which cannot send it (`stream_token`). Without an
+/// API key on the node every stream opens anyway; the token is still issued, so that
+/// client code does not depend on the node's configuration.
+fn stream_token(core: &CoreCtx, req: &Request, raw_id: &str) -> Response {
+    let id = match context_id(raw_id) {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
+    let ttl_secs = match build::stream_token_ttl(req) {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
+    let expires = unix_now_secs() + ttl_secs;
+    let key = core.api_key.as_deref().unwrap_or("");
+    let token = stream_token::issue(key.as_bytes(), &id, expires);
+    let expires_at = chrono::DateTime::from_timestamp(expires as i64, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    Response::json(200, &json!({"token": token, "expires_at": expires_at, "ttl_secs": ttl_secs}))
 }
 
 fn unauthorized() -> Response {

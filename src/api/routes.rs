@@ -22,6 +22,7 @@ pub enum Op {
     Window,
     Compact,
     Stream,
+    StreamToken,
     OpenApi,
 }
 
@@ -47,6 +48,7 @@ impl Op {
             Op::Compact => ("compact", Some("http.compact")),
             // A stream is not one latency: it is counted when it starts or is refused.
             Op::Stream => ("stream", None),
+            Op::StreamToken => ("stream_token", None),
         }
     }
 
@@ -126,6 +128,7 @@ pub fn resolve<'a>(segments: &[&'a str], method: &str) -> Resolved<'a> {
         ["v1", "contexts", id, "compact"] => ((method == "POST").then_some(Compact), Compact, Some(*id)),
         // GET only: HEAD would ask for a stream without its body.
         ["v1", "contexts", id, "stream"] => ((method == "GET").then_some(Stream), Stream, Some(*id)),
+        ["v1", "contexts", id, "stream-token"] => ((method == "POST").then_some(StreamToken), StreamToken, Some(*id)),
         ["v1", ..] => return Resolved::NotFound { label: "unknown", needs_auth: true },
         _ => return Resolved::NotFound { label: "unknown", needs_auth: false },
     };
@@ -154,6 +157,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/contexts/{id}/context", &["GET"]),
     ("/v1/contexts/{id}/compact", &["POST"]),
     ("/v1/contexts/{id}/stream", &["GET"]),
+    ("/v1/contexts/{id}/stream-token", &["POST"]),
 ];
 
 /// The methods a path serves, for the `Allow` header of a 405 (`HEAD` with `GET`).
@@ -195,12 +199,13 @@ mod tests {
             ("/v1/contexts/a/context", "GET", Op::Window, "window"),
             ("/v1/contexts/a/compact", "POST", Op::Compact, "compact"),
             ("/v1/contexts/a/stream", "GET", Op::Stream, "stream"),
+            ("/v1/contexts/a/stream-token", "POST", Op::StreamToken, "stream_token"),
         ];
         for (path, method, op, label) in cases {
             let r = at(path, method);
             assert!(matches!(r, Resolved::Found { op: o, .. } if o == op), "{method} {path}: {r:?}");
             assert_eq!(r.label(), label, "{method} {path}");
-            let timed = path.starts_with("/v1/contexts/") && op != Op::Stream;
+            let timed = path.starts_with("/v1/contexts/") && op != Op::Stream && op != Op::StreamToken;
             assert_eq!(op.histogram(), timed.then(|| format!("http.{label}")).as_deref(), "{method} {path}");
         }
     }
