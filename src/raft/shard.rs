@@ -21,8 +21,8 @@ pub struct Shard {
     /// fatal storage error.
     pub stopped: Cell<bool>,
     /// Since it opened, this replica has applied everything it could have applied
-    /// before (`WalLogStore::recovery_bound`), and it has heard from a live leader
-    /// (`note_live_leader`). Until then it may hold an older state than it served before
+    /// before (`WalLogStore::recovery_bound`) and what was committed when it first heard
+    /// from a live leader (`note_live_leader`). Until then it may hold an older state than it served before
     /// a restart (a follower learns the commit index from its leader; the one it kept
     /// on disk is only a lower bound): local reads wait for it (503), so reads on a
     /// restarted node never go backwards. Readiness does not: a replica short of disk
@@ -30,6 +30,12 @@ pub struct Shard {
     caught_up: Cell<bool>,
     /// `prewarm_once` ran.
     prewarmed: Cell<bool>,
+    /// The commit index (next index) heard when a live leader was first seen: a new or
+    /// far-behind replica (a node just added, a follower back from a long partition)
+    /// waits for it too, so that its local reads do not answer from an empty or old
+    /// state. Best effort (it may lag, see `note_live_leader`); `recovery_bound` is the
+    /// guarantee.
+    heard_commit: Cell<Option<u64>>,
     /// When this replica opened. openraft loads the persisted vote as renewed *now*: a
     /// vote renewed before this instant is not a leader's heartbeat (`has_live_leader`).
     pub opened_at: std::time::Instant,
@@ -111,6 +117,7 @@ impl Shard {
             stopped: Cell::new(false),
             caught_up: Cell::new(false),
             prewarmed: Cell::new(false),
+            heard_commit: Cell::new(None),
             opened_at: std::time::Instant::now(),
             state,
             log,
@@ -138,12 +145,16 @@ impl Shard {
             return true;
         }
         use openraft_rt::WatchReceiver;
-        // Not the commit index a leader's heartbeat carried: a new leader's can be behind
-        // what this replica applied before it restarted, and the published metrics can
-        // lag the vote that made the leader count as live (a follower that took its
-        // target from them answered 18 of 100 acknowledged messages after a restart).
-        let applied_next = self.raft.metrics().borrow_watched().last_applied.as_ref().map_or(0, |l| l.index + 1);
-        let done = applied_next >= self.log.recovery_bound();
+        let m = self.raft.metrics().borrow_watched().clone();
+        let next = |l: Option<&openraft::type_config::alias::LogIdOf<FleetRaft>>| l.map_or(0, |l| l.index + 1);
+        // The commit index heard from a leader alone is not enough: a new leader's can be
+        // behind what this replica applied before it restarted, and the published
+        // metrics can lag the vote that made the leader count as live (a follower that
+        // took its target from them alone answered 18 of 100 acknowledged messages after
+        // a restart). The end of the log it opened with is.
+        let heard = self.heard_commit.get().unwrap_or_else(|| next(m.cluster_committed.as_ref()));
+        self.heard_commit.set(Some(heard));
+        let done = next(m.last_applied.as_ref()) >= heard.max(self.log.recovery_bound());
         self.caught_up.set(done);
         done
     }
