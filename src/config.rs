@@ -463,6 +463,10 @@ pub const CHECKPOINT_COPY_SLICE_BYTES: u64 = 1 << 20;
 /// document says at most 64 characters: 256 bytes of UTF-8).
 pub const REPLACEMENT_INSERTED_AT_MAX_BYTES: usize = 256;
 
+/// Times a membership change (`POST`/`DELETE /v1/cluster/members`) is tried on a shard
+/// that answers 503 (leadership moved mid-change) before the request reports it.
+pub const MEMBERSHIP_CHANGE_ATTEMPTS: usize = 3;
+
 /// Lifetime of a stream token (`POST /v1/contexts/:id/stream-token`) when the request
 /// names none, and the longest it may name, seconds. A token is checked when a stream
 /// opens; an open stream outlives it.

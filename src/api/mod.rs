@@ -57,9 +57,35 @@ async fn cluster(core: &CoreCtx) -> Response {
 /// Shards change one by one in Raft: when some fail, the answer is the first failure's
 /// status with every shard's outcome, so that an operator sees where the node is a
 /// voter and where not, and repeats the request (or removes the node) to finish.
+/// A shard that answered 503 quickly (its leader moved during the change, say to the
+/// node's new preferred leader, leaving the outcome unknown) is asked again first, up to
+/// `MEMBERSHIP_CHANGE_ATTEMPTS` times: each step is idempotent (adding a node that is
+/// there, or a voter that votes, changes nothing), so a repeat finishes the change. One
+/// that took half the deadline or more (a node that does not catch up) is not.
 async fn change_all_shards(core: &CoreCtx, make: impl Fn(u32) -> ShardCall, node_id: u64) -> Response {
-    let calls = (0..core.shard_count).map(|s| core.route_to_shard(s, make(s)));
-    let replies = futures_util::future::join_all(calls).await;
+    let quick = std::time::Duration::from_millis(core.serve_limits.membership_deadline_ms / 2);
+    let timed = |s: u32| {
+        let call = core.route_to_shard(s, make(s));
+        async move {
+            let started = std::time::Instant::now();
+            let reply = call.await;
+            (reply, started.elapsed())
+        }
+    };
+    let mut replies = futures_util::future::join_all((0..core.shard_count).map(timed)).await;
+    for _ in 1..crate::config::MEMBERSHIP_CHANGE_ATTEMPTS {
+        let again: Vec<u32> = (0..core.shard_count)
+            .filter(|&s| replies[s as usize].0.status == 503 && replies[s as usize].1 < quick)
+            .collect();
+        if again.is_empty() {
+            break;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(core.serve_limits.leader_retry_pause_ms)).await;
+        for (s, reply) in again.iter().zip(futures_util::future::join_all(again.iter().map(|&s| timed(s))).await) {
+            replies[*s as usize] = reply;
+        }
+    }
+    let replies: Vec<Reply> = replies.into_iter().map(|(reply, _)| reply).collect();
     let Some(failed) = replies.iter().find(|r| r.status != 200) else {
         return Response::json(200, &json!({"node_id": node_id, "shards": core.shard_count}));
     };
