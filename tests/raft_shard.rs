@@ -245,3 +245,48 @@ fn a_snapshot_is_the_state_at_its_log_id_while_appends_go_on() {
         }
     });
 }
+
+/// The state machine applies entries in batches of 256 (`APPLY_BATCH_ENTRIES`, with the
+/// cold contexts' records asked for first): every entry of a long replay is applied in
+/// order, and an entry that cannot be read ends the apply with its error after the ones
+/// before it, none after.
+#[test]
+fn apply_in_batches_applies_everything_in_order_and_stops_at_a_read_error() {
+    use fleetlm::raft::FleetRaft;
+    use openraft::entry::RaftEntry;
+    use openraft::testing::log_id;
+    type Entry = openraft::type_config::alias::EntryOf<FleetRaft>;
+    run(async || {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_state_machine(dir.path());
+        let put = PutContext::from_json(&json!({"token_budget": 100000}), &StoreLimits::default()).unwrap();
+        let append = |i: usize| Command::Append {
+            id: "ctx".into(),
+            message: msg(i),
+            if_version: None,
+            idempotency_key: None,
+            now: NOW.into(),
+        };
+        let mut entries = vec![Entry::new_normal(
+            log_id::<FleetRaft>(1, 1, 1),
+            Command::Put { id: "ctx".into(), put, now: NOW.into() },
+        )];
+        entries.extend((0..600).map(|i| Entry::new_normal(log_id::<FleetRaft>(1, 1, i as u64 + 2), append(i))));
+        let items: Vec<Result<_, std::io::Error>> = entries.into_iter().map(|e| Ok((e, None))).collect();
+        sm.apply(futures_util::stream::iter(items)).await.expect("apply");
+        assert_eq!(texts(&sm), (0..600).map(|i| format!("message {i}")).collect::<Vec<_>>());
+        assert_eq!(sm.applied().borrow().last_applied.unwrap().index, 601);
+
+        // 300 more, the 101st of them unreadable.
+        let items: Vec<Result<_, std::io::Error>> = (600..900)
+            .map(|i| match i {
+                700 => Err(std::io::Error::other("log entry 702 cannot be read")),
+                _ => Ok((Entry::new_normal(log_id::<FleetRaft>(1, 1, i as u64 + 2), append(i)), None)),
+            })
+            .collect();
+        let err = sm.apply(futures_util::stream::iter(items)).await.expect_err("the read error");
+        assert!(err.to_string().contains("702"), "{err}");
+        assert_eq!(last_seq(&sm), 700, "applied up to the entry before the unreadable one");
+        assert_eq!(sm.applied().borrow().last_applied.unwrap().index, 701);
+    });
+}

@@ -466,14 +466,21 @@ impl RaftStateMachine<C> for ShardStateMachine {
     {
         let mut applied_entries = 0usize;
         let mut batch = Vec::with_capacity(crate::config::APPLY_BATCH_ENTRIES);
+        // An entry that cannot be read ends the apply with its error, after the ones read
+        // before it (as when entries were applied one by one).
+        let mut failed = None;
         loop {
             while batch.len() < crate::config::APPLY_BATCH_ENTRIES {
                 match entries.next().await {
-                    Some(item) => batch.push(item?),
+                    Some(Ok(item)) => batch.push(item),
+                    Some(Err(e)) => {
+                        failed = Some(e);
+                        break;
+                    }
                     None => break,
                 }
             }
-            let full = batch.len() == crate::config::APPLY_BATCH_ENTRIES;
+            let full = batch.len() == crate::config::APPLY_BATCH_ENTRIES && failed.is_none();
             if batch.is_empty() {
                 break;
             }
@@ -528,7 +535,7 @@ impl RaftStateMachine<C> for ShardStateMachine {
             release_freed_heap();
         }
         self.start_writeback();
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
