@@ -485,6 +485,12 @@ pub const COLD_READ_WAIT_MAX_MS: u64 = 200;
 pub const COLD_READ_POLL_MIN_US: u64 = 100;
 pub const COLD_READ_POLL_MAX_US: u64 = 2_000;
 
+/// A read of a hot context that starts at least this many messages behind its newest
+/// (a replay from early on, a tail with a large offset) takes the cold path too: old
+/// history is likely out of memory though the context is in it. Reads near the end do
+/// not (checking each body's pages would cost a warm tail of 100 ≈ 50 µs).
+pub const COLD_READ_HISTORY_MIN_MESSAGES: u64 = 1024;
+
 /// Entries the state machine takes from openraft at a time: it asks for the checkpoint
 /// records of the cold contexts among them all at once (their disk reads overlap,
 /// instead of one page fault after the other on the core), and between two such

@@ -265,3 +265,33 @@ fn reads_of_contexts_on_disk_wait_off_the_core_and_answer_the_same() {
     assert_eq!(answers(&s), before, "answers after the restart, pages on disk");
     assert!(latency_count(&s, "read.cold_wait") > 0, "no read of a cold context waited for its pages");
 }
+
+/// A hot context's old history is likely out of memory though the context is in it: a
+/// replay from early on (at least `COLD_READ_HISTORY_MIN_MESSAGES` behind the newest)
+/// takes the cold path too, and answers the messages it holds.
+#[test]
+fn a_replay_of_a_hot_contexts_old_history_waits_off_the_core_and_answers_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Server::start(&data, &["--shards", "1"]);
+    assert_eq!(s.req("PUT", "/v1/contexts/h", r#"{"token_budget":100000}"#).status, 201);
+    for i in 1..=1200 {
+        let r = s.req("POST", "/v1/contexts/h/messages", &msg_body(&format!("h-{i} {}", "x".repeat(3000))));
+        assert_eq!(r.status, 201);
+    }
+    // (Read nothing before: a read maps the pages it touches, and mapped pages are not
+    // evicted.)
+    evict_bodies(&data);
+    let texts = |path: &str| -> Vec<String> {
+        let r = s.req("GET", path, "");
+        assert_eq!(r.status, 200, "{path}");
+        let j = r.json();
+        j["messages"].as_array().unwrap().iter().map(|m| m["parts"][0]["text"].as_str().unwrap().to_owned()).collect()
+    };
+    let want = |seqs: std::ops::RangeInclusive<usize>| -> Vec<String> {
+        seqs.map(|i| format!("h-{i} {}", "x".repeat(3000))).collect()
+    };
+    assert_eq!(texts("/v1/contexts/h/messages?from_seq=1&limit=60"), want(1..=60));
+    assert_eq!(texts("/v1/contexts/h/tail?offset=1100&limit=50"), want(51..=100));
+    assert!(latency_count(&s, "read.cold_wait") > 0, "no read of old history waited for its pages");
+}

@@ -47,7 +47,8 @@ pub(super) async fn read(
 }
 
 /// Answers from this replica's applied state without waiting for the disk on the core
-/// when the context is cold (after a restart every context is): its record, index
+/// when the context is cold (after a restart every context is), or when the read goes
+/// far back in a hot context's history: its record, index
 /// chunks and bodies are scattered pages that each would fault on the core, one after
 /// the other, holding every other request of the core behind them. So the answer is
 /// built from what is in memory (`ResidentOnly`); the pages it lacked are asked for at
@@ -68,7 +69,7 @@ async fn answer_without_waiting_on_core(
     for round in 0..COLD_READ_ROUNDS_MAX {
         let missing = {
             let applied = shard.state.applied().borrow();
-            if round == 0 && !applied.store.is_cold(call.context_id()) {
+            if round == 0 && !applied.store.is_cold(call.context_id()) && !reads_old_history(&applied, call) {
                 break;
             }
             let view = ResidentOnly::new(&applied.bodies);
@@ -102,6 +103,19 @@ async fn answer_without_waiting_on_core(
     }
     let applied = shard.state.applied().borrow();
     applied_state(&applied, &applied.bodies, call, limits, answers)
+}
+
+/// Whether `call` reads a hot context's history far behind its newest message (a replay
+/// from early on, a tail with a large offset): those pages are likely out of memory
+/// though the context is in it (`COLD_READ_HISTORY_MIN_MESSAGES`).
+fn reads_old_history(applied: &Applied, call: &ShardCall) -> bool {
+    let Ok(ctx) = applied.store.get(call.context_id(), &applied.bodies) else { return false };
+    let behind = match call {
+        ShardCall::Replay { from, .. } => ctx.last_seq().saturating_sub(ctx.replay_start(*from)),
+        ShardCall::Tail { offset, .. } => *offset,
+        _ => 0,
+    };
+    behind >= crate::config::COLD_READ_HISTORY_MIN_MESSAGES
 }
 
 /// Holds the bytes of a large answer on the node's budget before it is rendered, or
