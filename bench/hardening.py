@@ -260,23 +260,47 @@ def attack_metadata(port, stop, out):
         i += 1
 
 
-def attack_heavy_contexts(port, stop, out):
+def attack_heavy_contexts(port, stop, out, connections=1):
     """New contexts, each compacted to a ~900 KB summary (the summary's text goes to the
-    body store; memory keeps a reference per message)."""
+    body store; memory keeps a reference per message), from `connections` connections,
+    each as fast as it goes (a 429 is not waited out)."""
     replacement = json.dumps({"replacement": [{"role": "system", "parts": [{"type": "text",
                                                                           "text": "s" * 900_000}]}]}).encode()
-    i = 0
-    with socket.create_connection((HOST, port), timeout=30) as s:
-        while not stop.is_set():
-            ctx = f"heavy{i}"
-            i += 1
-            try:
-                request(s, "PUT", f"/v1/contexts/{ctx}", b'{"token_budget":100000000}')
-                request(s, "POST", f"/v1/contexts/{ctx}/compact", replacement)
-                out["compacted"] = out.get("compacted", 0) + 1
-            except (OSError, ConnectionError):
-                out["conn_error"] = out.get("conn_error", 0) + 1
-                return
+    # HEAVY_MB_PER_SEC paces each connection (to measure what a given byte rate costs
+    # the honest clients); unset: as fast as the connection goes.
+    rate = float(os.environ.get("HEAVY_MB_PER_SEC", "0")) * 1e6
+    lock = threading.Lock()
+
+    def count(key):
+        with lock:
+            out[key] = out.get(key, 0) + 1
+
+    def one(c):
+        i, t0 = 0, time.time()
+        try:
+            with socket.create_connection((HOST, port), timeout=30) as s:
+                while not stop.is_set():
+                    if rate > 0:
+                        ahead = t0 + i * len(replacement) / rate - time.time()
+                        if ahead > 0:
+                            time.sleep(ahead)
+                    ctx = f"heavy{c}-{i}"
+                    i += 1
+                    request(s, "PUT", f"/v1/contexts/{ctx}", b'{"token_budget":100000000}')
+                    st, _ = request(s, "POST", f"/v1/contexts/{ctx}/compact", replacement)
+                    count("compacted" if st == 200 else st)
+        except (OSError, ConnectionError):
+            count("conn_error")
+
+    threads = [threading.Thread(target=one, args=(c,)) for c in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def attack_heavy_contexts_8(port, stop, out):
+    attack_heavy_contexts(port, stop, out, connections=8)
 
 
 def attack_token_overflow(port, stop, out):
@@ -317,7 +341,7 @@ def main():
                   ("non-reader", attack_non_reader), ("idle-flood", attack_idle_flood),
                   ("peer-garbage", attack_peer_garbage), ("metadata-growth", attack_metadata),
                   ("token-overflow", attack_token_overflow), ("huge-window", attack_huge_window),
-                  ("heavy-contexts", attack_heavy_contexts)]
+                  ("heavy-contexts", attack_heavy_contexts), ("heavy-contexts-8", attack_heavy_contexts_8)]
         if "--phases" in sys.argv:
             # e.g. --phases quiet,heavy-contexts: the quiet phase first, as the baseline.
             wanted = sys.argv[sys.argv.index("--phases") + 1].split(",")

@@ -255,6 +255,12 @@ pub struct ServeLimits {
     /// written to their clients, node-wide; a read that would go past it gets 503
     /// (`crate::budget`): slow readers pin at most this much memory in all.
     pub response_buffer_max_bytes: usize,
+    /// Request bodies of `RATE_LIMITED_BODY_MIN_BYTES` and up the node lets through per
+    /// second (each core its share); faster, they wait, and past
+    /// `LARGE_BODY_WAIT_MAX_MS` get 429 `rate_limited` (`crate::api::byte_rate`: the
+    /// disk is shared, and a stream of large bodies delays every append's fsync).
+    /// 0: no limit.
+    pub large_body_bytes_per_sec: u64,
 }
 
 /// Live streams (`GET /v1/contexts/:id/stream`, `crate::shard::stream`).
@@ -318,6 +324,7 @@ impl Default for ServeLimits {
             disk_reserve_bytes: None,
             response_max_bytes: 16 << 20,
             response_buffer_max_bytes: 256 << 20,
+            large_body_bytes_per_sec: 4 << 20,
         }
     }
 }
@@ -395,6 +402,14 @@ impl Default for PeerLimits {
 pub const VALIDATE_OFF_CORE_MIN_BYTES: usize = 64 << 10;
 /// Large bodies waiting for an offload thread, per core; beyond, 503 with Retry-After.
 pub const OFFLOAD_QUEUE_PER_CORE: usize = 16;
+/// Request bodies at least this large count against `large_body_bytes_per_sec`
+/// (an LLM message of a few thousand tokens is under it; a pasted document, a tool's
+/// output or a compaction summary of hundreds of KB is over it).
+pub const RATE_LIMITED_BODY_MIN_BYTES: usize = 16 << 10;
+/// Longest a large body waits for its share of `large_body_bytes_per_sec`; one that
+/// would wait longer gets 429 at once. Bounds the bytes waiting per core to
+/// `rate × wait + one body`.
+pub const LARGE_BODY_WAIT_MAX_MS: u64 = 2_000;
 
 /// Descriptors kept out of the client-connection cap (`crate::node`): for the process
 /// (listeners, io_uring, the blocking pool, logs) and for each shard (its WAL and

@@ -141,6 +141,11 @@ struct ServeArgs {
     /// read that would go past it gets 503 until clients catch up.
     #[arg(long, env = "FLEETLM_RESPONSE_BUFFER_MAX_BYTES", default_value_t = ServeLimits::default().response_buffer_max_bytes)]
     response_buffer_max_bytes: usize,
+    /// Request bodies of 16 KiB and up let through per second, node-wide (each core its
+    /// share); faster, they wait up to 2 s, then get 429 rate_limited. Large bodies share
+    /// the disk with every append's fsync. 0: no limit.
+    #[arg(long, env = "FLEETLM_LARGE_BODY_BYTES_PER_SEC", default_value_t = ServeLimits::default().large_body_bytes_per_sec)]
+    large_body_bytes_per_sec: u64,
     /// Live streams one core serves (more → 429 too_many_streams).
     #[arg(long, env = "FLEETLM_STREAMS_MAX_PER_CORE", default_value_t = StreamLimits::default().subscribers_max_per_core)]
     streams_max_per_core: usize,
@@ -259,6 +264,7 @@ fn main() -> std::process::ExitCode {
             disk_reserve_bytes: a.disk_reserve_bytes,
             response_max_bytes: a.response_max_bytes,
             response_buffer_max_bytes: a.response_buffer_max_bytes,
+            large_body_bytes_per_sec: a.large_body_bytes_per_sec,
             ..ServeLimits::default()
         },
         // A WAL record holds one Raft entry: a command with a message of at most one

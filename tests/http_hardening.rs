@@ -257,3 +257,54 @@ fn answers_nobody_reads_are_bounded_node_wide() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// An append whose text is `bytes` long (a body over the rate-limited size).
+fn large_append(tag: &str, bytes: usize) -> String {
+    msg_body(&format!("{tag}{}", "z".repeat(bytes)))
+}
+
+#[test]
+fn large_bodies_are_paced_to_the_byte_rate() {
+    // 1 MiB/s on one core; the burst is one largest body (1 MiB).
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--cores", "1", "--large-body-bytes-per-sec", "1048576"]);
+    put(&s, "big", r#"{"token_budget":100000000}"#);
+    // 1 MiB goes at once, then 3 × 512 KiB are paid for at 1 MiB/s: from the first
+    // admission to the last start at least 1.5 s pass, however fast the machine.
+    let started = std::time::Instant::now();
+    for (i, bytes) in [1_000_000, 512 << 10, 512 << 10, 512 << 10].into_iter().enumerate() {
+        let r = s.req("POST", "/v1/contexts/big/messages", &large_append(&format!("{i}"), bytes));
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_millis(1_400), "4 large appends in {took:?}: not paced");
+    // Small bodies are not paced, and the node is ready.
+    assert_eq!(s.req("POST", "/v1/contexts/big/messages", &msg_body("small")).status, 201);
+    assert_eq!(s.req("GET", "/health/ready", "").status, 200);
+    let metrics = String::from_utf8(s.req("GET", "/metrics", "").body).unwrap();
+    let waited = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fleetlm_latency_microseconds_count{name=\"large_body.wait\"} "))
+        .expect("large_body.wait in /metrics");
+    assert!(waited.parse::<u64>().unwrap() >= 2, "{waited}");
+}
+
+#[test]
+fn large_bodies_past_the_longest_wait_get_429_with_retry_after() {
+    // 64 KiB/s: after one 1 MiB body (the burst), the next 1 MiB would wait ≈ 16 s,
+    // far past the 2 s wait limit, however long the first one took.
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &["--cores", "1", "--large-body-bytes-per-sec", "65536"]);
+    put(&s, "big", r#"{"token_budget":100000000}"#);
+    let first = s.req("POST", "/v1/contexts/big/messages", &large_append("a", 1_000_000));
+    assert_eq!(first.status, 201, "{}", String::from_utf8_lossy(&first.body));
+    let r = s.req("POST", "/v1/contexts/big/messages", &large_append("b", 1_000_000));
+    r.assert_error(429, "rate_limited");
+    let retry: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=16).contains(&retry), "Retry-After {retry}");
+    // Nothing of the refused body was stored; small appends go on.
+    let ok = s.req("POST", "/v1/contexts/big/messages", &msg_body("small"));
+    assert_eq!(ok.status, 201);
+    assert_eq!(ok.json()["seq"], 2, "{}", ok.json());
+    assert_eq!(s.req("GET", "/health/ready", "").status, 200);
+}

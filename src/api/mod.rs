@@ -2,6 +2,7 @@
 //! (`routes`), input validation into calls (`build`), and `handle`, which the HTTP
 //! connection loop calls for every request; the calls run in `crate::shard`.
 pub mod build;
+pub mod byte_rate;
 pub mod openapi;
 pub mod routes;
 pub mod stream_token;
@@ -244,6 +245,12 @@ async fn route(req: &Request, segments: &[&str], resolved: Resolved<'_>, core: &
                 Err(resp) => return resp,
             };
             let started = std::time::Instant::now();
+            if op.stores_body()
+                && let Err(refused) = pace_large_body(core, req, started).await
+            {
+                crate::metrics::record_since(histogram, started);
+                return refused;
+            }
             let built = if req.body.len() >= crate::config::VALIDATE_OFF_CORE_MIN_BYTES {
                 build_call_off_core(core, op, id, req).await
             } else {
@@ -256,6 +263,29 @@ async fn route(req: &Request, segments: &[&str], resolved: Resolved<'_>, core: &
             crate::metrics::record_since(histogram, started);
             resp
         }
+    }
+}
+
+/// Waits for this core's share of the large-body byte rate (`byte_rate`), or refuses
+/// with 429 when the wait would be longer than `LARGE_BODY_WAIT_MAX_MS`.
+async fn pace_large_body(core: &CoreCtx, req: &Request, now: std::time::Instant) -> Result<(), Response> {
+    if req.body.len() < crate::config::RATE_LIMITED_BODY_MIN_BYTES {
+        return Ok(());
+    }
+    let admit = core.large_bodies.borrow_mut().admit(now, req.body.len() as u64);
+    match admit {
+        byte_rate::Admit::Now => Ok(()),
+        byte_rate::Admit::After(wait) => {
+            glommio::timer::sleep(wait).await;
+            crate::metrics::record("large_body.wait", wait.as_micros() as u64);
+            Ok(())
+        }
+        byte_rate::Admit::Refused { retry_after } => Err(Response::error(
+            429,
+            "rate_limited",
+            "large request bodies are arriving faster than this node's --large-body-bytes-per-sec: retry later",
+        )
+        .with_header("Retry-After", byte_rate::retry_after_secs(retry_after).to_string())),
     }
 }
 

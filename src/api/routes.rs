@@ -61,6 +61,12 @@ impl Op {
         self.names().1
     }
 
+    /// Stores what its body holds (a message, a summary, metadata): its large bodies
+    /// count against the node's byte rate (`crate::api::byte_rate`).
+    pub fn stores_body(self) -> bool {
+        matches!(self, Op::PutContext | Op::PatchMetadata | Op::Append | Op::Compact)
+    }
+
     /// Needs the API key (when the node has one): every `/v1` route.
     pub fn needs_auth(self) -> bool {
         !matches!(self, Op::HealthLive | Op::HealthReady | Op::Metrics | Op::OpenApi)

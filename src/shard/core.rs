@@ -126,6 +126,8 @@ pub struct CoreCtx {
     pub offload: Arc<crate::offload::Offload>,
     /// The node's budget of large answers rendered and not yet written.
     pub answers: Arc<crate::budget::Budget>,
+    /// This core's share of `large_body_bytes_per_sec` (`crate::api::byte_rate`).
+    pub large_bodies: RefCell<crate::api::byte_rate::ByteRate>,
     /// Multiplexed connections for forwarding calls to leaders.
     forwarder: Forwarder,
     /// Refuses writes while the data disk is nearly full.
@@ -172,6 +174,12 @@ impl CoreCtx {
             record_payload_max_bytes: config.wal.record_payload_max_bytes as usize,
             offload,
             answers,
+            large_bodies: RefCell::new(crate::api::byte_rate::ByteRate::new(
+                config.serve.large_body_bytes_per_sec.div_ceil(config.cores.max(1) as u64),
+                // Any one body the server accepts passes an idle limiter.
+                config.http.body_max_bytes as u64,
+                Duration::from_millis(crate::config::LARGE_BODY_WAIT_MAX_MS),
+            )),
             forwarder: Forwarder::new(config.peer.clone()),
             disk: DiskGuard::new(
                 config.data_dir.clone(),
