@@ -214,6 +214,71 @@ fn skip_parts_drops_tool_messages_then_keeps_the_newest() {
     assert_eq!(w["needs_compaction"], false);
 }
 
+/// Bodies that count the reads made of them.
+#[derive(Default)]
+struct CountingBodies {
+    inner: MemBodies,
+    reads: std::cell::Cell<u64>,
+}
+
+impl fleetlm::store::Bodies for CountingBodies {
+    fn append(&mut self, json: &[u8]) -> Result<fleetlm::store::BodyRef, fleetlm::store::BodiesError> {
+        self.inner.append(json)
+    }
+    fn get(&self, r: fleetlm::store::BodyRef) -> Result<&[u8], fleetlm::store::BodiesError> {
+        self.reads.set(self.reads.get() + 1);
+        self.inner.get(r)
+    }
+}
+
+/// Regression (issue #12): a skip_parts context whose messages were all skipped made
+/// every append walk the whole window again, O(n) per append on every replica. Each
+/// append now reads a bounded number of bodies, however long the log.
+#[test]
+fn skip_parts_appends_cost_bounded_reads_when_every_message_is_skipped() {
+    let mut store = Store::new(limits());
+    let mut bodies = CountingBodies::default();
+    let put = PutContext::from_json(
+        &json!({"token_budget": 4, "trigger_ratio": 1.0, "policy": {"strategy":"skip_parts","config":{"limit":100000}}}),
+        &limits(),
+    )
+    .unwrap();
+    store.apply(Command::Put { id: "c".into(), put, now: NOW.into() }, &mut bodies).unwrap().unwrap();
+    let tool = || {
+        NewMessage::from_json(
+            &json!({"role":"assistant","parts":[{"type":"tool_call","x":1}],"token_count":1}),
+            false,
+            &limits(),
+        )
+        .unwrap()
+    };
+    let mut most_reads = 0;
+    for i in 0..4000u64 {
+        let before = bodies.reads.get();
+        let cmd = Command::Append {
+            id: "c".into(),
+            message: tool(),
+            if_version: None,
+            idempotency_key: None,
+            now: NOW.into(),
+        };
+        let done = store.apply(cmd, &mut bodies).unwrap().unwrap();
+        assert!(matches!(done, Outcome::Appended(ref a) if a.seq == i + 1), "{done:?}");
+        if i >= 100 {
+            most_reads = most_reads.max(bodies.reads.get() - before);
+        }
+    }
+    // Each append reads its own message's parts (to skip it) and the message index's
+    // chunks on the way (they are in the body store too: a few levels); a walk of the
+    // window would read thousands by the end.
+    assert!(most_reads <= 16, "an append read {most_reads} bodies");
+    let per_append = bodies.reads.get() as f64 / 4000.0;
+    assert!(per_append <= 4.0, "{per_append} reads per append on average");
+    let w: Value = serde_json::from_slice(&store.get("c", &bodies).unwrap().window_json(4, &bodies).unwrap()).unwrap();
+    let kept = w["messages"].as_array().unwrap().len();
+    assert_eq!(kept, 0, "every message is skipped: {kept} kept");
+}
+
 #[test]
 fn manual_policy_flags_compaction_and_compact_replaces_the_window() {
     let mut s = S::new(limits());
