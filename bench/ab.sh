@@ -7,6 +7,7 @@
 #   cargo build --release && cp target/release/fleetlm /tmp/fl-b
 #   bench/ab.sh /tmp/fl-a /tmp/fl-b
 #   ROUNDS=5 SECS=8 bench/ab.sh /tmp/fl-a FLEETLM_LOG=warn:/tmp/fl-b   # ENV=V[,ENV=V]:binary
+#   bench/ab.sh /tmp/fl FLEETLM_CORE_LISTEN=127.0.0.1:4410,SHARD_AWARE=1:/tmp/fl   # shard-aware client
 #
 # Each round runs every spec once, in order, on a fresh data dir: loadgen, 50
 # connections (CONNS), 200-byte appends, 1000 contexts. Prints one line per run
@@ -29,14 +30,17 @@ for r in $(seq 1 "$ROUNDS"); do
   for i in $(seq 1 $#); do
     spec=${!i}
     envs=""; bin=$spec
-    if [[ $spec == *:* ]]; then envs=${spec%%:*}; bin=${spec#*:}; fi
+    if [[ $spec == *:* ]]; then envs=${spec%:*}; bin=${spec##*:}; fi
     rm -rf "$scratch/data"
     # shellcheck disable=SC2086
     env ${envs//,/ } "$bin" serve --listen "127.0.0.1:$PORT" --data-dir "$scratch/data" >"$scratch/server.log" 2>&1 &
     FL_PID=$!
     for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.05; done
+    # A spec with SHARD_AWARE=1 (and FLEETLM_CORE_LISTEN for the server) drives the
+    # per-core ports: each connection sends only its core's contexts.
+    aware=""; [[ ",$envs," == *,SHARD_AWARE=1,* ]] && aware=--shard-aware
     ./target/release/loadgen --addr "127.0.0.1:$PORT" --connections "$CONNS" --contexts 1000 --secs "$SECS" \
-      --message-bytes 200 --mix append=1 --server-pid "$FL_PID" >"$scratch/run-$r-$i.json"
+      --message-bytes 200 --mix append=1 --server-pid "$FL_PID" $aware >"$scratch/run-$r-$i.json"
     kill -9 "$FL_PID"; wait "$FL_PID" 2>/dev/null || true; FL_PID=
     python3 - "$scratch/run-$r-$i.json" "$spec" "$r" <<'PY'
 import json, sys

@@ -11,6 +11,10 @@
 #    at 1, 10 and 50 connections.
 # Only loopback, bounded in time; everything stops by itself.
 #
+#   SHARD_AWARE=1 OUT=/tmp/aware.md bench/single-node.sh   # a shard-aware client: the
+#       server gets --core-listen, loadgen --shard-aware (each connection sends only the
+#       contexts of its core, to that core's port)
+#
 #   bench/single-node.sh --sweep    # writes bench/results/shard-sweep.md instead
 #   SHARDS="1 2 4 16 64" BASE=/tmp/fleetlm-before bench/single-node.sh --sweep
 #
@@ -26,6 +30,12 @@ ROUNDS=${ROUNDS:-3}
 PORT=${PORT:-4400}
 REDIS_PORT=${REDIS_PORT:-6390}
 scratch=target/bench-single
+OUT=${OUT:-bench/results/single-node.md}
+LG_AWARE=""
+if [ "${SHARD_AWARE:-0}" = 1 ]; then
+  FL_ARGS="${FL_ARGS:-} --core-listen 127.0.0.1:$((PORT + 10))"
+  LG_AWARE=--shard-aware
+fi
 rm -rf "$scratch" && mkdir -p "$scratch" bench/results
 
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
@@ -103,7 +113,7 @@ for r in $(seq 1 "$ROUNDS"); do
   echo "== round $r/$ROUNDS: FleetLM appends (${SECS}s)" >&2
   start_fleetlm "$scratch/data-$r"
   ./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 50 --contexts 1000 --secs "$SECS" \
-    --message-bytes 200 --mix append=1 --server-pid "$FL_PID" >"$scratch/fleetlm-append-$r.json"
+    --message-bytes 200 --mix append=1 --server-pid "$FL_PID" $LG_AWARE >"$scratch/fleetlm-append-$r.json"
   RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$FL_PID/status")
   kill -9 $FL_PID; wait $FL_PID 2>/dev/null || true; FL_PID=
   rm -rf "$scratch/data-$r"
@@ -124,7 +134,8 @@ done
 kill -9 $FL_PID; FL_PID=
 
 # The 1M-message section comes from bench/load-1m.sh (a separate, longer run): keep it.
-kept=$(sed -n '/^## After 1,000,000/,$p' bench/results/single-node.md 2>/dev/null || true)
-python3 bench/single_node_report.py "$scratch" "$RSS_KB" "$ROUNDS" "bench/single-node.sh (SECS=$SECS ROUNDS=$ROUNDS)" >bench/results/single-node.md
-if [ -n "$kept" ]; then printf '\n%s\n' "$kept" >>bench/results/single-node.md; fi
-cat bench/results/single-node.md
+kept=$(sed -n '/^## After 1,000,000/,$p' "$OUT" 2>/dev/null || true)
+python3 bench/single_node_report.py "$scratch" "$RSS_KB" "$ROUNDS" \
+  "${SHARD_AWARE:+SHARD_AWARE=$SHARD_AWARE }bench/single-node.sh (SECS=$SECS ROUNDS=$ROUNDS)" >"$OUT"
+if [ -n "$kept" ]; then printf '\n%s\n' "$kept" >>"$OUT"; fi
+cat "$OUT"

@@ -22,6 +22,10 @@ pub struct ServerConfig {
     /// Where other nodes reach this one: core `c` listens on this port + `c`. `None`:
     /// a single node that no peer can reach.
     pub peer_listen: Option<SocketAddr>,
+    /// Shard-aware HTTP ports: core `c` also accepts clients on this port + `c`, so that
+    /// a client that sends each context's requests to its core's port saves the
+    /// cross-core hop (`GET /v1/cluster` says how to compute it). `None`: only `listen`.
+    pub core_listen: Option<SocketAddr>,
     /// The initial members (node id → peer address), this node included. Empty: a
     /// cluster of one. A node not listed here waits to be added
     /// (`POST /v1/cluster/members`).

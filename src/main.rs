@@ -33,6 +33,11 @@ struct ServeArgs {
     /// Needed for a cluster; without it the node is a cluster of one.
     #[arg(long, env = "FLEETLM_PEER_LISTEN")]
     peer_listen: Option<SocketAddr>,
+    /// Shard-aware HTTP ports: core c also serves clients on this port + c. A client
+    /// that sends each context's requests to the port of the core that owns it (see
+    /// `GET /v1/cluster`, "routing") saves a hop between cores.
+    #[arg(long, env = "FLEETLM_CORE_LISTEN")]
+    core_listen: Option<SocketAddr>,
     /// The initial members, this node included: `1=10.0.0.1:5000,2=10.0.0.2:5000,…`
     /// (their peer addresses). Every listed node forms the cluster the first time; a node
     /// not listed waits to be added with `POST /v1/cluster/members`.
@@ -241,6 +246,7 @@ fn main() -> std::process::ExitCode {
         body_segment_size_bytes: a.body_segment_size_bytes,
         node_id: a.node_id,
         peer_listen: a.peer_listen,
+        core_listen: a.core_listen,
         peers: a.peers.unwrap_or_default(),
         api_key: a.api_key,
         http: HttpLimits {

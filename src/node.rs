@@ -125,15 +125,19 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     if let Some(base) = config.peer_listen {
         ports.extend((0..cores).map(|c| core_port_addr(base, c)));
     }
-    // The HTTP port among the peer ports (port + core) would share its connections with
-    // a peer listener (SO_REUSEPORT): every other client connection would be dropped.
+    if let Some(base) = config.core_listen {
+        ports.extend((0..cores).map(|c| core_port_addr(base, c)));
+    }
+    // Two of these ports the same would share connections between two listeners
+    // (SO_REUSEPORT): every other connection would reach the wrong one.
     let mut distinct = ports.clone();
     distinct.sort_unstable();
     distinct.dedup();
     if distinct.len() < ports.len() {
         return Err(ServeError::Port(
             config.listen,
-            "the HTTP port is one of the peer ports (--peer-listen + core)".into(),
+            "the HTTP port, the peer ports (--peer-listen + core) and the core ports (--core-listen + core) overlap"
+                .into(),
         ));
     }
     // A bind probe cannot tell (connections in TIME_WAIT of our own previous run block
@@ -289,9 +293,28 @@ async fn run_core(
     let listener =
         glommio::net::TcpListener::bind(config.listen).map_err(|e| format!("bind {}: {e}", config.listen))?;
     let http = Rc::new(config.http.clone());
+    // Connections of this core, from either port (one cap for both).
     let open = Rc::new(std::cell::Cell::new(0usize));
+    if let Some(base) = config.core_listen {
+        let addr = core_port_addr(base, core);
+        let own = glommio::net::TcpListener::bind(addr).map_err(|e| format!("bind core port {addr}: {e}"))?;
+        glommio::spawn_local(accept_clients(own, ctx.clone(), http.clone(), open.clone(), format!("core {core} port")))
+            .detach();
+    }
+    accept_clients(listener, ctx, http, open, format!("core {core}")).await;
+    Ok(())
+}
+
+/// Serves the client connections of `listener` on this core, while it has fewer than
+/// `connections_max_per_core` (counted in `open`, shared by the core's listeners).
+async fn accept_clients(
+    listener: glommio::net::TcpListener,
+    ctx: Rc<CoreCtx>,
+    http: Rc<crate::config::HttpLimits>,
+    open: Rc<std::cell::Cell<usize>>,
+    what: String,
+) {
     let mut pacing = crate::accept::AcceptPacing::default();
-    let what = format!("core {core}");
     loop {
         let stream = crate::accept::next_connection(&listener, &mut pacing, &what).await;
         if open.get() >= http.connections_max_per_core {

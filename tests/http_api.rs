@@ -290,3 +290,57 @@ fn metrics_count_requests_by_route_and_status_without_the_api_key() {
     }
     assert_eq!(s.req("POST", "/metrics", "").status, 405);
 }
+
+/// The routing rule of `GET /v1/cluster`, written out here as a client would (FNV-1a 64
+/// of the id's bytes mod the shard count, then mod the cores).
+fn core_of_context(id: &str, shards: u64, cores: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in id.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % shards) % cores
+}
+
+#[test]
+fn per_core_ports_serve_their_contexts_and_the_routing_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::free_ports(2);
+    let core_listen = format!("127.0.0.1:{base}");
+    let s = Server::start(&dir.path().join("data"), &["--cores", "2", "--shards", "4", "--core-listen", &core_listen]);
+    let routing = s.req("GET", "/v1/cluster", "").json()["routing"].clone();
+    assert_eq!(routing["core_listen"], json!(core_listen), "{routing}");
+    assert_eq!((routing["shard_count"].as_u64(), routing["cores"].as_u64()), (Some(4), Some(2)), "{routing}");
+    let port_of = |id: &str| base + core_of_context(id, 4, 2) as u16;
+    let mut on_core = [0; 2];
+    for i in 0..8 {
+        let id = format!("ctx-{i}");
+        let own = port_of(&id);
+        on_core[usize::from(own - base)] += 1;
+        let put = request(own, "PUT", &format!("/v1/contexts/{id}"), &[], br#"{"token_budget":1000}"#);
+        assert_eq!(put.status, 201, "{}", String::from_utf8_lossy(&put.body));
+        let body = msg_body(&format!("hello {i}"));
+        let appended = request(own, "POST", &format!("/v1/contexts/{id}/messages"), &[], body.as_bytes());
+        assert_eq!(appended.status, 201);
+        // The other core's port serves it too (across cores), and so does the shared port.
+        let other = base + (1 - (own - base));
+        let tail = request(other, "GET", &format!("/v1/contexts/{id}/tail?limit=1"), &[], b"");
+        assert_eq!(tail.json()["messages"][0]["parts"][0]["text"], json!(format!("hello {i}")));
+        assert_eq!(s.req("GET", &format!("/v1/contexts/{id}"), "").json()["last_seq"], 1);
+    }
+    assert!(on_core.iter().all(|&n| n > 0), "the 8 contexts all hash to one core: {on_core:?}");
+}
+
+#[test]
+fn core_ports_that_overlap_the_http_port_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_ports(3);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetlm"))
+        .args(["serve", "--cores", "2", "--listen", &format!("127.0.0.1:{}", port + 1), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--core-listen", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("overlap"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
+use fleetlm::shard::placement::{core_of, shard_of};
 use glommio::LocalExecutorBuilder;
 use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
@@ -54,6 +55,29 @@ struct Args {
     /// throughput on a machine where client and server share the cores.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Shard-aware: read the routing from `GET /v1/cluster` of the first address; each
+    /// connection goes to one core's own port (`--core-listen` of the server) and
+    /// sends only requests for the contexts that core owns, so none crosses cores.
+    #[arg(long)]
+    shard_aware: bool,
+}
+
+/// The server's routing (`GET /v1/cluster`, "routing"): shard count, cores, and the
+/// base of its per-core ports.
+fn routing(addr: SocketAddr) -> Result<(u32, usize, SocketAddr)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.write_all(b"GET /v1/cluster HTTP/1.1\r\nHost: loadgen\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let at = raw.windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP head")? + 4;
+    let v: serde_json::Value = serde_json::from_slice(&raw[at..]).context("GET /v1/cluster is not JSON")?;
+    let r = &v["routing"];
+    let shards = r["shard_count"].as_u64().context("routing.shard_count")? as u32;
+    let cores = r["cores"].as_u64().context("routing.cores")? as usize;
+    let base: SocketAddr =
+        r["core_listen"].as_str().context("the server has no per-core ports (start it with --core-listen)")?.parse()?;
+    Ok((shards, cores, base))
 }
 
 /// CPU seconds (user + system, all threads) that process `pid` has used.
@@ -163,11 +187,29 @@ async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
     let total_weight: u32 = mix.iter().map(|m| m.1).sum();
     let text = "x".repeat(args.message_bytes);
     let body = format!(r#"{{"message":{{"role":"user","parts":[{{"type":"text","text":"{text}"}}]}}}}"#);
+    // Shard-aware: per core, its port and the contexts it owns.
+    let by_core: Option<Vec<(SocketAddr, Vec<usize>)>> = if args.shard_aware {
+        let (shards, cores, base) = routing(args.addr[0])?;
+        let mut owned = vec![Vec::new(); cores];
+        for c in 0..args.contexts {
+            owned[core_of(shard_of(&format!("ctx-{c}"), shards), cores)].push(c);
+        }
+        Some(
+            owned
+                .into_iter()
+                .enumerate()
+                .map(|(core, ctxs)| (SocketAddr::new(base.ip(), base.port() + core as u16), ctxs))
+                .collect(),
+        )
+    } else {
+        None
+    };
     let mut tasks = Vec::new();
     for t in 0..args.connections {
         let (args, mix, stats, body) = (args.clone(), mix.clone(), stats.clone(), body.clone());
+        let own = by_core.as_ref().map(|b| b[t % b.len()].clone()).filter(|(_, ctxs)| !ctxs.is_empty());
         tasks.push(glommio::spawn_local(async move {
-            let addr = args.addr[t % args.addr.len()];
+            let addr = own.as_ref().map_or(args.addr[t % args.addr.len()], |o| o.0);
             let mut conn = TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?;
             let mut buf = Vec::new();
             let mut rng: u64 = 0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1);
@@ -179,7 +221,10 @@ async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
-                let c = (rng >> 16) as usize % args.contexts;
+                let c = match &own {
+                    Some((_, ctxs)) => ctxs[(rng >> 16) as usize % ctxs.len()],
+                    None => (rng >> 16) as usize % args.contexts,
+                };
                 let mut pick = (rng % u64::from(total_weight)) as u32;
                 let op = mix
                     .iter()

@@ -51,7 +51,14 @@ async fn cluster(core: &CoreCtx) -> Response {
         .flat_map(|s| s["voters"].as_array().cloned().unwrap_or_default())
         .filter_map(|v| v.as_u64())
         .collect();
-    Response::json(200, &json!({"node_id": core.node_id, "members": members, "shards": shards}))
+    let routing = json!({
+        "shard_count": core.shard_count,
+        "cores": core.cores,
+        "core_listen": core.core_listen.map(|a| a.to_string()),
+        "rule": "shard = FNV-1a 64 of the context id's UTF-8 bytes mod shard_count; core = shard mod cores; \
+                 that core's port = core_listen's port + core",
+    });
+    Response::json(200, &json!({"node_id": core.node_id, "members": members, "shards": shards, "routing": routing}))
 }
 
 /// Runs one membership change on every shard (each on its leader) and reports them.

@@ -117,6 +117,8 @@ pub struct CoreCtx {
     /// A write to a client that makes no progress for this long fails (HTTP and streams).
     pub client_write_timeout_ms: u64,
     pub api_key: Option<String>,
+    /// This node's shard-aware HTTP ports (core `c`: this port + `c`), if any.
+    pub core_listen: Option<std::net::SocketAddr>,
     pub ready: Arc<Readiness>,
     /// This node's message-body segment size (snapshots must match it).
     pub body_segment_size_bytes: u64,
@@ -169,6 +171,7 @@ impl CoreCtx {
             stream_limits: config.stream.clone(),
             client_write_timeout_ms: config.http.write_timeout_ms,
             api_key: config.api_key.clone(),
+            core_listen: config.core_listen,
             ready,
             body_segment_size_bytes: config.body_segment_size_bytes.unwrap_or(crate::config::BODY_SEGMENT_SIZE_BYTES),
             record_payload_max_bytes: config.wal.record_payload_max_bytes as usize,
