@@ -16,13 +16,23 @@
 #    survivor. ROUNDS times.
 # The report gives each round's ratios and their median, and the CPU steal (time the
 # hypervisor took) of every run.
-# Everything on 127.0.0.1, bounded in time, stops by itself.
+# With SHARD_AWARE=1 every FleetLM run uses a shard-aware client (`loadgen
+# --shard-aware` against `--core-listen` ports: each connection sends only the contexts
+# whose shard is led by its node and core), and the report goes to OUT (default
+# bench/results/cluster.md). Everything on 127.0.0.1, bounded in time, stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-10}
 ROUNDS=${ROUNDS:-3}
 PORT=${PORT:-4400}
 scratch=target/bench-cluster
+OUT=${OUT:-bench/results/cluster.md}
+SINGLE_ARGS=""; LG_AWARE=""
+if [ "${SHARD_AWARE:-0}" = 1 ]; then
+  export CORE_PORTS=1
+  SINGLE_ARGS="--core-listen 127.0.0.1:$((PORT + 10))"
+  LG_AWARE=--shard-aware
+fi
 rm -rf "$scratch" && mkdir -p "$scratch" bench/results
 cargo build --release --bin fleetlm --bin loadgen
 
@@ -40,18 +50,19 @@ bench/cluster.sh clean >/dev/null
 for r in $(seq 1 "$ROUNDS"); do
   echo "== round $r: single node appends (${SECS}s)" >&2
   rm -rf "$scratch/single"
-  ./target/release/fleetlm serve --listen "127.0.0.1:$PORT" --data-dir "$scratch/single" >"$scratch/single.log" 2>&1 &
+  # shellcheck disable=SC2086
+  ./target/release/fleetlm serve --listen "127.0.0.1:$PORT" --data-dir "$scratch/single" $SINGLE_ARGS >"$scratch/single.log" 2>&1 &
   FL_PID=$!
   for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.05; done
   ./target/release/loadgen --addr "127.0.0.1:$PORT" --connections 50 --contexts 1000 --secs "$SECS" \
-    --message-bytes 200 --mix append=1 >"$scratch/single-$r.json"
+    --message-bytes 200 --mix append=1 $LG_AWARE >"$scratch/single-$r.json"
   kill -9 "$FL_PID"; wait "$FL_PID" 2>/dev/null || true; FL_PID=
   for shards in 4 2; do
     echo "== round $r: 3-node cluster appends, $shards shards (${SECS}s)" >&2
     bench/cluster.sh clean >/dev/null
     SHARDS=$shards bench/cluster.sh up 3 >"$scratch/urls"
     ./target/release/loadgen --addr 127.0.0.1:4001,127.0.0.1:4002,127.0.0.1:4003 --connections 50 --contexts 1000 \
-      --secs "$SECS" --message-bytes 200 --mix append=1 >"$scratch/cluster-$shards-$r.json"
+      --secs "$SECS" --message-bytes 200 --mix append=1 $LG_AWARE >"$scratch/cluster-$shards-$r.json"
   done
 done
 # The last round's 2-shard cluster is still up: failover.py uses it.
@@ -62,7 +73,8 @@ SHARDS=2 python3 bench/failover.py "$ROUNDS" >"$scratch/failover.json"
 bench/cluster.sh clean >/dev/null
 
 # The table of earlier runs is kept by hand (add this run's row to it): keep it.
-kept=$(sed -n '/^## Spread over repeated runs/,$p' bench/results/cluster.md 2>/dev/null || true)
-python3 bench/cluster_report.py "$scratch" "bench/cluster-bench.sh (SECS=$SECS ROUNDS=$ROUNDS)" >bench/results/cluster.md
-if [ -n "$kept" ]; then printf '\n%s\n' "$kept" >>bench/results/cluster.md; fi
-cat bench/results/cluster.md
+kept=$(sed -n '/^## Spread over repeated runs/,$p' "$OUT" 2>/dev/null || true)
+python3 bench/cluster_report.py "$scratch" \
+  "${SHARD_AWARE:+SHARD_AWARE=$SHARD_AWARE }bench/cluster-bench.sh (SECS=$SECS ROUNDS=$ROUNDS)" >"$OUT"
+if [ -n "$kept" ]; then printf '\n%s\n' "$kept" >>"$OUT"; fi
+cat "$OUT"

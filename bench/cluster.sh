@@ -17,7 +17,9 @@
 # SHARDS (default: the server's own, 2 × CORES — 2 shards per node at CORES=1, the density
 # of a default single node; the shard count is fixed when a data dir is created), EXTRA_ARGS (more `fleetlm serve` flags), BIN (default
 # target/release/fleetlm), LATENCY_DIR (node I writes its latency interval log to
-# $LATENCY_DIR/nodeI.hlog). The nodes share a cluster secret made at the first `up`
+# $LATENCY_DIR/nodeI.hlog), CORE_PORTS=1 (node I also serves clients on per-core ports
+# 127.0.0.1:$((HTTP_BASE+100+10*I)) + core, `--core-listen`, for shard-aware clients).
+# The nodes share a cluster secret made at the first `up`
 # (bench/.cluster/secret), or FLEETLM_CLUSTER_SECRET if set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +39,7 @@ cluster_secret() {
 }
 
 http_port() { echo $((HTTP_BASE + $1)); }
+core_ports_arg() { [ "${CORE_PORTS:-0}" = 1 ] && echo "--core-listen 127.0.0.1:$((HTTP_BASE + 100 + 10 * $1))"; true; }
 peer_port() { echo $((PEER_BASE + 10 * $1)); }
 
 nodes_file="$DIR/nodes"
@@ -65,7 +68,7 @@ start_node() {
   FLEETLM_CLUSTER_SECRET=$secret nohup "$BIN" serve --node-id "$i" --listen "127.0.0.1:$(http_port "$i")" \
     --peer-listen "127.0.0.1:$(peer_port "$i")" --peers "$(peers_arg "$n")" \
     --data-dir "$DIR/node$i" --cores "$CORES" ${SHARDS:+--shards "$SHARDS"} --first-cpu $(((i - 1) * CORES % $(nproc))) \
-    $latency $EXTRA_ARGS \
+    $latency $(core_ports_arg "$i") $EXTRA_ARGS \
     >>"$DIR/node$i.log" 2>&1 </dev/null &
   echo $! >"$DIR/node$i.pid"
 }

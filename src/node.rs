@@ -134,11 +134,14 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     distinct.sort_unstable();
     distinct.dedup();
     if distinct.len() < ports.len() {
-        return Err(ServeError::Port(
-            config.listen,
+        let peer_ports: Vec<SocketAddr> =
+            config.peer_listen.map(|base| (0..cores).map(|c| core_port_addr(base, c)).collect()).unwrap_or_default();
+        let why = if peer_ports.contains(&config.listen) {
+            "the HTTP port is one of the peer ports (--peer-listen + core)"
+        } else {
             "the HTTP port, the peer ports (--peer-listen + core) and the core ports (--core-listen + core) overlap"
-                .into(),
-        ));
+        };
+        return Err(ServeError::Port(config.listen, why.into()));
     }
     // A bind probe cannot tell (connections in TIME_WAIT of our own previous run block
     // a plain bind); a live listener is found by connecting to it.

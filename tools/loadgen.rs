@@ -55,29 +55,59 @@ struct Args {
     /// throughput on a machine where client and server share the cores.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Shard-aware: read the routing from `GET /v1/cluster` of the first address; each
-    /// connection goes to one core's own port (`--core-listen` of the server) and
-    /// sends only requests for the contexts that core owns, so none crosses cores.
+    /// Shard-aware: read the routing from `GET /v1/cluster` of every address (each
+    /// node's per-core ports; the shards' leaders from the first); each connection goes
+    /// to one core's own port (`--core-listen`) of the node leading its shards and sends
+    /// only requests for those contexts, so none crosses cores or nodes (while the
+    /// leaders stay where they were).
     #[arg(long)]
     shard_aware: bool,
 }
 
-/// The server's routing (`GET /v1/cluster`, "routing"): shard count, cores, and the
-/// base of its per-core ports.
-fn routing(addr: SocketAddr) -> Result<(u32, usize, SocketAddr)> {
+/// `GET /v1/cluster` of one node, as JSON.
+fn cluster_view(addr: SocketAddr) -> Result<serde_json::Value> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
     s.write_all(b"GET /v1/cluster HTTP/1.1\r\nHost: loadgen\r\nConnection: close\r\n\r\n")?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let at = raw.windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP head")? + 4;
-    let v: serde_json::Value = serde_json::from_slice(&raw[at..]).context("GET /v1/cluster is not JSON")?;
-    let r = &v["routing"];
-    let shards = r["shard_count"].as_u64().context("routing.shard_count")? as u32;
-    let cores = r["cores"].as_u64().context("routing.cores")? as usize;
-    let base: SocketAddr =
-        r["core_listen"].as_str().context("the server has no per-core ports (start it with --core-listen)")?.parse()?;
-    Ok((shards, cores, base))
+    serde_json::from_slice(&raw[at..]).context("GET /v1/cluster is not JSON")
+}
+
+/// Shard-aware routing over the nodes of `addrs`: for each (node, core) port that
+/// leads shards now, the contexts of those shards (`ctx-0 …`). Each node's `routing`
+/// gives its cores and per-core ports; the first node's view gives the shards' leaders.
+fn shard_aware_targets(addrs: &[SocketAddr], contexts: usize) -> Result<Vec<(SocketAddr, Vec<usize>)>> {
+    let mut ports = BTreeMap::new(); // node id → (cores, base of its core ports)
+    let mut first = None;
+    for &addr in addrs {
+        let v = cluster_view(addr)?;
+        let node = v["node_id"].as_u64().context("node_id")?;
+        let r = &v["routing"];
+        let cores = r["cores"].as_u64().context("routing.cores")? as u32;
+        let base: SocketAddr = r["core_listen"]
+            .as_str()
+            .with_context(|| format!("{addr} has no per-core ports (start it with --core-listen)"))?
+            .parse()?;
+        ports.insert(node, (cores, base));
+        first.get_or_insert(v);
+    }
+    let first = first.context("no address")?;
+    let shards = first["routing"]["shard_count"].as_u64().context("routing.shard_count")? as u32;
+    let mut by_target: BTreeMap<SocketAddr, Vec<usize>> = BTreeMap::new();
+    for c in 0..contexts {
+        let shard = shard_of(&format!("ctx-{c}"), shards);
+        let leader = first["shards"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["shard"].as_u64() == Some(u64::from(shard))))
+            .and_then(|s| s["leader"].as_u64())
+            .with_context(|| format!("shard {shard} has no leader now"))?;
+        let (cores, base) = *ports.get(&leader).with_context(|| format!("node {leader} is not among --addr"))?;
+        let core = core_of(shard, cores as usize) as u16;
+        by_target.entry(SocketAddr::new(base.ip(), base.port() + core)).or_default().push(c);
+    }
+    Ok(by_target.into_iter().collect())
 }
 
 /// CPU seconds (user + system, all threads) that process `pid` has used.
@@ -188,22 +218,8 @@ async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
     let text = "x".repeat(args.message_bytes);
     let body = format!(r#"{{"message":{{"role":"user","parts":[{{"type":"text","text":"{text}"}}]}}}}"#);
     // Shard-aware: per core, its port and the contexts it owns.
-    let by_core: Option<Vec<(SocketAddr, Vec<usize>)>> = if args.shard_aware {
-        let (shards, cores, base) = routing(args.addr[0])?;
-        let mut owned = vec![Vec::new(); cores];
-        for c in 0..args.contexts {
-            owned[core_of(shard_of(&format!("ctx-{c}"), shards), cores)].push(c);
-        }
-        Some(
-            owned
-                .into_iter()
-                .enumerate()
-                .map(|(core, ctxs)| (SocketAddr::new(base.ip(), base.port() + core as u16), ctxs))
-                .collect(),
-        )
-    } else {
-        None
-    };
+    // Shard-aware: the port of the core (of the node) that leads each context's shard.
+    let by_core = if args.shard_aware { Some(shard_aware_targets(&args.addr, args.contexts)?) } else { None };
     let mut tasks = Vec::new();
     for t in 0..args.connections {
         let (args, mix, stats, body) = (args.clone(), mix.clone(), stats.clone(), body.clone());
