@@ -1,5 +1,9 @@
 //! The `fleetlm` command line: flags (each also an env var `FLEETLM_<NAME>`) → config →
 //! start. No logic lives here.
+
+/// mimalloc instead of glibc malloc: see Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
