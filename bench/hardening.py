@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Attacks on a live node, each bounded in time, with honest clients measured meanwhile.
 
-    bench/hardening.sh            # builds, runs every attack, writes bench/results/hardening.md
+    bench/hardening.sh            # builds, runs every attack, prints a table row per phase
     python3 bench/hardening.py BIN OUT.json [--secs 8] [--phases quiet,heavy-contexts]
 
 One release node on 127.0.0.1 (2 cores, a peer port with a cluster secret). Phases: a

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs bench/hardening.py against a release build and writes bench/results/hardening.md
-# (a table per phase, with the command, the commit and the machine). ~2 minutes.
+# Runs bench/hardening.py against a release build and prints one table row per phase
+# (also written to target/hardening-rows.md; the JSON to target/hardening.json), to be
+# recorded in bench/results/hardening.md with the command and the commit. ~2.5 minutes.
 #   bench/hardening.sh            SECS=8 per phase (env)
 set -euo pipefail
 cd "$(dirname "$0")/.."
