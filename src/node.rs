@@ -122,9 +122,9 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     // glommio binds with SO_REUSEPORT, which would let a second server on the same
     // port silently take half of the connections: make sure the ports are ours.
     let mut ports = vec![config.listen];
-    if let Some(base) = config.peer_listen {
-        ports.extend((0..cores).map(|c| core_port_addr(base, c)));
-    }
+    let peer_ports: Vec<SocketAddr> =
+        config.peer_listen.map(|base| (0..cores).map(|c| core_port_addr(base, c)).collect()).unwrap_or_default();
+    ports.extend(&peer_ports);
     if let Some(base) = config.core_listen {
         ports.extend((0..cores).map(|c| core_port_addr(base, c)));
     }
@@ -134,8 +134,6 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     distinct.sort_unstable();
     distinct.dedup();
     if distinct.len() < ports.len() {
-        let peer_ports: Vec<SocketAddr> =
-            config.peer_listen.map(|base| (0..cores).map(|c| core_port_addr(base, c)).collect()).unwrap_or_default();
         let why = if peer_ports.contains(&config.listen) {
             "the HTTP port is one of the peer ports (--peer-listen + core)"
         } else {
