@@ -133,15 +133,38 @@ async fn serve(core: Rc<CoreCtx>, shard: u32, socket: TcpStream, read_ahead: Vec
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(socket, refusal).await,
     };
-    match open.transport {
-        Transport::Sse => {
-            drop(read_ahead); // an SSE client sends nothing more
-            sse::run(socket, session, &core.stream_limits).await
+    let run = async move {
+        let _served = _served;
+        match open.transport {
+            Transport::Sse => {
+                drop(read_ahead); // an SSE client sends nothing more
+                sse::run(socket, session, &core.stream_limits).await
+            }
+            Transport::WebSocket { accept_key } => {
+                ws::run(socket, read_ahead, &accept_key, session, &core.stream_limits).await
+            }
         }
-        Transport::WebSocket { accept_key } => {
-            ws::run(socket, read_ahead, &accept_key, session, &core.stream_limits).await
-        }
+    };
+    // In the core's stream queue (`STREAM_TASK_QUEUE_SHARES`); awaited, so that the
+    // stream still ends with (and is cancelled with) the task that accepted it.
+    match glommio::spawn_local_into(run, stream_queue()) {
+        Ok(task) => task.await,
+        Err(e) => tracing::warn!("stream not started: {e}"),
     }
+}
+
+thread_local! {
+    /// This core's task queue for streams, made at the first stream.
+    static STREAM_QUEUE: std::cell::OnceCell<glommio::TaskQueueHandle> = const { std::cell::OnceCell::new() };
+}
+
+fn stream_queue() -> glommio::TaskQueueHandle {
+    STREAM_QUEUE.with(|q| {
+        *q.get_or_init(|| {
+            let shares = glommio::Shares::Static(crate::config::STREAM_TASK_QUEUE_SHARES);
+            glommio::executor().create_task_queue(shares, glommio::Latency::NotImportant, "streams")
+        })
+    })
 }
 
 fn unavailable(core: &CoreCtx, why: impl std::fmt::Display) -> Response {
