@@ -28,6 +28,12 @@ struct Args {
     /// Syncs per primitive.
     #[arg(long, default_value_t = 2000)]
     iterations: usize,
+    /// Write zeros over the probe file (and fsync) before the probe, instead of leaving
+    /// `posix_fallocate`'s unwritten extents, whose first write makes the next sync also
+    /// write extent metadata. (Measured here: zero-filled was slower, see
+    /// bench/results/wal.md; the WAL keeps fallocate.)
+    #[arg(long)]
+    zero_fill: bool,
 }
 
 const FILE_BYTES: u64 = 64 << 20;
@@ -59,11 +65,23 @@ fn main() -> Result<()> {
 async fn probe(args: &Args, method: &str) -> Result<Histogram<u64>> {
     let path = args.dir.join(format!("probe-{method}"));
     let _ = std::fs::remove_file(&path);
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
-    // Reserve real blocks (not a sparse hole) so writes never allocate.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, FILE_BYTES as i64) };
-    anyhow::ensure!(rc == 0, "posix_fallocate: {rc}");
-    file.sync_all()?;
+    let file = if args.zero_fill {
+        use std::os::unix::fs::FileExt;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        let zeros = vec![0u8; 1 << 20];
+        for chunk in 0..FILE_BYTES / zeros.len() as u64 {
+            file.write_all_at(&zeros, chunk * zeros.len() as u64)?;
+        }
+        file.sync_all()?;
+        file
+    } else {
+        // Blocks reserved (no allocation at write), but as unwritten extents.
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, FILE_BYTES as i64) };
+        anyhow::ensure!(rc == 0, "posix_fallocate: {rc}");
+        file.sync_all()?;
+        file
+    };
     let mut map = unsafe { memmap2::MmapMut::map_mut(&file)? };
     let uring = unsafe { glommio::io::BufferedFile::from_raw_fd(libc::dup(file.as_raw_fd())) };
     let blocking_file = std::sync::Arc::new(file.try_clone()?);
