@@ -14,6 +14,9 @@ pub struct ServerConfig {
     pub cores: usize,
     /// CPU of executor 0 (executor i runs on `first_cpu + i`, modulo the CPUs).
     pub first_cpu: usize,
+    /// Pin executor i to CPU `first_cpu + i` (when there are at least as many CPUs as
+    /// executors); `false`: the kernel places them (`--no-pin`).
+    pub pin_executors: bool,
     /// Shards at first start; afterwards the data dir's value wins (must match if given).
     pub shards: Option<u32>,
     /// Message-body segment size at first start (default 64 MiB); then the data dir's.

@@ -76,6 +76,11 @@ struct ServeArgs {
     /// one machine.
     #[arg(long, env = "FLEETLM_FIRST_CPU", default_value_t = 0)]
     first_cpu: usize,
+    /// Leave the executors unpinned: the kernel places them. For a node that shares its
+    /// CPUs (a container without exclusive cores, several nodes on fewer cores than
+    /// they have executors), where pinning would stack executors on the same CPUs.
+    #[arg(long, env = "FLEETLM_NO_PIN")]
+    no_pin: bool,
     /// Shards, fixed at the first start (default 2 × cores) and stored in the data dir.
     #[arg(long, env = "FLEETLM_SHARDS")]
     shards: Option<u32>,
@@ -246,6 +251,7 @@ fn main() -> std::process::ExitCode {
         data_dir: a.data_dir,
         cores,
         first_cpu: a.first_cpu,
+        pin_executors: !a.no_pin,
         shards: a.shards,
         body_segment_size_bytes: a.body_segment_size_bytes,
         node_id: a.node_id,

@@ -179,8 +179,11 @@ pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
         let (config, mesh, shared) = (config.clone(), mesh.clone(), shared.clone());
         // Executor i on CPU first_cpu + i: several nodes on one machine (a local
         // cluster) must not all pin their first executor to CPU 0.
-        let placement =
-            if cores <= cpus { Placement::Fixed((config.first_cpu + i) % cpus) } else { Placement::Unbound };
+        let placement = if config.pin_executors && cores <= cpus {
+            Placement::Fixed((config.first_cpu + i) % cpus)
+        } else {
+            Placement::Unbound
+        };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("fleetlm-core-{i}"))
             .io_memory(GLOMMIO_IO_MEMORY_BYTES)

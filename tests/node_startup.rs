@@ -53,3 +53,52 @@ fn socket_bound(port: u16) -> std::os::fd::OwnedFd {
         std::os::fd::OwnedFd::from_raw_fd(fd)
     }
 }
+
+/// The CPUs each executor's threads (named `fleetlm-core-N…`: the executor and its
+/// helper thread) of process `pid` may run on, from `/proc/PID/task/*/status`; one
+/// entry per distinct name and CPU list.
+fn executor_cpus(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks of the server") {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim().to_owned();
+        if !name.starts_with("fleetlm-core-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default();
+        out.push((name, cpus));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn executors_are_pinned_one_per_cpu_unless_no_pin() {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if cpus < 2 {
+        eprintln!("skipped: needs 2 CPUs to tell pinned from unpinned");
+        return;
+    }
+    let all = format!("0-{}", cpus - 1);
+    let tmp = tempfile::tempdir().unwrap();
+
+    let pinned = common::Server::start(&tmp.path().join("pinned"), &["--cores", "2"]);
+    let threads = executor_cpus(pinned.pid().unwrap());
+    let allowed: Vec<&str> = threads.iter().map(|(_, cpus)| cpus.as_str()).collect();
+    assert_eq!(allowed, ["0", "1"], "by default executor i runs on CPU i only: {threads:?}");
+    drop(pinned);
+
+    let unpinned = common::Server::start(&tmp.path().join("unpinned"), &["--cores", "2", "--no-pin"]);
+    let threads = executor_cpus(unpinned.pid().unwrap());
+    assert_eq!(threads.len(), 2, "two executors: {threads:?}");
+    for (name, allowed) in &threads {
+        assert_eq!(allowed, &all, "{name} with --no-pin may run on every CPU");
+    }
+    assert_eq!(unpinned.req("GET", "/health/ready", "").status, 200);
+}

@@ -75,6 +75,11 @@ impl Server {
         }
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
