@@ -17,6 +17,9 @@ pub struct ServerConfig {
     /// Pin executor i to CPU `first_cpu + i` (when there are at least as many CPUs as
     /// executors); `false`: the kernel places them (`--no-pin`).
     pub pin_executors: bool,
+    /// After SIGTERM or SIGINT, how long the node keeps serving (not ready, streams
+    /// ended, connections closed after each answer) before it exits (`crate::shutdown`).
+    pub shutdown_grace_ms: u64,
     /// Shards at first start; afterwards the data dir's value wins (must match if given).
     pub shards: Option<u32>,
     /// Message-body segment size at first start (default 64 MiB); then the data dir's.
@@ -536,3 +539,10 @@ pub const STREAM_COMPACTIONS_KEPT_PER_CONTEXT: usize = 1024;
 /// wakes 200 subscribers, each a send on its socket), and while both are busy requests
 /// get 1000 / (1000 + this) of the core.
 pub const STREAM_TASK_QUEUE_SHARES: usize = 250;
+
+/// Default of `--shutdown-grace-ms`: long enough for answers in flight (a durable
+/// append takes milliseconds) and for every stream's final event to be written; short
+/// enough not to hold up a restart.
+pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 1_000;
+/// How often each core checks whether a stop was requested.
+pub const SHUTDOWN_POLL_MS: u64 = 50;

@@ -37,6 +37,7 @@ pub mod node;
 pub mod offload;
 pub mod raft;
 pub mod shard;
+pub mod shutdown;
 pub mod store;
 pub mod stream;
 pub mod wal;

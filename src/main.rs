@@ -81,6 +81,10 @@ struct ServeArgs {
     /// they have executors), where pinning would stack executors on the same CPUs.
     #[arg(long, env = "FLEETLM_NO_PIN")]
     no_pin: bool,
+    /// After SIGTERM or SIGINT, keep serving this long (not ready, streams ended,
+    /// connections closed after each answer), then exit. A second signal exits at once.
+    #[arg(long, env = "FLEETLM_SHUTDOWN_GRACE_MS", default_value_t = fleetlm::config::SHUTDOWN_GRACE_MS_DEFAULT)]
+    shutdown_grace_ms: u64,
     /// Shards, fixed at the first start (default 2 × cores) and stored in the data dir.
     #[arg(long, env = "FLEETLM_SHARDS")]
     shards: Option<u32>,
@@ -252,6 +256,7 @@ fn main() -> std::process::ExitCode {
         cores,
         first_cpu: a.first_cpu,
         pin_executors: !a.no_pin,
+        shutdown_grace_ms: a.shutdown_grace_ms,
         shards: a.shards,
         body_segment_size_bytes: a.body_segment_size_bytes,
         node_id: a.node_id,

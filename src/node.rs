@@ -70,6 +70,10 @@ fn connection_cap_per_core(nofile: u64, config: &ServerConfig, cores: usize, sha
 
 /// Runs the node until a core fails. Returns only on error.
 pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
+    // Before any thread starts: they inherit the blocked signals, which only the
+    // signal thread then receives.
+    crate::shutdown::install(std::time::Duration::from_millis(config.shutdown_grace_ms))
+        .map_err(|e| ServeError::Resources(format!("handling SIGTERM and SIGINT: {e}")))?;
     let cores = config.cores.max(1);
     let fixed = crate::datadir::load(
         &config.data_dir,
@@ -271,6 +275,7 @@ async fn run_core(
         glommio::spawn_local(crate::shard::peer::serve_peers(ctx.clone(), listener)).detach();
     }
     glommio::spawn_local(crate::shard::leaders::watch_leaders(ctx.clone())).detach();
+    glommio::spawn_local(end_streams_at_shutdown(ctx.clone())).detach();
     glommio::spawn_local(crate::shard::log_pressure::snapshot_shards_pinning_the_log(ctx.clone())).detach();
     glommio::spawn_local(crate::shard::memory_pressure::snapshot_shards_over_their_memory_budget(ctx.clone())).detach();
     if core == 0
@@ -307,6 +312,17 @@ async fn run_core(
     }
     accept_clients(listener, ctx, http, open, format!("core {core}")).await;
     Ok(())
+}
+
+/// Once a stop is requested (`crate::shutdown`), sends every stream of this core's
+/// replicas its final `end` event (`shutdown`), so that clients resume elsewhere.
+async fn end_streams_at_shutdown(ctx: Rc<CoreCtx>) {
+    while !crate::shutdown::requested() {
+        glommio::timer::sleep(std::time::Duration::from_millis(crate::config::SHUTDOWN_POLL_MS)).await;
+    }
+    for (_, shard) in ctx.shards() {
+        shard.state.feed().end_all(crate::raft::feed::EndReason::Shutdown);
+    }
 }
 
 /// Serves the client connections of `listener` on this core, while it has fewer than

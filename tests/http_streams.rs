@@ -1,6 +1,7 @@
 //! Live streams on the real binary: replay after a cursor then live, over SSE and
 //! WebSocket; resume with Last-Event-ID; compaction and tombstone events; a slow
-//! subscriber gets a gap; the limits answer 4xx; the history survives a restart.
+//! subscriber gets a gap; the limits answer 4xx; the history survives a restart; a
+//! stopping node ends its streams.
 mod common;
 
 use std::time::{Duration, Instant};
@@ -330,4 +331,45 @@ fn a_stream_token_opens_its_context_stream_only_until_it_expires() {
     for body in [r#"{"ttl_secs":0}"#, r#"{"ttl_secs":86401}"#, r#"{"ttl":5}"#, "[1]", "{"] {
         s.req_h("POST", "/v1/contexts/t/stream-token", &[auth], body).assert_error(400, "invalid_json");
     }
+}
+
+#[test]
+fn sigterm_ends_every_stream_then_the_node_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(&dir.path().join("data"), &["--shutdown-grace-ms", "3000"]);
+    put(&s, "a");
+    put(&s, "b");
+    assert_eq!(append(&s, "a", "m1"), 1);
+    // One stream live, one over WebSocket from its history.
+    let mut sse = Sse::open(s.port, &stream_path("a", ""), &[]).unwrap();
+    let mut ws = ws_open(s.port, &stream_path("a", "?cursor=0"));
+    assert_eq!(ws_next(&mut ws).unwrap()["version"], 1);
+    assert_eq!(append(&s, "a", "m2"), 2);
+    assert_eq!(versions(&sse.take(1)), vec![2]);
+    assert_eq!(ws_next(&mut ws).unwrap()["version"], 2);
+
+    s.signal(libc::SIGTERM);
+    let last = sse.next().expect("a final event before the close");
+    assert_eq!(last.data, serde_json::json!({"type": "end", "reason": "shutdown"}));
+    assert!(sse.next().is_none(), "the stream closes after its end event");
+    let mut ws_last = ws_next(&mut ws).expect("a final event before the close");
+    // A WebSocket stream may have sent a ping first.
+    while ws_last["type"] == "ping" {
+        ws_last = ws_next(&mut ws).expect("a final event before the close");
+    }
+    assert_eq!(ws_last, serde_json::json!({"type": "end", "reason": "shutdown"}));
+
+    // During the grace period: not ready, answers close their connection, no new stream.
+    let ready = s.req("GET", "/health/ready", "");
+    assert_eq!((ready.status, ready.json()["status"].as_str()), (503, Some("shutting_down")));
+    let read = s.req("GET", "/v1/contexts/b", "");
+    assert_eq!(read.status, 200, "requests are still answered");
+    assert_eq!(read.header("Connection"), Some("close"));
+    match Sse::open(s.port, &stream_path("b", ""), &[]) {
+        Ok(_) => panic!("a stream opened on a stopping node"),
+        Err(refused) => refused.assert_error(503, "unavailable"),
+    }
+
+    let status = s.wait_exit(Duration::from_secs(20)).expect("the node exits after its grace period");
+    assert!(status.success(), "exit status {status}");
 }

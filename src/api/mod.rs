@@ -397,6 +397,9 @@ fn unauthorized() -> Response {
 }
 
 fn health_ready(core: &CoreCtx) -> Response {
+    if crate::shutdown::requested() {
+        return Response::json(503, &json!({"status": "shutting_down"}));
+    }
     let r = core.readiness();
     if r.ready() {
         return Response::json(200, &json!({"status": "ok"}));

@@ -50,7 +50,9 @@ where
                     request_started = None;
                     continued = false;
                     let head_only = req.method == "HEAD";
-                    close = req.close;
+                    // A stopping node answers, then closes: the client reconnects
+                    // (elsewhere, once this node is not ready).
+                    close = req.close || crate::shutdown::requested();
                     // A bug must cost one request a 500, not the executor and its shards.
                     // Boxed: the handler's future (every route, down to a Raft proposal)
                     // is many KiB, and inline it would stay in this connection's task

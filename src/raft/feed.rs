@@ -39,6 +39,8 @@ pub enum EndReason {
     ShardStopped,
     /// Rendering an event failed (damaged data).
     Internal,
+    /// The node is stopping (`crate::shutdown`).
+    Shutdown,
 }
 
 impl EndReason {
@@ -47,6 +49,7 @@ impl EndReason {
             EndReason::SnapshotInstalled => "snapshot_installed",
             EndReason::ShardStopped => "shard_stopped",
             EndReason::Internal => "internal",
+            EndReason::Shutdown => "shutdown",
         }
     }
 }

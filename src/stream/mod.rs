@@ -127,6 +127,9 @@ async fn serve(core: Rc<CoreCtx>, shard: u32, socket: TcpStream, read_ahead: Vec
     if socket.set_write_timeout(Some(write_timeout)).is_err() || socket.set_read_timeout(None).is_err() {
         return;
     }
+    if crate::shutdown::requested() {
+        return refuse(socket, unavailable(&core, "this node is shutting down: open the stream on another node")).await;
+    }
     let (session, _served) = match Session::admit(&core, shard, &open)
         .and_then(|session| Served::admit(&open.context_id, &core).map(|served| (session, served)))
     {

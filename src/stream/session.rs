@@ -149,6 +149,11 @@ impl Session {
                 let event = Event { id: Some(ctx.version), json: Json::Owned(json) };
                 return Some(finish(Vec::new(), event, Final::Tombstoned));
             }
+            if crate::shutdown::requested() {
+                // The node is stopping, and its feeds were ended (or are about to be,
+                // `node::end_streams_at_shutdown`): this stream would not be.
+                return Some(finish(Vec::new(), end(EndReason::Shutdown), Final::End));
+            }
             // No await between reading `ctx.version` and subscribing: the feed has every
             // event after it.
             self.phase = Phase::Live(self.shard.state.feed().subscribe(&self.id, position, self.feed_limits));
