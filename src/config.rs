@@ -546,3 +546,9 @@ pub const STREAM_TASK_QUEUE_SHARES: usize = 250;
 pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 1_000;
 /// How often each core checks whether a stop was requested.
 pub const SHUTDOWN_POLL_MS: u64 = 50;
+
+/// A node that refused leadership handed to it (short of disk) or could not be asked is
+/// handed none again for this long (`crate::shard::leaders`): each refusal costs the
+/// shard an election. Shards go back to their preferred node this long after it has
+/// disk space again.
+pub const LEADER_REFUSED_SKIP_MS: u64 = 60_000;

@@ -438,6 +438,24 @@ fn a_node_short_of_disk_takes_no_entries_and_catches_up_later() {
     // Leadership is never handed to it (the balancer would give node 3 its preferred
     // shard back): every shard is led by node 1 or 2.
     c.eventually(20, "nodes 1 and 2 lead every shard", || leaders(&c, 0).iter().all(|l| matches!(l, Some(1 | 2))));
+    // And leadership settles: a leader that tries to hand node 3 its preferred shard is
+    // refused, and each refused try costs an election (openraft's leader stops its
+    // heartbeats once it starts a transfer). Before the leaders remembered refusals, the
+    // shards node 3 prefers changed leader every balancing round (2 s), for as long as
+    // its disk was short. No term may change over 6 s (three rounds), within 40 s.
+    let terms = |c: &Cluster| -> Vec<u64> {
+        c.view(0)["shards"].as_array().unwrap().iter().map(|s| s["term"].as_u64().unwrap()).collect()
+    };
+    let settled_by = Instant::now() + Duration::from_secs(40);
+    loop {
+        let before = terms(&c);
+        std::thread::sleep(Duration::from_secs(6));
+        let after = terms(&c);
+        if before == after {
+            break;
+        }
+        assert!(Instant::now() < settled_by, "shards keep electing leaders: terms {before:?} then {after:?}");
+    }
     let r = c.req(2, "POST", "/v1/contexts/d/messages", &msg_body("refused")).expect("an answer");
     r.assert_error(503, "unavailable");
     assert!(r.json()["message"].as_str().unwrap().contains("disk is nearly full"));

@@ -410,7 +410,14 @@ impl RaftNetworkV2<C> for PeerClient {
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
         let pick = |r| if let PeerResponse::TransferLeader(t) = r { Some(t) } else { None };
-        self.rpc(PeerRequest::TransferLeader { shard: self.shard, rpc }, &option, pick).await
+        // openraft sends the request to every member; only the target's answer says
+        // whether it takes the shard.
+        let to_target = *rpc.to_node_id() == self.target;
+        let answer = self.rpc(PeerRequest::TransferLeader { shard: self.shard, rpc }, &option, pick).await;
+        if to_target && answer.is_err() {
+            crate::shard::leaders::note_leadership_refused(self.target);
+        }
+        answer
     }
 
     async fn full_snapshot(
