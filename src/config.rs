@@ -552,3 +552,7 @@ pub const SHUTDOWN_POLL_MS: u64 = 50;
 /// shard an election. Shards go back to their preferred node this long after it has
 /// disk space again.
 pub const LEADER_REFUSED_SKIP_MS: u64 = 60_000;
+/// While a stopping node still leads shards, how often it tries again to hand them over
+/// (a handover on loopback takes milliseconds; a second one while the first is under
+/// way would start another election).
+pub const LEADER_HANDOFF_RETRY_MS: u64 = 500;

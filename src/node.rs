@@ -276,6 +276,7 @@ async fn run_core(
     }
     glommio::spawn_local(crate::shard::leaders::watch_leaders(ctx.clone())).detach();
     glommio::spawn_local(end_streams_at_shutdown(ctx.clone())).detach();
+    glommio::spawn_local(crate::shard::leaders::hand_over_leadership_at_shutdown(ctx.clone())).detach();
     glommio::spawn_local(crate::shard::log_pressure::snapshot_shards_pinning_the_log(ctx.clone())).detach();
     glommio::spawn_local(crate::shard::memory_pressure::snapshot_shards_over_their_memory_budget(ctx.clone())).detach();
     if core == 0

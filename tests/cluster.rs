@@ -509,3 +509,34 @@ fn a_restarted_follower_never_reads_backwards() {
         }
     }
 }
+
+/// A node stopped with SIGTERM hands the shards it leads to the other voters during its
+/// grace period, before it exits: their writes need not wait out an election timeout.
+#[test]
+fn a_stopping_node_hands_its_shards_over_before_it_exits() {
+    let dir = tmp("handover");
+    let mut c = Cluster::start(dir.path(), 3, 1, &["--shutdown-grace-ms", "6000"]);
+    c.eventually(20, "every shard has a leader", || leaders(&c, 0).iter().all(|l| l.is_some()));
+    let led = leaders(&c, 0);
+    let stopping = led[0].unwrap();
+    let i = (stopping - 1) as usize;
+    let other = (i + 1) % 3;
+    assert!(c.nodes[i].id == stopping);
+
+    c.terminate(i);
+    c.eventually(5, "the stopping node leads no shard", || {
+        leaders(&c, other).iter().all(|l| l.is_some_and(|l| l != stopping))
+    });
+    // Handed over, not elected after an exit: the node is still in its grace period.
+    assert!(!c.exited(i), "node {stopping} exited before its shards moved");
+    let r = c.req(i, "GET", "/health/ready", "").expect("the stopping node still answers");
+    assert_eq!((r.status, r.json()["status"].as_str()), (503, Some("shutting_down")));
+
+    put(&c, other, "after");
+    assert_eq!(append_acked(&c, &[other], "after", "m", 10), Some(1));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !c.exited(i) {
+        assert!(Instant::now() < deadline, "node {stopping} did not exit after its grace period");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

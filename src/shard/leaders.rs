@@ -105,47 +105,70 @@ pub async fn watch_leaders(ctx: Rc<CoreCtx>) {
             continue;
         }
         next_balance = Instant::now() + balance_every;
-        // A leader short of disk refuses every write of its shards (`crate::shard::disk`):
-        // it hands them to another voter, whichever is preferred.
-        let short_of_disk = ctx.disk_refusal().is_some();
-        for (id, shard) in ctx.shards() {
-            let m = shard.raft.metrics().borrow_watched().clone();
-            if m.state != ServerState::Leader || shard.stopped.get() {
-                continue;
-            }
-            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-            // Only to a node that answers now and is close behind (under load nobody is
-            // ever exactly caught up): the target waits until it holds the leader's last
-            // entry, then wins the election at once. A node that stopped answering (cut
-            // off, paused) may still be close behind by count: handing it the shard
-            // would leave the shard without a leader until an election (found by
-            // bench/faults.sh: a partitioned node took its shards back every 2 s).
-            let lag_max = ctx.serve_limits.leader_transfer_lag_max_entries;
-            let answers = |node: u64| {
-                m.heartbeat.as_ref().and_then(|h| h.get(&node)).and_then(|t| t.as_ref()).is_some_and(|t| {
-                    let acked: Instant = **t;
-                    acked.elapsed() < stale_after
-                })
-            };
-            let caught_up = |node: u64| {
-                answers(node)
-                    && !refused_recently(node)
-                    && m.replication.as_ref().and_then(|r| r.get(&node)).is_some_and(|matched| {
-                        let matched = matched.as_ref().map_or(0, |l| l.index + 1);
-                        m.last_log_index.map_or(0, |i| i + 1).saturating_sub(matched) <= lag_max
-                    })
-            };
-            let target = if short_of_disk {
-                let others: Vec<u64> = voters.iter().copied().filter(|&v| v != ctx.node_id).collect();
-                preferred_leader(id, &others)
-                    .filter(|&p| caught_up(p))
-                    .or_else(|| others.into_iter().find(|&v| caught_up(v)))
-            } else {
-                preferred_leader(id, &voters).filter(|&p| p != ctx.node_id && caught_up(p))
-            };
-            if let Some(target) = target {
-                let _ = shard.raft.trigger().transfer_leader(target).await;
-            }
+        // A leader short of disk refuses every write of its shards (`crate::shard::disk`),
+        // and a stopping one is about to go: they hand their shards to other voters.
+        let leaving = ctx.disk_refusal().is_some() || crate::shutdown::requested();
+        hand_over_leadership(&ctx, leaving, stale_after).await;
+    }
+}
+
+/// For each shard this node leads: hands leadership to its preferred node if that is
+/// another one close behind, or, `leaving`, to any other voter close behind (the
+/// preferred one first).
+async fn hand_over_leadership(ctx: &CoreCtx, leaving: bool, stale_after: Duration) {
+    for (id, shard) in ctx.shards() {
+        let m = shard.raft.metrics().borrow_watched().clone();
+        if m.state != ServerState::Leader || shard.stopped.get() {
+            continue;
         }
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        // Only to a node that answers now and is close behind (under load nobody is
+        // ever exactly caught up): the target waits until it holds the leader's last
+        // entry, then wins the election at once. A node that stopped answering (cut
+        // off, paused) may still be close behind by count: handing it the shard
+        // would leave the shard without a leader until an election (found by
+        // bench/faults.sh: a partitioned node took its shards back every 2 s).
+        let lag_max = ctx.serve_limits.leader_transfer_lag_max_entries;
+        let answers = |node: u64| {
+            m.heartbeat.as_ref().and_then(|h| h.get(&node)).and_then(|t| t.as_ref()).is_some_and(|t| {
+                let acked: Instant = **t;
+                acked.elapsed() < stale_after
+            })
+        };
+        let caught_up = |node: u64| {
+            answers(node)
+                && !refused_recently(node)
+                && m.replication.as_ref().and_then(|r| r.get(&node)).is_some_and(|matched| {
+                    let matched = matched.as_ref().map_or(0, |l| l.index + 1);
+                    m.last_log_index.map_or(0, |i| i + 1).saturating_sub(matched) <= lag_max
+                })
+        };
+        let target = if leaving {
+            let others: Vec<u64> = voters.iter().copied().filter(|&v| v != ctx.node_id).collect();
+            preferred_leader(id, &others)
+                .filter(|&p| caught_up(p))
+                .or_else(|| others.into_iter().find(|&v| caught_up(v)))
+        } else {
+            preferred_leader(id, &voters).filter(|&p| p != ctx.node_id && caught_up(p))
+        };
+        if let Some(target) = target {
+            let _ = shard.raft.trigger().transfer_leader(target).await;
+        }
+    }
+}
+
+/// Once this node is stopping (`crate::shutdown`), hands the shards it leads to other
+/// voters close behind at once, and again every `LEADER_HANDOFF_RETRY_MS` while it
+/// still leads any, so that their writes go on without an election timeout after it
+/// exits. (Its RPC handler refuses replication meanwhile, so that no new leader hands
+/// a shard back.) A node alone in its shards' membership has no one to hand them to.
+pub async fn hand_over_leadership_at_shutdown(ctx: Rc<CoreCtx>) {
+    while !crate::shutdown::requested() {
+        glommio::timer::sleep(Duration::from_millis(crate::config::SHUTDOWN_POLL_MS)).await;
+    }
+    let stale_after = Duration::from_millis(ctx.serve_limits.leader_stale_after_ms);
+    loop {
+        hand_over_leadership(&ctx, true, stale_after).await;
+        glommio::timer::sleep(Duration::from_millis(crate::config::LEADER_HANDOFF_RETRY_MS)).await;
     }
 }

@@ -1,6 +1,9 @@
 //! Serving one Raft RPC from another node on this node's replica of the shard, on the
 //! core that owns it. A node short of disk refuses the RPCs that would write to it
-//! (the caller sees it as unreachable and retries with backoff).
+//! (the caller sees it as unreachable and retries with backoff). A stopping node
+//! (`crate::shutdown`) refuses replication and leadership: its leaders are handing their
+//! shards over (`crate::shard::leaders`), and a node that still answered heartbeats
+//! would look close behind to the new leaders, which would hand the shards back.
 use super::call::InboundRpc;
 use super::disk::DiskGuard;
 use crate::raft::Shard;
@@ -10,6 +13,9 @@ use crate::raft::wire::PeerResponse;
 pub async fn handle_raft_rpc(shard: &Shard, rpc: InboundRpc, node_id: u64, disk: &DiskGuard) -> PeerResponse {
     let s = |e: &dyn std::fmt::Display| e.to_string();
     let refused = || disk.refusal().map(|why| PeerResponse::Refused(format!("node {node_id}: {why}")));
+    if crate::shutdown::requested() && matches!(rpc, InboundRpc::Append(_) | InboundRpc::TransferLeader(_)) {
+        return PeerResponse::Refused(format!("node {node_id}: shutting down"));
+    }
     match rpc {
         InboundRpc::Append(req) => {
             // Entries per replication request (0 = heartbeat): how well followers batch.

@@ -149,6 +149,22 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM to node `i`: a graceful stop (`--shutdown-grace-ms`).
+    pub fn terminate(&self, i: usize) {
+        if let Some(c) = &self.nodes[i].child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+    }
+
+    /// Whether node `i`'s process has exited (or was never started).
+    pub fn exited(&mut self, i: usize) -> bool {
+        match self.nodes[i].child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten().is_some(),
+            None => true,
+        }
+    }
+
     pub fn req(&self, i: usize, method: &str, path: &str, body: &str) -> Option<Resp> {
         try_request_full(self.nodes[i].http_port, method, path, &[], body.as_bytes())
     }
