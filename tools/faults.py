@@ -20,6 +20,9 @@ comes from the seed alone):
   disk        fill the data filesystem of the last node for 2-5 s (it refuses writes)
   torn        SIGKILL one node, append garbage after its WAL's last record (a torn,
               unsynced write), restart
+  stop        SIGTERM the node leading the most shards (a graceful stop: it hands its
+              shards over, refuses replication, exits after its 1 s grace), restart; a
+              node still running 10 s after the signal fails the run
 Writers append to --contexts contexts, one writer per (context, node), each through its
 node only (so a node that does not answer stalls its own writers and no others); half of
 them use Idempotency-Key and retry an unknown outcome with the same key. Client timeout
@@ -45,8 +48,8 @@ import sys
 import threading
 import time
 
-KINDS = ["kill", "kill2", "kill_leader", "pause", "partition", "disk", "torn"]
-WEIGHTS = {"kill": 3, "kill2": 1, "kill_leader": 3, "pause": 3, "partition": 3, "disk": 1, "torn": 2}
+KINDS = ["kill", "kill2", "kill_leader", "pause", "partition", "disk", "torn", "stop"]
+WEIGHTS = {"kill": 3, "kill2": 1, "kill_leader": 3, "pause": 3, "partition": 3, "disk": 1, "torn": 2, "stop": 2}
 # Names and addresses of this run's network, unique per process so that two runs can
 # share a machine (set by `set_net`).
 NET_ID = os.getpid() % 200 + 20
@@ -93,6 +96,20 @@ class Node:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
+
+    def stop(self, within_s=10.0):
+        """SIGTERM; True if the process exited by itself within `within_s` (else it is
+        killed)."""
+        if not self.proc:
+            return True
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=within_s)
+            exited = True
+        except subprocess.TimeoutExpired:
+            exited = False
+        self.kill9()
+        return exited
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -480,6 +497,12 @@ def main():
                 target = max(counts, key=counts.get) if counts else nodes[pick].i
                 n = nodes[target - 1]
                 f["injected"] = time.time(); n.kill9(); time.sleep(hold); n.start(); f["node"] = n.i
+            elif kind == "stop":
+                counts = leader_counts(nodes)
+                target = max(counts, key=counts.get) if counts else nodes[pick].i
+                n = nodes[target - 1]
+                f["injected"] = time.time(); f["stopped_cleanly"] = n.stop()
+                time.sleep(hold); n.start(); f["node"] = n.i
             elif kind == "kill2":
                 a, b = nodes[pick], nodes[pick2]
                 f["injected"] = time.time(); a.kill9(); b.kill9(); f["down_from"] = time.time()
@@ -534,6 +557,8 @@ def main():
         counters["no_recovery"] = sum(1 for f in faults if f.get("no_recovery"))
         # A torn-tail fault that found nothing to tear tested nothing: the run fails.
         counters["nemesis_failed"] = sum(1 for f in faults if f["kind"] == "torn" and not f.get("torn_ok"))
+        # A graceful stop that did not end the process within 10 s is a hang.
+        counters["stop_hung"] = sum(1 for f in faults if f["kind"] == "stop" and not f.get("stopped_cleanly"))
         outcomes = {k: sum(1 for op in history.ops if op["outcome"] == k) for k in ("ok", "fail", "unknown")}
         report = {"seed": seed, "seconds": args.seconds, "nodes": args.nodes, "faults": len(faults),
                   "faults_by_kind": {k: sum(1 for f in faults if f["kind"] == k) for k in kinds},
