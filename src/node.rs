@@ -68,7 +68,8 @@ fn connection_cap_per_core(nofile: u64, config: &ServerConfig, cores: usize, sha
     config.http.connections_max_per_core.min(usize::try_from(for_clients).unwrap_or(usize::MAX))
 }
 
-/// Runs the node until a core fails. Returns only on error.
+/// Runs the node until a core fails (returns the error) or a signal stops it (the
+/// process exits from `crate::shutdown`).
 pub fn serve(config: ServerConfig) -> Result<(), ServeError> {
     // Before any thread starts: they inherit the blocked signals, which only the
     // signal thread then receives.

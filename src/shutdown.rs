@@ -7,8 +7,10 @@
 //! `/health/ready` answers 503 `shutting_down` (a load balancer stops sending), every
 //! answer carries `Connection: close` (clients reconnect elsewhere after the request
 //! they are in), new streams get 503, and every open stream is sent a final
-//! `{"type":"end","reason":"shutdown"}` (clients resume elsewhere with their cursor);
-//! then the process exits with status 0. A second signal exits at once.
+//! `{"type":"end","reason":"shutdown"}` (clients resume elsewhere with their cursor),
+//! and in a cluster the shards this node leads are handed to other voters while it
+//! refuses replication (`crate::shard::leaders`, `crate::shard::rpc`); then the process
+//! exits with status 0. A second signal exits at once.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
