@@ -276,8 +276,7 @@ async fn run_core(
         glommio::spawn_local(crate::shard::peer::serve_peers(ctx.clone(), listener)).detach();
     }
     glommio::spawn_local(crate::shard::leaders::watch_leaders(ctx.clone())).detach();
-    glommio::spawn_local(end_streams_at_shutdown(ctx.clone())).detach();
-    glommio::spawn_local(crate::shard::leaders::hand_over_leadership_at_shutdown(ctx.clone())).detach();
+    glommio::spawn_local(stop_when_asked(ctx.clone())).detach();
     glommio::spawn_local(crate::shard::log_pressure::snapshot_shards_pinning_the_log(ctx.clone())).detach();
     glommio::spawn_local(crate::shard::memory_pressure::snapshot_shards_over_their_memory_budget(ctx.clone())).detach();
     if core == 0
@@ -316,15 +315,17 @@ async fn run_core(
     Ok(())
 }
 
-/// Once a stop is requested (`crate::shutdown`), sends every stream of this core's
-/// replicas its final `end` event (`shutdown`), so that clients resume elsewhere.
-async fn end_streams_at_shutdown(ctx: Rc<CoreCtx>) {
+/// This core's part of a stop (`crate::shutdown`), once one is requested: sends every
+/// stream of its replicas its final `end` event (`shutdown`), so that clients resume
+/// elsewhere, then hands the shards it leads to other voters until the process exits.
+async fn stop_when_asked(ctx: Rc<CoreCtx>) {
     while !crate::shutdown::requested() {
         glommio::timer::sleep(std::time::Duration::from_millis(crate::config::SHUTDOWN_POLL_MS)).await;
     }
     for (_, shard) in ctx.shards() {
         shard.state.feed().end_all(crate::raft::feed::EndReason::Shutdown);
     }
+    crate::shard::leaders::hand_over_leadership_until_exit(ctx).await;
 }
 
 /// Serves the client connections of `listener` on this core, while it has fewer than

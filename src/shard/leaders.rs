@@ -105,9 +105,9 @@ pub async fn watch_leaders(ctx: Rc<CoreCtx>) {
             continue;
         }
         next_balance = Instant::now() + balance_every;
-        // A leader short of disk refuses every write of its shards (`crate::shard::disk`),
-        // and a stopping one is about to go: they hand their shards to other voters.
-        let leaving = ctx.disk_refusal().is_some() || crate::shutdown::requested();
+        // A leader short of disk refuses every write of its shards (`crate::shard::disk`):
+        // it hands them to other voters. (A stopping one does so from `node::stop_when_asked`.)
+        let leaving = ctx.disk_refusal().is_some();
         hand_over_leadership(&ctx, leaving, stale_after).await;
     }
 }
@@ -157,15 +157,12 @@ async fn hand_over_leadership(ctx: &CoreCtx, leaving: bool, stale_after: Duratio
     }
 }
 
-/// Once this node is stopping (`crate::shutdown`), hands the shards it leads to other
-/// voters close behind at once, and again every `LEADER_HANDOFF_RETRY_MS` while it
-/// still leads any, so that their writes go on without an election timeout after it
-/// exits. (Its RPC handler refuses replication meanwhile, so that no new leader hands
-/// a shard back.) A node alone in its shards' membership has no one to hand them to.
-pub async fn hand_over_leadership_at_shutdown(ctx: Rc<CoreCtx>) {
-    while !crate::shutdown::requested() {
-        glommio::timer::sleep(Duration::from_millis(crate::config::SHUTDOWN_POLL_MS)).await;
-    }
+/// For a stopping node (`crate::shutdown`): hands the shards it leads to other voters
+/// close behind at once, and again every `LEADER_HANDOFF_RETRY_MS` while it still leads
+/// any, so that their writes go on without an election timeout after it exits. (Its RPC
+/// handler refuses replication meanwhile, so that no new leader hands a shard back.) A
+/// node alone in its shards' membership has no one to hand them to.
+pub async fn hand_over_leadership_until_exit(ctx: Rc<CoreCtx>) {
     let stale_after = Duration::from_millis(ctx.serve_limits.leader_stale_after_ms);
     loop {
         hand_over_leadership(&ctx, true, stale_after).await;

@@ -130,14 +130,14 @@ async fn serve(core: Rc<CoreCtx>, shard: u32, socket: TcpStream, read_ahead: Vec
     if crate::shutdown::requested() {
         return refuse(socket, unavailable(&core, "this node is shutting down: open the stream on another node")).await;
     }
-    let (session, _served) = match Session::admit(&core, shard, &open)
+    let (session, served) = match Session::admit(&core, shard, &open)
         .and_then(|session| Served::admit(&open.context_id, &core).map(|served| (session, served)))
     {
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(socket, refusal).await,
     };
     let run = async move {
-        let _served = _served;
+        let _served = served; // counted until the stream ends
         match open.transport {
             Transport::Sse => {
                 drop(read_ahead); // an SSE client sends nothing more

@@ -151,7 +151,7 @@ impl Session {
             }
             if crate::shutdown::requested() {
                 // The node is stopping, and its feeds were ended (or are about to be,
-                // `node::end_streams_at_shutdown`): this stream would not be.
+                // `node::stop_when_asked`): this stream would not be.
                 return Some(finish(Vec::new(), end(EndReason::Shutdown), Final::End));
             }
             // No await between reading `ctx.version` and subscribing: the feed has every
