@@ -4,6 +4,7 @@
 pub mod bodies;
 pub mod feed;
 pub mod known_peers;
+pub mod local_channels;
 pub mod log_store;
 pub mod network;
 pub mod peer_auth;

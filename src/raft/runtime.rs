@@ -4,8 +4,9 @@
 //! instant, an rng and channel types. Tasks are `glommio::spawn_local(..).detach()`:
 //! openraft drops join handles of tasks it expects to keep running, and a dropped
 //! glommio task is cancelled, so every task is detached and its output comes back
-//! through a oneshot. Channels and the mutex are openraft's tokio adapter types, which
-//! are `tokio::sync` primitives and need no tokio runtime. Proven by
+//! through a oneshot. Channels are our single-threaded ones (`super::local_channels`:
+//! a group never leaves its core, and tokio's thread-safe channels cost measurably per
+//! batch), and so is the mutex. Proven by
 //! `openraft_rt::testing::Suite` in `tests/raft_runtime.rs`.
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -15,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use openraft_rt::{AsyncRuntime, OptionalSend};
-use openraft_rt_tokio::{TokioMpsc, TokioMutex, TokioOneshot, TokioWatch};
+
+use super::local_channels::{LocalMpsc, LocalMutex, LocalOneshot, LocalOneshotReceiver, LocalWatch, oneshot_channel};
 
 /// The runtime: one glommio executor (used by `block_on`; inside an executor the
 /// associated functions work on the current one).
@@ -49,7 +51,7 @@ impl std::fmt::Display for JoinError {
 
 /// Output of a detached task. Dropping it does not cancel the task.
 pub struct JoinHandle<T> {
-    rx: tokio::sync::oneshot::Receiver<Result<T, JoinError>>,
+    rx: LocalOneshotReceiver<Result<T, JoinError>>,
 }
 
 impl<T> Future for JoinHandle<T> {
@@ -141,7 +143,7 @@ impl AsyncRuntime for GlommioRuntime {
         T: Future + OptionalSend + 'static,
         T::Output: OptionalSend + 'static,
     {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, rx) = oneshot_channel();
         glommio::spawn_local(async move {
             // A panic stays inside its task, as with tokio: the handle reports it.
             let out = AssertUnwindSafe(future).catch_unwind().await;
@@ -175,10 +177,10 @@ impl AsyncRuntime for GlommioRuntime {
         rand::rng()
     }
 
-    type Mpsc = TokioMpsc;
-    type Watch = TokioWatch;
-    type Oneshot = TokioOneshot;
-    type Mutex<T: OptionalSend + 'static> = TokioMutex<T>;
+    type Mpsc = LocalMpsc;
+    type Watch = LocalWatch;
+    type Oneshot = LocalOneshot;
+    type Mutex<T: OptionalSend + 'static> = LocalMutex<T>;
 
     /// A new executor on the calling thread. `threads` is ignored: glommio is one
     /// executor per thread, and FleetLM runs one runtime per core.
