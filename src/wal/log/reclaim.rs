@@ -97,6 +97,11 @@ impl Wal {
     /// first) and then fsyncs the directory; a crash in between leaves files that
     /// recovery replays harmlessly (everything in them was superseded).
     pub fn take_reclaimable(&mut self) -> Vec<Segment> {
+        // The tail is never reclaimed; this runs after every sync, so skip the scan of
+        // every group while there is nothing else.
+        if self.segments.len() <= 1 {
+            return Vec::new();
+        }
         let mut keep_from = self.durable.seq.min(self.tail().seq());
         if self.copies_end > self.durable {
             keep_from = keep_from.min(self.copies_end.seq).min(self.front_seq());
