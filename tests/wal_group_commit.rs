@@ -153,3 +153,44 @@ fn the_flusher_reclaims_segments_after_purges_and_copies_idle_groups_forward() {
         assert_eq!(w.get(9, 0).unwrap(), b"idle one");
     });
 }
+
+/// `on_durable` (the Raft log store's path): each callback runs once, after a sync that
+/// covers its position returned, in the order of registration; one registered after
+/// its position is durable runs at once.
+#[test]
+fn durable_callbacks_run_once_in_order_after_their_covering_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let config = WalConfig { segment_size_bytes: 1 << 20, record_payload_max_bytes: 4096, ..WalConfig::default() };
+        let (wal, _) = Wal::open(&path, config).unwrap();
+        let wal = GroupCommitWal::new(wal);
+        let calls: Rc<std::cell::RefCell<Vec<(u32, bool)>>> = Rc::default();
+        for k in 0..50u32 {
+            wal.append(k % 3, &[format!("record {k}").as_bytes()]).unwrap();
+            let end = wal.with(|w| w.end_position());
+            let (calls, wal2) = (calls.clone(), wal.clone());
+            wal.on_durable(
+                end,
+                Box::new(move |r| {
+                    assert!(r.is_ok());
+                    // Not before the sync that covers it returned.
+                    calls.borrow_mut().push((k, wal2.durable_position() >= end));
+                }),
+            );
+            if k % 7 == 0 {
+                glommio::yield_if_needed().await;
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        let end = wal.with(|w| w.end_position());
+        wal.wait_durable_position(end).await.unwrap();
+        let seen = calls.borrow().clone();
+        assert_eq!(seen.iter().map(|c| c.0).collect::<Vec<_>>(), (0..50).collect::<Vec<_>>(), "each once, in order");
+        assert!(seen.iter().all(|c| c.1), "every callback ran after its position was durable");
+        let ran = Rc::new(Cell::new(false));
+        let r2 = ran.clone();
+        wal.on_durable(end, Box::new(move |r| r2.set(r.is_ok())));
+        assert!(ran.get(), "a durable position is answered at once");
+    });
+}
