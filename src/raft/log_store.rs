@@ -259,13 +259,11 @@ where
         let g = self.shared.group;
         let mut next = self.shared.wal.with(|w| w.next_index(g));
         let empty = next <= self.first_readable();
-        // Every entry encoded into one buffer (one allocation per call, not per entry).
-        let mut arena = Vec::new();
-        let mut ends = Vec::new();
+        let mut encoded = Vec::new();
         for entry in entries {
             // An empty log (new, or everything purged behind a snapshot) may go on at
             // any later index: restart the WAL there.
-            if ends.is_empty() && empty && entry.index() > next {
+            if encoded.is_empty() && empty && entry.index() > next {
                 next = entry.index();
                 self.shared.wal.with(|w| w.purge_before(g, next)).map_err(to_io)?;
             }
@@ -277,20 +275,19 @@ where
                 ));
             }
             next += 1;
-            arena = postcard::to_io(&entry, arena).map_err(io::Error::other)?;
-            ends.push(arena.len());
+            encoded.push(postcard::to_stdvec(&entry).map_err(io::Error::other)?);
         }
-        let starts = std::iter::once(0).chain(ends.iter().copied());
-        let encoded: Vec<&[u8]> = starts.zip(ends.iter()).map(|(a, &b)| &arena[a..b]).collect();
         let batch_max = self.shared.wal.with(|w| w.config().append_batch_max);
         for chunk in encoded.chunks(batch_max) {
             self.shared.wal.append(g, chunk).map_err(to_io)?;
         }
         let end = self.shared.wal.with(|w| w.end_position());
-        self.shared.wal.on_durable(
-            end,
-            Box::new(move |flushed| callback.io_completed(flushed.map_err(|e| to_io(WalError::Poisoned(e))))),
-        );
+        let wal = self.shared.wal.clone();
+        glommio::spawn_local(async move {
+            let flushed = wal.wait_durable_position(end).await.map_err(to_io);
+            callback.io_completed(flushed);
+        })
+        .detach();
         Ok(())
     }
 

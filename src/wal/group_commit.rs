@@ -73,10 +73,6 @@ struct Waiter {
     waker: RefCell<Option<std::task::Waker>>,
 }
 
-/// Told once whether the records before its position became durable (`Ok`) or the log
-/// failed first (`Err`, the log's poison message).
-pub type DurableCallback = Box<dyn FnOnce(std::result::Result<(), String>)>;
-
 /// Sync statistics since the WAL was opened: the benchmark reads them, and the serving
 /// layer copies them into the node's latency histograms (`wal.sync`,
 /// `wal.sync_batch_records`) when metrics are collected.
@@ -104,8 +100,6 @@ struct Inner {
     published: Cell<Durability>,
     failed: RefCell<Option<String>>,
     waiters: RefCell<Vec<Rc<Waiter>>>,
-    /// `on_durable` callbacks, in the order of their positions (appends only grow).
-    callbacks: RefCell<std::collections::VecDeque<(Until, DurableCallback)>>,
     wake: Rc<Notify>,
     stats: RefCell<SyncStats>,
 }
@@ -144,7 +138,6 @@ impl GroupCommitWal {
             published,
             failed,
             waiters: RefCell::new(Vec::new()),
-            callbacks: RefCell::new(std::collections::VecDeque::new()),
             wake: wake.clone(),
             stats: RefCell::new(stats),
         });
@@ -251,27 +244,6 @@ impl GroupCommitWal {
             Some(e) => Err(e),
             None => Ok(()),
         }
-    }
-
-    /// Calls `callback` once everything written before `end` is durable, or with the
-    /// error once the log has failed: from the flusher, without a task of its own per
-    /// call (the Raft log store's path: one per append call of every group). `end` must
-    /// not be below an earlier registration's (positions of appends only grow).
-    pub fn on_durable(&self, end: Position, callback: DurableCallback) {
-        if let Some(e) = self.inner.failed.borrow().clone() {
-            callback(Err(e));
-            return;
-        }
-        if Until(end).met(self.inner.published.get()) {
-            callback(Ok(()));
-            return;
-        }
-        {
-            let mut callbacks = self.inner.callbacks.borrow_mut();
-            debug_assert!(callbacks.back().is_none_or(|(u, _)| u.0 <= end), "registered in position order");
-            callbacks.push_back((Until(end), callback));
-        }
-        self.inner.wake.notify_one();
     }
 
     /// Wakes the flusher: after a purge, so that segments no group needs any more are
@@ -386,20 +358,9 @@ fn reclaim(inner: &Rc<Inner>) {
     .detach();
 }
 
-/// Records the new durable point, wakes every waiter and calls every callback it
-/// satisfies (callbacks outside any borrow: they may append).
+/// Records the new durable point and wakes every waiter it satisfies.
 fn publish(inner: &Inner, d: Durability) {
     inner.published.set(d);
-    let mut due = Vec::new();
-    {
-        let mut callbacks = inner.callbacks.borrow_mut();
-        while callbacks.front().is_some_and(|(u, _)| u.met(d)) {
-            due.push(callbacks.pop_front().expect("checked").1);
-        }
-    }
-    for callback in due {
-        callback(Ok(()));
-    }
     inner.waiters.borrow_mut().retain(|w| {
         if w.until.met(d) {
             w.done.set(true);
@@ -416,10 +377,6 @@ fn publish(inner: &Inner, d: Durability) {
 /// Records the failure and wakes every waiter (they return the error).
 fn publish_failure(inner: &Inner, e: &WalError) {
     *inner.failed.borrow_mut() = Some(e.to_string());
-    let due = std::mem::take(&mut *inner.callbacks.borrow_mut());
-    for (_, callback) in due {
-        callback(Err(e.to_string()));
-    }
     for w in inner.waiters.borrow_mut().drain(..) {
         w.done.set(true);
         if let Some(waker) = w.waker.borrow_mut().take() {
