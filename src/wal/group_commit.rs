@@ -1,10 +1,10 @@
 //! `GroupCommitWal`: the WAL as a glommio executor uses it (one per core, shared by
 //! the core's Raft groups).
 //!
-//! Appends go into the tail segment's buffer (`super::segment`); durability comes from
-//! one background *flusher* task per WAL that syncs in a loop: it takes everything
-//! appended so far (by every group), writes it (one pwrite), issues one fdatasync per
-//! dirty segment through io_uring, and then publishes the new durable position. Appends that arrive
+//! Appends are written into the page cache at once (one pwrite per call); durability
+//! comes from one background *flusher* task per WAL that syncs in a loop: it takes
+//! everything appended so far (by every group), issues one fdatasync per dirty segment
+//! through io_uring, and then publishes the new durable position. Appends that arrive
 //! while a sync is in flight are covered by the next one (group commit). A caller
 //! learns that its record is durable only from a published position, which is set
 //! after the covering sync returned. After a sync, segments that no group needs any
@@ -33,9 +33,8 @@
 //!
 //! The executor never blocks on a sync. Segment files are created ahead of need on the
 //! blocking pool (`prepare_spare_if_wanted`), and the directory fsync after a roll runs
-//! there too. What still runs on the executor: the pwrite of each sync's records (a
-//! copy into the page cache: p99 7–20 µs for one 200 B record in bench/results/wal.md,
-//! now one per sync rather than per append call), and purge's
+//! there too. What still runs on the executor: the pwrite of each append (a copy into
+//! the page cache: p99 7–20 µs per 200 B record in bench/results/wal.md), and purge's
 //! unlinks and the blocking sync before them (rare: after snapshots).
 use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, IntoRawFd};
