@@ -373,29 +373,3 @@ fn pages_that_reads_faulted_back_are_unmapped_by_the_next_sweep() {
     let swept = mapped_resident_bytes(dir.path());
     assert!(swept < (MIB + MIB / 2) as u64, "{swept} bytes still mapped after the sweep ({read} after the reads)");
 }
-
-/// Appends are written to the file when a sync starts (or at a roll), not at once: a
-/// process that dies without closing the log (`mem::forget`, as `kill -9`) loses only
-/// records no sync covered, and a record still in memory reads back before that.
-#[test]
-fn a_crash_keeps_every_synced_record_and_reads_see_unwritten_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = open(dir.path(), small(), 1);
-    for i in 1..=20u64 {
-        wal.append(G, &[payload(i, 974)]).unwrap();
-    }
-    wal.sync().unwrap();
-    // Not synced: 21..=24 fit in the tail and stay in memory.
-    for i in 21..=24u64 {
-        wal.append(G, &[payload(i, 974)]).unwrap();
-        assert_eq!(wal.get(G, i).unwrap(), &payload(i, 974)[..], "an unwritten record reads back");
-    }
-    assert!(!all_durable(&wal));
-    std::mem::forget(wal);
-    let (wal, report) = open(dir.path(), small(), 1);
-    assert!(!report.torn_tail, "nothing half-written: the unsynced records never reached the file");
-    assert_eq!(range(&report), (1, 21), "every synced record, nothing after");
-    for i in 1..=20u64 {
-        assert_eq!(wal.get(G, i).unwrap(), &payload(i, 974)[..]);
-    }
-}

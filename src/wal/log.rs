@@ -153,18 +153,6 @@ pub struct Wal {
     records_written: u64,
 }
 
-/// A log closed by its owner (a stop, a reopen) writes what it holds in memory, as it
-/// did when every append was written at once: unsynced records then survive a restart
-/// of the process, though only a sync makes them durable. A crash loses them, like the
-/// page cache's own unsynced writes on a machine crash. A poisoned log writes nothing.
-impl Drop for Wal {
-    fn drop(&mut self) {
-        if self.poisoned.is_none() && !self.segments.is_empty() {
-            let _ = self.flush_tail();
-        }
-    }
-}
-
 impl Wal {
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -235,10 +223,7 @@ impl Wal {
             let group = self.groups.entry(g).or_insert_with(|| Group { first_index: index, ..Group::default() });
             group.push(loc);
         }
-        // Written when the next sync starts (`begin_sync`), unless the buffer is full.
-        if self.tail().pending_bytes() >= super::segment::PENDING_FLUSH_BYTES {
-            self.flush_tail()?;
-        }
+        self.flush_tail()?;
         self.reclaim_if_rolled()?;
         Ok(start..self.next_index(g))
     }
@@ -323,12 +308,11 @@ impl Wal {
     pub fn get(&self, g: GroupId, index: u64) -> Result<&[u8]> {
         let loc = self.loc(g, index)?;
         let seg = self.segment(loc.seq);
-        let (bytes, at) = seg.record_bytes(loc.offset as usize);
-        match format::decode_slot(bytes, at, self.config.record_payload_max_bytes) {
+        match format::decode_slot(seg.bytes(), loc.offset as usize, self.config.record_payload_max_bytes) {
             Slot::Record(m)
                 if m.index == index && m.group == g && matches!(m.kind, RecordKind::Data | RecordKind::Copy) =>
             {
-                Ok(format::payload_at(bytes, at, m.payload_len))
+                Ok(format::payload_at(seg.bytes(), loc.offset as usize, m.payload_len))
             }
             other => Err(WalError::Corruption {
                 segment: seg.path().to_owned(),
@@ -408,8 +392,6 @@ impl Wal {
     /// the order they started (`group_commit` runs one at a time).
     pub fn begin_sync(&mut self) -> Result<Option<SyncJob>> {
         self.check_writable()?;
-        // The records a sync covers must be in the file before it starts.
-        self.flush_tail()?;
         let target = self.end_position();
         let segments: Vec<u64> = self.segments.iter_mut().filter_map(|s| s.take_dirty().then(|| s.seq())).collect();
         let dir = std::mem::take(&mut self.dir_dirty);
@@ -428,7 +410,6 @@ impl Wal {
     /// durable.
     pub fn begin_sync_covering_all(&mut self) -> Result<Option<SyncJob>> {
         self.check_writable()?;
-        self.flush_tail()?;
         let target = self.end_position();
         let in_flight = self.sync_started_to > self.durable;
         let dir = std::mem::take(&mut self.dir_dirty) || in_flight;
@@ -526,7 +507,7 @@ impl Wal {
         let mut released = 0;
         for s in self.segments.iter().filter(|s| (sweep || s.seq() >= from.seq) && s.seq() <= durable.seq) {
             let start = if s.seq() == from.seq && !sweep { from.offset } else { 0 };
-            let end = if s.seq() == durable.seq { durable.offset } else { s.len_bytes() };
+            let end = if s.seq() == durable.seq { durable.offset } else { s.bytes().len() };
             s.release_pages(start, end);
             released += end.saturating_sub(start);
         }

@@ -2,12 +2,9 @@
 //! appended to.
 //!
 //! A segment knows nothing about log indexes beyond its header; `Wal` decides what goes
-//! where. Reads (and recovery's scan) go through the mapping, or the buffer of records
-//! not written yet. Writes do not: records are encoded into that buffer and written
-//! with one `pwrite` when a sync starts (or the buffer passes `PENDING_FLUSH_BYTES`),
-//! which the shared mapping sees at once (same page cache). One pwrite per sync instead
-//! of one per append call: with many groups on a core each append call is one group's
-//! small batch, and its own syscall (`bench/results/shard-sweep.md`). Writing through a writable mapping
+//! where. Reads (and recovery's scan) go through the mapping. Writes do not: records are
+//! encoded into a buffer and written with one `pwrite` per `Wal` append call, which the
+//! shared mapping sees at once (same page cache). Writing through a writable mapping
 //! costs more than the syscall: every fdatasync has to write-protect the dirty pages
 //! again (`folio_mkclean`, a TLB-shootdown IPI to the other cores running this
 //! process) and the next append to the same page takes a write fault; measured with
@@ -26,11 +23,6 @@ use super::format::{self, RecordHead, SegmentHeader};
 /// appends; a larger burst (a snapshot-sized batch) frees its buffer afterwards. A
 /// memory-reuse policy of this file, not a limit: no input is refused by it.
 const PENDING_KEEP_BYTES: usize = 1 << 20;
-
-/// Pending records are written at once when their buffer reaches this size, whether a
-/// sync has started or not: the most a tail holds in process memory (a sync that takes
-/// long must not make appends pile up here rather than in the page cache).
-pub const PENDING_FLUSH_BYTES: usize = 256 << 10;
 
 /// File name of segment `seq`.
 pub fn file_name(seq: u64) -> String {
@@ -89,8 +81,7 @@ pub struct Segment {
     /// and in `pending` beyond what it holds.
     write_offset: usize,
     /// Records encoded but not yet written to the file: they belong at
-    /// `write_offset - pending.len()`. Written when a sync starts, at a roll, or at
-    /// `PENDING_FLUSH_BYTES`; reads of them are served from here.
+    /// `write_offset - pending.len()`. Empty whenever the `Wal` is between calls.
     pending: Vec<u8>,
     /// Written since the last sync was started.
     dirty: bool,
@@ -147,36 +138,10 @@ impl Segment {
     pub fn seq(&self) -> u64 {
         self.seq
     }
-    /// The file's bytes through the mapping (records still pending are not there yet:
-    /// recovery and reads of synced records only).
+    /// The file's bytes through the mapping (records still pending are not there yet).
     pub fn bytes(&self) -> &[u8] {
-        debug_assert!(self.pending.is_empty(), "the Wal flushes before it scans");
+        debug_assert!(self.pending.is_empty(), "the Wal flushes before it reads");
         &self.map
-    }
-
-    /// Size of the file (and the mapping).
-    pub fn len_bytes(&self) -> usize {
-        self.map.len()
-    }
-
-    /// The bytes holding the record at `offset` and its offset within them: the
-    /// pending buffer for a record not written yet, else the mapping. A record is never
-    /// split between the two (the buffer starts at a record boundary and is written
-    /// whole). Only a segment with pending records consults `write_offset`: in a
-    /// segment opened by recovery that is not the tail it was never set.
-    pub fn record_bytes(&self, offset: usize) -> (&[u8], usize) {
-        if !self.pending.is_empty() {
-            let pending_from = self.write_offset - self.pending.len();
-            if offset >= pending_from {
-                return (&self.pending, offset - pending_from);
-            }
-        }
-        (&self.map, offset)
-    }
-
-    /// Bytes encoded and not written to the file yet.
-    pub fn pending_bytes(&self) -> usize {
-        self.pending.len()
     }
     pub fn write_offset(&self) -> usize {
         self.write_offset
