@@ -78,6 +78,23 @@ fn any_node_serves_any_request_and_reads_agree() {
     assert_eq!(view["members"], json!([1, 2, 3]));
     // Leaders spread: shard s prefers node (s mod 3) + 1.
     c.eventually(20, "leaders spread over the nodes", || leaders(&c, 0) == vec![Some(1), Some(2), Some(3), Some(1)]);
+    // A forwarded answer names the node that served it (clients that route by leader
+    // learn that their map is stale); the leader's own answer does not. Retried only
+    // if leadership moves between the look and the request.
+    let shard = fleetlm::shard::placement::shard_of("conv-0", 4) as usize;
+    c.eventually(10, "a forwarded answer names the leader", || {
+        let Some(leader) = leaders(&c, 0)[shard] else { return false };
+        let follower = (0..3).find(|&n| n as u64 + 1 != leader).unwrap();
+        let via = c.req(follower, "POST", "/v1/contexts/conv-0/messages", &msg_body("via a follower"));
+        let direct = c.req(leader as usize - 1, "POST", "/v1/contexts/conv-0/messages", &msg_body("to the leader"));
+        let (Some(via), Some(direct)) = (via, direct) else { return false };
+        if via.status != 201 || direct.status != 201 || leaders(&c, 0)[shard] != Some(leader) {
+            return false;
+        }
+        assert_eq!(via.header("FleetLM-Forwarded-To"), Some(leader.to_string().as_str()));
+        assert_eq!(direct.header("FleetLM-Forwarded-To"), None);
+        true
+    });
     // Unknown context is a 404 through a follower too; bad input never reaches Raft.
     c.req(2, "GET", "/v1/contexts/nope", "").unwrap().assert_error(404, "context_not_found");
     c.req(1, "POST", "/v1/contexts/conv-0/messages", "{").unwrap().assert_error(400, "invalid_json");

@@ -32,6 +32,9 @@ fn respond(reply: Reply) -> Response {
     if let Some(v) = reply.retry_after {
         r = r.with_header("Retry-After", v);
     }
+    if let Some(node) = reply.forwarded_to {
+        r = r.with_header("FleetLM-Forwarded-To", node.to_string());
+    }
     r.hold = reply.hold;
     r
 }

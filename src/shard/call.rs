@@ -104,6 +104,11 @@ pub struct Reply {
     /// (`crate::budget`); not sent to other nodes.
     #[serde(skip)]
     pub hold: Option<crate::budget::Hold>,
+    /// The node that served the call when it is not this one (the call was forwarded
+    /// to the shard's leader): told to the client as `FleetLM-Forwarded-To`, so that a
+    /// client routing by leader learns that its map is stale. Set by the forwarding node.
+    #[serde(skip)]
+    pub forwarded_to: Option<u64>,
 }
 
 impl Reply {
@@ -113,11 +118,11 @@ impl Reply {
 
     /// A JSON body that is already serialized.
     pub fn raw_json(status: u16, body: Vec<u8>) -> Reply {
-        Reply { status, retry_after: None, json: true, body, hold: None }
+        Reply { status, retry_after: None, json: true, body, hold: None, forwarded_to: None }
     }
 
     pub fn empty(status: u16) -> Reply {
-        Reply { status, retry_after: None, json: false, body: Vec::new(), hold: None }
+        Reply { status, retry_after: None, json: false, body: Vec::new(), hold: None, forwarded_to: None }
     }
 
     /// The API error shape: `{"error": code, "message": …}`.
@@ -200,8 +205,14 @@ mod tests {
     fn a_reply_keeps_its_peer_encoding() {
         // Bytes of `CallReply::Done(WireResponse { 503, Some("1"), true, b"{}" })` and
         // `CallReply::NotLeader` as written before these types moved (postcard).
-        let done =
-            || Reply { status: 503, retry_after: Some("1".into()), json: true, body: b"{}".to_vec(), hold: None };
+        let done = || Reply {
+            status: 503,
+            retry_after: Some("1".into()),
+            json: true,
+            body: b"{}".to_vec(),
+            hold: None,
+            forwarded_to: None,
+        };
         assert_eq!(encode_served(Ok(done())).unwrap(), [1, 0xf7, 3, 1, 1, b'1', 1, 2, b'{', b'}']);
         assert_eq!(encode_served(Err(NotLeader::default())).unwrap(), [0]);
         assert_eq!(decode_served(&[1, 0xf7, 3, 1, 1, b'1', 1, 2, b'{', b'}']).unwrap(), Ok(done()));

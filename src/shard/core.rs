@@ -464,7 +464,10 @@ impl CoreCtx {
                         }
                     };
                     match answer {
-                        Ok(Ok(reply)) => return Ok(reply),
+                        Ok(Ok(mut reply)) => {
+                            reply.forwarded_to = Some(node);
+                            return Ok(reply);
+                        }
                         Ok(Err(NotLeader { .. })) | Err(WireError::Connect(_)) => {}
                         Err(_) if !is_write => {}
                         Err(e) => {
