@@ -280,6 +280,7 @@ async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
     let t0 = Instant::now().max(warmup_end);
     glommio::timer::sleep(warmup_end.saturating_duration_since(Instant::now())).await;
     let cpu_at_start = args.server_pid.map(process_cpu_secs).transpose()?;
+    let client_cpu_at_start = process_cpu_secs(std::process::id())?;
     let machine_at_start = machine_cpu_ticks()?;
     for t in tasks {
         t.await?;
@@ -288,6 +289,7 @@ async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
         (Some(pid), Some(start)) => Some(process_cpu_secs(pid)? - start),
         _ => None,
     };
+    let client_cpu_secs = process_cpu_secs(std::process::id())? - client_cpu_at_start;
     let machine_at_end = machine_cpu_ticks()?;
     let steal_ticks = machine_at_end.0.saturating_sub(machine_at_start.0);
     let cpu_steal_pct = 100.0 * steal_ticks as f64 / machine_at_end.1.saturating_sub(machine_at_start.1).max(1) as f64;
@@ -315,6 +317,9 @@ async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
             "connections": args.connections, "contexts": args.contexts, "message_bytes": args.message_bytes,
             "mix": args.mix, "secs": secs, "requests_per_sec": total as f64 / secs, "ops": ops,
             "server_cpu_us_per_request": server_cpu_secs.map(|c| c * 1e6 / total.max(1) as f64),
+            // This load generator's own CPU: on cores it shares with the server, what the
+            // client costs bounds the throughput as much as the server does.
+            "client_cpu_us_per_request": client_cpu_secs * 1e6 / total.max(1) as f64,
             "cpu_steal_pct": cpu_steal_pct,
         })
     );
