@@ -49,6 +49,16 @@ pub struct ServerConfig {
     pub latency_interval_ms: u64,
 }
 
+/// openraft's timers (each group's tick, every `heartbeat_interval_ms × 13 / 64`: 10 ms
+/// at the default 50 ms; retry back-offs; its timeouts) end on a shared grid of this
+/// step, so the ticks of a core's groups wake the executor together instead of one
+/// wake-up each: an idle 3-node cluster at 64 shards used 62 % of a core, 28–30 % with
+/// a 2 ms grid (bench/results/idle-groups.md). A tick is late by at most this.
+pub const RAFT_TIMER_SLACK_US: u64 = 2_000;
+/// Only sleeps at least this long move to the grid, so that the slack adds at most a
+/// quarter to any of them (shorter ticks, from a heartbeat below 40 ms, stay exact).
+pub const RAFT_TIMER_COALESCE_MIN_US: u64 = 4 * RAFT_TIMER_SLACK_US;
+
 /// Locked memory each glommio executor registers for io_uring buffers. 1 MiB works
 /// under the usual 8 MiB `ulimit -l` of non-root users; below 512 KiB glommio refuses
 /// to start (DESIGN.md, measured facts).

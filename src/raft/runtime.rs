@@ -8,6 +8,11 @@
 //! a group never leaves its core, and tokio's thread-safe channels cost measurably per
 //! batch), and so is the mutex. Proven by
 //! `openraft_rt::testing::Suite` in `tests/raft_runtime.rs`.
+//!
+//! openraft's sleeps and timeouts end on a grid (`coalesced`, `RAFT_TIMER_SLACK_US`):
+//! every group ticks every 10 ms at a random phase, and without the grid each tick of
+//! each group was a wake-up of its executor of its own (and a `membarrier`, a context
+//! switch and several `io_uring_enter` each, on this machine's VM).
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -119,6 +124,37 @@ fn until(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
+/// `deadline` moved later, to the next point of a grid of `slack` starting at `origin`
+/// (unchanged when `slack` is zero or the deadline is before the origin).
+pub fn coalesced(deadline: Instant, origin: Instant, slack: Duration) -> Instant {
+    let Some(since) = deadline.checked_duration_since(origin) else { return deadline };
+    let slack_ns = slack.as_nanos();
+    if slack_ns == 0 {
+        return deadline;
+    }
+    let rounded_ns = since.as_nanos().div_ceil(slack_ns) * slack_ns;
+    origin + Duration::from_nanos(u64::try_from(rounded_ns).unwrap_or(u64::MAX))
+}
+
+/// The grid's origin, shared by every core of the process.
+static TIMER_ORIGIN: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+/// The duration of an openraft timer set at `now` for `duration`: one at least
+/// `RAFT_TIMER_COALESCE_MIN_US` long ends on the grid of `RAFT_TIMER_SLACK_US`
+/// (never earlier than asked), so that timers of many groups share a wake-up.
+fn raft_timer_duration(now: Instant, duration: Duration, origin: Instant) -> Duration {
+    if duration < Duration::from_micros(crate::config::RAFT_TIMER_COALESCE_MIN_US) {
+        return duration;
+    }
+    let slack = Duration::from_micros(crate::config::RAFT_TIMER_SLACK_US);
+    coalesced(now + duration, origin, slack).saturating_duration_since(now)
+}
+
+/// A timer for openraft (see `raft_timer_duration`).
+fn raft_timer(duration: Duration) -> glommio::timer::Timer {
+    glommio::timer::Timer::new(raft_timer_duration(Instant::now(), duration, *TIMER_ORIGIN))
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -154,7 +190,7 @@ impl AsyncRuntime for GlommioRuntime {
     }
 
     fn sleep(duration: Duration) -> Self::Sleep {
-        Sleep { timer: glommio::timer::Timer::new(duration) }
+        Sleep { timer: raft_timer(duration) }
     }
 
     fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
@@ -162,7 +198,7 @@ impl AsyncRuntime for GlommioRuntime {
     }
 
     fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Self::Timeout<R, F> {
-        Timeout { future, timer: glommio::timer::Timer::new(duration) }
+        Timeout { future, timer: raft_timer(duration) }
     }
 
     fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: Self::Instant, future: F) -> Self::Timeout<R, F> {
@@ -197,5 +233,48 @@ impl AsyncRuntime for GlommioRuntime {
         F: Future<Output = T>,
     {
         self.executor.run(future)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_move_to_the_next_grid_point_and_never_earlier() {
+        let origin = Instant::now();
+        let slack = Duration::from_millis(2);
+        let at = |us: u64| origin + Duration::from_micros(us);
+        assert_eq!(coalesced(at(1), origin, slack), at(2_000));
+        assert_eq!(coalesced(at(2_000), origin, slack), at(2_000), "on the grid: unchanged");
+        assert_eq!(coalesced(at(2_001), origin, slack), at(4_000));
+        assert_eq!(coalesced(at(7_999), origin, slack), at(8_000));
+        for us in (0..50_000).step_by(137) {
+            let c = coalesced(at(us), origin, slack);
+            assert!(c >= at(us) && c - at(us) < slack, "{us} µs → {:?}", c - origin);
+        }
+        // No grid: unchanged; a deadline before the origin: unchanged.
+        assert_eq!(coalesced(at(1_234), origin, Duration::ZERO), at(1_234));
+        let before = origin.checked_sub(Duration::from_millis(5)).unwrap_or(origin);
+        assert_eq!(coalesced(before, origin, slack), before);
+    }
+
+    #[test]
+    fn only_sleeps_long_enough_are_coalesced_and_none_is_shortened() {
+        let origin = Instant::now();
+        let now = origin + Duration::from_micros(12_345);
+        let min = Duration::from_micros(crate::config::RAFT_TIMER_COALESCE_MIN_US);
+        let slack = Duration::from_micros(crate::config::RAFT_TIMER_SLACK_US);
+        // Short sleeps (a yield, openraft's 1 µs batching pause) stay exact.
+        for d in [Duration::ZERO, Duration::from_nanos(1), Duration::from_micros(1), min - Duration::from_nanos(1)] {
+            assert_eq!(raft_timer_duration(now, d, origin), d);
+        }
+        // A 10 ms tick ends on the grid, at most one step late.
+        for d in [min, Duration::from_millis(10), Duration::from_millis(150), Duration::from_secs(3)] {
+            let got = raft_timer_duration(now, d, origin);
+            assert!(got >= d && got - d < slack, "{d:?} → {got:?}");
+            let end = now + got;
+            assert_eq!((end - origin).as_nanos() % slack.as_nanos(), 0, "{d:?} ends on the grid");
+        }
     }
 }
