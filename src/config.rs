@@ -49,8 +49,8 @@ pub struct ServerConfig {
     pub latency_interval_ms: u64,
 }
 
-/// openraft's timers (each group's tick, every `heartbeat_interval_ms × 13 / 64`: 10 ms
-/// at the default 50 ms; retry back-offs; its timeouts) end on a shared grid of this
+/// openraft's ticks (each group's, every `heartbeat_interval_ms × 13 / 64`: 10 ms at the
+/// default 50 ms; the only sleeps it takes until a deadline) end on a shared grid of this
 /// step, so the ticks of a core's groups wake the executor together instead of one
 /// wake-up each: an idle 3-node cluster at 64 shards used 62 % of a core, 28–30 % with
 /// a 2 ms grid (bench/results/idle-groups.md). A tick is late by at most this.

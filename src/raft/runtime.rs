@@ -9,10 +9,11 @@
 //! batch), and so is the mutex. Proven by
 //! `openraft_rt::testing::Suite` in `tests/raft_runtime.rs`.
 //!
-//! openraft's sleeps and timeouts end on a grid (`coalesced`, `RAFT_TIMER_SLACK_US`):
-//! every group ticks every 10 ms at a random phase, and without the grid each tick of
-//! each group was a wake-up of its executor of its own (and a `membarrier`, a context
-//! switch and several `io_uring_enter` each, on this machine's VM).
+//! openraft's sleeps until a deadline — each group's tick loop — end on a grid
+//! (`coalesced`, `RAFT_TIMER_SLACK_US`): every group ticks every 10 ms at a random
+//! phase, and without the grid each tick of each group was a wake-up of its executor of
+//! its own (and a `membarrier`, a context switch and several `io_uring_enter` each, on
+//! this machine's VM). Its other sleeps and its timeouts stay exact.
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -190,15 +191,17 @@ impl AsyncRuntime for GlommioRuntime {
     }
 
     fn sleep(duration: Duration) -> Self::Sleep {
-        Sleep { timer: raft_timer(duration) }
+        Sleep { timer: glommio::timer::Timer::new(duration) }
     }
 
+    /// openraft's periodic timer (each group's tick loop sleeps until its next tick)
+    /// ends on the grid; its other sleeps and its timeouts are exact.
     fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
-        Self::sleep(until(deadline))
+        Sleep { timer: raft_timer(until(deadline)) }
     }
 
     fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Self::Timeout<R, F> {
-        Timeout { future, timer: raft_timer(duration) }
+        Timeout { future, timer: glommio::timer::Timer::new(duration) }
     }
 
     fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: Self::Instant, future: F) -> Self::Timeout<R, F> {
