@@ -48,8 +48,17 @@ print()
 print(f"Medians over {len(rounds)} rounds (a round: the single node, then the cluster with 4 and with 2 shards per node, "
       f"{runs['single'][0]['secs']:.0f} s each); the ratio is the median of the rounds' ratios.")
 print()
-print("| setup | appends/s | vs single | p50 | p99 | p99.9 | max | errors | CPU steal |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| setup | appends/s | vs single | p50 | p99 | p99.9 | max | errors | forwarded | CPU steal |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+# Answers served by a node other than the one asked (`FleetLM-Forwarded-To`), as a share of
+# the measured requests; "–" for runs by a loadgen that did not count them.
+def forwarded(v):
+    if any("forwarded" not in run for run in v):
+        return "–"
+    total = sum(run["requests_per_sec"] * run["secs"] for run in v)
+    return f"{100 * sum(run['forwarded'] for run in v) / max(total, 1):.1f} %"
+
+
 names = {"single": "single node, 4 shards", 2: "3-node cluster, 2 shards per node", 4: "3-node cluster, 4 shards per node"}
 for k in ("single", 2, 4):
     a = appends[k]
@@ -57,7 +66,7 @@ for k in ("single", 2, 4):
     m = lambda f: med(r[f] for r in a) / 1000
     print(f"| {names[k]} | {med(r['per_sec'] for r in a):.0f} | {x:.2f}× | {m('p50_us'):.2f} ms | {m('p99_us'):.2f} ms | "
           f"{m('p999_us'):.2f} ms | {m('max_us'):.1f} ms | {sum(r['errors'] for r in a)} | "
-          f"{span(steal[k])} % |")
+          f"{forwarded(runs[k])} | {span(steal[k])} % |")
 print()
 print("Each round:")
 print()
@@ -71,7 +80,9 @@ print()
 print("CPU steal: the share of the machine's CPU time that the hypervisor gave to other guests during the "
       "measured window (/proc/stat, read by `loadgen`); every run is slower by about that much.")
 print()
-print("Clients are spread over the 3 nodes; a request for a shard another node leads is forwarded to it.")
+print("Clients are spread over the 3 nodes; a request for a shard another node leads is forwarded to it "
+      "(`forwarded`: the share of answers another node served, from their `FleetLM-Forwarded-To` header; "
+      "with a shard-aware client, requests whose shard's leader moved during the run).")
 print()
 for n in (2, 4):
     print(f"- {n} shards per node: 3-node / single node = **{ratios[n]:.2f}×** (median of {len(rounds)} rounds; target ≥ 0.5×): {ok(ratios[n] >= 0.5)}; "

@@ -144,6 +144,9 @@ struct Stats {
     hist: BTreeMap<&'static str, Histogram<u64>>,
     errors: BTreeMap<&'static str, u64>,
     appends: u64,
+    /// Measured answers that another node served (`FleetLM-Forwarded-To`): with
+    /// `--shard-aware`, requests whose leader moved during the run.
+    forwarded: u64,
 }
 
 fn parse_mix(mix: &str) -> Result<Vec<(&'static str, u32)>> {
@@ -165,6 +168,12 @@ mod http_client;
 /// One request/response on a keep-alive connection; returns the status.
 async fn exchange(conn: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> Result<u16> {
     Ok(http_client::exchange(conn, req, buf).await?.0)
+}
+
+/// Whether an answer's head says another node served it.
+fn is_forwarded(head: &[u8]) -> bool {
+    const NAME: &[u8] = b"\r\nfleetlm-forwarded-to:";
+    head.windows(NAME.len()).any(|w| w.eq_ignore_ascii_case(NAME))
 }
 
 fn request(method: &str, path: &str, body: &str) -> Vec<u8> {
@@ -211,6 +220,7 @@ async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
         hist: OPS.iter().map(|o| (*o, Histogram::new(3).expect("valid"))).collect(),
         errors: OPS.iter().map(|o| (*o, 0)).collect(),
         appends: 0,
+        forwarded: 0,
     }));
     let warmup_end = Instant::now() + Duration::from_secs(args.warmup_secs);
     let end = warmup_end + Duration::from_secs(args.secs);
@@ -262,8 +272,12 @@ async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
                     }
                     _ => request("GET", &format!("/v1/contexts/ctx-{c}/context"), ""),
                 };
-                let status = exchange(&mut conn, &req, &mut buf).await?;
+                let (status, head) = http_client::exchange(&mut conn, &req, &mut buf).await?;
+                let forwarded = is_forwarded(&buf[..head]);
                 let mut s = stats.borrow_mut();
+                if forwarded && start >= warmup_end {
+                    s.forwarded += 1;
+                }
                 if op == "append" && status == 201 {
                     s.appends += 1;
                 }
@@ -320,8 +334,26 @@ async fn run(args: Args, mix: Vec<(&'static str, u32)>) -> Result<()> {
             // This load generator's own CPU: on cores it shares with the server, what the
             // client costs bounds the throughput as much as the server does.
             "client_cpu_us_per_request": client_cpu_secs * 1e6 / total.max(1) as f64,
+            "forwarded": s.forwarded,
             "cpu_steal_pct": cpu_steal_pct,
         })
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_forwarded;
+
+    #[test]
+    fn a_forwarded_answer_is_told_by_its_header_in_any_case() {
+        let served_here = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n";
+        let forwarded = b"HTTP/1.1 201 Created\r\nFleetLM-Forwarded-To: 2\r\nContent-Length: 2\r\n\r\n";
+        let lower = b"HTTP/1.1 201 Created\r\nfleetlm-forwarded-to: 3\r\n\r\n";
+        assert!(!is_forwarded(served_here));
+        assert!(is_forwarded(forwarded));
+        assert!(is_forwarded(lower));
+        // Only a header of that name: not the same words in a value.
+        assert!(!is_forwarded(b"HTTP/1.1 200 OK\r\nX-Note: fleetlm-forwarded-to: 1\r\n\r\n"));
+    }
 }
