@@ -8,6 +8,7 @@ pub mod local_channels;
 pub mod log_store;
 pub mod network;
 pub mod peer_auth;
+pub mod refused_handovers;
 pub mod runtime;
 pub mod shard;
 mod snapshot_index;

@@ -415,7 +415,7 @@ impl RaftNetworkV2<C> for PeerClient {
         let to_target = *rpc.to_node_id() == self.target;
         let answer = self.rpc(PeerRequest::TransferLeader { shard: self.shard, rpc }, &option, pick).await;
         if to_target && answer.is_err() {
-            crate::shard::leaders::note_leadership_refused(self.target);
+            super::refused_handovers::note_leadership_refused(self.target);
         }
         answer
     }

@@ -11,32 +11,10 @@ use openraft::ServerState;
 use openraft_rt::WatchReceiver;
 
 use super::core::CoreCtx;
+use crate::raft::refused_handovers::refused_recently;
 
 /// How often readiness is refreshed.
 const READINESS_POLL_MS: u64 = 100;
-
-thread_local! {
-    /// Nodes that did not take leadership handed to them (or could not be asked), by
-    /// when: this core's shards hand them none until `LEADER_REFUSED_SKIP_MS` later.
-    static REFUSED: std::cell::RefCell<std::collections::HashMap<u64, Instant>> = Default::default();
-}
-
-/// Records that `node` did not take a leadership transfer (`crate::raft::network`). A
-/// refused transfer costs the shard an election: openraft's leader stops its
-/// heartbeats as soon as it starts a transfer. A node short of disk refuses every one,
-/// and without this its preferred shards changed leader every balancing round (2 s).
-pub fn note_leadership_refused(node: u64) {
-    REFUSED.with(|r| r.borrow_mut().insert(node, Instant::now()));
-}
-
-fn refused_recently(node: u64) -> bool {
-    let skip = Duration::from_millis(crate::config::LEADER_REFUSED_SKIP_MS);
-    REFUSED.with(|r| {
-        let mut r = r.borrow_mut();
-        r.retain(|_, at| at.elapsed() < skip);
-        r.contains_key(&node)
-    })
-}
 
 /// The node shard `shard` prefers as its leader.
 pub fn preferred_leader(shard: u32, voters: &[u64]) -> Option<u64> {
