@@ -127,7 +127,7 @@ fn until(deadline: Instant) -> Duration {
 
 /// `deadline` moved later, to the next point of a grid of `slack` starting at `origin`
 /// (unchanged when `slack` is zero or the deadline is before the origin).
-pub fn coalesced(deadline: Instant, origin: Instant, slack: Duration) -> Instant {
+fn coalesced(deadline: Instant, origin: Instant, slack: Duration) -> Instant {
     let Some(since) = deadline.checked_duration_since(origin) else { return deadline };
     let slack_ns = slack.as_nanos();
     if slack_ns == 0 {
